@@ -1,0 +1,47 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv on first use.
+PYTHON  ?= python3
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+SHARED  ?= ../shared
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# System packages the tests need: a real broker, openssl for the TLS test CA, and GStreamer's
+# RTSP server (run by the system python3 with gi) for the capture reconnect test.
+SYSTEM_PACKAGES := mosquitto openssl python3-gi gir1.2-gst-rtsp-server-1.0 \
+                   gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
+                   gstreamer1.0-plugins-bad gstreamer1.0-libav
+
+.PHONY: venv system-deps test test-debug lint demo clean
+
+$(VENV)/.stamp: setup.cfg setup.py pyproject.toml edge_agent/tracking/_tracker.c
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[cpu,dev]'
+	touch $@
+
+venv: $(VENV)/.stamp
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	fi
+
+lint: venv
+	$(VENV)/bin/ruff check edge_agent tests bench
+
+test: venv system-deps lint
+	$(PY) -m pytest
+
+# The C tracker built unoptimised with asserts, then its tests again.
+test-debug: venv
+	EDGE_AGENT_DEBUG=1 $(PY) -m pip install -q --no-build-isolation -e .
+	$(PY) -m pytest tests -k tracker
+	$(PY) -m pip install -q --no-build-isolation -e .
+
+demo: venv
+	$(PY) -m edge_agent.demo --shared $(SHARED)
+
+clean:
+	rm -rf $(VENV) build *.egg-info edge_agent/tracking/*.so

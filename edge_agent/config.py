@@ -1,0 +1,365 @@
+"""Configuration: YAML file -> validated pydantic models.
+
+Every error names the file, the line, the key path and what is wrong, e.g.::
+
+    configs/site.yaml:14: cameras[1].fps_limit: Input should be greater than or equal to 0
+
+Secrets (the MQTT password) are ``SecretStr`` so they print as ``**********``; they can come from
+the environment instead of the file (see ``ENV_OVERRIDES``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+# Environment variables that override config values, so secrets need not sit in the file.
+ENV_OVERRIDES: Dict[str, Tuple[str, ...]] = {
+    "EDGE_AGENT_MQTT_USERNAME": ("mqtt", "username"),
+    "EDGE_AGENT_MQTT_PASSWORD": ("mqtt", "password"),
+    "EDGE_AGENT_MQTT_HOST": ("mqtt", "host"),
+    "EDGE_AGENT_DEVICE_ID": ("device_id",),
+}
+
+_NAME_RE = r"^[A-Za-z0-9_-]{1,64}$"  # names end up in MQTT topics and file names
+
+
+class ConfigError(Exception):
+    """A config file could not be loaded; ``str()`` is the user-facing message (one per line)."""
+
+    def __init__(self, problems: List[str]):
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class _Model(BaseModel):
+    # Unknown keys are errors: a typo must not silently fall back to a default.
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class LogConfig(_Model):
+    format: Literal["auto", "human", "json"] = Field(
+        "auto", description="auto: JSON lines under systemd (JOURNAL_STREAM set), human otherwise"
+    )
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ReconnectConfig(_Model):
+    min_s: float = Field(0.5, gt=0, description="first delay before reopening a stalled source")
+    max_s: float = Field(30.0, gt=0, description="backoff doubles up to this delay")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ReconnectConfig:
+        if self.max_s < self.min_s:
+            raise ValueError(f"max_s ({self.max_s}) must be >= min_s ({self.min_s})")
+        return self
+
+
+class ZoneConfig(_Model):
+    name: str = Field(..., pattern=_NAME_RE)
+    polygon: Optional[List[Tuple[float, float]]] = Field(
+        None, description="[[x, y], ...] in normalised 0..1 frame coordinates; null = whole frame"
+    )
+    min_count: int = Field(5, ge=1, description="crowd starts when this many persons are inside")
+    hold_s: float = Field(2.0, ge=0, description="... for at least this long")
+    hysteresis: int = Field(1, ge=0, description="crowd ends below min_count - hysteresis")
+    update_interval_s: float = Field(5.0, gt=0, description="throttle for crowd update events")
+
+    @field_validator("polygon")
+    @classmethod
+    def _check_polygon(cls, poly):
+        if poly is None:
+            return poly
+        if len(poly) < 3:
+            raise ValueError(f"a polygon needs at least 3 points, got {len(poly)}")
+        for i, (x, y) in enumerate(poly):
+            if not (math.isfinite(x) and math.isfinite(y)) or not (0 <= x <= 1 and 0 <= y <= 1):
+                raise ValueError(f"point {i} ({x}, {y}) is outside the normalised range 0..1")
+        area = 0.0
+        for (x1, y1), (x2, y2) in zip(poly, poly[1:] + poly[:1]):
+            area += x1 * y2 - x2 * y1
+        if abs(area) < 1e-9:
+            raise ValueError("the polygon has zero area (points are collinear or repeated)")
+        return poly
+
+
+class CameraConfig(_Model):
+    name: str = Field(..., pattern=_NAME_RE, description="unique; used in topics and events")
+    source: str = Field(..., min_length=1, description="file path, rtsp:// URL, /dev/videoN or N")
+    type: Literal["auto", "file", "rtsp", "usb", "gstreamer"] = Field(
+        "auto", description="auto: guessed from source (rtsp:// -> rtsp, /dev/video* -> usb, ...)"
+    )
+    loop: bool = Field(False, description="file sources: start again at the end")
+    realtime: bool = Field(False, description="file sources: pace reading at the file's own fps")
+    fps_limit: float = Field(0, ge=0, description="max frames/s processed; 0 = no limit")
+    detect_every: int = Field(1, ge=1, description="run the detector on every Nth frame only")
+    stall_timeout_s: float = Field(5.0, gt=0, description="reopen when no frame for this long")
+    reconnect: ReconnectConfig = ReconnectConfig()
+    zones: List[ZoneConfig] = Field(default_factory=list)
+
+    @field_validator("zones")
+    @classmethod
+    def _unique_zones(cls, zones):
+        _reject_duplicates([z.name for z in zones], "zone")
+        return zones
+
+
+class ModelConfig(_Model):
+    path: str = Field(
+        "../shared/weights/yolox_nano_coco.onnx", description="ONNX model (manifest beside it)"
+    )
+    manifest: Optional[str] = Field(None, description="manifest JSON; default: beside the model")
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(
+        "auto", description="auto: TensorRT when importable and a GPU is present, else ONNX Runtime"
+    )
+    providers: List[Literal["tensorrt", "cuda", "cpu"]] = Field(
+        default_factory=lambda: ["tensorrt", "cuda", "cpu"],
+        description="ONNX Runtime execution providers, tried in this order",
+    )
+    precision: Literal["fp16", "fp32"] = "fp16"
+    max_batch: int = Field(4, ge=1, le=64, description="cameras batched per inference")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime CPU threads; 0 = default")
+    score_threshold: float = Field(0.3, ge=0, le=1)
+    nms_iou: float = Field(0.45, gt=0, le=1)
+    engine_dir: str = Field("engines", description="engine store: built plans and timing cache")
+
+
+class TrackerConfig(_Model):
+    """Tracker parameters; names and meaning match ``edge_agent.tracking.Tracker``."""
+
+    model_config = ConfigDict(extra="allow")  # forwarded to Tracker(), which rejects unknown names
+
+
+class WeaponRuleConfig(_Model):
+    enabled: bool = True
+    threshold: float = Field(0.5, ge=0, le=1, description="median score over `window` frames")
+    window: int = Field(5, ge=1, description="frames in the median")
+    update_interval_s: float = Field(2.0, gt=0)
+
+
+class PlateRuleConfig(_Model):
+    enabled: bool = True
+    ocr: bool = Field(True, description="read plate text when the [ocr] extra is installed")
+
+
+class SnapshotConfig(_Model):
+    enabled: bool = True
+    dir: str = Field("snapshots", description="on-disk ring of JPEGs (relative to state_dir)")
+    max_total_mb: float = Field(200, gt=0, description="ring size cap; oldest removed first")
+    max_dim: int = Field(1280, ge=64, description="longest side of a snapshot in pixels")
+    jpeg_quality: int = Field(85, ge=10, le=100)
+
+
+class SinksConfig(_Model):
+    console: bool = Field(False, description="print events to stdout")
+    jsonl: Optional[str] = Field(None, description="append events to this JSON-lines file")
+
+
+class EventsConfig(_Model):
+    weapon: WeaponRuleConfig = WeaponRuleConfig()
+    crowd_default_zone: bool = Field(True, description="whole-frame zone when a camera has none")
+    plate: PlateRuleConfig = PlateRuleConfig()
+    snapshots: SnapshotConfig = SnapshotConfig()
+    sinks: SinksConfig = SinksConfig()
+
+
+class TlsConfig(_Model):
+    ca_file: Optional[str] = None
+    cert_file: Optional[str] = None
+    key_file: Optional[str] = None
+    insecure: bool = Field(False, description="skip hostname check; only if you really mean it")
+
+
+class OutboxConfig(_Model):
+    path: str = Field("outbox.sqlite", description="SQLite file (relative to state_dir)")
+    max_rows: int = Field(100_000, ge=1)
+    max_mb: float = Field(256, gt=0)
+    commit_interval_ms: int = Field(50, ge=0, description="batch commits; 0 = fsync every event")
+
+
+class MqttConfig(_Model):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = "5"
+    keepalive_s: int = Field(30, ge=5)
+    topic_prefix: str = Field("edge-agent", min_length=1)
+    username: Optional[str] = None
+    password: Optional[SecretStr] = Field(None, description="or env EDGE_AGENT_MQTT_PASSWORD")
+    tls: Optional[TlsConfig] = None
+    event_qos: Literal[0, 1, 2] = 1
+    max_inflight: int = Field(20, ge=1, description="unacknowledged messages at once")
+    reconnect_min_s: float = Field(1.0, gt=0)
+    reconnect_max_s: float = Field(60.0, gt=0)
+    stats_interval_s: float = Field(30.0, gt=0)
+    max_command_bytes: int = Field(65536, ge=256)
+    ha_discovery: bool = Field(False, description="publish Home Assistant discovery configs")
+    ha_prefix: str = "homeassistant"
+    outbox: OutboxConfig = OutboxConfig()
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _no_wildcards(cls, v):
+        if any(c in v for c in "#+") or v.startswith("/") or v.endswith("/"):
+            raise ValueError("must not contain '#' or '+' nor start or end with '/'")
+        return v
+
+    @model_validator(mode="after")
+    def _password_needs_user(self) -> MqttConfig:
+        if self.password is not None and not self.username:
+            raise ValueError("password is set but username is not")
+        return self
+
+
+class UpdateConfig(_Model):
+    public_key: Optional[str] = Field(None, description="ed25519 public key (hex or PEM file)")
+    max_download_mb: float = Field(500, gt=0)
+    health_check_frames: int = Field(30, ge=1)
+    allow_downgrade: bool = False
+
+
+class Config(_Model):
+    device_id: str = Field("edge-1", pattern=_NAME_RE, description="MQTT client id and topics")
+    state_dir: str = Field("/var/lib/edge-agent", description="outbox, seq, snapshots, engines")
+    log: LogConfig = LogConfig()
+    model: ModelConfig = ModelConfig()
+    cameras: List[CameraConfig] = Field(default_factory=list)
+    tracker: TrackerConfig = TrackerConfig()
+    events: EventsConfig = EventsConfig()
+    mqtt: MqttConfig = MqttConfig()
+    update: UpdateConfig = UpdateConfig()
+
+    @field_validator("cameras")
+    @classmethod
+    def _unique_cameras(cls, cams):
+        _reject_duplicates([c.name for c in cams], "camera")
+        return cams
+
+
+def _reject_duplicates(names: List[str], what: str) -> None:
+    seen: Dict[str, int] = {}
+    for i, n in enumerate(names):
+        if n in seen:
+            raise ValueError(f"duplicate {what} name {n!r} (entries {seen[n]} and {i})")
+        seen[n] = i
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+
+def _line_index(node: yaml.Node, path: Tuple[Any, ...], out: Dict[Tuple[Any, ...], int]) -> None:
+    """Record the 1-based line of every key path in a composed YAML tree."""
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            out[path + (key,)] = key_node.start_mark.line + 1
+            _line_index(value_node, path + (key,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out[path + (i,)] = item.start_mark.line + 1
+            _line_index(item, path + (i,), out)
+
+
+def _format_loc(loc: Tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text or "(top level)"
+
+
+def _line_for(loc: Tuple[Any, ...], lines: Dict[Tuple[Any, ...], int]) -> int:
+    # Missing keys have no line of their own: report the nearest parent that exists.
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return 1
+
+
+def _apply_env(data: Dict[str, Any], environ) -> None:
+    for var, path in ENV_OVERRIDES.items():
+        if var in environ:
+            node = data
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+                if not isinstance(node, dict):
+                    return  # the file's own error will be reported by validation
+            node[path[-1]] = environ[var]
+
+
+def load_text(text: str, filename: str = "<config>", environ=None) -> Config:
+    """Parse and validate YAML text; raise ``ConfigError`` naming file:line and key path."""
+    environ = os.environ if environ is None else environ
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError([f"{filename}:{line}: malformed YAML: {problem}"]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([f"{filename}:1: the top level must be a mapping of keys"])
+    lines: Dict[Tuple[Any, ...], int] = {}
+    if root is not None:
+        _line_index(root, (), lines)
+    _apply_env(data, environ)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+            msg = err["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, "):]
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key"
+            problems.append(f"{filename}:{_line_for(loc, lines)}: {_format_loc(loc)}: {msg}")
+        raise ConfigError(problems) from None
+
+
+def load(path: Union[str, Path], environ=None) -> Config:
+    """Load and validate a config file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such config file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read config file: {exc}"]) from None
+    return load_text(text, str(path), environ)
+
+
+def effective(cfg: Config) -> Dict[str, Any]:
+    """The config as plain data with secrets masked (for ``config show``)."""
+    data = cfg.model_dump(mode="json")
+    if cfg.mqtt.password is not None:
+        data["mqtt"]["password"] = "**********"
+    return data
+
+
+def secrets(cfg: Config) -> List[str]:
+    """Secret values that must never reach a log line."""
+    out = []
+    if cfg.mqtt.password is not None and cfg.mqtt.password.get_secret_value():
+        out.append(cfg.mqtt.password.get_secret_value())
+    return out

@@ -1,0 +1,28 @@
+"""`edge-agent config validate|show`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import yaml
+
+from edge_agent import config as cfgmod
+
+
+def main(args: argparse.Namespace) -> int:
+    """Validate a config (exit 2 on error) or print the effective config with secrets masked."""
+    try:
+        if args.config_cmd == "show" and not args.file:
+            cfg = cfgmod.load_text("", "<defaults>")
+        else:
+            cfg = cfgmod.load(args.file)
+    except cfgmod.ConfigError as exc:
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return 2
+    if args.config_cmd == "validate":
+        print(f"{args.file}: ok ({len(cfg.cameras)} camera(s))")
+    else:
+        sys.stdout.write(yaml.safe_dump(cfgmod.effective(cfg), sort_keys=False))
+    return 0
