@@ -29,7 +29,7 @@ system-deps:
 	fi
 
 lint: venv
-	$(VENV)/bin/ruff check edge_agent tests bench
+	$(VENV)/bin/ruff check .
 
 test: venv system-deps lint
 	$(PY) -m pytest
