@@ -1,0 +1,295 @@
+"""One reader thread per camera that keeps only the newest frame.
+
+Live sources (RTSP, USB, GStreamer) never wait for the consumer: a frame that is replaced before
+it was taken is counted as dropped. A stream that stops delivering (frame age over
+``stall_timeout_s``) is released and reopened with doubling backoff; a reader stuck inside
+``VideoCapture.read()`` (opencv#4506) is abandoned, not waited for, so it never blocks anything.
+
+File sources that are not ``realtime`` are read at the consumer's pace instead (a file is not
+live, so dropping its frames would only lose data): the reader decodes the next frame while the
+consumer works on the current one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional, Tuple
+
+import cv2
+import numpy as np
+
+from edge_agent.capture.sources import CaptureError, SourceInfo, open_capture, resolve_kind
+from edge_agent.config import CameraConfig
+
+log = logging.getLogger(__name__)
+
+Opener = Callable[[CameraConfig], Tuple[cv2.VideoCapture, SourceInfo]]
+
+
+@dataclass
+class Frame:
+    """One decoded frame.
+
+    ``index`` counts every frame read from the source since the reader started (dropped ones
+    included, across reconnects and file loops). ``media_s`` is the time base of the event rules:
+    the position in the file for files (index / fps), the wall clock for live sources.
+    """
+
+    camera: str
+    index: int
+    image: np.ndarray  # H x W x 3, uint8, BGR
+    t_read: float  # time.monotonic() right after decoding (start of end-to-end latency)
+    wall: float  # time.time() at the same moment
+    media_s: float
+
+
+class CameraReader:
+    """Reads one camera in its own thread; ``take()`` returns the newest unread frame or None."""
+
+    STATES = ("starting", "running", "reconnecting", "ended", "failed", "stopped")
+
+    def __init__(
+        self,
+        cam: CameraConfig,
+        notify: Optional[threading.Event] = None,
+        backpressure: Optional[bool] = None,
+        opener: Opener = open_capture,
+    ):
+        self.cam = cam
+        self.kind = resolve_kind(cam)
+        # Files are read at the consumer's pace unless paced at their own fps.
+        self.backpressure = (
+            (self.kind == "file" and not cam.realtime) if backpressure is None else backpressure
+        )
+        self._notify = notify
+        self._opener = opener
+        self._cond = threading.Condition()
+        self._slot: Optional[Frame] = None
+        self._stop = threading.Event()
+        self._gen = 0  # bumped to abandon a worker stuck in read()
+        self._threads: Dict[int, threading.Thread] = {}
+        self.state = "starting"
+        self.last_error: Optional[str] = None
+        self.info: Optional[SourceInfo] = None
+        self.frames_in = 0
+        self.dropped = 0
+        self.reconnects = 0
+        self._index = 0
+        self._last_frame_t = time.monotonic()
+
+    # --- public API ------------------------------------------------------------------------
+
+    def start(self) -> CameraReader:
+        """Start the reader thread."""
+        self._spawn()
+        return self
+
+    def take(self) -> Optional[Frame]:
+        """The newest frame not yet taken, or None (never blocks)."""
+        with self._cond:
+            frame, self._slot = self._slot, None
+            if frame is not None:
+                self._cond.notify_all()  # a backpressured reader may go on
+            return frame
+
+    def wait(self, timeout: float) -> Optional[Frame]:
+        """Like ``take()`` but waits up to ``timeout`` s for a frame."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._slot is None and not self.done:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+        return self.take()
+
+    @property
+    def done(self) -> bool:
+        """No frame will ever come again (file ended, permanent failure, or stopped)."""
+        return self.state in ("ended", "failed", "stopped")
+
+    def exhausted(self) -> bool:
+        """Done and its last frame taken."""
+        with self._cond:
+            return self.done and self._slot is None
+
+    def frame_age(self) -> float:
+        """Seconds since the last frame arrived (or since the source was opened)."""
+        return time.monotonic() - self._last_frame_t
+
+    def check_stall(self) -> bool:
+        """Reopen a live source whose newest frame is older than ``stall_timeout_s``.
+
+        Called periodically from outside the reader thread (the worker may be stuck in
+        ``read()``). Returns True when a reopen was started.
+        """
+        if self.backpressure or self.done or self._stop.is_set():
+            return False
+        if self.state != "running" or self.frame_age() <= self.cam.stall_timeout_s:
+            return False
+        self.last_error = f"no frame for {self.frame_age():.1f} s"
+        log.warning("camera %s: %s; reopening", self.cam.name, self.last_error)
+        self.reconnects += 1
+        self.state = "reconnecting"
+        self._spawn()  # the stuck worker sees the new generation and quits when read() returns
+        return True
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop reading and release the source; True when every worker thread has ended."""
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        deadline = time.monotonic() + timeout
+        ok = True
+        for t in list(self._threads.values()):
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive():
+                ok = False
+                log.warning("camera %s: reader thread still blocked in read(); abandoned",
+                            self.cam.name)
+        if self.state not in ("ended", "failed"):
+            self.state = "stopped"
+        with self._cond:
+            self._cond.notify_all()
+        return ok
+
+    def stats(self) -> Dict[str, object]:
+        """Counters and state for metrics."""
+        return {
+            "state": self.state,
+            "frames_in": self.frames_in,
+            "dropped": self.dropped,
+            "reconnects": self.reconnects,
+            "frame_age_s": round(self.frame_age(), 3),
+            "last_error": self.last_error,
+        }
+
+    # --- worker ----------------------------------------------------------------------------
+
+    def _spawn(self) -> None:
+        self._gen += 1
+        gen = self._gen
+        self._last_frame_t = time.monotonic()
+        t = threading.Thread(
+            target=self._run, args=(gen,), name=f"capture-{self.cam.name}-{gen}", daemon=True
+        )
+        self._threads = {g: th for g, th in self._threads.items() if th.is_alive()}
+        self._threads[gen] = t
+        t.start()
+
+    def _current(self, gen: int) -> bool:
+        return gen == self._gen and not self._stop.is_set()
+
+    def _run(self, gen: int) -> None:
+        cam = self.cam
+        backoff = cam.reconnect.min_s
+        ever_read = False
+        while self._current(gen):
+            try:
+                cap, info = self._opener(cam)
+            except CaptureError as exc:
+                self.last_error = str(exc)
+                if exc.permanent:
+                    log.error("%s", exc)
+                    self._finish(gen, "failed")
+                    return
+                log.warning("%s; retrying in %.1f s", exc, backoff)
+                self.state = "reconnecting"
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, cam.reconnect.max_s)
+                continue
+            except Exception as exc:  # an OpenCV error must not kill the thread silently
+                self.last_error = f"camera {cam.name}: cannot open {cam.source}: {exc}"
+                log.error("%s", self.last_error)
+                self._finish(gen, "failed")
+                return
+            self.info = info
+            if self._current(gen):
+                self.state = "running"
+                self._last_frame_t = time.monotonic()
+            n_read = self._read_loop(gen, cap, info)
+            cap.release()
+            if not self._current(gen):
+                return
+            if n_read:
+                ever_read = True
+                backoff = cam.reconnect.min_s
+            if self.kind == "file":
+                if not ever_read:
+                    self.last_error = (
+                        f"camera {cam.name}: no frame could be decoded from {cam.source} "
+                        "(corrupt or unsupported video)"
+                    )
+                    log.error("%s", self.last_error)
+                    self._finish(gen, "failed")
+                    return
+                if cam.loop and n_read:
+                    continue
+                if info.frame_count and n_read < info.frame_count - 10:
+                    # A truncated file ends early; say so rather than pretend it was complete.
+                    self.last_error = (
+                        f"camera {cam.name}: {cam.source} ended after {n_read} of "
+                        f"{info.frame_count} frames (truncated or corrupt)"
+                    )
+                    log.warning("%s", self.last_error)
+                log.info("camera %s: end of file after %d frames", cam.name, self.frames_in)
+                self._finish(gen, "ended")
+                return
+            # A live source stopped delivering: reopen after a pause.
+            self.reconnects += 1
+            self.last_error = "stream ended or read failed"
+            log.warning("camera %s: %s; reconnecting in %.1f s", cam.name, self.last_error,
+                        backoff)
+            self.state = "reconnecting"
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, cam.reconnect.max_s)
+
+    def _read_loop(self, gen: int, cap: cv2.VideoCapture, info: SourceInfo) -> int:
+        """Read until the source fails, the reader stops or this worker is superseded."""
+        n = 0
+        file_fps = info.fps if self.kind == "file" else 0.0
+        pace_start = time.monotonic()
+        first_index = self._index
+        while self._current(gen):
+            ok, img = cap.read()
+            if not self._current(gen):
+                break
+            if not ok or img is None:
+                break
+            now = time.monotonic()
+            media_s = self._index / file_fps if file_fps > 0 else time.time()
+            frame = Frame(self.cam.name, self._index, img, now, time.time(), media_s)
+            self._index += 1
+            n += 1
+            self.frames_in += 1
+            self._last_frame_t = now
+            self._publish(frame)
+            if self.cam.realtime and file_fps > 0:
+                # Pace at the file's own rate, as a live camera would deliver it.
+                due = pace_start + (self._index - first_index) / file_fps
+                self._stop.wait(max(0.0, due - time.monotonic()))
+        return n
+
+    def _publish(self, frame: Frame) -> None:
+        with self._cond:
+            if self.backpressure:
+                while self._slot is not None and not self._stop.is_set():
+                    self._cond.wait(0.5)
+            elif self._slot is not None:
+                self.dropped += 1
+            self._slot = frame
+            self._cond.notify_all()
+        if self._notify is not None:
+            self._notify.set()
+
+    def _finish(self, gen: int, state: str) -> None:
+        if gen == self._gen:
+            self.state = state
+        with self._cond:
+            self._cond.notify_all()
+        if self._notify is not None:
+            self._notify.set()
+

@@ -1,0 +1,157 @@
+"""Opening frame sources with OpenCV: video file, RTSP (over TCP), USB/V4L2, GStreamer string.
+
+``open_capture`` either returns an opened ``cv2.VideoCapture`` or raises ``CaptureError`` with a
+message that names the camera, the source and what is wrong. Nothing here loops or retries; the
+reader (``reader.py``) owns reconnection.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Tuple
+
+import cv2
+
+from edge_agent.config import CameraConfig
+
+_RTSP_RE = re.compile(r"^rtsps?://", re.IGNORECASE)
+_USB_RE = re.compile(r"^(/dev/video\d+|\d+)$")
+
+
+class CaptureError(Exception):
+    """A source cannot be opened or read; ``str()`` is the user-facing reason.
+
+    ``permanent`` is True when retrying cannot help (a missing file, a GStreamer pipeline with an
+    OpenCV that has no GStreamer); live sources that fail to open are retried with backoff.
+    """
+
+    def __init__(self, message: str, permanent: bool = False):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What an opened source reports about itself."""
+
+    kind: str  # file | rtsp | usb | gstreamer
+    width: int
+    height: int
+    fps: float  # 0 when the source does not say
+    frame_count: int  # files only; 0 when unknown or live
+
+
+def resolve_kind(cam: CameraConfig) -> str:
+    """The source kind: ``cam.type`` unless ``auto``, else guessed from the source string."""
+    if cam.type != "auto":
+        return cam.type
+    src = cam.source.strip()
+    if _RTSP_RE.match(src):
+        return "rtsp"
+    if _USB_RE.match(src):
+        return "usb"
+    if "!" in src:  # a gst-launch style pipeline: elements separated by '!'
+        return "gstreamer"
+    return "file"
+
+
+def opencv_has_gstreamer() -> bool:
+    """True when this OpenCV build has the GStreamer video I/O backend."""
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GStreamer:"):
+            return "YES" in line.split(":", 1)[1]
+    return False
+
+
+def check_sources(cams: List[CameraConfig]) -> None:
+    """Start-up checks that do not need to open anything; raises ``CaptureError`` (permanent).
+
+    A GStreamer pipeline given to an OpenCV built without GStreamer (the PyPI wheels) would open
+    nothing and, on some versions, hang; say which OpenCV to use instead.
+    """
+    for cam in cams:
+        if resolve_kind(cam) == "gstreamer" and not opencv_has_gstreamer():
+            raise CaptureError(
+                f"camera {cam.name}: source is a GStreamer pipeline, but this OpenCV "
+                f"({cv2.__version__}) was built without GStreamer (the PyPI opencv-python wheels "
+                "are). Use JetPack's OpenCV (apt python3-opencv; create the venv with "
+                "--system-site-packages and uninstall opencv-python-headless from it) or an "
+                "OpenCV built with -DWITH_GSTREAMER=ON; or use type: rtsp / usb / file instead.",
+                permanent=True,
+            )
+
+
+def _rtsp_over_tcp() -> None:
+    # FFmpeg's RTSP default is UDP, which loses packets (smeared frames) behind NAT and Wi-Fi.
+    # The option string is process-wide and read at open time; keep what the user set.
+    os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", "rtsp_transport;tcp")
+
+
+def open_capture(cam: CameraConfig) -> Tuple[cv2.VideoCapture, SourceInfo]:
+    """Open ``cam``'s source; returns the capture and its info or raises ``CaptureError``."""
+    kind = resolve_kind(cam)
+    src = cam.source.strip()
+    timeout_ms = int(cam.stall_timeout_s * 1000)
+    if kind == "file":
+        path = Path(src)
+        if not path.is_file():
+            raise CaptureError(f"camera {cam.name}: video file not found: {src}", permanent=True)
+        cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
+        if not cap.isOpened():
+            cap.release()
+            raise CaptureError(
+                f"camera {cam.name}: cannot open video file {src} (not a video, corrupt, or a "
+                "codec this OpenCV cannot decode)",
+                permanent=True,
+            )
+    elif kind == "rtsp":
+        _rtsp_over_tcp()
+        cap = cv2.VideoCapture(
+            src,
+            cv2.CAP_FFMPEG,
+            [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms,
+             cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms],
+        )
+        if not cap.isOpened():
+            cap.release()
+            raise CaptureError(f"camera {cam.name}: cannot open RTSP stream {_redact_url(src)}")
+    elif kind == "usb":
+        dev = int(src) if src.isdigit() else src
+        if isinstance(dev, str) and not os.path.exists(dev):
+            raise CaptureError(f"camera {cam.name}: no such video device {dev}")
+        cap = cv2.VideoCapture(dev, cv2.CAP_V4L2)
+        if not cap.isOpened():
+            cap.release()
+            raise CaptureError(
+                f"camera {cam.name}: cannot open video device {src} (no such device, busy, or "
+                "no permission: the user needs group 'video')"
+            )
+    elif kind == "gstreamer":
+        check_sources([cam])
+        cap = cv2.VideoCapture(src, cv2.CAP_GSTREAMER)
+        if not cap.isOpened():
+            cap.release()
+            raise CaptureError(f"camera {cam.name}: GStreamer pipeline did not start: {src}")
+    else:  # pragma: no cover - the config's Literal rejects anything else
+        raise CaptureError(f"camera {cam.name}: unknown source type {kind!r}", permanent=True)
+    info = SourceInfo(
+        kind=kind,
+        width=int(cap.get(cv2.CAP_PROP_FRAME_WIDTH) or 0),
+        height=int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0),
+        fps=_sane_fps(cap.get(cv2.CAP_PROP_FPS)),
+        frame_count=max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)) if kind == "file" else 0,
+    )
+    return cap, info
+
+
+def _sane_fps(fps: float) -> float:
+    # Streams without timing info report 0, 1000 or 90000 (the RTP clock): treat as unknown.
+    return float(fps) if 0 < fps <= 240 else 0.0
+
+
+def _redact_url(url: str) -> str:
+    """An RTSP URL with any ``user:password@`` removed, for logs and errors."""
+    return re.sub(r"//[^/@]*@", "//***@", url)

@@ -1,0 +1,162 @@
+"""Capture: real clips decoded by OpenCV, missing/corrupt inputs, dropping, no hung threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from edge_agent.capture import (
+    CameraReader,
+    CaptureError,
+    CaptureGroup,
+    check_sources,
+    opencv_has_gstreamer,
+    resolve_kind,
+)
+from edge_agent.config import CameraConfig
+
+CAR = "intel_car-detection.mp4"  # 768x432, 12.5 fps, 377 frames
+
+
+def _cam(source, **kw) -> CameraConfig:
+    kw.setdefault("reconnect", {"min_s": 0.1, "max_s": 0.4})
+    return CameraConfig(name=kw.pop("name", "cam"), source=str(source), **kw)
+
+
+def _drain(reader: CameraReader, limit_s: float = 30.0) -> list:
+    frames = []
+    deadline = time.monotonic() + limit_s
+    while not reader.exhausted() and time.monotonic() < deadline:
+        f = reader.wait(0.5)
+        if f is not None:
+            frames.append((f.index, f.image.shape, f.media_s))
+    return frames
+
+
+@pytest.mark.parametrize(
+    "source, kind",
+    [
+        ("rtsp://10.0.0.5/stream1", "rtsp"),
+        ("RTSPS://cam.local/x", "rtsp"),
+        ("/dev/video0", "usb"),
+        ("2", "usb"),
+        ("nvarguscamerasrc ! nvvidconv ! appsink", "gstreamer"),
+        ("clips/a.mp4", "file"),
+    ],
+)
+def test_resolve_kind(source, kind):
+    assert resolve_kind(_cam(source)) == kind
+    assert resolve_kind(_cam(source, type="file")) == "file"
+
+
+def test_file_every_frame_in_order_without_drops(video_dir):
+    r = CameraReader(_cam(video_dir / CAR)).start()
+    frames = _drain(r)
+    assert r.stop() is True
+    assert r.state == "ended" and r.last_error is None
+    assert len(frames) == 377 and r.frames_in == 377 and r.dropped == 0
+    assert [i for i, _, _ in frames] == list(range(377))
+    assert frames[0][1] == (432, 768, 3)
+    # media time is the file position: 12.5 fps
+    assert frames[25][2] == pytest.approx(2.0)
+
+
+def test_looped_file_keeps_counting(video_dir):
+    r = CameraReader(_cam(video_dir / CAR, loop=True)).start()
+    got = 0
+    deadline = time.monotonic() + 30
+    while r.frames_in < 400 and time.monotonic() < deadline:
+        if r.wait(0.5) is not None:
+            got += 1
+    assert r.stop() is True
+    assert r.frames_in >= 400 and r.state == "stopped"
+
+
+def test_realtime_file_drops_frames_nobody_takes(video_dir):
+    r = CameraReader(_cam(video_dir / CAR, realtime=True)).start()
+    assert r.backpressure is False
+    time.sleep(1.2)  # ~15 frames at 12.5 fps, none taken
+    assert r.stop() is True
+    f = r.take()
+    assert f is not None
+    assert 8 <= r.frames_in <= 20  # paced at the file's fps, not as fast as it decodes
+    assert r.dropped == r.frames_in - 1  # only the newest was kept ...
+    assert f.index == r.frames_in - 1  # ... and it is the last one read
+
+
+def test_missing_file_fails_clearly(tmp_path):
+    r = CameraReader(_cam(tmp_path / "nope.mp4")).start()
+    assert _drain(r, 5) == []
+    assert r.stop(2) is True
+    assert r.state == "failed"
+    assert "video file not found" in r.last_error and "nope.mp4" in r.last_error
+
+
+def test_corrupt_file_fails_clearly(tmp_path):
+    bad = tmp_path / "corrupt.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x18ftypisom" + b"garbage" * 5000)
+    r = CameraReader(_cam(bad)).start()
+    assert _drain(r, 5) == []
+    assert r.stop(2) is True
+    assert r.state == "failed"
+    assert "corrupt" in r.last_error
+
+
+def test_truncated_file_ends_cleanly_and_says_so(tmp_path, video_dir):
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes((video_dir / CAR).read_bytes()[:1_000_000])
+    r = CameraReader(_cam(cut)).start()
+    frames = _drain(r)
+    assert r.stop() is True
+    assert r.state == "ended"
+    assert 50 < len(frames) < 377
+    assert "truncated" in r.last_error
+
+
+def test_missing_device_retries_and_stops_promptly():
+    r = CameraReader(_cam("/dev/video97")).start()
+    time.sleep(0.8)
+    assert r.state == "reconnecting"
+    assert "no such video device /dev/video97" in r.last_error
+    t0 = time.monotonic()
+    assert r.stop(3) is True  # no hung thread
+    assert time.monotonic() - t0 < 1.0
+    assert not [t for t in threading.enumerate() if t.name.startswith("capture-cam-")]
+
+
+@pytest.mark.skipif(opencv_has_gstreamer(), reason="this OpenCV has GStreamer")
+def test_gstreamer_source_without_gstreamer_names_the_fix():
+    cam = _cam("videotestsrc ! videoconvert ! appsink", name="csi")
+    with pytest.raises(CaptureError) as exc:
+        check_sources([cam])
+    msg = str(exc.value)
+    assert "camera csi" in msg and "without GStreamer" in msg and "JetPack" in msg
+    group = CaptureGroup([cam])
+    with pytest.raises(CaptureError):
+        group.start()  # refused before any thread starts
+    assert all(r.state == "starting" for r in group.readers.values())
+
+
+def test_group_one_bad_camera_does_not_block_the_others(tmp_path, video_dir):
+    cams = [
+        _cam(video_dir / CAR, name="good"),
+        _cam("/dev/video98", name="nodev"),
+        _cam(tmp_path / "missing.mp4", name="nofile"),
+    ]
+    g = CaptureGroup(cams).start()
+    n = 0
+    deadline = time.monotonic() + 30
+    while not g.readers["good"].exhausted() and time.monotonic() < deadline:
+        g.new_frame.clear()
+        frames = g.take_all()
+        n += len(frames)
+        if not frames:
+            g.new_frame.wait(0.2)
+    stats = g.stats()
+    assert g.stop(3) is True
+    assert n == 377
+    assert stats["good"]["state"] == "ended"
+    assert stats["nodev"]["state"] == "reconnecting"
+    assert stats["nofile"]["state"] == "failed"
