@@ -1,1 +1,180 @@
-"""tracking stage."""
+"""Multi-object tracker: a C99 core (``_tracker.c``) behind a small NumPy interface.
+
+Columns of the arrays returned by :meth:`Tracker.update` and :meth:`Tracker.lost` (float64):
+
+====  =====================  ==========================================================
+col   name                   meaning
+====  =====================  ==========================================================
+0-3   x1, y1, x2, y2         the Kalman-filtered box (pixels)
+4     track_id               positive integer, unique for the tracker's life
+5     score                  score of the last detection matched to the track
+6     class_id               the track's class (tracks only ever match their own class)
+7     frames_since_update    0 when a detection was matched this frame
+====  =====================  ==========================================================
+
+Parameters are in frames and documented in ``docs/tracker.md`` and :data:`PARAMS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from edge_agent.tracking import _tracker
+
+__all__ = ["Tracker", "PARAMS", "COLUMNS"]
+
+COLUMNS: Tuple[str, ...] = (
+    "x1", "y1", "x2", "y2", "track_id", "score", "class_id", "frames_since_update",
+)
+
+
+class _Param(NamedTuple):
+    kind: type  # float, int or bool
+    default: Any
+    lo: float
+    hi: float
+    doc: str
+
+
+# name -> (type, default, inclusive range, meaning). Defaults were tuned on all MOT15 train
+# sequences together (see docs/tracker.md), never on a single sequence.
+PARAMS: Dict[str, _Param] = {
+    "high_thresh": _Param(float, 0.5, 0.0, 1e9,
+                          "detections scoring at least this are 'high' (stages 1 and 3)"),
+    "low_thresh": _Param(float, 0.1, 0.0, 1e9,
+                         "detections in [low_thresh, high_thresh) only extend active tracks"),
+    "new_track_thresh": _Param(float, 0.6, 0.0, 1e9,
+                               "an unmatched high detection starts a track from this score"),
+    "match_thresh": _Param(float, 0.2, 0.0, 1.0,
+                           "stage 1 minimum similarity (IoU, times score if fuse_score)"),
+    "low_match_thresh": _Param(float, 0.5, 0.0, 1.0, "stage 2 minimum IoU for low detections"),
+    "tentative_match_thresh": _Param(float, 0.3, 0.0, 1.0,
+                                     "stage 3 minimum similarity for tentative tracks"),
+    "recovery_thresh": _Param(float, 0.0, 0.0, 1.0,
+                              "OC-SORT recovery: minimum IoU against a track's last observed "
+                              "box for leftovers after stage 1 (0 = off)"),
+    "fuse_score": _Param(bool, True, 0, 1, "multiply IoU by detection score in stages 1 and 3"),
+    "observation_centric": _Param(bool, True, 0, 1,
+                                  "OC-SORT re-update: replay a gap along the line between the "
+                                  "two observations when a track is re-found"),
+    "probation_age": _Param(int, 2, 1, 10_000,
+                            "hits before a tentative track becomes active (reported)"),
+    "max_tentative_misses": _Param(int, 0, 0, 10_000,
+                                   "early termination: misses a tentative track survives"),
+    "max_shadow_age": _Param(int, 30, 0, 1_000_000,
+                             "frames a lost (shadow) track is kept for re-matching"),
+    "std_weight_position": _Param(float, 1.0 / 20, 1e-6, 10.0,
+                                  "Kalman position noise std as a fraction of box height"),
+    "std_weight_velocity": _Param(float, 1.0 / 160, 1e-6, 10.0,
+                                  "Kalman velocity noise std as a fraction of box height"),
+}
+
+_FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _check_params(params: Dict[str, Any]) -> Dict[str, Any]:
+    unknown = sorted(set(params) - set(PARAMS))
+    if unknown:
+        raise TypeError(
+            f"Tracker() got unknown parameter(s) {', '.join(unknown)}; "
+            f"known: {', '.join(PARAMS)}"
+        )
+    values: Dict[str, Any] = {}
+    for name, spec in PARAMS.items():
+        value = params.get(name, spec.default)
+        if spec.kind is bool:
+            if not isinstance(value, (bool, np.bool_)):
+                raise ValueError(f"{name} must be true or false, got {value!r}")
+            value = bool(value)
+        elif spec.kind is int:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer in [{spec.lo}, {spec.hi}], "
+                                 f"got {value!r}")
+            value = int(value)
+        else:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(
+                value, (int, float, np.integer, np.floating)
+            ):
+                raise ValueError(f"{name} must be a number in [{spec.lo}, {spec.hi}], "
+                                 f"got {value!r}")
+            value = float(value)
+        if not (spec.lo <= value <= spec.hi):  # also rejects NaN
+            raise ValueError(f"{name} must be in [{spec.lo}, {spec.hi}], got {value!r}")
+        values[name] = value
+    if values["low_thresh"] > values["high_thresh"]:
+        raise ValueError(
+            f"low_thresh ({values['low_thresh']}) must not exceed high_thresh "
+            f"({values['high_thresh']})"
+        )
+    return values
+
+
+def _rows(raw: bytearray) -> np.ndarray:
+    return np.frombuffer(raw, dtype=np.float64).reshape(-1, 8)
+
+
+class Tracker:
+    """IoU/Kalman multi-object tracker for one camera.
+
+    ``Tracker(**params)``: every parameter has a default (see :data:`PARAMS`); unknown names
+    raise ``TypeError``, bad values ``ValueError`` naming the parameter and its range.
+    """
+
+    __slots__ = ("_core", "_params")
+
+    def __init__(self, **params: Any) -> None:
+        self._params = _check_params(params)
+        self._core = _tracker.Core(**self._params)
+
+    def update(self, dets: Optional[np.ndarray]) -> np.ndarray:
+        """Advance one frame.
+
+        ``dets``: float32/float64 array (N, 6) x1, y1, x2, y2, score, class_id (any strides),
+        or ``None`` for a frame without detection (predict only). Returns a float64 (M, 8)
+        array (see :data:`COLUMNS`) with one row per active track. Invalid input raises
+        ``ValueError`` and leaves the tracker unchanged. Detections with zero width or height
+        are ignored; those below ``low_thresh`` too.
+        """
+        if dets is not None:
+            if not isinstance(dets, np.ndarray):
+                raise ValueError(
+                    f"dets must be a NumPy float32/float64 array (N, 6) or None, "
+                    f"got {type(dets).__name__}"
+                )
+            if dets.dtype not in _FLOAT_DTYPES:
+                raise ValueError(f"dets must be float32 or float64, got {dets.dtype}")
+            if dets.ndim != 2 or dets.shape[1] != 6:
+                raise ValueError(
+                    "dets must have shape (N, 6): x1, y1, x2, y2, score, class_id; "
+                    f"got {dets.shape}"
+                )
+        return _rows(self._core.update(dets))
+
+    def lost(self) -> np.ndarray:
+        """Shadow tracks: lost, not yet removed, still re-matchable with their ID (M, 8)."""
+        return _rows(self._core.lost())
+
+    def reset(self) -> None:
+        """Drop all tracks and restart the frame count. IDs are never reused afterwards."""
+        self._core.reset()
+
+    @property
+    def frame_count(self) -> int:
+        """Number of update() calls since construction or the last reset()."""
+        return self._core.frame_count
+
+    @property
+    def num_tracks(self) -> int:
+        """Tracks held in any state (tentative, active, shadow)."""
+        return self._core.num_tracks
+
+    @property
+    def params(self) -> Dict[str, Any]:
+        """The effective parameters (a copy)."""
+        return dict(self._params)
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self._params.items() if v != PARAMS[k].default}
+        return f"Tracker({', '.join(f'{k}={v!r}' for k, v in changed.items())})"

@@ -1,0 +1,36 @@
+"""Type stub for the C tracker core (edge_agent/tracking/_tracker.c)."""
+
+from typing import Any, List, Optional
+
+class Core:
+    """Tracker core; use edge_agent.tracking.Tracker, which validates the parameters."""
+
+    def __init__(
+        self,
+        *,
+        high_thresh: float,
+        low_thresh: float,
+        new_track_thresh: float,
+        match_thresh: float,
+        low_match_thresh: float,
+        tentative_match_thresh: float,
+        recovery_thresh: float,
+        fuse_score: bool,
+        observation_centric: bool,
+        probation_age: int,
+        max_tentative_misses: int,
+        max_shadow_age: int,
+        std_weight_position: float,
+        std_weight_velocity: float,
+    ) -> None: ...
+    def update(self, dets: Optional[Any]) -> bytearray:
+        """float64 rows of 8 columns (active tracks) as raw bytes."""
+    def lost(self) -> bytearray: ...
+    def reset(self) -> None: ...
+    @property
+    def frame_count(self) -> int: ...
+    @property
+    def num_tracks(self) -> int: ...
+
+def lap(cost: Any) -> List[int]:
+    """Column assigned to each row (-1 if none) minimising the total of a float64 matrix."""
