@@ -1,0 +1,410 @@
+"""Inference on ONNX Runtime: real YOLOX-nano on real video, a float64 reference decode, a
+multi-head export built here with the onnx helper API, and every bad-model path."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_agent.config import ModelConfig
+from edge_agent.inference import (
+    DetectorOutputError,
+    InferResult,
+    ModelError,
+    open_engine,
+)
+from edge_agent.inference import manifest as mf
+from edge_agent.inference.postprocess import Postprocessor, nms
+from edge_agent.inference.preprocess import Preprocessor
+
+CLIP = "nvidia_Retail02_short.mp4"
+SHIPPED = Path(__file__).resolve().parent.parent / "engines" / "manifests" / "yolox_nano_coco.json"
+
+
+def cfg(path, **kw) -> ModelConfig:
+    base = dict(path=str(path), backend="onnxruntime", providers=["cpu"], max_batch=4,
+                intra_op_threads=1)
+    base.update(kw)
+    return ModelConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def engine(yolox_nano):
+    eng = open_engine(cfg(yolox_nano))
+    yield eng
+    eng.close()
+
+
+@pytest.fixture(scope="module")
+def retail_frames(video_dir):
+    """Frames 0, 30, ..., 600 of the Retail02 clip (1920x1080)."""
+    cap = cv2.VideoCapture(str(video_dir / CLIP))
+    assert cap.isOpened()
+    frames = {}
+    i = 0
+    while i <= 600:
+        ok = cap.grab()
+        if not ok:
+            break
+        if i % 30 == 0:
+            ok, f = cap.retrieve()
+            assert ok
+            frames[i] = f
+        i += 1
+    cap.release()
+    assert len(frames) == 21
+    return frames
+
+
+def iou(a, b) -> float:
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+# --- the real model on real video ---------------------------------------------------------------
+
+
+def test_engine_reports_manifest_backend_and_batch(engine, yolox_nano):
+    m = engine.manifest
+    assert m.name == "yolox_nano_coco" and m.sha256 == mf.file_sha256(yolox_nano)
+    assert m.heads == {"crowd": ["person"], "weapon": ["knife"]}
+    assert engine.backend_name == "onnxruntime:CPUExecutionProvider"
+    assert engine.native_batch == 1 and engine.max_batch == 4  # fixed-batch model: frame by frame
+
+
+# Looked at (boxes drawn, PNGs viewed) on frames 0, 350, 370, 550: 8-11 people are visible at any
+# time; YOLOX-nano at 416x234 of real image finds the nearer, unoccluded ones. Over every 10th
+# frame it found 3..9 persons (mean 6.0), no box on the two chairs, and nothing as "knife".
+PERSONS_PER_FRAME = (3, 10)
+PERSONS_MEAN = (4.5, 7.5)
+# Hand-drawn boxes on frame 0 (1920x1080 px): the man in white trousers and the man with the
+# grey backpack in the front aisle, and the two chairs by the counter (must not be persons).
+FRAME0_PEOPLE = [(322, 517, 697, 960), (697, 382, 990, 900)]
+FRAME0_CHAIRS = [(1012, 525, 1252, 900), (1245, 667, 1462, 907)]
+
+
+@pytest.mark.slow
+def test_persons_on_retail_video(engine, retail_frames):
+    counts = []
+    items = sorted(retail_frames.items())
+    for s in range(0, len(items), engine.max_batch):  # batches of 4 frames, as the daemon does
+        chunk = items[s:s + engine.max_batch]
+        res = engine.infer([f for _, f in chunk])
+        assert isinstance(res, InferResult) and len(res.detections) == len(chunk)
+        assert set(res.timing) == {"pre_ms", "infer_ms", "post_ms"}
+        for (idx, frame), det in zip(chunk, res.detections):
+            assert set(det) == {"crowd", "weapon"}
+            crowd = det["crowd"]
+            assert crowd.dtype == np.float32 and crowd.shape[1] == 6
+            assert det["weapon"].shape == (0, 6), f"frame {idx}: a knife in a grocery aisle"
+            lo, hi = PERSONS_PER_FRAME
+            assert lo <= len(crowd) <= hi, f"frame {idx}: {len(crowd)} persons"
+            assert np.all(crowd[:, 5] == 0) and np.all(crowd[:, 4] >= 0.3)
+            assert np.all(np.diff(crowd[:, 4]) <= 0), "rows sorted by score"
+            h, w = frame.shape[:2]
+            assert np.all(crowd[:, [0, 1]] >= 0) and np.all(crowd[:, 2] <= w)
+            assert np.all(crowd[:, 3] <= h)
+            # standing people seen from above: boxes taller than wide, most of them
+            assert np.mean(crowd[:, 3] - crowd[:, 1] > crowd[:, 2] - crowd[:, 0]) >= 0.5
+            counts.append(len(crowd))
+            if idx == 0:
+                for person in FRAME0_PEOPLE:
+                    assert max(iou(person, b) for b in crowd) > 0.5, person
+                for chair in FRAME0_CHAIRS:
+                    assert max(iou(chair, b) for b in crowd) < 0.3, chair
+    assert PERSONS_MEAN[0] <= np.mean(counts) <= PERSONS_MEAN[1], counts
+
+
+def test_batch_equals_single_frames_of_different_sizes(engine, retail_frames):
+    big = retail_frames[300]
+    small = cv2.resize(retail_frames[450], (960, 540))
+    tall = np.ascontiguousarray(big[:, 600:1400])  # 1080x800: padded on the right
+    batch = engine.infer([big, small, tall]).detections
+    for frame, got in zip([big, small, tall], batch):
+        one = engine.infer([frame]).detections[0]
+        for head in ("crowd", "weapon"):
+            np.testing.assert_allclose(got[head], one[head], atol=1e-4)
+    assert len(batch[0]["crowd"]) > 0 and len(batch[2]["crowd"]) > 0
+
+
+# --- a float64 reference decode -----------------------------------------------------------------
+
+
+def reference_letterbox(frame, size=416, pad=114.0):
+    h, w = frame.shape[:2]
+    r = min(size / h, size / w)
+    nw, nh = int(round(w * r)), int(round(h * r))
+    canvas = np.full((size, size, 3), pad, np.float64)
+    canvas[:nh, :nw] = cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    return canvas.transpose(2, 0, 1)[None].astype(np.float32), r
+
+
+def reference_decode(raw, r, frame_shape, thr, iou_thr, strides=(8, 16, 32), size=416):
+    """The textbook YOLOX decode: one row at a time, float64, greedy NMS per class."""
+    raw = raw.astype(np.float64)
+    rows = []
+    k = 0
+    for s in strides:
+        g = size // s
+        for gy in range(g):
+            for gx in range(g):
+                rows.append((gx, gy, s, k))
+                k += 1
+    dets = []
+    for gx, gy, s, k in rows:
+        x, y, lw, lh, obj = raw[k, :5]
+        scores = obj * raw[k, 5:]
+        c = int(np.argmax(scores))
+        if scores[c] < thr:
+            continue
+        cx, cy, bw, bh = (x + gx) * s, (y + gy) * s, np.exp(lw) * s, np.exp(lh) * s
+        dets.append([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2, scores[c], c])
+    dets = np.array(dets).reshape(-1, 6)
+    kept = []
+    for c in np.unique(dets[:, 5]):
+        d = dets[dets[:, 5] == c]
+        d = d[np.argsort(-d[:, 4], kind="stable")]
+        while len(d):
+            kept.append(d[0])
+            d = np.array([b for b in d[1:] if iou(d[0], b) <= iou_thr]).reshape(-1, 6)
+    out = np.array(kept).reshape(-1, 6)
+    out[:, :4] /= r
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, frame_shape[1])
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, frame_shape[0])
+    return out[np.lexsort((out[:, 0], -out[:, 4]))]
+
+
+def all_classes_manifest(yolox_nano) -> mf.Manifest:
+    """The shipped manifest with one head holding all 80 COCO classes."""
+    data = json.loads(SHIPPED.read_text())
+    data["heads"] = {"all": {"output": "output"}}
+    return mf.parse(data, "all-classes")
+
+
+@pytest.mark.parametrize("frame_idx,thr", [(0, 0.3), (450, 0.3), (300, 0.05)])
+def test_pre_and_post_processing_match_float64_reference(engine, retail_frames, yolox_nano,
+                                                         frame_idx, thr):
+    frame = retail_frames[frame_idx]
+    m = all_classes_manifest(yolox_nano)
+    ours, geo = Preprocessor(m.input)([frame])
+    ref_in, r = reference_letterbox(frame)
+    np.testing.assert_array_equal(ours, ref_in)
+    assert geo.scale[0] == r
+    raw = engine.session.run(None, {"images": ref_in})[0]
+    got = Postprocessor(m, thr, 0.45)({"output": raw}, geo)[0]["all"].astype(np.float64)
+    ref = reference_decode(raw[0], r, frame.shape, thr, 0.45)
+    assert len(ref) >= 5
+    got = got[np.lexsort((got[:, 0], -got[:, 4]))]
+    assert got.shape == ref.shape, (len(got), len(ref))
+    np.testing.assert_array_equal(got[:, 5], ref[:, 5])
+    np.testing.assert_allclose(got[:, :5], ref[:, :5], atol=2e-3, rtol=1e-5)
+
+
+def test_nms_matches_greedy_loop():
+    rng = np.random.default_rng(7)
+    xy = rng.uniform(0, 100, (300, 2))
+    wh = rng.uniform(5, 40, (300, 2))
+    boxes = np.concatenate([xy, xy + wh], 1)
+    scores = rng.uniform(0, 1, 300)
+    groups = rng.integers(0, 3, 300)
+    keep = nms(boxes, scores, groups, 0.3)
+    ref = []
+    for g in range(3):
+        idx = [i for i in np.argsort(-scores) if groups[i] == g]
+        while idx:
+            ref.append(idx[0])
+            idx = [j for j in idx[1:] if iou(boxes[idx[0]], boxes[j]) <= 0.3]
+    assert sorted(keep.tolist()) == sorted(ref)
+    assert np.all(np.diff(scores[keep]) <= 0)
+
+
+# --- our multi-head export contract, on a small ONNX built here ----------------------------------
+
+WEAPON_ROWS = [  # x1, y1, x2, y2 (input px), objectness (added to by the image mean), 3 classes
+    [4, 4, 20, 20, 0, 0.05, 0.05, 0.9],
+    [5, 5, 21, 21, 0, 0.05, 0.05, 0.8],  # overlaps row 0, same class: NMS drops it
+    [30, 30, 60, 60, 0, 0.7, 0.1, 0.1],
+]
+CROWD_ROWS = [[10, 10, 50, 60, 0, 0.95], [0, 0, 1, 1, 0, 0.1]]
+
+
+def make_multihead(path: Path, height=64, width=64, fixed_batch=None) -> dict:
+    """A multi-head ONNX: rows are constants, objectness = mean pixel / 255 of each image."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes, inits, outputs = [], [], []
+    nodes.append(helper.make_node("ReduceMean", ["images"], ["mean4"], axes=[1, 2, 3],
+                                  keepdims=1))  # (N, 1, 1, 1)
+    nodes.append(helper.make_node("Reshape", ["mean4", "shape3"], ["mean"]))  # (N, 1, 1)
+    nodes.append(helper.make_node("Div", ["mean", "c255"], ["obj"]))
+    inits.append(numpy_helper.from_array(np.array(255, np.float32), "c255"))
+    inits.append(numpy_helper.from_array(np.array([-1, 1, 1], np.int64), "shape3"))
+    batch = fixed_batch if fixed_batch else "N"
+    for name, rows in (("weapon", WEAPON_ROWS), ("crowd", CROWD_ROWS)):
+        base = np.array(rows, np.float32)[None]
+        mask = np.zeros_like(base)
+        mask[..., 4] = 1
+        inits += [numpy_helper.from_array(base, f"{name}_base"),
+                  numpy_helper.from_array(mask, f"{name}_mask")]
+        nodes.append(helper.make_node("Mul", ["obj", f"{name}_mask"], [f"{name}_obj"]))
+        nodes.append(helper.make_node("Add", [f"{name}_obj", f"{name}_base"], [name]))
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                                     [batch, len(rows), len(rows[0])]))
+    graph = helper.make_graph(
+        nodes, "multihead",
+        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [batch, 3, height, width])],
+        outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    manifest = {
+        "format": 1, "name": "multihead-test", "version": "1", "sha256": mf.file_sha256(path),
+        "input": {"name": "images", "batch": fixed_batch, "height": height, "width": width,
+                  "color": "BGR", "scale": 1.0, "pad_value": 0},
+        "outputs": [
+            {"name": "weapon", "decode": "boxes", "classes": ["pistol", "rifle", "knife"]},
+            {"name": "crowd", "decode": "boxes", "classes": ["person"]},
+        ],
+        "heads": {"weapon": {"output": "weapon"}, "crowd": {"output": "crowd"}},
+    }
+    path.with_suffix(".json").write_text(json.dumps(manifest))
+    return manifest
+
+
+def test_multihead_export_contract(tmp_path):
+    model = tmp_path / "mh.onnx"
+    make_multihead(model)
+    with open_engine(cfg(model, score_threshold=0.5)) as eng:
+        assert eng.manifest.heads == {"weapon": ["pistol", "rifle", "knife"], "crowd": ["person"]}
+        assert eng.native_batch is None  # dynamic batch axis: one run for the whole batch
+        white = np.full((128, 128, 3), 255, np.uint8)  # letterbox scale 0.5 -> boxes x2
+        black = np.zeros((64, 64, 3), np.uint8)
+        res = eng.infer([white, black])
+    w, b = res.detections
+    np.testing.assert_allclose(w["weapon"], [[8, 8, 40, 40, 0.9, 2], [60, 60, 120, 120, 0.7, 0]],
+                               atol=1e-5)
+    np.testing.assert_allclose(w["crowd"], [[20, 20, 100, 120, 0.95, 0]], atol=1e-5)
+    assert b["weapon"].shape == (0, 6) and b["crowd"].shape == (0, 6)  # objectness 0
+
+
+# --- bad models ---------------------------------------------------------------------------------
+
+
+def copy_with_manifest(src: Path, dst: Path, **changes) -> Path:
+    shutil.copyfile(src, dst)
+    data = json.loads(SHIPPED.read_text())
+    data["sha256"] = mf.file_sha256(dst)
+    for key, value in changes.items():
+        section, _, field = key.partition("__")
+        if field:
+            data[section][field] = value
+        else:
+            data[section] = value
+    dst.with_suffix(".json").write_text(json.dumps(data))
+    return dst
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelError, match="no such file"):
+        open_engine(cfg(tmp_path / "nope.onnx"))
+
+
+def test_non_onnx_bytes(tmp_path):
+    bad = tmp_path / "notes.onnx"
+    bad.write_bytes(b"this is a text file, not a protobuf \x00\xff" * 100)
+    with pytest.raises(ModelError, match="no manifest"):  # no manifest matches its sha256
+        open_engine(cfg(bad))
+    data = json.loads(SHIPPED.read_text())
+    data["sha256"] = mf.file_sha256(bad)
+    bad.with_suffix(".json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="cannot load it"):
+        open_engine(cfg(bad))
+
+
+def test_truncated_file(tmp_path, yolox_nano):
+    cut = tmp_path / "cut.onnx"
+    cut.write_bytes(yolox_nano.read_bytes()[:1_000_000])
+    with pytest.raises(ModelError, match="does not match manifest"):  # sha check comes first
+        open_engine(cfg(cut, manifest=str(SHIPPED)))
+    data = json.loads(SHIPPED.read_text())
+    data["sha256"] = mf.file_sha256(cut)
+    cut.with_suffix(".json").write_text(json.dumps(data))
+    with pytest.raises(ModelError, match="cannot load it"):
+        open_engine(cfg(cut))
+
+
+def test_sha_mismatch(tmp_path, yolox_nano):
+    model = copy_with_manifest(yolox_nano, tmp_path / "m.onnx", sha256="0" * 64)
+    with pytest.raises(ModelError, match="sha256 .* does not match manifest"):
+        open_engine(cfg(model))
+
+
+def test_wrong_input_shape(tmp_path, yolox_nano):
+    model = copy_with_manifest(yolox_nano, tmp_path / "m.onnx", input__height=320,
+                               input__width=320)
+    with pytest.raises(ModelError, match=r"axis H: 416 != 320"):
+        open_engine(cfg(model))
+
+
+def test_missing_output(tmp_path, yolox_nano):
+    data = json.loads(SHIPPED.read_text())
+    model = copy_with_manifest(yolox_nano, tmp_path / "m.onnx",
+                               outputs=[dict(data["outputs"][0], name="boxes")],
+                               heads={"crowd": {"output": "boxes", "classes": ["person"]}})
+    with pytest.raises(ModelError, match="output 'boxes' not in the graph"):
+        open_engine(cfg(model))
+
+
+def test_wrong_class_count(tmp_path, yolox_nano):
+    data = json.loads(SHIPPED.read_text())
+    out = dict(data["outputs"][0], classes=data["outputs"][0]["classes"][:79])
+    model = copy_with_manifest(yolox_nano, tmp_path / "m.onnx", outputs=[out])
+    with pytest.raises(ModelError, match="85 columns"):
+        open_engine(cfg(model))
+
+
+@pytest.mark.parametrize("change,msg", [
+    ({"sha256": "xyz"}, "sha256: expected 64 hex digits"),
+    ({"heads": {"crowd": {"output": "output", "classes": ["unicorn"]}}}, "unicorn"),
+    ({"outputs": [{"name": "output", "decode": "anchors", "classes": ["a"]}]}, "decode"),
+    ({"input": {"name": "images", "height": 416}}, "input.width: missing"),
+])
+def test_bad_manifest_names_the_key(change, msg):
+    data = json.loads(SHIPPED.read_text())
+    data.update(change)
+    with pytest.raises(ModelError, match=msg):
+        mf.parse(data, "x.json")
+
+
+def test_detector_output_errors(engine):
+    post = Postprocessor(engine.manifest, 0.3, 0.45)
+    _, geo = Preprocessor(engine.manifest.input)([np.zeros((100, 100, 3), np.uint8)])
+    raw = np.zeros((1, 3549, 85), np.float32)
+    raw[0, 10, 7] = np.nan
+    with pytest.raises(DetectorOutputError, match="1 NaN/inf"):
+        post({"output": raw}, geo)
+    with pytest.raises(DetectorOutputError, match=r"shape \(1, 3549, 84\)"):
+        post({"output": raw[..., :84]}, geo)
+    with pytest.raises(DetectorOutputError, match="rows"):
+        post({"output": raw[:, :100]}, geo)
+    with pytest.raises(DetectorOutputError, match="shape NoneType"):
+        post({}, geo)
+
+
+def test_bad_frames(engine):
+    with pytest.raises(ValueError, match="frame 1: expected uint8"):
+        engine.infer([np.zeros((10, 10, 3), np.uint8), np.zeros((10, 10, 3), np.float32)])
+    with pytest.raises(ValueError, match="at most 4"):
+        engine.infer([np.zeros((10, 10, 3), np.uint8)] * 5)
+    with pytest.raises(ValueError, match="frame 0: expected uint8 H x W x 3"):
+        engine.infer([np.zeros((10, 10), np.uint8)])
+    assert engine.infer([]).detections == []
