@@ -82,7 +82,8 @@ def motpy_runner(seq: Sequence) -> Runner:
 
 
 def norfair_runner(seq: Sequence) -> Runner:
-    from norfair import Detection, Tracker as NfTracker
+    from norfair import Detection
+    from norfair import Tracker as NfTracker
 
     # IoU distance as in norfair's own box examples; other settings are norfair's defaults.
     tr = NfTracker(distance_function="iou", distance_threshold=0.7)
@@ -193,7 +194,7 @@ def main(argv: List[str] = None) -> int:
     seq_names = ", ".join(s.name for s in seqs)
     print(f"\nMOT15 train, SORT's Faster R-CNN det/det.txt, {len(seqs)} sequences ({seq_names});")
     print("TrackEval 1.3.0 (BENCHMARK=MOT15), all sequences combined. frames/s = update() calls.\n")
-    print(f"| tracker | HOTA | MOTA | IDF1 | ID sw | update() frames/s |")
+    print("| tracker | HOTA | MOTA | IDF1 | ID sw | update() frames/s |")
     print("|---|---:|---:|---:|---:|---:|")
     for name in names:
         c = scores[name]["COMBINED_SEQ"]
@@ -212,8 +213,9 @@ def main(argv: List[str] = None) -> int:
         best_hota = max(scores[n]["COMBINED_SEQ"]["HOTA"] for n in peers)
         best_idf1 = max(scores[n]["COMBINED_SEQ"]["IDF1"] for n in peers)
         fastest = max(peers, key=lambda n: speed[n])
+        ratio = speed["ours"] / speed[fastest]
         print(f"\nours - best peer: HOTA {c['HOTA'] - best_hota:+.1f}, "
-              f"IDF1 {c['IDF1'] - best_idf1:+.1f}; update() speed {speed['ours'] / speed[fastest]:.0f}x "
+              f"IDF1 {c['IDF1'] - best_idf1:+.1f}; update() speed {ratio:.0f}x "
               f"the fastest peer ({TRACKERS[fastest][0]})")
         if "sort" in names:
             print(f"MOTA vs SORT: {c['MOTA'] - scores['sort']['COMBINED_SEQ']['MOTA']:+.1f}")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import configparser
 from pathlib import Path
-from typing import Dict, List, NamedTuple
+from typing import List, NamedTuple
 
 import numpy as np
 
