@@ -70,6 +70,7 @@ def _add_engine(sub) -> None:
     i = esub.add_parser("inspect", help="print a model's manifest and check the ONNX against it")
     i.add_argument("model")
     i.add_argument("--manifest")
+    i.add_argument("--engine-dir", default="engines", help="engine store (manifests, plans)")
     b = esub.add_parser("build", help="build a TensorRT plan for this device")
     b.add_argument("model")
     b.add_argument("--manifest")
@@ -77,12 +78,16 @@ def _add_engine(sub) -> None:
     b.add_argument("--max-batch", type=int, default=4)
     b.add_argument("--workspace-mb", type=int, default=1024)
     b.add_argument("--engine-dir", default="engines")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar / spinner")
     n = esub.add_parser("bench", help="latency and throughput of a model on this machine")
     n.add_argument("model")
     n.add_argument("--manifest")
     n.add_argument("--backend", choices=["auto", "onnxruntime", "tensorrt"], default="auto")
     n.add_argument("--max-batch", type=int, default=4)
     n.add_argument("--iterations", type=int, default=50)
+    n.add_argument("--engine-dir", default="engines")
+    n.add_argument("--video", help="take frames from this video (default: 1080p noise)")
+    n.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
 
 
 def _add_train(sub) -> None:

@@ -61,7 +61,8 @@ class Engine:
 
     # -- to implement -----------------------------------------------------------------------
     def _run_native(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
-        """Run one batch the model accepts as is; returns raw outputs by name."""
+        """Run one batch the model accepts as is; returns raw outputs by name (which may be
+        views of the backend's buffers, valid until the next call)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -78,7 +79,8 @@ class Engine:
             chunk = batch[s:s + nb]
             if len(chunk) < nb:  # a fixed batch of e.g. 4 fed 3 frames: pad with copies
                 chunk = np.concatenate([chunk, np.repeat(chunk[-1:], nb - len(chunk), 0)])
-            parts.append(self._run_native(chunk))
+            # copy: a backend may hand back views of buffers the next chunk overwrites
+            parts.append({k: np.array(v) for k, v in self._run_native(chunk).items()})
         outs = {}
         for name in parts[0]:
             outs[name] = np.concatenate([p[name] for p in parts])[:n]
