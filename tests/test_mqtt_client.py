@@ -1,0 +1,249 @@
+"""AgentMqtt against a real Mosquitto: publishing from the outbox, status, state, stats, commands,
+MQTT 5 request/response and 3.1.1, Home Assistant discovery, the in-flight window."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from mqtt_helpers import Subscriber, event, make_cfg
+
+from edge_agent.mqtt.client import AgentMqtt
+from edge_agent.mqtt.outbox import Outbox
+
+BASE = "edge-agent/dev1"
+
+
+@pytest.fixture
+def outbox(tmp_path):
+    ob = Outbox(tmp_path / "outbox.sqlite", commit_interval_ms=10)
+    yield ob
+    ob.close()
+
+
+def _agent(broker, outbox, **kw):
+    fns = {k: kw.pop(k) for k in ("state_fn", "stats_fn", "config_fn", "cameras") if k in kw}
+    m = AgentMqtt(make_cfg(broker, **kw), "dev1", outbox, **fns)
+    m.start()
+    assert m.wait_connected(10)
+    return m
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_events_are_published_in_order_and_deleted_on_puback(broker, outbox, protocol):
+    sub = Subscriber(broker, [f"{BASE}/#"]).ready()
+    for i in range(50):
+        outbox.append(event(i, "crowd" if i % 2 else "weapon"))
+    m = _agent(broker, outbox, protocol=protocol, state_fn=lambda: {"cameras": ["cam1"]})
+    for i in range(50, 100):
+        outbox.append(event(i))
+    assert sub.wait_for(lambda: len(sub.events()) >= 100)
+    evs = sub.events()
+    assert [e["seq"] for e in evs] == list(range(1, 101))
+    assert [e["event_id"] for e in evs] == [f"r-{i}" for i in range(100)]
+    topics = [t for t, _, _ in sub.snapshot() if "/events/" in t]
+    assert topics[0] == f"{BASE}/events/weapon" and topics[1] == f"{BASE}/events/crowd"
+    assert sub.wait_for(lambda: len(outbox) == 0, 5)  # rows deleted once acknowledged
+    assert m.counters["acked"] == 100
+    state = json.loads(sub.payloads("/state")[-1])
+    assert state["device_id"] == "dev1" and state["cameras"] == ["cam1"]
+    m.stop()
+    assert sub.wait_for(lambda: sub.payloads("/status")[-1:] == [b"stopped"])
+    assert sub.payloads("/status") == [b"online", b"stopped"]
+    sub.close()
+
+
+def test_status_and_state_are_retained(broker, outbox):
+    m = _agent(broker, outbox, state_fn=lambda: {"fps": {"cam1": 12.5}})
+    time.sleep(0.3)
+    late = Subscriber(broker, [f"{BASE}/status", f"{BASE}/state"]).ready(0.5)
+    assert late.payloads("/status") == [b"online"]
+    assert json.loads(late.payloads("/state")[0])["fps"] == {"cam1": 12.5}
+    m.stop()
+    late.close()
+
+
+def test_stats_are_published_periodically(broker, outbox):
+    sub = Subscriber(broker, [f"{BASE}/stats"]).ready()
+    m = _agent(broker, outbox, stats_interval_s=0.2, stats_fn=lambda: {"fps": {"cam1": 9.0}})
+    outbox.append(event(0))
+    assert sub.wait_for(lambda: len(sub.payloads("/stats")) >= 3, 5)
+    st = json.loads(sub.payloads("/stats")[-1])
+    assert st["fps"] == {"cam1": 9.0}
+    assert st["outbox"]["last_seq"] == 1
+    assert st["mqtt"]["connected"] is True
+    m.stop()
+    sub.close()
+
+
+def test_failing_state_and_stats_functions_do_not_stop_publishing(broker, outbox):
+    def boom():
+        raise RuntimeError("sensor gone")
+
+    sub = Subscriber(broker, [f"{BASE}/#"]).ready()
+    m = _agent(broker, outbox, state_fn=boom, stats_fn=boom, stats_interval_s=0.2)
+    outbox.append(event(1))
+    assert sub.wait_for(lambda: len(sub.events()) == 1 and len(sub.payloads("/stats")) >= 1)
+    assert json.loads(sub.payloads("/state")[0])["device_id"] == "dev1"
+    m.stop()
+    sub.close()
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def _reply(sub, name, n=1, timeout=5.0):
+    assert sub.wait_for(lambda: len(sub.payloads(f"/cmd/{name}/reply")) >= n, timeout), name
+    return json.loads(sub.payloads(f"/cmd/{name}/reply")[n - 1])
+
+
+def test_builtin_commands_and_a_registered_snapshot_handler(broker, outbox):
+    sub = Subscriber(broker, [f"{BASE}/cmd/+/reply", f"{BASE}/snapshots/+"]).ready()
+    m = AgentMqtt(make_cfg(broker, username="ops", password="hunter2-secret"), "dev1", outbox,
+                  state_fn=lambda: {"cameras": {"cam1": {"fps": 10}}})
+    jpeg = b"\xff\xd8\xff\xe0fake-but-real-bytes\xff\xd9"
+
+    def snapshot(req):
+        cam = req.get("camera")
+        if cam != "cam1":
+            raise ValueError(f"unknown camera {cam!r}")
+        assert m.publish_snapshot("snap-1", jpeg)
+        return {"camera": cam, "event_id": "snap-1", "bytes": len(jpeg)}
+
+    m.register_command("snapshot", snapshot)
+    m.start()
+    # Broker needs no auth; the credentials only matter for config.get masking here.
+    assert m.wait_connected(10)
+    time.sleep(0.2)
+    sub.request(f"{BASE}/cmd/ping", b'{"request_id": "p1"}')
+    assert _reply(sub, "ping")["result"]["pong"] is True
+    sub.request(f"{BASE}/cmd/state", b'{"request_id": 7}')
+    r = _reply(sub, "state")
+    assert r["request_id"] == 7 and r["result"]["cameras"] == {"cam1": {"fps": 10}}
+    sub.request(f"{BASE}/cmd/config.get", b'{"request_id": "c1"}')
+    r = _reply(sub, "config.get")
+    assert r["ok"] and r["result"]["config"]["mqtt"]["password"] == "**********"
+    assert "hunter2-secret" not in json.dumps(r)
+    sub.request(f"{BASE}/cmd/config.get", b'{"request_id": "c2", "section": "nope"}')
+    r = _reply(sub, "config.get", 2)
+    assert r["error"]["code"] == "bad_request" and "unknown section" in r["error"]["message"]
+    sub.request(f"{BASE}/cmd/snapshot", b'{"request_id": "s1", "camera": "cam1"}')
+    r = _reply(sub, "snapshot")
+    assert r["ok"] and r["result"]["bytes"] == len(jpeg)
+    assert sub.wait_for(lambda: sub.payloads("/snapshots/snap-1") == [jpeg])
+    sub.request(f"{BASE}/cmd/snapshot", b'{"request_id": "s2", "camera": "cam9"}')
+    r = _reply(sub, "snapshot", 2)
+    assert r["error"]["code"] == "bad_request" and "cam9" in r["error"]["message"]
+    m.stop()
+    sub.close()
+
+
+@pytest.mark.parametrize(
+    "name, payload, code",
+    [
+        ("nope", b'{"request_id": "u1"}', "unknown_command"),
+        ("ping", b"{not json", "bad_json"),
+        ("ping", b"\xff\xfe\x00", "bad_json"),
+        ("ping", b"[1, 2]", "bad_request"),
+        ("ping", b"{}", "bad_request"),
+        ("ping", b'{"request_id": [1]}', "bad_request"),
+        ("ping", b'{"request_id": true}', "bad_request"),
+        ("config.get", b'{"request_id": "x", "section": 5}', "bad_request"),
+        ("ping", b'{"request_id": "big", "pad": "' + b"a" * 2000 + b'"}', "too_large"),
+    ],
+)
+def test_bad_commands_get_an_error_reply_and_nothing_else(broker, outbox, name, payload, code):
+    sub = Subscriber(broker, [f"{BASE}/#"]).ready()
+    calls = []
+    m = _agent(broker, outbox, max_command_bytes=1024)
+    m.register_command("snapshot", lambda req: calls.append(req) or {})
+    assert sub.wait_for(lambda: len(sub.payloads("/state")) == 1)
+    time.sleep(0.1)
+    before = len(sub.snapshot())
+    sub.request(f"{BASE}/cmd/{name}", payload)
+    r = _reply(sub, name)
+    assert r["ok"] is False and r["error"]["code"] == code, r
+    time.sleep(0.2)
+    after = [t for t, _, _ in sub.snapshot()[before:]]
+    assert after == [f"{BASE}/cmd/{name}", f"{BASE}/cmd/{name}/reply"]  # no other effect
+    assert not calls
+    outbox.append(event(0))  # and the agent keeps publishing
+    assert sub.wait_for(lambda: len(sub.events()) == 1)
+    m.stop()
+    sub.close()
+
+
+def test_mqtt5_response_topic_and_correlation_data_are_honoured(broker, outbox):
+    sub = Subscriber(broker, ["my/replies/#", f"{BASE}/cmd/+/reply"], v5=True).ready()
+    m = _agent(broker, outbox)
+    sub.request(f"{BASE}/cmd/ping", b'{"request_id": "q1"}', response_topic="my/replies/42",
+                correlation=b"\x00corr-\x01")
+    assert sub.wait_for(lambda: len(sub.payloads("my/replies/42")) == 1)
+    topic, payload, props = [x for x in sub.snapshot() if x[0] == "my/replies/42"][0]
+    assert json.loads(payload)["request_id"] == "q1"
+    assert props.CorrelationData == b"\x00corr-\x01"
+    time.sleep(0.2)
+    assert sub.payloads(f"{BASE}/cmd/ping/reply") == []  # only where it was asked for
+    m.stop()
+    sub.close()
+
+
+def test_mqtt311_agent_replies_on_the_default_topic(broker, outbox):
+    sub = Subscriber(broker, [f"{BASE}/cmd/+/reply"]).ready()
+    m = _agent(broker, outbox, protocol="3.1.1")
+    sub.request(f"{BASE}/cmd/ping", b'{"request_id": "old"}')
+    assert _reply(sub, "ping")["request_id"] == "old"
+    m.stop()
+    sub.close()
+
+
+# --- Home Assistant --------------------------------------------------------------------------
+
+
+def test_home_assistant_discovery_and_entity_states(broker, outbox):
+    sub = Subscriber(broker, ["homeassistant/#", f"{BASE}/ha/#"]).ready()
+    m = _agent(broker, outbox, ha_discovery=True, cameras={"cam1": ["door"]})
+    assert sub.wait_for(lambda: len(sub.payloads("/config")) >= 2)
+    configs = {t: json.loads(p) for t, p, _ in sub.snapshot() if t.endswith("/config")}
+    node = "edge_agent_dev1"
+    weapon = configs[f"homeassistant/binary_sensor/{node}/{node}_cam1_weapon/config"]
+    assert weapon["state_topic"] == f"{BASE}/ha/weapon/cam1"
+    assert weapon["availability"][0]["topic"] == f"{BASE}/status"
+    crowd = configs[f"homeassistant/sensor/{node}/{node}_cam1_door_crowd/config"]
+    assert crowd["state_topic"] == f"{BASE}/ha/crowd/cam1/door"
+    assert sub.wait_for(lambda: sub.payloads("/ha/weapon/cam1") == [b"OFF"])
+    outbox.append({"event_id": "w1", "type": "weapon", "phase": "start", "camera": "cam1",
+                   "track_id": 5})
+    outbox.append({"event_id": "c1", "type": "crowd", "phase": "start", "camera": "cam2",
+                   "zone": "hall", "count": 12})
+    outbox.append({"event_id": "w2", "type": "weapon", "phase": "end", "camera": "cam1",
+                   "track_id": 5})
+    assert sub.wait_for(lambda: sub.payloads("/ha/weapon/cam1") == [b"OFF", b"ON", b"OFF"])
+    assert sub.wait_for(lambda: sub.payloads("/ha/crowd/cam2/hall") == [b"12"])
+    # a zone first seen in an event gets its discovery config then
+    assert any(t.endswith("edge_agent_dev1_cam2_hall_crowd/config") for t, _, _ in sub.snapshot())
+    m.stop()
+    sub.close()
+
+
+# --- pacing ----------------------------------------------------------------------------------
+
+
+def test_inflight_window_bounds_what_paho_holds_during_an_outage(broker, outbox):
+    sub = Subscriber(broker, [f"{BASE}/events/+"], client_id="pace-sub", clean=False).ready()
+    m = _agent(broker, outbox, max_inflight=5)
+    time.sleep(1.2)  # autosave_interval 1: the subscriber's session is on the broker's disk
+    broker.kill()
+    for i in range(300):
+        outbox.append(event(i))
+    held = []
+    for _ in range(20):
+        held.append(len(m._client._out_messages))  # paho's in-memory backlog
+        time.sleep(0.02)
+    assert max(held) <= 5 + 16  # the window plus control-message headroom
+    assert len(outbox) >= 295  # the rest waits durably in the outbox, not in paho
+    broker.start()
+    assert sub.wait_for(lambda: len({e["event_id"] for e in sub.events()}) == 300, 20)
+    m.stop()
+    sub.close()
