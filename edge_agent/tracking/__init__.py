@@ -55,6 +55,14 @@ PARAMS: Dict[str, _Param] = {
     "recovery_thresh": _Param(float, 0.0, 0.0, 1.0,
                               "OC-SORT recovery: minimum IoU against a track's last observed "
                               "box for leftovers after stage 1 (0 = off)"),
+    "iou_buffer": _Param(float, 0.0, 0.0, 2.0,
+                         "stage 1 boxes are enlarged by this fraction of their size on each side "
+                         "before IoU (C-BIoU), for fast motion and low frame rates"),
+    "direction_weight": _Param(float, 0.0, 0.0, 10.0,
+                               "OC-SORT velocity-direction consistency weight in stage 1 "
+                               "(0 = off)"),
+    "direction_delta": _Param(int, 3, 1, 1000,
+                              "frames between the observations that define a track's direction"),
     "fuse_score": _Param(bool, True, 0, 1, "multiply IoU by detection score in stages 1 and 3"),
     "observation_centric": _Param(bool, True, 0, 1,
                                   "OC-SORT re-update: replay a gap along the line between the "
