@@ -112,6 +112,8 @@ def _add_bench(sub) -> None:
     bsub = p.add_subparsers(dest="bench_cmd", required=True)
     t = bsub.add_parser("tracker", help="tracker update() speed on real and dense data")
     t.add_argument("--frames", type=int, default=0, help="limit frames per sequence")
+    t.add_argument("--mot-dir", help="MOTChallenge folder (default: ../shared/data/mot)")
+    t.add_argument("--repeat", type=int, default=3, help="timed runs; the best is reported")
 
 
 def build_parser() -> argparse.ArgumentParser:
