@@ -10,7 +10,7 @@ SYSTEM_PACKAGES := mosquitto openssl python3-gi gir1.2-gst-rtsp-server-1.0 \
                    gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
                    gstreamer1.0-plugins-bad gstreamer1.0-libav
 
-.PHONY: venv system-deps test test-debug lint demo clean
+.PHONY: venv system-deps test test-debug lint demo clean bench-tracker
 
 $(VENV)/.stamp: setup.cfg setup.py pyproject.toml edge_agent/tracking/_tracker.c
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,16 @@ test-debug: venv
 	EDGE_AGENT_DEBUG=1 $(PY) -m pip install -q --no-build-isolation -e .
 	$(PY) -m pytest tests -k tracker
 	$(PY) -m pip install -q --no-build-isolation -e .
+
+# Tracker vs peers, scored by TrackEval, in its own venv: trackeval and roboflow trackers pull
+# opencv-python, which collides with the project's headless OpenCV. norfair --no-deps: its
+# metadata pins rich<13 while trackers needs rich>=13 (norfair works with it).
+bench-tracker: venv
+	[ -x .venv-bench/bin/python ] || $(PYTHON) -m venv .venv-bench
+	.venv-bench/bin/pip install -q -r bench/requirements-tracker.txt
+	.venv-bench/bin/pip install -q --no-deps norfair==2.1.1 filterpy==1.4.5
+	.venv-bench/bin/python bench/mot_eval.py --mot-dir $(SHARED)/data/mot --per-seq
+	$(VENV)/bin/edge-agent bench tracker --mot-dir $(SHARED)/data/mot
 
 demo: venv
 	$(PY) -m edge_agent.demo --shared $(SHARED)
