@@ -356,3 +356,55 @@ def test_bad_frames(engine):
     with pytest.raises(ValueError, match="frame 0: expected uint8 H x W x 3"):
         engine.infer([np.zeros((10, 10), np.uint8)])
     assert engine.infer([]).detections == []
+
+
+# --- preprocessing variants, providers, manifest lookup -----------------------------------------
+
+
+def test_preprocess_rgb_normalised_centered_fp16():
+    data = json.loads(SHIPPED.read_text())
+    data["input"].update(color="RGB", scale=1 / 255, mean=[0.485, 0.456, 0.406],
+                         std=[0.229, 0.224, 0.225], align="center", pad_value=0)
+    m = mf.parse(data, "variant")
+    rng = np.random.default_rng(1)
+    frame = rng.integers(0, 256, (200, 400, 3), dtype=np.uint8)
+    x16, geo = Preprocessor(m.input, np.float16)([frame])
+    x32, _ = Preprocessor(m.input, np.float32)([frame])
+    assert x16.dtype == np.float16 and x16.shape == (1, 3, 416, 416)
+    # reference: resize to 416x208, centre vertically (104 px above), RGB, (x/255 - mean)/std
+    img = cv2.resize(frame, (416, 208), interpolation=cv2.INTER_LINEAR)[:, :, ::-1] / 255.0
+    ref = np.zeros((416, 416, 3))
+    ref[104:312] = (img - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    ref[:104] = ref[312:] = -np.array([0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    np.testing.assert_allclose(x32[0], ref.transpose(2, 0, 1), atol=1e-5)
+    np.testing.assert_allclose(x16, x32, atol=2e-2)
+    assert tuple(geo.offset[0]) == (0, 104) and geo.scale[0] == 416 / 400
+    # the offset is undone when boxes go back to frame pixels
+    post = Postprocessor(m, 0.5, 0.45)
+    raw = np.zeros((1, 3549, 85), np.float32)
+    raw[0, 0, :] = 0
+    raw[0, 0, 2:4] = np.log(4.0)  # row 0: stride 8, grid (0, 0), 32x32 px centred at (0, 0)
+    raw[0, 0, 4], raw[0, 0, 5] = 1.0, 0.9
+    det = post({"output": raw}, geo)[0]["crowd"]
+    np.testing.assert_allclose(det[0, :4], [0, 0, 16 / geo.scale[0], 0], atol=1e-4)
+
+
+def test_providers_fall_back_in_config_order(yolox_nano):
+    with open_engine(cfg(yolox_nano, providers=["tensorrt", "cuda", "cpu"])) as eng:
+        assert eng.backend_name == "onnxruntime:CPUExecutionProvider"
+    with open_engine(cfg(yolox_nano, backend="auto")) as eng:  # no TensorRT here
+        assert eng.backend_name.startswith("onnxruntime:")
+    with pytest.raises(ModelError, match="none of the configured ONNX Runtime providers"):
+        open_engine(cfg(yolox_nano, providers=["cuda"]))
+
+
+def test_manifest_found_by_sha_in_engine_dir(tmp_path, yolox_nano):
+    model = tmp_path / "renamed.onnx"
+    shutil.copyfile(yolox_nano, model)  # no manifest beside it
+    assert mf.resolve(model).source == str(SHIPPED.resolve())
+    store = tmp_path / "store" / "manifests"
+    store.mkdir(parents=True)
+    data = json.loads(SHIPPED.read_text())
+    data["version"] = "site-copy"
+    (store / "mine.json").write_text(json.dumps(data))
+    assert mf.resolve(model, engine_dir=tmp_path / "store").version == "site-copy"
