@@ -73,6 +73,9 @@ PARAMS: Dict[str, _Param] = {
                                    "early termination: misses a tentative track survives"),
     "max_shadow_age": _Param(int, 30, 0, 1_000_000,
                              "frames a lost (shadow) track is kept for re-matching"),
+    "coast_frames": _Param(int, 0, 0, 1_000_000,
+                           "an unmatched active track stays reported (predicted box, "
+                           "frames_since_update > 0) this many frames before it goes shadow"),
     "std_weight_position": _Param(float, 1.0 / 20, 1e-6, 10.0,
                                   "Kalman position noise std as a fraction of box height"),
     "std_weight_velocity": _Param(float, 1.0 / 160, 1e-6, 10.0,

@@ -29,6 +29,8 @@
 #define OUT_COLS 8
 #define DET_COLS 6
 #define LAP_BIG 1e6
+#define PI_D 3.14159265358979323846
+#define HIST 4 /* observation centres kept per track, for the motion direction */
 /* Largest number of detections accepted per frame: keeps scratch sizes sane. */
 #define MAX_DETS 100000
 
@@ -284,6 +286,8 @@ typedef struct {
     KF kf_obs;      /* filter state right after the last observation (for re-update) */
     double obs[4];  /* last observed box x1, y1, x2, y2 */
     double box[4];  /* current state as a box (refreshed after predict/update) */
+    double hist[HIST][3]; /* ring of observed centres: cx, cy, frame */
+    int nhist, hpos;
     double score, cls;
     long long id;   /* 0 while tentative */
     long fsu;       /* frames since the last matched detection */
@@ -293,8 +297,10 @@ typedef struct {
 typedef struct {
     double high_thresh, low_thresh, new_track_thresh;
     double match_thresh, low_match_thresh, tentative_match_thresh, recovery_thresh;
+    double iou_buffer, direction_weight;
+    long direction_delta;
     int fuse_score, observation_centric;
-    long probation_age, max_tentative_misses, max_shadow_age;
+    long probation_age, max_tentative_misses, max_shadow_age, coast_frames;
     KFParams kfp;
 } Params;
 
@@ -376,8 +382,37 @@ static int cmp_key(const void *a, const void *b)
  * or of different class are not allowed. Result: self->tassign[k] = listed det index or -1.
  * All scratch was reserved by the caller (reserve_scratch), so this cannot fail.
  */
+/* Direction of motion from the observation about `delta` frames before the last one (OC-SORT
+ * "inertia"); 0 when the track has fewer than two observations. */
+static int track_direction(const Track *t, long delta, double *ux, double *uy)
+{
+    if (t->nhist < 2) return 0;
+    int last = (t->hpos + HIST - 1) % HIST;
+    int pick = -1;
+    for (int k = 1; k < t->nhist; k++) {
+        int idx = (last - k + HIST) % HIST;
+        pick = idx;
+        if (t->hist[last][2] - t->hist[idx][2] >= (double)delta) break;
+    }
+    double dx = t->hist[last][0] - t->hist[pick][0], dy = t->hist[last][1] - t->hist[pick][1];
+    double n = sqrt(dx * dx + dy * dy);
+    if (!(n > 1e-6)) return 0;
+    *ux = dx / n;
+    *uy = dy / n;
+    return 1;
+}
+
+static void expand(const double *b, double buf, double *o)
+{
+    double w = b[2] - b[0], h = b[3] - b[1];
+    o[0] = b[0] - buf * w;
+    o[1] = b[1] - buf * h;
+    o[2] = b[2] + buf * w;
+    o[3] = b[3] + buf * h;
+}
+
 static void associate(CoreObject *self, const int *tl, int nt, const int *dl, int nd,
-                      int use_obs, int fuse, double min_sim)
+                      int use_obs, int fuse, double min_sim, double buf, double dir_w)
 {
     int *tassign = self->tassign;
     for (int k = 0; k < nt; k++) tassign[k] = -1;
@@ -400,25 +435,43 @@ static void associate(CoreObject *self, const int *tl, int nt, const int *dl, in
     double limit = 1.0 - min_sim;
     for (int a = 0; a < nt; a++) {
         const Track *t = &self->tracks[tl[a]];
-        const double *tb = use_obs ? t->obs : t->box;
-        double lo = tb[0] - maxw;
+        double tb[4], db[4];
+        expand(use_obs ? t->obs : t->box, buf, tb);
+        double ux = 0.0, uy = 0.0;
+        int has_dir = dir_w > 0 && track_direction(t, self->p.direction_delta, &ux, &uy);
+        double lo = tb[0] - maxw * (1 + buf);
         int first = 0, hi = nd;
         while (first < hi) { /* first key with x1 > lo */
             int mid = (first + hi) / 2;
             if (keys[mid].x1 <= lo) first = mid + 1;
             else hi = mid;
         }
-        for (int k = first; k < nd && keys[k].x1 < tb[2]; k++) {
+        for (int k = first; k < nd && keys[k].x1 < tb[2] + buf * maxw; k++) {
             int b = keys[k].idx;
-            const double *db = dets + (size_t)dl[b] * DET_COLS;
-            if (db[5] != t->cls) continue;
+            const double *draw = dets + (size_t)dl[b] * DET_COLS;
+            if (draw[5] != t->cls) continue;
+            expand(draw, buf, db);
             double s = iou(tb, db);
             if (s <= 0.0) continue;
-            if (fuse) s *= db[4];
+            if (fuse) s *= draw[4];
             if (s < min_sim) continue;
+            double cost = 1.0 - s;
+            if (has_dir) {
+                /* OC-SORT velocity-direction consistency: reward detections that continue
+                 * the track's observed direction of motion. */
+                int last = (t->hpos + HIST - 1) % HIST;
+                double dx = 0.5 * (draw[0] + draw[2]) - t->hist[last][0];
+                double dy = 0.5 * (draw[1] + draw[3]) - t->hist[last][1];
+                double n = sqrt(dx * dx + dy * dy);
+                if (n > 1e-6) {
+                    double c = (ux * dx + uy * dy) / n;
+                    c = c > 1 ? 1 : (c < -1 ? -1 : c);
+                    cost -= dir_w * draw[4] * (0.5 * PI_D - acos(c)) / PI_D;
+                }
+            }
             edges[ne].t = a;
             edges[ne].d = b;
-            edges[ne].cost = 1.0 - s;
+            edges[ne].cost = cost;
             ne++;
         }
     }
@@ -592,6 +645,15 @@ done:
 /* ------------------------------------------------------------------------------------------ */
 /* Lifecycle                                                                                   */
 
+static void track_push_hist(const CoreObject *self, Track *t, const double *det)
+{
+    t->hist[t->hpos][0] = 0.5 * (det[0] + det[2]);
+    t->hist[t->hpos][1] = 0.5 * (det[1] + det[3]);
+    t->hist[t->hpos][2] = (double)self->frame_count;
+    t->hpos = (t->hpos + 1) % HIST;
+    if (t->nhist < HIST) t->nhist++;
+}
+
 static void track_observe(CoreObject *self, Track *t, const double *det)
 {
     double z[4];
@@ -615,6 +677,7 @@ static void track_observe(CoreObject *self, Track *t, const double *det)
     kf_update(&t->kf, z, kp);
     t->kf_obs = t->kf;
     memcpy(t->obs, det, 4 * sizeof(double));
+    track_push_hist(self, t, det);
     t->score = det[4];
     t->fsu = 0;
     t->misses = 0;
@@ -655,7 +718,8 @@ static void compact(CoreObject *self)
 /* Run one association stage over tracks in `want_state` (and its second state, or -1) that are
  * still unmatched this frame, and detections in [lo, hi) score range still unmatched. */
 static void stage(CoreObject *self, Py_ssize_t n, int st1, int st2, double dlo, double dhi,
-                  int use_obs, int fuse, double min_sim, unsigned char *tmatched)
+                  int use_obs, int fuse, double min_sim, double buf, double dir_w,
+                  unsigned char *tmatched)
 {
     int *tl = self->ilist_a, *dl = self->ilist_b;
     int nt = 0, nd = 0;
@@ -669,7 +733,7 @@ static void stage(CoreObject *self, Py_ssize_t n, int st1, int st2, double dlo, 
         if (self->dmatch[j] < 0 && s >= dlo && s < dhi && b[2] > b[0] && b[3] > b[1])
             dl[nd++] = (int)j;
     }
-    associate(self, tl, nt, dl, nd, use_obs, fuse, min_sim);
+    associate(self, tl, nt, dl, nd, use_obs, fuse, min_sim, buf, dir_w);
     for (int a = 0; a < nt; a++) {
         int b = self->tassign[a];
         if (b < 0) continue;
@@ -733,17 +797,17 @@ static PyObject *Core_update(CoreObject *self, PyObject *arg)
 
     /* 1: high-score detections vs active and lost tracks (predicted boxes). */
     stage(self, n, ST_ACTIVE, ST_LOST, p->high_thresh, HUGE_VAL, 0, p->fuse_score,
-          p->match_thresh, tmatched);
+          p->match_thresh, p->iou_buffer, p->direction_weight, tmatched);
     /* 1b: OC-SORT recovery: leftovers vs the tracks' last observed boxes. */
     if (p->recovery_thresh > 0)
         stage(self, n, ST_ACTIVE, ST_LOST, p->high_thresh, HUGE_VAL, 1, 0, p->recovery_thresh,
-              tmatched);
+              0.0, 0.0, tmatched);
     /* 2: low-score detections vs still-unmatched active tracks (ByteTrack). */
     stage(self, n, ST_ACTIVE, -1, p->low_thresh, p->high_thresh, 0, 0, p->low_match_thresh,
-          tmatched);
+          0.0, 0.0, tmatched);
     /* 3: tentative tracks vs remaining high-score detections. */
     stage(self, n, ST_TENTATIVE, -1, p->high_thresh, HUGE_VAL, 0, p->fuse_score,
-          p->tentative_match_thresh, tmatched);
+          p->tentative_match_thresh, 0.0, 0.0, tmatched);
 
     /* Unmatched tracks: tentative -> early termination; active -> lost; lost -> expire. */
     Py_ssize_t nold = self->ntracks;
@@ -752,7 +816,7 @@ static PyObject *Core_update(CoreObject *self, PyObject *arg)
         if (tmatched[i]) continue;
         if (t->state == ST_TENTATIVE) {
             if (++t->misses > p->max_tentative_misses) t->state = ST_DEAD;
-        } else if (t->state == ST_ACTIVE) {
+        } else if (t->state == ST_ACTIVE && t->fsu > p->coast_frames) {
             t->state = ST_LOST;
         }
         if (t->state == ST_LOST && t->fsu > p->max_shadow_age) t->state = ST_DEAD;
@@ -772,6 +836,7 @@ static PyObject *Core_update(CoreObject *self, PyObject *arg)
         kf_initiate(&t->kf, z, &p->kfp);
         t->kf_obs = t->kf;
         memcpy(t->obs, det, 4 * sizeof(double));
+        track_push_hist(self, t, det);
         t->score = det[4];
         t->cls = det[5];
         t->hits = 1;
@@ -809,19 +874,24 @@ static int Core_init(CoreObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"high_thresh", "low_thresh", "new_track_thresh", "match_thresh",
                              "low_match_thresh", "tentative_match_thresh", "recovery_thresh",
+                             "iou_buffer", "direction_weight", "direction_delta",
                              "fuse_score", "observation_centric", "probation_age",
-                             "max_tentative_misses", "max_shadow_age", "std_weight_position",
+                             "max_tentative_misses", "max_shadow_age", "coast_frames",
+                             "std_weight_position",
                              "std_weight_velocity", NULL};
     Params p;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$dddddddppllldd", kwlist, &p.high_thresh,
-                                     &p.low_thresh, &p.new_track_thresh, &p.match_thresh,
-                                     &p.low_match_thresh, &p.tentative_match_thresh,
-                                     &p.recovery_thresh, &p.fuse_score, &p.observation_centric,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$dddddddddlpplllldd", kwlist,
+                                     &p.high_thresh, &p.low_thresh, &p.new_track_thresh,
+                                     &p.match_thresh, &p.low_match_thresh,
+                                     &p.tentative_match_thresh, &p.recovery_thresh, &p.iou_buffer,
+                                     &p.direction_weight, &p.direction_delta, &p.fuse_score, &p.observation_centric,
                                      &p.probation_age, &p.max_tentative_misses,
-                                     &p.max_shadow_age, &p.kfp.w_pos, &p.kfp.w_vel))
+                                     &p.max_shadow_age, &p.coast_frames, &p.kfp.w_pos,
+                                     &p.kfp.w_vel))
         return -1;
     /* The wrapper checks ranges with friendlier messages; this guards the C invariants. */
-    if (p.probation_age < 1 || p.max_tentative_misses < 0 || p.max_shadow_age < 0 ||
+    if (p.probation_age < 1 || p.direction_delta < 1 || !(p.iou_buffer >= 0) ||
+        p.max_tentative_misses < 0 || p.max_shadow_age < 0 || p.coast_frames < 0 ||
         !(p.kfp.w_pos > 0) || !(p.kfp.w_vel > 0) || !isfinite(p.kfp.w_pos) ||
         !isfinite(p.kfp.w_vel)) {
         PyErr_SetString(PyExc_ValueError, "invalid tracker parameters");
