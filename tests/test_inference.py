@@ -126,7 +126,7 @@ def test_persons_on_retail_video(engine, retail_frames):
 def test_batch_equals_single_frames_of_different_sizes(engine, retail_frames):
     big = retail_frames[300]
     small = cv2.resize(retail_frames[450], (960, 540))
-    tall = np.ascontiguousarray(big[:, 600:1400])  # 1080x800: padded on the right
+    tall = big[:, 600:1400]  # a 1080x800 crop view (not contiguous): padded on the right
     batch = engine.infer([big, small, tall]).detections
     for frame, got in zip([big, small, tall], batch):
         one = engine.infer([frame]).detections[0]

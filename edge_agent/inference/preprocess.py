@@ -79,6 +79,8 @@ class Preprocessor:
             x0 = (W - nw) // 2 if center else 0
             y0 = (H - nh) // 2 if center else 0
             c = canvas[i]
+            if not f.flags.c_contiguous:  # e.g. a crop view; OpenCV wants contiguous rows
+                f = np.ascontiguousarray(f)
             if (nw, nh) == (w, h):
                 c[y0:y0 + nh, x0:x0 + nw] = f
             else:

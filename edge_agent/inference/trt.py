@@ -140,7 +140,11 @@ class TensorRTEngine(Engine):
             native: Optional[int] = n_in
             run_batch = n_in
         else:  # dynamic batch: the optimisation profile's max bounds one run
-            profile_max = int(eng.get_tensor_profile_shape(spec.name, 0)[2][0])
+            if hasattr(eng, "get_tensor_profile_shape"):
+                profile = eng.get_tensor_profile_shape(spec.name, 0)  # (min, opt, max)
+            else:  # older spelling, same answer
+                profile = eng.get_profile_shape(0, spec.name)
+            profile_max = int(profile[2][0])
             if max_batch > profile_max:
                 raise ModelError(f"plan {plan_source} runs at most batch {profile_max}, "
                                  f"max_batch is {max_batch}; rebuild with --max-batch {max_batch}")
