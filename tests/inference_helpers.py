@@ -18,8 +18,11 @@ WEAPON_ROWS = [  # x1, y1, x2, y2 (input px), objectness (added to by the image 
 CROWD_ROWS = [[10, 10, 50, 60, 0, 0.95], [0, 0, 1, 1, 0, 0.1]]
 
 
-def make_multihead(path: Path, height=64, width=64, fixed_batch=None) -> dict:
-    """A multi-head ONNX: rows are constants, objectness = mean pixel / 255 of each image."""
+def make_multihead(path: Path, height=64, width=64, fixed_batch=None, poison=False) -> dict:
+    """A multi-head ONNX: rows are constants, objectness = mean pixel / 255 of each image.
+
+    ``poison``: objectness = mean / mean instead: an all-black image makes every value of its
+    rows NaN (0 / 0, and NaN x 0 is NaN)."""
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
@@ -27,7 +30,7 @@ def make_multihead(path: Path, height=64, width=64, fixed_batch=None) -> dict:
     nodes.append(helper.make_node("ReduceMean", ["images"], ["mean4"], axes=[1, 2, 3],
                                   keepdims=1))  # (N, 1, 1, 1)
     nodes.append(helper.make_node("Reshape", ["mean4", "shape3"], ["mean"]))  # (N, 1, 1)
-    nodes.append(helper.make_node("Div", ["mean", "c255"], ["obj"]))
+    nodes.append(helper.make_node("Div", ["mean", "mean" if poison else "c255"], ["obj"]))
     inits.append(numpy_helper.from_array(np.array(255, np.float32), "c255"))
     inits.append(numpy_helper.from_array(np.array([-1, 1, 1], np.int64), "shape3"))
     batch = fixed_batch if fixed_batch else "N"

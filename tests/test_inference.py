@@ -244,6 +244,28 @@ def test_multihead_export_contract(tmp_path):
     assert b["weapon"].shape == (0, 6) and b["crowd"].shape == (0, 6)  # objectness 0
 
 
+def test_fixed_batch_model_runs_in_padded_chunks(tmp_path):
+    model = tmp_path / "mh2.onnx"
+    make_multihead(model, fixed_batch=2)
+    white = np.full((64, 64, 3), 255, np.uint8)
+    black = np.zeros((64, 64, 3), np.uint8)
+    with open_engine(cfg(model, score_threshold=0.5)) as eng:
+        assert eng.native_batch == 2 and eng.max_batch == 4
+        dets = eng.infer([white, black, white]).detections  # runs as [w, b] + [w, w(pad)]
+    assert [len(d["weapon"]) for d in dets] == [2, 0, 2]
+    assert [len(d["crowd"]) for d in dets] == [1, 0, 1]
+
+
+def test_nan_output_is_a_clear_error_and_the_engine_goes_on(tmp_path):
+    model = tmp_path / "poison.onnx"
+    make_multihead(model, poison=True)
+    with open_engine(cfg(model, score_threshold=0.5)) as eng:
+        white = np.full((64, 64, 3), 255, np.uint8)
+        with pytest.raises(DetectorOutputError, match="output 'weapon': 24 NaN/inf values"):
+            eng.infer([white, np.zeros((64, 64, 3), np.uint8)])
+        assert len(eng.infer([white]).detections[0]["weapon"]) == 2  # still usable
+
+
 # --- bad models ---------------------------------------------------------------------------------
 
 
