@@ -95,23 +95,33 @@ class OnnxRuntimeEngine(Engine):
         self.session = None
         last_error: Optional[Exception] = None
         while candidates:
-            sess = load_session(model_path, candidates, intra_op_threads)
+            first = candidates[0][0]
+            try:
+                sess = load_session(model_path, candidates, intra_op_threads)
+            except ModelError as exc:
+                if len(candidates) == 1:  # the last provider cannot load it: the model is bad
+                    raise
+                log.warning("ONNX Runtime with %s cannot load %s (%s); trying without it",
+                            first, model_path, exc)
+                last_error, candidates = exc, candidates[1:]
+                continue
             if self.session is None:  # check the graph once, on the first session that loads
                 self._check_graph(manifest, model_path, sess)
                 self._setup(manifest, model_path, sess, max_batch, score_threshold, nms_iou)
             self.session = sess
-            self.backend_name = f"onnxruntime:{sess.get_providers()[0]}"
+            running = sess.get_providers()[0]
+            self.backend_name = f"onnxruntime:{running}"
             try:
                 self.warmup()
                 break
             except Exception as exc:  # a GPU provider that lists itself but cannot run
-                if sess.get_providers()[0] == "CPUExecutionProvider":
-                    raise
-                last_error = exc
-                dropped = sess.get_providers()[0]
+                if running == "CPUExecutionProvider":
+                    raise ModelError(f"model {model_path}: warm-up inference failed: {exc}") \
+                        from exc
                 log.warning("ONNX Runtime provider %s failed its warm-up (%s); trying the next",
-                            dropped, exc)
-                candidates = [c for c in candidates if c[0] != dropped]
+                            running, exc)
+                last_error = exc
+                candidates = [c for c in candidates if c[0] != running]
         else:
             raise ModelError(f"model {model_path}: no provider could run it: {last_error}")
 
