@@ -165,7 +165,8 @@ class SnapshotConfig(_Model):
 
 class SinksConfig(_Model):
     console: bool = Field(False, description="print events to stdout")
-    jsonl: Optional[str] = Field(None, description="append events to this JSON-lines file")
+    jsonl: Optional[str] = Field(None, description="append events to this JSON-lines file "
+                                 "(relative to state_dir)")
 
 
 class EventsConfig(_Model):
