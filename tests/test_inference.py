@@ -14,6 +14,7 @@ from inference_helpers import make_multihead
 
 from edge_agent.config import ModelConfig
 from edge_agent.inference import (
+    BackendUnavailableError,
     DetectorOutputError,
     InferResult,
     ModelError,
@@ -416,7 +417,7 @@ def test_providers_fall_back_in_config_order(yolox_nano):
         assert eng.backend_name == "onnxruntime:CPUExecutionProvider"
     with open_engine(cfg(yolox_nano, backend="auto")) as eng:  # no TensorRT here
         assert eng.backend_name.startswith("onnxruntime:")
-    with pytest.raises(ModelError, match="none of the configured ONNX Runtime providers"):
+    with pytest.raises(BackendUnavailableError, match="none of the configured ONNX Runtime"):
         open_engine(cfg(yolox_nano, providers=["cuda"]))
 
 

@@ -152,3 +152,17 @@ def test_cli_build_says_why_it_cannot_build_here(yolox_nano, tmp_path, capsys):
     assert cli.main(argv) == 1
     assert "cannot build here" in capsys.readouterr().err
     assert not (tmp_path / "cache").exists()
+
+
+@pytest.mark.skipif(tensorrt_usable() is None, reason="TensorRT is usable here")
+def test_tensorrt_backend_unavailable_is_exit_1_not_bad_model(yolox_nano, tmp_path, capsys):
+    from edge_agent.config import ModelConfig
+    from edge_agent.inference import BackendUnavailableError, open_engine
+
+    with pytest.raises(BackendUnavailableError, match="TensorRT is not installed"):
+        open_engine(ModelConfig(path=str(yolox_nano), backend="tensorrt",
+                                engine_dir=str(tmp_path)))
+    argv = ["engine", "bench", str(yolox_nano), "--backend", "tensorrt", "--engine-dir",
+            str(tmp_path)]
+    assert cli.main(argv) == 1
+    assert "cannot run here: TensorRT is not installed" in capsys.readouterr().err

@@ -21,7 +21,8 @@ The interface the pipeline codes against::
 
 Errors: :class:`ModelError` (a ``ValueError``) when a model cannot be used (missing file, not
 ONNX, truncated, input shape or outputs not as its manifest says, sha256 mismatch, a TensorRT plan
-built for another device); :class:`DetectorOutputError` (a ``ValueError``) when an inference
+built for another device; its subclass :class:`BackendUnavailableError` when the backend cannot
+run on this machine); :class:`DetectorOutputError` (a ``ValueError``) when an inference
 returns a wrong shape or NaN/inf: log it and go on with the next batch. ``infer`` raises
 ``ValueError`` for bad frames.
 
@@ -34,8 +35,13 @@ all backends), ``engine`` (the protocol and :func:`open_engine`), ``onnxrt`` (ON
 from __future__ import annotations
 
 from edge_agent.inference.engine import Engine, InferResult, open_engine
-from edge_agent.inference.errors import DetectorOutputError, ModelError, PlanMismatchError
+from edge_agent.inference.errors import (
+    BackendUnavailableError,
+    DetectorOutputError,
+    ModelError,
+    PlanMismatchError,
+)
 from edge_agent.inference.manifest import Manifest
 
-__all__ = ["DetectorOutputError", "Engine", "InferResult", "Manifest", "ModelError",
-           "PlanMismatchError", "open_engine"]
+__all__ = ["BackendUnavailableError", "DetectorOutputError", "Engine", "InferResult", "Manifest",
+           "ModelError", "PlanMismatchError", "open_engine"]

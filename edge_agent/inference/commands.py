@@ -14,7 +14,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 
 from edge_agent.inference import manifest as mf
-from edge_agent.inference.errors import ModelError
+from edge_agent.inference.errors import BackendUnavailableError, ModelError
 
 EXIT_UNAVAILABLE = 1
 EXIT_BAD_MODEL = 2
@@ -188,6 +188,9 @@ def main(args: argparse.Namespace) -> int:
         args.engine_dir = "engines"
     try:
         return COMMANDS[args.engine_cmd](args)
+    except BackendUnavailableError as exc:
+        print(f"edge-agent engine {args.engine_cmd}: cannot run here: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except ModelError as exc:
         print(f"edge-agent engine {args.engine_cmd}: {exc}", file=sys.stderr)
         return EXIT_BAD_MODEL

@@ -11,6 +11,11 @@ class ModelError(ValueError):
     """A model, its manifest or a built plan cannot be used (missing, corrupt, mismatched)."""
 
 
+class BackendUnavailableError(ModelError):
+    """The backend cannot run on this machine (TensorRT, pycuda, a CUDA device or ONNX Runtime
+    missing). A ``ModelError`` too, so callers that open a model catch it alike."""
+
+
 class PlanMismatchError(ModelError):
     """A TensorRT plan was built for another device, TensorRT version, model or precision."""
 

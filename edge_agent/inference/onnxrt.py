@@ -16,7 +16,7 @@ import numpy as np
 
 from edge_agent.inference import manifest as mf
 from edge_agent.inference.engine import Engine
-from edge_agent.inference.errors import ModelError
+from edge_agent.inference.errors import BackendUnavailableError, ModelError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ def _import_ort():
     try:
         import onnxruntime
     except ImportError as exc:  # the [cpu] or [gpu] extra is missing
-        raise ModelError("ONNX Runtime is not installed (pip install 'edge-agent[cpu]')") from exc
+        raise BackendUnavailableError(
+            "ONNX Runtime is not installed (pip install 'edge-agent[cpu]')") from exc
     return onnxruntime
 
 
@@ -90,8 +91,9 @@ class OnnxRuntimeEngine(Engine):
         ort = _import_ort()
         candidates = provider_list(providers, precision, engine_dir, ort.get_available_providers())
         if not candidates:
-            raise ModelError(f"none of the configured ONNX Runtime providers {list(providers)} is "
-                             f"available (this build has {ort.get_available_providers()})")
+            raise BackendUnavailableError(
+                f"none of the configured ONNX Runtime providers {list(providers)} is available "
+                f"(this build has {ort.get_available_providers()})")
         self.session = None
         last_error: Optional[Exception] = None
         while candidates:

@@ -20,7 +20,7 @@ import numpy as np
 
 from edge_agent.inference import manifest as mf
 from edge_agent.inference.engine import Engine
-from edge_agent.inference.errors import ModelError
+from edge_agent.inference.errors import BackendUnavailableError, ModelError
 from edge_agent.inference.plans import PlanKey, PlanStore
 
 log = logging.getLogger(__name__)
@@ -31,8 +31,9 @@ def import_trt():
     try:
         import tensorrt as trt
     except ImportError as exc:
-        raise ModelError("TensorRT is not installed (on Jetson it comes with JetPack: create the "
-                         "venv with --system-site-packages)") from exc
+        raise BackendUnavailableError(
+            "TensorRT is not installed (on Jetson it comes with JetPack: create the venv with "
+            "--system-site-packages)") from exc
     return trt
 
 
@@ -41,11 +42,12 @@ def import_cuda():
     try:
         import pycuda.driver as cuda
     except ImportError as exc:
-        raise ModelError("pycuda is not installed (pip install 'edge-agent[gpu]', or JetPack's "
-                         "python3-pycuda)") from exc
+        raise BackendUnavailableError(
+            "pycuda is not installed (pip install 'edge-agent[gpu]', or JetPack's "
+            "python3-pycuda)") from exc
     cuda.init()
     if cuda.Device.count() == 0:
-        raise ModelError("no CUDA device")
+        raise BackendUnavailableError("no CUDA device")
     return cuda
 
 
