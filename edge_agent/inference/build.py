@@ -190,8 +190,12 @@ def build_plan(onnx_path: os.PathLike, manifest: mf.Manifest, *, fp16: bool, max
     cache = None
     if timing_cache is not None:
         blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
-        cache = config.create_timing_cache(blob)
-        if cache is None and blob:  # unreadable cache: start from an empty one
+        try:
+            cache = config.create_timing_cache(blob)
+        except Exception as exc:  # TensorRT raises or returns None for a damaged cache
+            log.warning("timing cache %s unreadable (%s)", timing_cache, exc)
+            cache = None
+        if cache is None and blob:  # start from an empty one; the build just takes longer
             log.warning("timing cache %s unusable; starting a new one", timing_cache)
             cache = config.create_timing_cache(b"")
         if cache is not None:

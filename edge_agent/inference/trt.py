@@ -113,7 +113,11 @@ class TensorRTEngine(Engine):
             self._closed = True
             raise
         self._ctx.pop()
-        self.warmup()
+        try:
+            self.warmup()
+        except BaseException:
+            self.close()
+            raise
 
     def _setup(self, trt, cuda, manifest, model_path, plan, plan_source, max_batch,
                score_threshold, nms_iou) -> None:
