@@ -225,6 +225,12 @@ def test_nms_matches_greedy_loop():
             idx = [j for j in idx[1:] if iou(boxes[idx[0]], boxes[j]) <= 0.3]
     assert sorted(keep.tolist()) == sorted(ref)
     assert np.all(np.diff(scores[keep]) <= 0)
+    # a suppression chain: each box overlaps the next (IoU 0.82) but not the one after
+    # (IoU 0.67 < 0.7), scores falling along the chain: greedy keeps every other box
+    x = np.arange(40, dtype=np.float64) * 1.0
+    chain = np.stack([x, np.zeros(40), x + 10, np.full(40, 10.0)], 1)
+    kept = nms(chain, np.linspace(1, 0.5, 40), np.zeros(40, int), 0.7)
+    assert kept.tolist() == list(range(0, 40, 2))
 
 
 # --- our multi-head export contract, on a small ONNX built here ----------------------------------
