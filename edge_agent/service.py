@@ -183,7 +183,9 @@ class Pipeline:
             frames = self.capture.take_all()
             if not frames:
                 break
-            self._process(frames)
+            mb = self.engine.max_batch
+            for i in range(0, len(frames), mb):
+                self._process(frames[i:i + mb])
         for st in self.cams.values():
             self._close_camera(st, "agent_stop")
         self._ocr_pool.shutdown(wait=True)  # pending plate reads publish their end events

@@ -1,0 +1,154 @@
+"""End-to-end speed of the pipeline against what its parts allow, and batching across cameras.
+
+    .venv/bin/python bench/pipeline_bench.py [--shared ../shared] [--frames 150] [--threads 0]
+
+1. ``edge-agent track`` frames/s on CPU (a subprocess, as a user runs it; events to a file, no
+   output video) against the limit measured in the same run on the same clip, model and input
+   size: 1 / (decode time per frame + bare ONNX Runtime ``session.run`` time per frame), each
+   measured alone. Ratio >= 0.9 is the goal; decoding in the reader thread overlaps inference,
+   so the ratio may go above 1.
+2. Four cameras (four readers of the same clip) through one ``Pipeline``: batched (max_batch 4)
+   vs one frame per inference call (max_batch 1). Frames/s over all cameras.
+
+Other processes on the machine slow every variant; the ratios are what to read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import List
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+
+from edge_agent import config as cfgmod
+from edge_agent.inference import open_engine
+from edge_agent.inference.preprocess import Preprocessor
+from edge_agent.service import Pipeline, SeqCounter
+
+CLIP = ("data", "video", "nvidia_Retail02_short.mp4")
+MODEL = ("weights", "yolox_nano_coco.onnx")
+
+
+def decode_ms(clip: Path, n: int) -> tuple:
+    """Mean ms to decode one frame (alone), and the frames."""
+    cap = cv2.VideoCapture(str(clip), cv2.CAP_FFMPEG)
+    frames: List[np.ndarray] = []
+    t0 = time.perf_counter()
+    while len(frames) < n:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(f)
+    dt = time.perf_counter() - t0
+    cap.release()
+    return dt * 1000.0 / len(frames), frames
+
+
+def bare_ort_ms(model: Path, manifest_input, frames: List[np.ndarray], threads: int) -> float:
+    """Mean ms of ``session.run`` on already letterboxed single-frame inputs (alone)."""
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    pre = Preprocessor(manifest_input)
+    inputs = [pre([f])[0].copy() for f in frames]
+    for x in inputs[:5]:  # warm-up
+        sess.run(None, {name: x})
+    t0 = time.perf_counter()
+    for x in inputs:
+        sess.run(None, {name: x})
+    return (time.perf_counter() - t0) * 1000.0 / len(inputs)
+
+
+def track_fps(clip: Path, model: Path, n: int, threads: int) -> float:
+    """Frames/s that `edge-agent track` reports for the first ``n`` frames of ``clip``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        conf = Path(tmp) / "c.yaml"
+        conf.write_text(f"model: {{intra_op_threads: {threads}}}\n")
+        cmd = [sys.executable, "-m", "edge_agent.cli", "track", "-i", str(clip), "--model",
+               str(model), "--max-frames", str(n), "--events", str(Path(tmp) / "ev.jsonl"),
+               "--no-progress", "-C", str(conf)]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    m = re.search(r"(\d+) frames in ([\d.]+) s \(([\d.]+) fps\)", out.stderr)
+    if not m:
+        raise RuntimeError(f"unexpected track output: {out.stderr[-500:]}")
+    return float(m.group(3))
+
+
+def cameras_fps(clip: Path, model: Path, n: int, max_batch: int, threads: int) -> tuple:
+    """Total processed frames/s of 4 file cameras in one Pipeline; and the mean batch size."""
+    cams = [{"name": f"cam{i}", "source": str(clip)} for i in range(4)]
+    cfg = cfgmod.Config.model_validate({
+        "model": {"path": str(model), "max_batch": max_batch, "intra_op_threads": threads},
+        "cameras": cams, "mqtt": {"enabled": False},
+    })
+    engine = open_engine(cfg.model)
+    total = [0]
+    pipe = None
+
+    def hook(f, tracks, st):
+        total[0] += 1
+        if total[0] >= 4 * n:
+            pipe.stop()
+
+    pipe = Pipeline(cfg, engine, SeqCounter(), [], on_frame=hook)
+    t0 = time.perf_counter()
+    pipe.run()
+    dt = time.perf_counter() - t0
+    engine.close()
+    return total[0] / dt, pipe.stats()["inference"]["mean_batch"]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--shared", default="../shared")
+    ap.add_argument("--frames", type=int, default=150, help="frames per measurement")
+    ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = default)")
+    args = ap.parse_args(argv)
+    shared = Path(args.shared)
+    clip, model = shared.joinpath(*CLIP), shared.joinpath(*MODEL)
+    for p in (clip, model):
+        if not p.exists():
+            print(f"missing {p}", file=sys.stderr)
+            return 2
+    eng = open_engine(cfgmod.ModelConfig(path=str(model)))
+    spec, backend = eng.manifest.input, eng.backend_name
+    eng.close()
+    print(f"clip {clip.name}, model {model.name} ({spec.width}x{spec.height}), {backend}, "
+          f"{os.cpu_count()} CPUs, {args.frames} frames")
+
+    dec, frames = decode_ms(clip, args.frames)
+    inf = bare_ort_ms(model, spec, frames, args.threads)
+    limit = 1000.0 / (dec + inf)
+    e2e = track_fps(clip, model, len(frames), args.threads)
+    print()
+    print(f"{'measure':<44}{'value':>12}")
+    print(f"{'decode alone (ms/frame)':<44}{dec:>12.2f}")
+    print(f"{'bare ORT session.run alone (ms/frame)':<44}{inf:>12.2f}")
+    print(f"{'limit 1/(decode+infer) (fps)':<44}{limit:>12.1f}")
+    print(f"{'edge-agent track end to end (fps)':<44}{e2e:>12.1f}")
+    print(f"{'ratio track / limit (goal >= 0.9)':<44}{e2e / limit:>12.2f}")
+
+    n4 = max(10, args.frames // 2)
+    batched, mb = cameras_fps(clip, model, n4, 4, args.threads)
+    single, sb = cameras_fps(clip, model, n4, 1, args.threads)
+    print()
+    print(f"4 cameras x {n4} frames{'':<20}{'fps (all)':>12}{'mean batch':>12}")
+    print(f"{'batched (max_batch 4)':<44}{batched:>12.1f}{mb:>12.2f}")
+    print(f"{'one at a time (max_batch 1)':<44}{single:>12.1f}{sb:>12.2f}")
+    print(f"{'ratio batched / one at a time':<44}{batched / single:>12.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
