@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -192,3 +193,28 @@ def test_stop_drains_frames_in_chunks_of_max_batch(video_dir, yolox_nano):
     assert all(st["cameras"][c["name"]]["processed"] >= 3 for c in cams)
     assert all(not t.is_alive() for t in threading.enumerate()
                if t.name.startswith("capture-c"))
+
+
+def test_fps_limit_drops_newest_only_and_detect_every_predicts_between(video_dir, yolox_nano):
+    # A live-like source (the car clip paced at its 12.5 fps) limited to 5 processed frames/s.
+    cfg = cfgmod.Config.model_validate({
+        "model": {"path": str(yolox_nano)},
+        "cameras": [{"name": "lot", "source": str(video_dir / CAR_CLIP), "realtime": True,
+                     "fps_limit": 5, "detect_every": 2}],
+        "mqtt": {"enabled": False},
+    })
+    engine = open_engine(cfg.model)
+    pipe = Pipeline(cfg, engine, SeqCounter(), [])
+    timer = threading.Timer(3.0, pipe.stop)
+    timer.start()
+    t0 = time.monotonic()
+    pipe.run()
+    elapsed = time.monotonic() - t0
+    engine.close()
+    st = pipe.stats()["cameras"]["lot"]
+    assert 3.0 * elapsed <= st["processed"] <= 5.0 * elapsed + 2, st
+    assert st["frames_in"] >= 10.0 * elapsed - 5  # the reader kept reading at 12.5 fps ...
+    assert st["dropped"] >= st["frames_in"] - st["processed"] - 1  # ... the rest was dropped
+    assert st["detected"] == (st["processed"] + 1) // 2  # frames 0, 2, 4, ... detected
+    assert st["e2e_latency"]["p50_ms"] is not None
+    assert pipe.stats()["inference"]["p50_ms"] > 0
