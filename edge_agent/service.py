@@ -505,27 +505,31 @@ class _Progress:
     def __init__(self, total: int, enabled: bool):
         self.total = total
         self.enabled = enabled
+        self.tty = sys.stderr.isatty()
         self.t0 = time.monotonic()
         self._last = 0.0
 
     def update(self, done: int, force: bool = False) -> None:
         now = time.monotonic()
-        if not self.enabled or (not force and now - self._last < 0.5):
+        # A terminal gets a redrawn bar twice a second; a log file a line every 10 s.
+        if not self.enabled or (not force and now - self._last < (0.5 if self.tty else 10.0)):
             return
         self._last = now
         fps = done / max(1e-6, now - self.t0)
         if self.total:
             frac = min(1.0, done / self.total)
             bar = "#" * int(frac * 30)
-            sys.stderr.write(f"\r[{bar:<30}] {done}/{self.total} {fps:5.1f} fps")
+            text = f"[{bar:<30}] {done}/{self.total} {fps:5.1f} fps"
         else:
-            sys.stderr.write(f"\r{done} frames {fps:5.1f} fps")
+            text = f"{done} frames {fps:5.1f} fps"
+        sys.stderr.write(f"\r{text}" if self.tty else f"{text}\n")
         sys.stderr.flush()
 
     def close(self, done: int) -> None:
         if self.enabled:
             self.update(done, force=True)
-            sys.stderr.write("\n")
+            if self.tty:
+                sys.stderr.write("\n")
 
 
 def track_config(args: argparse.Namespace) -> cfgmod.Config:

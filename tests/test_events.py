@@ -130,6 +130,7 @@ def test_crowd_close_sends_end():
     ends = rule.close(ctx(5))
     assert [e.event["phase"] for e in ends] == ["end"]
     assert ends[0].event["reason"] == "agent_stop" and ends[0].event["duration_s"] == 0.5
+    assert ends[0].event["count"] == 2 and ends[0].event["bbox"] is not None  # last frame seen
     assert rule.close(ctx(6)) == []  # nothing left open
 
 

@@ -158,6 +158,7 @@ class _ZoneState:
     count: int = 0
     ids: Tuple[int, ...] = ()
     peak: int = 0
+    inside: np.ndarray = field(default_factory=lambda: EMPTY)  # last frame's rows, for close()
 
 
 class CrowdRule:
@@ -190,6 +191,7 @@ class CrowdRule:
             ids = tuple(sorted(int(t) for t in inside[:, TID]))
             self.last_counts[z.name] = count
             st = self.state[z.name]
+            st.inside = inside
             if not st.active:
                 if count >= z.min_count:
                     if st.above_since is None:
@@ -217,7 +219,8 @@ class CrowdRule:
         for z in self.zones:
             st = self.state[z.name]
             if st.active:
-                out.append(self._end(ctx, z, st, EMPTY, reason))
+                st.count, st.ids = len(st.inside), tuple(sorted(int(t) for t in st.inside[:, TID]))
+                out.append(self._end(ctx, z, st, st.inside, reason))
             self.state[z.name] = _ZoneState()
         return out
 
