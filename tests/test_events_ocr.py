@@ -1,0 +1,78 @@
+"""Plate OCR (extra [ocr]) on real plate crops from ../shared/data/plates (MIT, RobertLucian).
+
+The expected texts were read by eye from the crops (saved as PNG and viewed). Skipped when the
+extra is not installed; without it plate events say ``ocr_unavailable`` (see test_events.py).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_agent.events.event import EngineInfo, EventFactory, FrameContext
+from edge_agent.events.ocr import load_reader
+from edge_agent.events.rules import HeadTracks, PlateRule, crop_box
+
+pytest.importorskip("rapidocr_onnxruntime", reason="the [ocr] extra is not installed")
+
+# image in valid/images -> text of its first labelled plate (read by eye)
+PLATES = {
+    "dayride_type1_001.mp4#t=1058.jpg": "B21GSB",
+    "dayride_type1_001.mp4#t=1130.jpg": "B172WAW",
+    "dayride_type1_001.mp4#t=1192.jpg": "B01XEN",
+    "dayride_type1_001.mp4#t=1392.jpg": "TR95XMI",
+}
+
+
+def first_plate(shared_dir, name):
+    base = shared_dir / "data" / "plates" / "robertlucian" / "valid"
+    img = cv2.imread(str(base / "images" / name))
+    assert img is not None, name
+    h, w = img.shape[:2]
+    label = (base / "labels" / name).with_suffix(".txt")
+    _, cx, cy, bw, bh = map(float, label.read_text().splitlines()[0].split())
+    box = np.array([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h])
+    return img, box
+
+
+@pytest.fixture(scope="module")
+def reader():
+    r, status = load_reader()
+    assert status == "ok" and r is not None
+    return r
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PLATES))
+def test_reads_real_plates(shared_dir, reader, name):
+    img, box = first_plate(shared_dir, name)
+    text, score = reader([crop_box(img, box, pad=0.15)])
+    assert text == PLATES[name] and score > 0.8
+
+
+@pytest.mark.slow
+def test_plate_rule_end_carries_voted_text(shared_dir, reader):
+    img, box = first_plate(shared_dir, "dayride_type1_001.mp4#t=1392.jpg")
+    h, w = img.shape[:2]
+    rule = PlateRule(EventFactory("d", EngineInfo("m", "1", "x")), reader=reader, keep_crops=3)
+    seen = []
+
+    def spy(crops):
+        seen.extend(reader([c]) for c in crops)
+        return reader(crops)
+
+    rule.reader = spy
+    for i in range(4):
+        # The same plate over four frames; in frame 1 the box is 1 px off, which makes the
+        # recogniser read the last letter as a digit ("TR95XM1"): the vote must outweigh it.
+        ctx = FrameContext("cam", i, i * 0.1, 1e9 + i * 0.1, w, h, img)
+        row = np.array([[*(box + (i == 1)), 7, 0.8 + 0.02 * i, 0, 0]], float)
+        rule.update(ctx, HeadTracks(row, classes=["plate"]))
+    (em,) = rule.update(FrameContext("cam", 4, 0.4, 1e9, w, h, img),
+                        HeadTracks(classes=["plate"]))
+    em.finish()
+    ev = em.event
+    assert ev["phase"] == "end" and ev["text"] == "TR95XMI" and ev["text_status"] == "read"
+    assert ev["text_score"] > 0.8 and ev["best_frame"] == 3
+    assert sorted(t for t, _ in seen) == ["TR95XM1", "TR95XMI", "TR95XMI"]  # 3 best crops
