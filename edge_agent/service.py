@@ -16,6 +16,7 @@ import argparse
 import collections
 import concurrent.futures
 import logging
+import queue
 import signal
 import sys
 import threading
@@ -136,16 +137,13 @@ class Pipeline:
         self.engine_info = EngineInfo(str(m.name), str(m.version), str(m.sha256))
         self.heads: Dict[str, List[str]] = {h: list(c) for h, c in m.heads.items()}
         factory = EventFactory(cfg.device_id, self.engine_info)
-        ocr, ocr_status = (None, "ocr_disabled")
-        if cfg.events.plate.enabled and cfg.events.plate.ocr and "plate" in self.heads:
-            ocr, ocr_status = load_reader()
+        self.factory = factory
+        self._ocr: Optional[Any] = None
+        self._ocr_status = "ocr_disabled"
         self._ocr_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ocr")
-        tracker_params = dict(cfg.tracker.model_extra or {})
+        self._calls: queue.Queue[tuple] = queue.Queue()
         self.cams: Dict[str, CameraState] = {}
-        for cam in cfg.cameras:
-            trackers = {h: Tracker(**tracker_params) for h in self.heads}
-            ev = CameraEvents(cam, cfg.events, factory, self.heads, ocr, ocr_status)
-            self.cams[cam.name] = CameraState(cam, trackers, ev)
+        self._build_cameras()
         self._order = list(self.cams)
         self._rr = 0
         self._pub_lock = threading.Lock()
@@ -154,6 +152,86 @@ class Pipeline:
         self.counters: Dict[str, int] = collections.defaultdict(int)
         self.started_at = time.time()
         self.finished = threading.Event()
+
+    def _build_cameras(self) -> None:
+        """(Re)create each camera's trackers and rules for the current heads."""
+        cfg = self.cfg
+        if cfg.events.plate.enabled and cfg.events.plate.ocr and "plate" in self.heads \
+                and self._ocr is None:
+            self._ocr, self._ocr_status = load_reader()
+        params = dict(cfg.tracker.model_extra or {})
+        for cam in cfg.cameras:
+            trackers = {h: Tracker(**params) for h in self.heads}
+            ev = CameraEvents(cam, cfg.events, self.factory, self.heads, self._ocr,
+                              self._ocr_status)
+            old = self.cams.get(cam.name)
+            st = CameraState(cam, trackers, ev)
+            if old is not None:  # counters and the last frame survive an engine swap
+                st.processed, st.detected, st.closed = old.processed, old.detected, old.closed
+                st.last_processed_t, st.fps, st.e2e = old.last_processed_t, old.fps, old.e2e
+                st.last_frame, st.last_ctx = old.last_frame, old.last_ctx
+            self.cams[cam.name] = st
+
+    # --- between batches -------------------------------------------------------------------
+
+    def run_in_loop(self, fn: Callable[[Pipeline], Any]) -> concurrent.futures.Future:
+        """Run ``fn(pipeline)`` on the inference thread between two batches; returns a Future.
+
+        This is how an engine swap (remote update) or a health check reaches the thread that
+        owns the engine. After the pipeline stopped the Future fails with RuntimeError.
+        """
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        if self.finished.is_set():
+            fut.set_exception(RuntimeError("the pipeline has stopped"))
+            return fut
+        self._calls.put((fn, fut))
+        self.capture.new_frame.set()  # wake the loop if it waits for frames
+        return fut
+
+    def _run_calls(self, fail: bool = False) -> None:
+        while True:
+            try:
+                fn, fut = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.set_running_or_notify_cancel():
+                continue
+            if fail:
+                fut.set_exception(RuntimeError("the pipeline has stopped"))
+                continue
+            try:
+                fut.set_result(fn(self))
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+    def swap_engine(self, engine) -> Any:
+        """Use ``engine`` from the next batch on; returns the old engine (the caller closes it).
+
+        Call on the inference thread (through :meth:`run_in_loop`). With the same heads the
+        trackers carry on (track IDs stay); with other heads every open event is ended
+        (reason ``engine_swap``) and trackers and rules are rebuilt.
+        """
+        m = engine.manifest
+        heads = {h: list(c) for h, c in m.heads.items()}
+        old = self.engine
+        if heads != self.heads:
+            for st in self.cams.values():
+                if st.last_ctx is not None and not st.closed:
+                    self.dispatch(st.events.close(self._now_ctx(st.last_ctx), "engine_swap"))
+            self.heads = heads
+            self.factory.engine = EngineInfo(str(m.name), str(m.version), str(m.sha256))
+            self._build_cameras()
+        self.engine = engine
+        self.engine_info = EngineInfo(str(m.name), str(m.version), str(m.sha256))
+        self.factory.engine = self.engine_info
+        log.info("engine swapped: %s %s -> %s %s", old.manifest.name, old.manifest.version,
+                 m.name, m.version)
+        return old
+
+    @staticmethod
+    def _now_ctx(ctx: FrameContext) -> FrameContext:
+        return FrameContext(ctx.camera, ctx.frame, ctx.media_s, time.time(), ctx.width,
+                            ctx.height, ctx.image)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -166,6 +244,7 @@ class Pipeline:
         self.capture.start()
         try:
             while not self.stop_event.is_set():
+                self._run_calls()
                 if not self._step():
                     if self.capture.all_done():
                         log.info("all cameras ended")
@@ -189,12 +268,14 @@ class Pipeline:
         for st in self.cams.values():
             self._close_camera(st, "agent_stop")
         self._ocr_pool.shutdown(wait=True)  # pending plate reads publish their end events
+        self._run_calls(fail=True)
         for s in self.sinks:
             try:
                 s.close()
             except Exception:
                 log.exception("closing sink %s failed", getattr(s, "name", s))
         self.finished.set()
+        self._run_calls(fail=True)  # anything queued while we were finishing
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -287,10 +368,7 @@ class Pipeline:
         ctx = st.last_ctx
         if ctx is None:
             return  # nothing was ever processed, so nothing is open
-        now = time.time()
-        ctx = FrameContext(ctx.camera, ctx.frame, ctx.media_s, now, ctx.width, ctx.height,
-                           ctx.image)
-        self.dispatch(st.events.close(ctx, reason))
+        self.dispatch(st.events.close(self._now_ctx(ctx), reason))
 
     # --- events ----------------------------------------------------------------------------
 

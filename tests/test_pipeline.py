@@ -218,3 +218,65 @@ def test_fps_limit_drops_newest_only_and_detect_every_predicts_between(video_dir
     assert st["detected"] == (st["processed"] + 1) // 2  # frames 0, 2, 4, ... detected
     assert st["e2e_latency"]["p50_ms"] is not None
     assert pipe.stats()["inference"]["p50_ms"] > 0
+
+
+def _manifest_variant(tmp_path: Path, version: str, drop_weapon: bool) -> Path:
+    src = Path(__file__).resolve().parent.parent / "engines" / "manifests" / "yolox_nano_coco.json"
+    data = json.loads(src.read_text())
+    data["version"] = version
+    if drop_weapon:
+        del data["heads"]["weapon"]
+    out = tmp_path / f"manifest-{version}.json"
+    out.write_text(json.dumps(data))
+    return out
+
+
+def test_engine_swap_between_batches(tmp_path, video_dir, yolox_nano):
+    cfg = cfgmod.Config.model_validate({
+        "model": {"path": str(yolox_nano)},
+        "cameras": [{"name": "shop", "source": str(video_dir / RETAIL),
+                     "zones": [{"name": "all", "min_count": 1, "hold_s": 0,
+                                "update_interval_s": 0.1}]}],
+        "mqtt": {"enabled": False},
+    })
+    engine = open_engine(cfg.model)
+    same_heads = open_engine(cfg.model.model_copy(update={
+        "manifest": str(_manifest_variant(tmp_path, "2.0", False))}))
+    fewer_heads = open_engine(cfg.model.model_copy(update={
+        "manifest": str(_manifest_variant(tmp_path, "3.0", True))}))
+    sink = ListSink()
+    futures: Dict[str, Any] = {}
+    ids_at: Dict[int, set] = {}
+    pipe = None
+
+    def hook(f, tracks, st):
+        ids_at[f.index] = set(tracks["crowd"].active[:, 4].astype(int))
+        if f.index == 10:
+            futures["a"] = pipe.run_in_loop(lambda p: p.swap_engine(same_heads))
+        if f.index == 20:
+            futures["b"] = pipe.run_in_loop(lambda p: p.swap_engine(fewer_heads))
+        if f.index == 30:
+            pipe.stop()
+
+    pipe = Pipeline(cfg, engine, SeqCounter(), [sink], on_frame=hook)
+    pipe.run()
+    assert futures["a"].result(0) is engine and futures["b"].result(0) is same_heads
+    for e in (engine, same_heads, fewer_heads):
+        e.close()
+    evs = sink.events
+    versions = [(e["frame"], e["phase"], e["engine"]["version"]) for e in evs]
+    # the zone stays open across the same-heads swap; the heads change ends it and restarts it
+    assert versions[0][1:] == ("start", "0.1.1rc0")
+    swap_end = [e for e in evs if e.get("reason") == "engine_swap"]
+    assert len(swap_end) == 1 and swap_end[0]["engine"]["version"] == "2.0"
+    # only two starts: before the first swap and after the heads changed
+    assert [v for _, ph, v in versions if ph == "start"] == ["0.1.1rc0", "3.0"], versions
+    assert [ph for _, ph, v in versions if v == "3.0"][0] == "start"
+    assert evs[-1]["phase"] == "end" and evs[-1]["reason"] == "agent_stop"
+    assert ids_at[11] & ids_at[9]  # same heads: track IDs carried on
+    assert "weapon" not in pipe.heads and "weapon" not in pipe.cams["shop"].trackers
+    for e in evs:
+        VALIDATOR.validate(e)
+    late = pipe.run_in_loop(lambda p: None)
+    with pytest.raises(RuntimeError, match="stopped"):
+        late.result(1)
