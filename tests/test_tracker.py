@@ -196,7 +196,7 @@ def test_probation_early_termination_and_shadow_expiry():
 
 
 def test_low_score_detections_extend_but_do_not_start_tracks():
-    t = Tracker()
+    t = Tracker(probation_age=2, low_thresh=0.2, high_thresh=0.6)
     assert len(t.update(np.array([_det(10, 10, score=0.3)]))) == 0
     assert t.num_tracks == 0
     t.update(np.array([_det(10, 10, score=0.9)]))
@@ -221,9 +221,9 @@ def test_reset_frame_count_and_ids_not_reused():
 
 def test_output_format():
     t = Tracker()
-    out = t.update(np.array([_det(10, 20, score=0.8, cls=3)], dtype=np.float32))
+    out = t.update(np.array([_det(10, 20, score=0.9, cls=3)], dtype=np.float32))
     assert out.dtype == np.float64 and out.shape == (1, len(COLUMNS))
-    assert out[0, 4] >= 1 and out[0, 5] == pytest.approx(0.8) and out[0, 6] == 3
+    assert out[0, 4] >= 1 and out[0, 5] == pytest.approx(0.9) and out[0, 6] == 3
     np.testing.assert_allclose(out[0, :4], [10, 20, 50, 120])
     out[0, 0] = -1  # writable, and does not alias tracker state
     assert t.update(None)[0, 0] != -1

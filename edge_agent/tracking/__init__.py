@@ -41,33 +41,33 @@ class _Param(NamedTuple):
 # name -> (type, default, inclusive range, meaning). Defaults were tuned on all MOT15 train
 # sequences together (see docs/tracker.md), never on a single sequence.
 PARAMS: Dict[str, _Param] = {
-    "high_thresh": _Param(float, 0.5, 0.0, 1e9,
+    "high_thresh": _Param(float, 0.65, 0.0, 1e9,
                           "detections scoring at least this are 'high' (stages 1 and 3)"),
-    "low_thresh": _Param(float, 0.1, 0.0, 1e9,
+    "low_thresh": _Param(float, 0.2, 0.0, 1e9,
                          "detections in [low_thresh, high_thresh) only extend active tracks"),
-    "new_track_thresh": _Param(float, 0.6, 0.0, 1e9,
+    "new_track_thresh": _Param(float, 0.85, 0.0, 1e9,
                                "an unmatched high detection starts a track from this score"),
-    "match_thresh": _Param(float, 0.2, 0.0, 1.0,
+    "match_thresh": _Param(float, 0.15, 0.0, 1.0,
                            "stage 1 minimum similarity (IoU, times score if fuse_score)"),
-    "low_match_thresh": _Param(float, 0.5, 0.0, 1.0, "stage 2 minimum IoU for low detections"),
-    "tentative_match_thresh": _Param(float, 0.3, 0.0, 1.0,
+    "low_match_thresh": _Param(float, 0.6, 0.0, 1.0, "stage 2 minimum IoU for low detections"),
+    "tentative_match_thresh": _Param(float, 0.2, 0.0, 1.0,
                                      "stage 3 minimum similarity for tentative tracks"),
-    "recovery_thresh": _Param(float, 0.0, 0.0, 1.0,
+    "recovery_thresh": _Param(float, 0.4, 0.0, 1.0,
                               "OC-SORT recovery: minimum IoU against a track's last observed "
                               "box for leftovers after stage 1 (0 = off)"),
     "iou_buffer": _Param(float, 0.0, 0.0, 2.0,
                          "stage 1 boxes are enlarged by this fraction of their size on each side "
                          "before IoU (C-BIoU), for fast motion and low frame rates"),
-    "direction_weight": _Param(float, 0.0, 0.0, 10.0,
+    "direction_weight": _Param(float, 0.1, 0.0, 10.0,
                                "OC-SORT velocity-direction consistency weight in stage 1 "
                                "(0 = off)"),
-    "direction_delta": _Param(int, 3, 1, 1000,
+    "direction_delta": _Param(int, 5, 1, 1000,
                               "frames between the observations that define a track's direction"),
     "fuse_score": _Param(bool, True, 0, 1, "multiply IoU by detection score in stages 1 and 3"),
-    "observation_centric": _Param(bool, True, 0, 1,
+    "observation_centric": _Param(bool, False, 0, 1,
                                   "OC-SORT re-update: replay a gap along the line between the "
                                   "two observations when a track is re-found"),
-    "probation_age": _Param(int, 2, 1, 10_000,
+    "probation_age": _Param(int, 3, 1, 10_000,
                             "hits before a tentative track becomes active (reported)"),
     "max_tentative_misses": _Param(int, 0, 0, 10_000,
                                    "early termination: misses a tentative track survives"),
@@ -76,7 +76,7 @@ PARAMS: Dict[str, _Param] = {
     "coast_frames": _Param(int, 0, 0, 1_000_000,
                            "an unmatched active track stays reported (predicted box, "
                            "frames_since_update > 0) this many frames before it goes shadow"),
-    "std_weight_position": _Param(float, 1.0 / 20, 1e-6, 10.0,
+    "std_weight_position": _Param(float, 0.1, 1e-6, 10.0,
                                   "Kalman position noise std as a fraction of box height"),
     "std_weight_velocity": _Param(float, 1.0 / 160, 1e-6, 10.0,
                                   "Kalman velocity noise std as a fraction of box height"),
