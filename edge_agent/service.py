@@ -152,6 +152,7 @@ class Pipeline:
         self.counters: Dict[str, int] = collections.defaultdict(int)
         self.started_at = time.time()
         self.finished = threading.Event()
+        self.stats_log_interval_s = 60.0
 
     def _build_cameras(self) -> None:
         """(Re)create each camera's trackers and rules for the current heads."""
@@ -242,6 +243,7 @@ class Pipeline:
     def run(self) -> None:
         """Run until ``stop()`` or until every camera has ended; then drain and close."""
         self.capture.start()
+        next_log = time.monotonic() + self.stats_log_interval_s
         try:
             while not self.stop_event.is_set():
                 self._run_calls()
@@ -252,6 +254,9 @@ class Pipeline:
                 self._close_ended_cameras()
                 if self.notifier is not None:
                     self.notifier.watchdog()
+                if time.monotonic() >= next_log:  # a heartbeat in the journal, MQTT or not
+                    next_log = time.monotonic() + self.stats_log_interval_s
+                    log.info("stats: %s", self._stats_line())
         finally:
             self._shutdown()
 
@@ -439,6 +444,14 @@ class Pipeline:
             "counters": dict(self.counters),
             "uptime_s": round(time.time() - self.started_at, 1),
         }
+
+    def _stats_line(self) -> str:
+        st = self.stats()
+        cams = ", ".join(
+            f"{n} {c['state']} {c['fps']} fps in={c['frames_in']} done={c['processed']} "
+            f"drop={c['dropped']} e2e_p50={c['e2e_latency']['p50_ms']} ms"
+            for n, c in st["cameras"].items())
+        return f"{cams}; infer p50 {st['inference']['p50_ms']} ms; {st['counters']}"
 
     def state(self) -> Dict[str, Any]:
         """The retained ``state`` document: versions, engine, cameras and their fps."""

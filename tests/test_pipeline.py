@@ -170,6 +170,7 @@ def _first_tracks(cams: List[Dict[str, Any]], model: Path, n: int, max_batch: in
     return got, pipe
 
 
+@pytest.mark.slow
 def test_batched_cameras_each_get_their_own_results(video_dir, yolox_nano):
     a = {"name": "a", "source": str(video_dir / ONE_BY_ONE)}
     b = {"name": "b", "source": str(video_dir / RETAIL), "detect_every": 2}
