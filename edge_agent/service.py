@@ -48,6 +48,15 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT = 0, 1, 2
 
+# Score thresholds of the tracker for detectors whose scores are calibrated 0..1 probabilities
+# (objectness x class, as YOLOX and our multi-head model give): ByteTrack's settings for YOLOX.
+# The Tracker's own defaults are tuned on MOT15's public detections, whose scores sit higher
+# (new_track_thresh 0.85 would start almost no track from YOLOX-nano). The config's `tracker:`
+# section overrides any of these.
+PIPELINE_TRACKER_DEFAULTS: Dict[str, float] = {
+    "high_thresh": 0.5, "low_thresh": 0.1, "new_track_thresh": 0.6,
+}
+
 
 class SeqCounter:
     """In-memory ``seq`` for one-shot runs (``track``) that have no state directory.
@@ -153,6 +162,7 @@ class Pipeline:
         self.started_at = time.time()
         self.finished = threading.Event()
         self.stats_log_interval_s = 60.0
+        self.drain = True  # on stop, process frames already read (track --max-frames: False)
 
     def _build_cameras(self) -> None:
         """(Re)create each camera's trackers and rules for the current heads."""
@@ -160,7 +170,10 @@ class Pipeline:
         if cfg.events.plate.enabled and cfg.events.plate.ocr and "plate" in self.heads \
                 and self._ocr is None:
             self._ocr, self._ocr_status = load_reader()
-        params = dict(cfg.tracker.model_extra or {})
+        params = dict(PIPELINE_TRACKER_DEFAULTS)
+        params.update(cfg.tracker.model_extra or {})
+        if params["low_thresh"] > params["high_thresh"]:  # user raised only high below ours
+            params["low_thresh"] = min(params["low_thresh"], params["high_thresh"])
         for cam in cfg.cameras:
             trackers = {h: Tracker(**params) for h in self.heads}
             ev = CameraEvents(cam, cfg.events, self.factory, self.heads, self._ocr,
@@ -263,7 +276,7 @@ class Pipeline:
     def _shutdown(self) -> None:
         self.capture.stop()
         # Drain: frames already read are processed before the final `end` events.
-        while True:
+        while self.drain:
             frames = self.capture.take_all()
             if not frames:
                 break
@@ -647,6 +660,9 @@ def track_config(args: argparse.Namespace) -> cfgmod.Config:
     return cfgmod.Config.model_validate(data)
 
 
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
+
+
 class _VideoOut:
     """Annotated output video (mp4v), opened lazily at the first frame's size."""
 
@@ -686,6 +702,10 @@ def cmd_track(args: argparse.Namespace) -> int:
     if not Path(args.input).is_file():
         print(f"error: input video not found: {args.input}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.output and Path(args.output).suffix.lower() not in VIDEO_SUFFIXES:
+        print(f"error: -o {args.output}: the output video must end in "
+              f"{', '.join(VIDEO_SUFFIXES)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     import cv2
 
     from edge_agent.events.overlay import draw
@@ -720,6 +740,7 @@ def cmd_track(args: argparse.Namespace) -> int:
         done = st.processed
         progress.update(done)
         if args.max_frames and done >= args.max_frames:
+            pipe.drain = False  # exactly N frames
             pipe.stop()
 
     pipe = Pipeline(cfg, engine, SeqCounter(), sinks, on_frame=on_frame)
