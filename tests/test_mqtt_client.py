@@ -185,6 +185,11 @@ def test_mqtt5_response_topic_and_correlation_data_are_honoured(broker, outbox):
     assert props.CorrelationData == b"\x00corr-\x01"
     time.sleep(0.2)
     assert sub.payloads(f"{BASE}/cmd/ping/reply") == []  # only where it was asked for
+    # A response topic we must not publish to (wildcard) falls back to the default reply topic.
+    sub.request(f"{BASE}/cmd/ping", b'{"request_id": "q2"}', response_topic="bad/#",
+                correlation=b"c2")
+    assert sub.wait_for(lambda: len(sub.payloads(f"{BASE}/cmd/ping/reply")) == 1)
+    assert json.loads(sub.payloads(f"{BASE}/cmd/ping/reply")[0])["request_id"] == "q2"
     m.stop()
     sub.close()
 

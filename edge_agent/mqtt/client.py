@@ -58,6 +58,18 @@ MASK = "**********"
 _SECRET_KEYS = ("password", "secret", "token", "private_key")
 
 
+class _PahoNoise(logging.Filter):
+    """paho 2.2 logs "Client is not connected" at ERROR after every failed connect attempt;
+    our own warning already says what failed, so that line is only noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+_paho_log = logging.getLogger("edge_agent.mqtt.paho")
+_paho_log.addFilter(_PahoNoise())
+
+
 class _Client(paho.Client):
     """paho's client, remembering why the last connection attempt failed (paho only says that
     it failed), so a TLS or DNS problem can be reported clearly."""
@@ -171,7 +183,7 @@ class AgentMqtt:
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else True,
         )
-        client.enable_logger(logging.getLogger("edge_agent.mqtt.paho"))
+        client.enable_logger(_paho_log)
         if self._username:
             client.username_pw_set(self._username, self._password)
         if cfg.tls is not None:
@@ -531,7 +543,7 @@ class AgentMqtt:
             props.CorrelationData = bytes(correlation)
         default_topic = f"{self.topics.base}/cmd/{name}/reply"
         topic = default_topic
-        if isinstance(response_topic, str) and response_topic and self.cfg.protocol == "5":
+        if self.cfg.protocol == "5" and _valid_topic(response_topic):
             topic = response_topic
         try:
             self._client.publish(topic, data, qos=1, properties=props)
@@ -558,6 +570,17 @@ class AgentMqtt:
                 raise ValueError(f"unknown section {section!r}; known: {', '.join(config)}")
             return {"config": {section: config[section]}}
         return {"config": config}
+
+
+def _valid_topic(topic: Any) -> bool:
+    """A topic the broker will accept from us: a broker drops the connection of a client that
+    publishes to a bad one, so a requester must not be able to make us do that."""
+    if not isinstance(topic, str) or not topic or len(topic.encode("utf-8", "replace")) > 65535:
+        return False
+    if any(c in topic for c in "+#") or topic.startswith("$"):
+        return False
+    return not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF
+                   or ord(c) in (0xFFFE, 0xFFFF) for c in topic)
 
 
 def check_event_id(event_id: str) -> str:
