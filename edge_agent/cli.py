@@ -105,6 +105,8 @@ def _add_listen(sub) -> None:
     p.add_argument("--username")
     p.add_argument("--password", help="or env EDGE_AGENT_MQTT_PASSWORD")
     p.add_argument("--ca-file")
+    p.add_argument("--count", type=int, default=0, help="exit after N events (0 = never)")
+    p.add_argument("--timeout", type=float, default=0, help="exit after S seconds (0 = never)")
 
 
 def _add_bench(sub) -> None:
