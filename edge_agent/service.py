@@ -172,7 +172,8 @@ class Pipeline:
             self._ocr, self._ocr_status = load_reader()
         params = dict(PIPELINE_TRACKER_DEFAULTS)
         params.update(cfg.tracker.model_extra or {})
-        if params["low_thresh"] > params["high_thresh"]:  # user raised only high below ours
+        if "low_thresh" not in (cfg.tracker.model_extra or {}):
+            # a config that lowers only high_thresh below our low_thresh must still be valid
             params["low_thresh"] = min(params["low_thresh"], params["high_thresh"])
         for cam in cfg.cameras:
             trackers = {h: Tracker(**params) for h in self.heads}
@@ -542,9 +543,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     ob_cfg = cfg.mqtt.outbox
     # Always the durable outbox: it owns the persisted per-device seq, MQTT or not.
-    outbox = Outbox(_resolve_in(state_dir, ob_cfg.path), max_rows=ob_cfg.max_rows,
-                    max_bytes=int(ob_cfg.max_mb * (1 << 20)),
-                    commit_interval_ms=ob_cfg.commit_interval_ms)
+    try:
+        outbox = Outbox(_resolve_in(state_dir, ob_cfg.path), max_rows=ob_cfg.max_rows,
+                        max_bytes=int(ob_cfg.max_mb * (1 << 20)),
+                        commit_interval_ms=ob_cfg.commit_interval_ms)
+    except (ValueError, OSError) as exc:
+        log.error("outbox: %s", exc)
+        engine.close()
+        return EXIT_BAD_INPUT
     sinks: List[Any] = []
     if cfg.events.sinks.jsonl:
         sinks.append(JsonlSink(_resolve_in(state_dir, cfg.events.sinks.jsonl)))
@@ -556,7 +562,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         snaps = SnapshotStore(_resolve_in(state_dir, sc.dir), int(sc.max_total_mb * (1 << 20)),
                               sc.max_dim, sc.jpeg_quality)
     notifier = Notifier()
-    pipe = Pipeline(cfg, engine, outbox, sinks, snaps, notifier=notifier)
+    try:
+        pipe = Pipeline(cfg, engine, outbox, sinks, snaps, notifier=notifier)
+    except (TypeError, ValueError) as exc:  # e.g. an unknown or out-of-range tracker parameter
+        log.error("%s: %s", args.config, exc)
+        outbox.close()
+        engine.close()
+        return EXIT_BAD_INPUT
     mqtt = None
     if cfg.mqtt.enabled:
         from edge_agent.mqtt.client import AgentMqtt
@@ -743,7 +755,12 @@ def cmd_track(args: argparse.Namespace) -> int:
             pipe.drain = False  # exactly N frames
             pipe.stop()
 
-    pipe = Pipeline(cfg, engine, SeqCounter(), sinks, on_frame=on_frame)
+    try:
+        pipe = Pipeline(cfg, engine, SeqCounter(), sinks, on_frame=on_frame)
+    except (TypeError, ValueError) as exc:  # e.g. an unknown or out-of-range tracker parameter
+        print(f"error: {exc}", file=sys.stderr)
+        engine.close()
+        return EXIT_BAD_INPUT
     old = signal.signal(signal.SIGINT, lambda *_: pipe.stop())
     t0 = time.monotonic()
     try:
