@@ -738,7 +738,7 @@ def cmd_track(args: argparse.Namespace) -> int:
     except (ModelError, ValueError, FileNotFoundError) as exc:
         print(f"error: model: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    sinks: List[Any] = [JsonlSink(args.events) if args.events else ConsoleSink()]
+    sinks: List[Any] = [JsonlSink(args.events, truncate=True) if args.events else ConsoleSink()]
     out = _VideoOut(args.output, fps) if args.output else None
     progress = _Progress(total, not args.no_progress)
     pipe: Optional[Pipeline] = None

@@ -281,6 +281,14 @@ def test_jsonl_sink_appends_lines(tmp_path):
     assert [json.loads(x) for x in lines] == [{"a": 1}, {"b": "ü"}]
     with pytest.raises(RuntimeError, match="closed"):
         sink.write({})
+    again = JsonlSink(tmp_path / "sub" / "ev.jsonl")  # the daemon appends across restarts
+    again.write({"c": 3})
+    again.close()
+    assert len((tmp_path / "sub" / "ev.jsonl").read_text().splitlines()) == 3
+    fresh = JsonlSink(tmp_path / "sub" / "ev.jsonl", truncate=True)  # one-shot `track`
+    fresh.write({"d": 4})
+    fresh.close()
+    assert (tmp_path / "sub" / "ev.jsonl").read_text() == '{"d":4}\n'
 
 
 def test_schema_rejects_broken_events():

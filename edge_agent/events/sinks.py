@@ -16,15 +16,18 @@ def dumps(event: Dict[str, Any]) -> str:
 
 
 class JsonlSink:
-    """Appends one JSON object per line; flushed per event, fsynced on ``close``."""
+    """Appends one JSON object per line; flushed per event, fsynced on ``close``.
+
+    ``truncate=True`` starts the file afresh (one-shot runs, whose ``seq`` restarts at 1).
+    """
 
     name = "jsonl"
 
-    def __init__(self, path: os.PathLike):
+    def __init__(self, path: os.PathLike, truncate: bool = False):
         self.path = Path(path)
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._f: Optional[TextIO] = open(self.path, "a", encoding="utf-8")
+        self._f: Optional[TextIO] = open(self.path, "w" if truncate else "a", encoding="utf-8")
         self._lock = threading.Lock()
 
     def write(self, event: Dict[str, Any]) -> None:
