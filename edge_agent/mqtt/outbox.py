@@ -6,8 +6,9 @@ Interface (used by the pipeline; stable)::
     seq = ob.append(event)        # assigns event["seq"], stores the event, returns seq
     ob.close()
 
-``append`` writes the event in its own SQLite transaction together with the per-device sequence
-counter, so ``seq`` is persisted, monotonic and never reused, even across crashes. The
+``append`` writes the event in its own SQLite transaction; its ``seq`` is the row key, and every
+transaction that deletes rows also records the last seq handed out, so ``seq`` is persisted,
+monotonic and never reused, even across crashes. The
 transaction reaches the WAL file before ``append`` returns, so a crash (SIGKILL) of the process
 loses nothing that was appended. Syncing the WAL to the disk (fsync) is batched: at most one fsync
 per ``commit_interval_ms`` no matter how many events arrive, which bounds what a *power loss* can
@@ -108,7 +109,9 @@ class Outbox:
             self._db.execute(f"PRAGMA synchronous={sync}")
             self._db.executescript(_SCHEMA)
             meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-            self._last_seq = int(meta.get("last_seq", 0))
+            # The newest row carries the last seq; meta keeps it once rows are deleted.
+            newest = self._db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
+            self._last_seq = max(int(meta.get("last_seq", 0)), int(newest))
             rows, nbytes = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM events"
             ).fetchone()
@@ -176,13 +179,11 @@ class Outbox:
                     "INSERT INTO events (seq, type, priority, payload, created) VALUES (?,?,?,?,?)",
                     (seq, etype, priority, payload, time.time()),
                 )
-                db.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)", (seq,)
-                )
                 rows, nbytes = self._rows + 1, self._bytes + len(payload)
                 dropped: Dict[str, int] = {}
                 if rows > self.max_rows or nbytes > self.max_bytes:
                     rows, nbytes, dropped = self._evict(rows, nbytes)
+                    self._save_last_seq(seq)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")
@@ -225,6 +226,12 @@ class Outbox:
                 (f"dropped:{t}", n),
             )
         return rows, nbytes, dropped
+
+    def _save_last_seq(self, seq: int) -> None:
+        """Inside a transaction that deletes rows: the deleted rows may include the newest one,
+        which is what remembers the last seq, so persist it explicitly (append itself need not,
+        which saves a page write per event)."""
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)", (seq,))
 
     # --- fsync batching ---------------------------------------------------------------------
 
@@ -330,6 +337,7 @@ class Outbox:
                     db.execute(f"DELETE FROM events WHERE seq IN ({marks})", chunk)
                     removed += int(n)
                     freed += int(size)
+                self._save_last_seq(self._last_seq)
                 db.execute("COMMIT")
             except BaseException:
                 db.execute("ROLLBACK")

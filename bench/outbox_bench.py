@@ -1,0 +1,181 @@
+"""Durable events/s through the outbox to a local Mosquitto at QoS 1.
+
+Runs, in one process and against the same broker:
+
+* ``outbox batched``  - Outbox(commit_interval_ms=50) + AgentMqtt: every event in SQLite (WAL)
+  before it is published, fsync batched, rows deleted on PUBACK (the shipped configuration).
+* ``outbox fsync/evt`` - the same with commit_interval_ms=0: one fsync per event.
+* ``paho only``       - plain paho QoS 1 publishes with the same in-flight window, kept in
+  memory only (what paho alone offers; not durable): the ceiling.
+
+The time runs from the first append until the broker acknowledged the last event (outbox empty).
+
+    .venv/bin/python bench/outbox_bench.py [--events 20000] [--window 20] [--dir .]
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import paho.mqtt.client as mqtt
+
+from edge_agent.config import MqttConfig
+from edge_agent.mqtt.client import AgentMqtt
+from edge_agent.mqtt.outbox import Outbox
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_broker(workdir: Path) -> subprocess.Popen:
+    exe = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    if not exe:
+        sys.exit("mosquitto is not installed (make system-deps installs it)")
+    port = _free_port()
+    conf = workdir / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
+                    "max_queued_messages 0\n")
+    proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                proc.port = port  # type: ignore[attr-defined]
+                return proc
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    sys.exit("mosquitto did not start")
+
+
+def _event(i: int) -> Dict[str, object]:
+    # About the size of a real crowd event (~450 bytes of JSON).
+    return {
+        "event_id": f"bench-{i:08d}", "type": "crowd", "phase": "update", "device_id": "bench",
+        "camera": "cam1", "zone": "entrance", "count": 12, "track_id": None, "label": "person",
+        "score": 0.87, "track_ids": list(range(100, 112)),
+        "bbox": {"px": [10.0, 20.0, 110.0, 220.0], "norm": [0.01, 0.02, 0.11, 0.22]},
+        "ts": {"iso": "2026-01-01T00:00:00.000Z", "epoch_ms": 1767225600000}, "frame": i,
+        "engine": {"name": "yolox-nano", "version": "1", "sha256": "0" * 64},
+    }
+
+
+def run_outbox(port: int, n: int, window: int, commit_ms: int, workdir: Path,
+               protocol: str) -> Dict[str, float]:
+    path = workdir / f"outbox-{commit_ms}.sqlite"
+    ob = Outbox(path, max_rows=n + 10, max_bytes=1 << 30, commit_interval_ms=commit_ms)
+    cfg = MqttConfig(host="127.0.0.1", port=port, max_inflight=window, stats_interval_s=3600,
+                     protocol=protocol)
+    m = AgentMqtt(cfg, f"bench-{commit_ms}", ob)
+    m.start()
+    if not m.wait_connected(10):
+        sys.exit(f"could not connect: {m.last_error}")
+    events = [_event(i) for i in range(n)]
+    append_done: List[float] = []
+
+    def produce() -> None:
+        for e in events:
+            ob.append(e)
+        append_done.append(time.perf_counter())
+
+    t0 = time.perf_counter()
+    th = threading.Thread(target=produce)
+    th.start()
+    th.join()
+    while m.counters["acked"] < n:
+        time.sleep(0.001)
+    t1 = time.perf_counter()
+    deadline = time.monotonic() + 10
+    while len(ob) and time.monotonic() < deadline:  # acknowledged rows are deleted in batches
+        time.sleep(0.01)
+    assert len(ob) == 0, "rows left after all PUBACKs"
+    m.stop()
+    ob.close()
+    return {"events_s": n / (t1 - t0), "append_s": n / (append_done[0] - t0), "secs": t1 - t0}
+
+
+def run_paho_only(port: int, n: int, window: int, protocol: str) -> Dict[str, float]:
+    import json
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-paho",
+                    protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311)
+    c.max_inflight_messages_set(window)
+    c.max_queued_messages_set(0)
+    done = threading.Event()
+    acked = [0]
+
+    def on_publish(client, userdata, mid, rc, props) -> None:
+        acked[0] += 1
+        if acked[0] == n:
+            done.set()
+
+    c.on_publish = on_publish
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    payloads = [json.dumps(_event(i)).encode() for i in range(n)]
+    t0 = time.perf_counter()
+    for p in payloads:
+        c.publish("bench/paho/events/crowd", p, qos=1)
+    t_pub = time.perf_counter()
+    done.wait(120)
+    t1 = time.perf_counter()
+    c.disconnect()
+    c.loop_stop()
+    return {"events_s": n / (t1 - t0), "append_s": n / (t_pub - t0), "secs": t1 - t0}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=20000)
+    ap.add_argument("--window", type=int, default=20, help="max_inflight (the shipped default)")
+    ap.add_argument("--fsync-events", type=int, default=2000,
+                    help="events for the fsync-per-event run (it is slow on real disks)")
+    ap.add_argument("--dir", default=".", help="where the SQLite files go (its disk is measured)")
+    ap.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
+    args = ap.parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="outbox-bench-", dir=args.dir))
+    broker = start_broker(workdir)
+    try:
+        port = broker.port  # type: ignore[attr-defined]
+        rows = [
+            ("paho only (memory, not durable)", args.events,
+             run_paho_only(port, args.events, args.window, args.protocol)),
+            ("outbox batched fsync (50 ms)", args.events,
+             run_outbox(port, args.events, args.window, 50, workdir, args.protocol)),
+            ("outbox fsync per event", args.fsync_events,
+             run_outbox(port, args.fsync_events, args.window, 0, workdir, args.protocol)),
+        ]
+    finally:
+        broker.kill()
+        broker.wait()
+        shutil.rmtree(workdir, ignore_errors=True)
+    ceiling = rows[0][2]["events_s"]
+    batched = rows[1][2]["events_s"]
+    print(f"MQTT {args.protocol}, QoS 1 to a local mosquitto, window {args.window}, "
+          f"SQLite in {Path(args.dir).resolve()}")
+    print(f"{'mode':34} {'events':>7} {'seconds':>8} {'delivered/s':>12} {'append/s':>10} "
+          f"{'vs paho':>8} {'vs batched':>10}")
+    for name, n, r in rows:
+        print(f"{name:34} {n:7d} {r['secs']:8.2f} {r['events_s']:12,.0f} {r['append_s']:10,.0f} "
+              f"{r['events_s'] / ceiling:8.2f} {r['events_s'] / batched:10.2f}")
+    goal = 5000
+    print(f"goal >= {goal:,} durable events/s: {'met' if batched >= goal else 'NOT met'} "
+          f"({batched:,.0f}/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
