@@ -188,7 +188,9 @@ class OutboxConfig(_Model):
     path: str = Field("outbox.sqlite", description="SQLite file (relative to state_dir)")
     max_rows: int = Field(100_000, ge=1)
     max_mb: float = Field(256, gt=0)
-    commit_interval_ms: int = Field(50, ge=0, description="batch commits; 0 = fsync every event")
+    commit_interval_ms: int = Field(
+        50, ge=0, description="batch fsyncs (events publish once synced); 0 = fsync every event"
+    )
 
 
 class MqttConfig(_Model):

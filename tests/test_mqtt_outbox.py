@@ -164,3 +164,12 @@ def test_appends_survive_sigkill_of_the_writer(tmp_path):
     with Outbox(path) as ob:
         assert len(ob.peek(0, 1000)) == 300  # replayable at once after the restart
         assert ob.append(event(0)) == 301
+
+
+def test_from_config_puts_a_relative_path_under_the_state_dir(tmp_path):
+    from edge_agent.config import OutboxConfig
+
+    ob = Outbox.from_config(OutboxConfig(max_rows=7, max_mb=1.5, commit_interval_ms=0), tmp_path)
+    assert ob.path == tmp_path / "outbox.sqlite" and ob.path.exists()
+    assert (ob.max_rows, ob.max_bytes, ob.interval_s) == (7, 1572864, 0)
+    ob.close()

@@ -152,7 +152,7 @@ def test_wrong_password_is_reported_clearly_and_retried_with_backoff(broker_fact
                    reconnect_min_s=0.2, reconnect_max_s=0.8)
     time.sleep(3.2)
     assert not m.connected
-    attempts = m.connect_attempts
+    attempts = list(m.connect_attempts)
     assert len(attempts) >= 4, attempts
     gaps = [b - a for a, b in zip(attempts, attempts[1:])]
     # backoff doubles 0.2 -> 0.4 -> 0.8 (sleeps are lower bounds, so only check growth)

@@ -171,7 +171,8 @@ class AgentMqtt:
         self._lock = threading.Lock()
         self.counters: Dict[str, int] = collections.defaultdict(int)
         self.last_error: Optional[str] = None
-        self.connect_attempts: List[float] = []  # monotonic times of failed attempts
+        # monotonic times of the latest failed attempts (shows the backoff)
+        self.connect_attempts: Deque[float] = collections.deque(maxlen=100)
 
         self._client = self._make_client()
 

@@ -3,6 +3,7 @@
 Interface (used by the pipeline; stable)::
 
     ob = Outbox(path, max_rows=100_000, max_bytes=256 << 20, commit_interval_ms=50)
+    ob = Outbox.from_config(cfg.mqtt.outbox, cfg.state_dir)   # the same from the config
     seq = ob.append(event)        # assigns event["seq"], stores the event, returns seq
     ob.close()
 
@@ -134,6 +135,15 @@ class Outbox:
                 target=self._sync_loop, name="outbox-fsync", daemon=True
             )
             self._syncer.start()
+
+    @classmethod
+    def from_config(cls, ocfg: Any, state_dir: Union[str, Path]) -> Outbox:
+        """From ``cfg.mqtt.outbox`` (``OutboxConfig``); a relative path is under ``state_dir``."""
+        path = Path(ocfg.path)
+        if not path.is_absolute():
+            path = Path(state_dir) / path
+        return cls(path, max_rows=ocfg.max_rows, max_bytes=int(ocfg.max_mb * (1 << 20)),
+                   commit_interval_ms=ocfg.commit_interval_ms)
 
     # --- producer side ----------------------------------------------------------------------
 
