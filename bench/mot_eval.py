@@ -23,6 +23,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
 
 from edge_agent.tracking import Tracker  # noqa: E402
 from edge_agent.tracking.motdata import Sequence, load_dets, mot15_sequences  # noqa: E402
@@ -98,8 +99,16 @@ def norfair_runner(seq: Sequence) -> Runner:
     return Runner(prepare, lambda d: tr.update(detections=d), rows)
 
 
+def sort_ref_runner(seq: Sequence) -> Runner:
+    from tracker_sort_ref import SortReference
+
+    tr = SortReference()
+    return Runner(lambda d: d, tr.update, lambda out: out)
+
+
 TRACKERS: Dict[str, Tuple[str, Callable[[Sequence], Runner]]] = {
     "ours": ("edge-agent (C, defaults)", ours),
+    "sort_ref": ("SORT: our clean re-implementation of sort.py (labelled peer)", sort_ref_runner),
     "sort": ("roboflow trackers 2.6.1 SORT", _roboflow("SORTTracker")),
     "bytetrack": ("roboflow trackers 2.6.1 ByteTrack", _roboflow("ByteTrackTracker")),
     "ocsort": ("roboflow trackers 2.6.1 OC-SORT", _roboflow("OCSORTTracker")),
@@ -217,8 +226,10 @@ def main(argv: List[str] = None) -> int:
         print(f"\nours - best peer: HOTA {c['HOTA'] - best_hota:+.1f}, "
               f"IDF1 {c['IDF1'] - best_idf1:+.1f}; update() speed {ratio:.0f}x "
               f"the fastest peer ({TRACKERS[fastest][0]})")
-        if "sort" in names:
-            print(f"MOTA vs SORT: {c['MOTA'] - scores['sort']['COMBINED_SEQ']['MOTA']:+.1f}")
+        for ref in ("sort", "sort_ref"):
+            if ref in names:
+                d = c["MOTA"] - scores[ref]["COMBINED_SEQ"]["MOTA"]
+                print(f"MOTA vs {TRACKERS[ref][0]}: {d:+.1f}")
     return 0
 
 
