@@ -156,7 +156,7 @@ class AgentMqtt:
         self._connected = threading.Event()
         self._subscribed = threading.Event()
         self._connect_pending = False
-        self._cmd_queue: queue.Queue[Optional[tuple]] = queue.Queue(maxsize=1000)
+        self._cmd_queue: queue.Queue = queue.Queue(maxsize=1000)  # (name, payload, rtopic, corr)
 
         # Owned by the publisher thread.
         self._inflight: Dict[int, int] = {}  # paho mid -> outbox seq

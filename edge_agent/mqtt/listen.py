@@ -180,7 +180,7 @@ def main(args: argparse.Namespace) -> int:
     password = args.password if args.password is not None else os.environ.get(
         "EDGE_AGENT_MQTT_PASSWORD")
 
-    q: queue.Queue[tuple] = queue.Queue()
+    q: queue.Queue = queue.Queue()
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
     if args.username:
         client.username_pw_set(args.username, password)

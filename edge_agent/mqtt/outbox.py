@@ -123,12 +123,14 @@ class Outbox:
         self._dropped: Dict[str, int] = {
             k[len("dropped:"):]: int(v) for k, v in meta.items() if k.startswith("dropped:")
         }
-        # Everything already in the file was committed by an earlier run: treat it as synced.
-        self._synced_seq = self._last_seq
         self._closed = False
         self._dirty = threading.Event()
         self._stop = threading.Event()
         self._wal_fd: Optional[int] = None
+        # Rows left by an earlier run were committed, maybe not fsynced (it may have crashed):
+        # sync them now, then they may be published.
+        self._synced_seq = 0
+        self.sync()
         self._syncer: Optional[threading.Thread] = None
         if self.interval_s > 0:
             self._syncer = threading.Thread(
