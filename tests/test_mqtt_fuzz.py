@@ -51,6 +51,19 @@ payloads = st.one_of(
     st.sampled_from([b"", b"null", b"{}", b"[]", b'{"request_id": null}', b"\x00" * 10,
                      b'{"request_id": "a", "section": ["mqtt"]}', b"NaN", b'"str"']),
 )
+_topic_text = st.text(
+    st.characters(blacklist_characters="+#", blacklist_categories=("Cs", "Cc", "Cn")),
+    max_size=20,
+)
+# MQTT 5 response topics: mostly usable, some with wildcards the agent must not publish to.
+response_topics = st.one_of(
+    st.none(),
+    _topic_text.map(lambda s: "fuzz/" + s),
+    _topic_text.map(lambda s: "fuzz/" + s + "/#"),
+    _topic_text.map(lambda s: "fuzz/+/" + s),
+)
+correlations = st.one_of(st.none(), st.binary(min_size=1, max_size=64))
+
 names = st.one_of(
     st.sampled_from(["ping", "state", "config.get", "snapshot", "engine.update", "nope", "a" * 80]),
     # any text a broker accepts as a topic level (MQTT forbids control characters there)
@@ -70,7 +83,8 @@ def _snapshot(request):
 
 @pytest.mark.slow
 def test_fuzzed_commands_get_one_wellformed_reply_each_and_events_keep_flowing(broker, tmp_path):
-    sub = Subscriber(broker, [f"{BASE}/cmd/+/reply", f"{BASE}/events/+"], v5=True).ready()
+    sub = Subscriber(broker, [f"{BASE}/cmd/+/reply", f"{BASE}/events/+", "fuzz/#"],
+                     v5=True).ready()
     ob = Outbox(tmp_path / "outbox.sqlite", commit_interval_ms=5)
     m = AgentMqtt(make_cfg(broker, max_command_bytes=MAX_BYTES), "dev1", ob)
     m.register_command("snapshot", _snapshot)
@@ -81,14 +95,15 @@ def test_fuzzed_commands_get_one_wellformed_reply_each_and_events_keep_flowing(b
     # No shrinking: a failure is reported as generated (shrinking a broker round trip is slow).
     @settings(max_examples=60, deadline=None, database=None, phases=[Phase.generate],
               suppress_health_check=list(HealthCheck))
-    @given(st.lists(st.tuples(names, payloads), min_size=36, max_size=60))
+    @given(st.lists(st.tuples(names, payloads, response_topics, correlations),
+                    min_size=36, max_size=60))
     def batch(items):
         k = sent["batches"]
         sent["batches"] += 1
         ob.append(event(k, run="fuzz"))
         before = len(sub.snapshot())
-        for name, payload in items:
-            sub.request(f"{BASE}/cmd/{name}", payload)
+        for name, payload, rtopic, corr in items:
+            sub.request(f"{BASE}/cmd/{name}", payload, response_topic=rtopic, correlation=corr)
         barrier = f"barrier-{k}".encode()
         sub.request(f"{BASE}/cmd/ping", b'{"request_id": "' + barrier + b'"}')
         sent["n"] += len(items)
@@ -98,11 +113,13 @@ def test_fuzzed_commands_get_one_wellformed_reply_each_and_events_keep_flowing(b
                        for t, p, _ in sub.snapshot()[before:])
 
         assert sub.wait_for(barrier_seen, 20), "the agent stopped answering"
-        replies = [(t, json.loads(p)) for t, p, _ in sub.snapshot()[before:]
-                   if t.endswith("/reply") and barrier not in p]
+        replies = [(t, json.loads(p), props) for t, p, props in sub.snapshot()[before:]
+                   if (t.endswith("/reply") or t.startswith("fuzz/")) and barrier not in p]
         assert len(replies) == len(items)  # exactly one reply each, in order
-        for (name, _), (topic, r) in zip(items, replies):
-            assert topic == f"{BASE}/cmd/{name}/reply"
+        for (name, _, rtopic, corr), (topic, r, props) in zip(items, replies):
+            usable = rtopic is not None and "#" not in rtopic and "+" not in rtopic
+            assert topic == (rtopic if usable else f"{BASE}/cmd/{name}/reply")
+            assert getattr(props, "CorrelationData", None) == corr
             assert isinstance(r["ok"], bool)
             if not r["ok"]:
                 assert r["error"]["code"] in CODES and r["error"]["message"]
