@@ -52,6 +52,7 @@ def pki(tmp_path_factory):
     _ca(d, "other-ca")
     _server_cert(d, "server", "ca", "IP:127.0.0.1")
     _server_cert(d, "badname", "ca", "DNS:not-this-host.example")
+    _server_cert(d, "client", "ca", "DNS:edge-1")
     pw = d / "passwords"
     proc = subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), USER, PASSWORD],
                           capture_output=True, text=True)
@@ -59,18 +60,23 @@ def pki(tmp_path_factory):
     return d
 
 
-def _tls_broker(broker_factory, pki: Path, cert: str = "server"):
+def _tls_broker(broker_factory, pki: Path, cert: str = "server", mutual: bool = False):
     return broker_factory([
         f"cafile {pki / 'ca.crt'}",
         f"certfile {pki / (cert + '.crt')}",
         f"keyfile {pki / (cert + '.key')}",
         f"password_file {pki / 'passwords'}",
+        *(["require_certificate true"] if mutual else []),
     ]).start()
 
 
-def _agent(broker, tmp_path, ca: Path, password=PASSWORD, insecure=False, **kw):
-    cfg = make_cfg(broker, username=USER, password=password,
-                   tls=TlsConfig(ca_file=str(ca), insecure=insecure), **kw)
+def _agent(broker, tmp_path, ca: Path, password=PASSWORD, insecure=False, client_cert=None,
+           **kw):
+    tls = TlsConfig(ca_file=str(ca), insecure=insecure)
+    if client_cert:
+        tls = TlsConfig(ca_file=str(ca), cert_file=str(client_cert.with_suffix(".crt")),
+                        key_file=str(client_cert.with_suffix(".key")))
+    cfg = make_cfg(broker, username=USER, password=password, tls=tls, **kw)
     ob = Outbox(tmp_path / "outbox.sqlite", commit_interval_ms=5)
     m = AgentMqtt(cfg, "dev1", ob)
     m.start()
@@ -140,6 +146,21 @@ def test_hostname_mismatch_is_refused_unless_insecure_is_explicit(broker_factory
     m2, ob2 = _agent(broker, tmp_path / "2", pki / "ca.crt", insecure=True)
     assert m2.wait_connected(10), m2.last_error
     m2.stop()
+    ob2.close()
+
+
+def test_mutual_tls_needs_the_client_certificate(broker_factory, pki, tmp_path):
+    broker = _tls_broker(broker_factory, pki, mutual=True)
+    m, ob = _agent(broker, tmp_path, pki / "ca.crt", client_cert=pki / "client")
+    assert m.wait_connected(10), m.last_error
+    m.stop()
+    ob.close()
+    m2, ob2 = _agent(broker, tmp_path / "2", pki / "ca.crt", reconnect_min_s=0.1,
+                     reconnect_max_s=0.2)
+    assert not m2.wait_connected(1.0)
+    assert m2.counters["connect_failures"] >= 1
+    assert "client certificate" in m2.last_error and "cert_file" in m2.last_error
+    m2.stop(timeout=0.3)
     ob2.close()
 
 

@@ -171,6 +171,8 @@ class AgentMqtt:
         self._lock = threading.Lock()
         self.counters: Dict[str, int] = collections.defaultdict(int)
         self.last_error: Optional[str] = None
+        self._last_paho_error: Optional[str] = None
+        self._refused = False
         # monotonic times of the latest failed attempts (shows the backoff)
         self.connect_attempts: Deque[float] = collections.deque(maxlen=100)
 
@@ -205,6 +207,7 @@ class AgentMqtt:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_socket_open = _no_delay
+        client.on_log = self._on_log
         return client
 
     def _setup_tls(self, client: _Client) -> None:
@@ -305,6 +308,7 @@ class AgentMqtt:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
+            self._refused = True
             self.counters["connect_failures"] += 1
             self.connect_attempts.append(time.monotonic())
             self.last_error = f"broker refused the connection: {reason_code}"
@@ -318,6 +322,7 @@ class AgentMqtt:
             return
         self.counters["connections"] += 1
         self.last_error = None
+        self._last_paho_error = None
         # Queue-only paho calls are fine here; state (user code) follows on our thread.
         self._subscribed.clear()
         client.subscribe(self.topics.cmd_filter, qos=1)
@@ -344,13 +349,34 @@ class AgentMqtt:
             self.cfg.host, self.cfg.port, what,
         )
 
+    def _on_log(self, client, userdata, level, buf) -> None:
+        # paho reports some failures only in its log (e.g. a TLS alert after the handshake).
+        if level == paho.MQTT_LOG_ERR:
+            self._last_paho_error = buf
+
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self._connected.is_set()
         self._connected.clear()
         self._wake.set()
-        if was and not self._stopping:
+        if self._stopping:
+            return
+        if was:
             self.counters["disconnects"] += 1
             log.warning("mqtt: connection lost (%s); reconnecting", reason_code)
+        elif self._refused:
+            self._refused = False  # already reported by _on_connect
+        else:
+            # Closed before CONNACK: e.g. the broker demanded a client certificate (TLS 1.3
+            # sends that alert after the handshake) or is not an MQTT server.
+            self.counters["connect_failures"] += 1
+            self.connect_attempts.append(time.monotonic())
+            what = self._last_paho_error or str(reason_code)
+            hint = ""
+            if "CERTIFICATE_REQUIRED" in what or "certificate required" in what:
+                hint = " (the broker wants a client certificate: mqtt.tls.cert_file/key_file)"
+            self.last_error = f"connection closed before CONNACK: {what}{hint}"
+            log.warning("mqtt: %s:%s %s; retrying with backoff", self.cfg.host, self.cfg.port,
+                        self.last_error)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         self._acks.append((mid, reason_code))
