@@ -252,3 +252,22 @@ def test_inflight_window_bounds_what_paho_holds_during_an_outage(broker, outbox)
     assert sub.wait_for(lambda: len({e["event_id"] for e in sub.events()}) == 300, 20)
     m.stop()
     sub.close()
+
+
+def test_engine_update_progress_is_retained_and_latest_one_sent_after_reconnect(broker, outbox):
+    sub = Subscriber(broker, [f"{BASE}/engine/update"], client_id="eng-sub", clean=False).ready()
+    m = _agent(broker, outbox)
+    m.publish_engine_update({"request_id": "u1", "state": "DOWNLOADING", "progress": 0.1})
+    assert sub.wait_for(lambda: len(sub.payloads("/engine/update")) == 1)
+    broker.kill()
+    assert sub.wait_for(lambda: not m.connected, 5)
+    m.publish_engine_update({"request_id": "u1", "state": "VERIFYING"})
+    m.publish_engine_update({"request_id": "u1", "state": "BUILDING", "progress": 0.5})
+    m.publish_state()  # offline: a no-op, the connect publishes a fresh state
+    broker.start()
+    assert m.wait_connected(10)
+    assert sub.wait_for(lambda: len(sub.payloads("/engine/update")) >= 2, 10)
+    states = [json.loads(p)["state"] for p in sub.payloads("/engine/update")]
+    assert states[0] == "DOWNLOADING" and states[-1] == "BUILDING" and "VERIFYING" not in states
+    m.stop()
+    sub.close()

@@ -172,6 +172,7 @@ class AgentMqtt:
         self.counters: Dict[str, int] = collections.defaultdict(int)
         self.last_error: Optional[str] = None
         self._last_paho_error: Optional[str] = None
+        self._engine_update: Optional[bytes] = None
         self._refused = False
         # monotonic times of the latest failed attempts (shows the backoff)
         self.connect_attempts: Deque[float] = collections.deque(maxlen=100)
@@ -429,6 +430,8 @@ class AgentMqtt:
         """Per connection, after on_connect subscribed and said online: state, discovery."""
         c = self._client
         self.publish_state()
+        if self._engine_update is not None:
+            c.publish(self.topics.engine_update, self._engine_update, qos=1, retain=True)
         if self._ha is not None:
             for topic, payload, retain in self._ha.discovery_messages():
                 c.publish(topic, payload, qos=1, retain=retain)
@@ -514,7 +517,10 @@ class AgentMqtt:
         return state
 
     def publish_state(self) -> None:
-        """(Re-)publish the retained ``state``."""
+        """(Re-)publish the retained ``state``. While offline this does nothing: every connect
+        publishes a fresh state anyway (and paho's memory queue stays small)."""
+        if not self._connected.is_set():
+            return
         payload = json.dumps(self._state_payload(), default=str).encode()
         self._client.publish(self.topics.state, payload, qos=1, retain=True)
 
@@ -559,9 +565,12 @@ class AgentMqtt:
         return True
 
     def publish_engine_update(self, progress: Dict[str, Any]) -> None:
-        """Retained ``engine/update`` progress of the remote-update state machine."""
+        """Retained ``engine/update`` progress of the remote-update state machine. While offline
+        only the latest is kept; it is published after the reconnect."""
         payload = json.dumps(progress, default=str).encode()
-        self._client.publish(self.topics.engine_update, payload, qos=1, retain=True)
+        self._engine_update = payload
+        if self._connected.is_set():
+            self._client.publish(self.topics.engine_update, payload, qos=1, retain=True)
 
     # --- commands ---------------------------------------------------------------------------
 
