@@ -542,7 +542,8 @@ class AgentMqtt:
         }
         if self._stats_fn is not None:
             try:
-                body.update(self._stats_fn())
+                extra = self._stats_fn()
+                body = {**extra, **body}  # the service's fields, ours win on a clash
             except Exception:
                 log.exception("mqtt: stats_fn failed; publishing our own stats only")
         return body
