@@ -17,8 +17,8 @@ from edge_agent.tracking import COLUMNS, PARAMS, Tracker, _tracker
 class RefKalman:
     """ByteTrack-style constant-velocity filter over (cx, cy, a, h), written with full matrices."""
 
-    def __init__(self, z, wp, wv):
-        self.wp, self.wv = wp, wv
+    def __init__(self, z, wp, wv, wm):
+        self.wp, self.wv, self.wm = wp, wv, wm
         self.F = np.eye(8)
         self.F[:4, 4:] = np.eye(4)
         self.H = np.eye(4, 8)
@@ -37,7 +37,7 @@ class RefKalman:
 
     def update(self, z):
         h = self.x[3]
-        R = np.diag(np.square([self.wp * h, self.wp * h, 1e-1, self.wp * h]))
+        R = np.diag(np.square([self.wm * h, self.wm * h, 1e-1, self.wm * h]))
         S = self.H @ self.P @ self.H.T + R
         K = self.P @ self.H.T @ np.linalg.inv(S)
         self.x = self.x + K @ (z - self.H @ self.x)
@@ -56,8 +56,9 @@ def _z(box):
 
 def test_kalman_steps_match_numpy_reference():
     rng = np.random.default_rng(7)
-    tracker = Tracker(probation_age=1, observation_centric=False)
-    wp, wv = PARAMS["std_weight_position"].default, PARAMS["std_weight_velocity"].default
+    wp, wv, wm = 0.05, 0.01, 0.07  # distinct, so a swapped weight would show
+    tracker = Tracker(probation_age=1, observation_centric=False, std_weight_position=wp,
+                      std_weight_velocity=wv, std_weight_measurement=wm)
     box = np.array([100.0, 50.0, 140.0, 150.0])
     ref = None
     for frame in range(40):
@@ -65,7 +66,7 @@ def test_kalman_steps_match_numpy_reference():
         det = np.array([[*box, 0.9, 0.0]])
         out = tracker.update(det)
         if ref is None:
-            ref = RefKalman(_z(box), wp, wv)
+            ref = RefKalman(_z(box), wp, wv, wm)
         else:
             ref.predict()
             ref.update(_z(box))

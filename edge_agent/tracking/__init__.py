@@ -77,7 +77,11 @@ PARAMS: Dict[str, _Param] = {
                            "an unmatched active track stays reported (predicted box, "
                            "frames_since_update > 0) this many frames before it goes shadow"),
     "std_weight_position": _Param(float, 0.1, 1e-6, 10.0,
-                                  "Kalman position noise std as a fraction of box height"),
+                                  "Kalman process noise std (position) as a fraction of box "
+                                  "height"),
+    "std_weight_measurement": _Param(float, 0.1, 1e-6, 10.0,
+                                     "Kalman measurement noise std as a fraction of box height "
+                                     "(lower: boxes follow detections more closely)"),
     "std_weight_velocity": _Param(float, 1.0 / 160, 1e-6, 10.0,
                                   "Kalman velocity noise std as a fraction of box height"),
 }

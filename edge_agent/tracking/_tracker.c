@@ -43,7 +43,8 @@ typedef struct {
 } KF;
 
 typedef struct {
-    double w_pos, w_vel; /* noise std as a fraction of box height */
+    double w_pos, w_vel; /* process noise std as a fraction of box height */
+    double w_meas;       /* measurement noise std as a fraction of box height */
 } KFParams;
 
 static void kf_initiate(KF *kf, const double z[4], const KFParams *kp)
@@ -77,7 +78,7 @@ static void kf_predict(KF *kf, const KFParams *kp)
 static void kf_update(KF *kf, const double z[4], const KFParams *kp)
 {
     double h = kf->m[3];
-    double sr[4] = {kp->w_pos * h, kp->w_pos * h, 1e-1, kp->w_pos * h};
+    double sr[4] = {kp->w_meas * h, kp->w_meas * h, 1e-1, kp->w_meas * h};
     for (int k = 0; k < 4; k++) {
         double pp = kf->P[k][0], pv = kf->P[k][1], vv = kf->P[k][2];
         double s = pp + sr[k] * sr[k];
@@ -877,23 +878,23 @@ static int Core_init(CoreObject *self, PyObject *args, PyObject *kwds)
                              "iou_buffer", "direction_weight", "direction_delta",
                              "fuse_score", "observation_centric", "probation_age",
                              "max_tentative_misses", "max_shadow_age", "coast_frames",
-                             "std_weight_position",
+                             "std_weight_position", "std_weight_measurement",
                              "std_weight_velocity", NULL};
     Params p;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$dddddddddlpplllldd", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$dddddddddlppllllddd", kwlist,
                                      &p.high_thresh, &p.low_thresh, &p.new_track_thresh,
                                      &p.match_thresh, &p.low_match_thresh,
                                      &p.tentative_match_thresh, &p.recovery_thresh, &p.iou_buffer,
                                      &p.direction_weight, &p.direction_delta, &p.fuse_score, &p.observation_centric,
                                      &p.probation_age, &p.max_tentative_misses,
                                      &p.max_shadow_age, &p.coast_frames, &p.kfp.w_pos,
-                                     &p.kfp.w_vel))
+                                     &p.kfp.w_meas, &p.kfp.w_vel))
         return -1;
     /* The wrapper checks ranges with friendlier messages; this guards the C invariants. */
     if (p.probation_age < 1 || p.direction_delta < 1 || !(p.iou_buffer >= 0) ||
         p.max_tentative_misses < 0 || p.max_shadow_age < 0 || p.coast_frames < 0 ||
-        !(p.kfp.w_pos > 0) || !(p.kfp.w_vel > 0) || !isfinite(p.kfp.w_pos) ||
-        !isfinite(p.kfp.w_vel)) {
+        !(p.kfp.w_pos > 0) || !(p.kfp.w_vel > 0) || !(p.kfp.w_meas > 0) ||
+        !isfinite(p.kfp.w_pos) || !isfinite(p.kfp.w_vel) || !isfinite(p.kfp.w_meas)) {
         PyErr_SetString(PyExc_ValueError, "invalid tracker parameters");
         return -1;
     }

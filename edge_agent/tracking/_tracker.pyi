@@ -25,6 +25,7 @@ class Core:
         max_shadow_age: int,
         coast_frames: int,
         std_weight_position: float,
+        std_weight_measurement: float,
         std_weight_velocity: float,
     ) -> None: ...
     def update(self, dets: Optional[Any]) -> bytearray:
