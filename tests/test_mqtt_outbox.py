@@ -173,3 +173,21 @@ def test_from_config_puts_a_relative_path_under_the_state_dir(tmp_path):
     assert ob.path == tmp_path / "outbox.sqlite" and ob.path.exists()
     assert (ob.max_rows, ob.max_bytes, ob.interval_s) == (7, 1572864, 0)
     ob.close()
+
+
+def test_storage_failure_is_a_clear_error_and_the_outbox_recovers(tmp_path):
+    """A real I/O failure: SQLite refuses to grow the file past max_page_count (like a full
+    disk)."""
+    from edge_agent.mqtt.outbox import OutboxError
+
+    with Outbox(tmp_path / "ob.sqlite", commit_interval_ms=0) as ob:
+        ob._db.execute("PRAGMA max_page_count = 20")
+        big = "z" * 3000
+        with pytest.raises(OutboxError, match="cannot store event .*full"):
+            for i in range(100):
+                e = event(i)
+                e["blob"] = big
+                ob.append(e)
+        stored = ob.last_seq
+        ob.ack(r.seq for r in ob.peek(0, 100))  # space freed: appending works again
+        assert ob.append(event(999)) == stored + 1

@@ -66,6 +66,14 @@ CREATE TABLE IF NOT EXISTS meta (
 """
 
 
+class OutboxError(ValueError):
+    """The event could not be stored (storage failure: disk full, I/O error). A ValueError so
+    that a caller handling rejected events keeps running; the message says what failed."""
+
+
+_INSERT = "INSERT INTO events (seq, type, priority, payload, created) VALUES (?,?,?,?,?)"
+
+
 @dataclass(frozen=True)
 class OutboxRow:
     """One stored event: ``payload`` is the UTF-8 JSON published on ``events/<type>``."""
@@ -154,7 +162,8 @@ class Outbox:
 
         Raises ``ValueError`` when the event is not a dict with a string ``event_id`` and a
         topic-safe ``type``, is not JSON-serialisable (NaN/inf included), or is larger than the
-        outbox itself.
+        outbox itself; ``OutboxError`` (a ValueError) when storage fails. Either way no seq is
+        consumed and ``event`` is left as it was.
         """
         if not isinstance(event, dict):
             raise ValueError(f"an event must be a dict, got {type(event).__name__}")
@@ -185,20 +194,27 @@ class Outbox:
                     f"({self.max_bytes} bytes)"
                 )
             db = self._db
-            db.execute("BEGIN IMMEDIATE")
+            row = (seq, etype, priority, payload, time.time())
+            rows, nbytes = self._rows + 1, self._bytes + len(payload)
+            dropped: Dict[str, int] = {}
             try:
-                db.execute(
-                    "INSERT INTO events (seq, type, priority, payload, created) VALUES (?,?,?,?,?)",
-                    (seq, etype, priority, payload, time.time()),
-                )
-                rows, nbytes = self._rows + 1, self._bytes + len(payload)
-                dropped: Dict[str, int] = {}
-                if rows > self.max_rows or nbytes > self.max_bytes:
-                    rows, nbytes, dropped = self._evict(rows, nbytes)
-                    self._save_last_seq(seq)
-                db.execute("COMMIT")
+                if rows <= self.max_rows and nbytes <= self.max_bytes:
+                    # The common case: one statement is its own (autocommit) transaction.
+                    db.execute(_INSERT, row)
+                else:
+                    db.execute("BEGIN IMMEDIATE")
+                    try:
+                        db.execute(_INSERT, row)
+                        rows, nbytes, dropped = self._evict(rows, nbytes)
+                        self._save_last_seq(seq)
+                        db.execute("COMMIT")
+                    except BaseException:
+                        db.execute("ROLLBACK")
+                        raise
+            except sqlite3.Error as exc:  # disk full, I/O error: the caller logs it and goes on
+                _restore(event, old_seq)
+                raise OutboxError(f"{self.path}: cannot store event {event_id}: {exc}") from None
             except BaseException:
-                db.execute("ROLLBACK")
                 _restore(event, old_seq)
                 raise
             self._last_seq = seq
