@@ -310,3 +310,54 @@ def test_params_unknown_and_out_of_range():
     t = Tracker(max_shadow_age=10)
     assert t.params["max_shadow_age"] == 10 and set(t.params) == set(PARAMS)
     assert "max_shadow_age=10" in repr(t)
+
+
+def test_coast_frames_report_predictions_then_shadow():
+    t = Tracker(probation_age=1, coast_frames=2, max_shadow_age=10)
+    for f in range(5):
+        t.update(np.array([_det(10 + 5 * f, 10)]))
+    for miss in (1, 2):
+        out = t.update(np.empty((0, 6)))
+        assert len(out) == 1 and out[0, 7] == miss
+        assert out[0, 0] > 10 + 5 * 4  # keeps moving with the predicted velocity
+    assert len(t.update(np.empty((0, 6)))) == 0 and len(t.lost()) == 1
+
+
+def test_update_none_predicts_without_lifecycle_changes():
+    t = Tracker(probation_age=2)
+    t.update(np.empty((0, 6)))
+    t.update(np.array([_det(10, 10)]))
+    for _ in range(3):  # a tentative track is not terminated by detection-less frames
+        assert len(t.update(None)) == 0
+    out = t.update(np.array([_det(10, 10)]))
+    assert len(out) == 1 and out[0, 4] == 1
+
+
+def test_iou_buffer_bridges_a_jump():
+    """A box that jumps past its own width (low frame rate) is lost by plain IoU; an enlarged
+    (C-BIoU) box keeps the ID."""
+    def ids(**params):
+        t = Tracker(probation_age=1, recovery_thresh=0.0, direction_weight=0.0, **params)
+        seen = set()
+        for x in (100, 100, 100, 145, 145):
+            seen.update(int(i) for i in t.update(np.array([_det(x, 10)]))[:, 4])
+        return seen
+    assert len(ids()) == 2
+    assert len(ids(iou_buffer=0.5)) == 1
+
+
+@pytest.mark.parametrize("weight, ahead", [(0.0, False), (1.0, True)])
+def test_direction_consistency_prefers_the_continuing_detection(weight, ahead):
+    """A track moving right, missed for one frame, is offered a detection slightly behind (better
+    IoU with the prediction) and one ahead of its last observation: IoU alone takes the one
+    behind, the OC-SORT direction term the one that continues the motion."""
+    t = Tracker(probation_age=1, direction_weight=weight, direction_delta=2, fuse_score=False,
+                recovery_thresh=0.0)
+    for x in (100, 110, 120, 130):
+        out = t.update(np.array([_det(x, 10)]))
+    tid = out[0, 4]
+    t.update(None)
+    out = t.update(np.array([_det(128, 10), _det(141, 10)]))  # prediction: x1 ~ 133.7
+    match = out[out[:, 4] == tid]
+    assert len(match) == 1
+    assert (match[0, 0] > 130) == ahead
