@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 import pytest
 from mqtt_helpers import Subscriber, event, make_cfg
 
@@ -98,18 +99,24 @@ def _reply(sub, name, n=1, timeout=5.0):
     return json.loads(sub.payloads(f"/cmd/{name}/reply")[n - 1])
 
 
-def test_builtin_commands_and_a_registered_snapshot_handler(broker, outbox):
+def test_builtin_commands_and_a_registered_snapshot_handler(broker, outbox, video_dir):
+    cv2 = pytest.importorskip("cv2")
     sub = Subscriber(broker, [f"{BASE}/cmd/+/reply", f"{BASE}/snapshots/+"]).ready()
     m = AgentMqtt(make_cfg(broker, username="ops", password="hunter2-secret"), "dev1", outbox,
                   state_fn=lambda: {"cameras": {"cam1": {"fps": 10}}})
-    jpeg = b"\xff\xd8\xff\xe0fake-but-real-bytes\xff\xd9"
+    cap = cv2.VideoCapture(str(video_dir / "intel_one-by-one-person-detection.mp4"))
+    ok, frame = cap.read()  # the "current frame" of cam1: a real decoded video frame
+    cap.release()
+    assert ok
+    jpeg = cv2.imencode(".jpg", frame)[1].tobytes()
 
-    def snapshot(req):
+    def snapshot(req):  # what the service registers: encode the camera's frame, publish it
         cam = req.get("camera")
         if cam != "cam1":
             raise ValueError(f"unknown camera {cam!r}")
-        assert m.publish_snapshot("snap-1", jpeg)
-        return {"camera": cam, "event_id": "snap-1", "bytes": len(jpeg)}
+        data = cv2.imencode(".jpg", frame)[1].tobytes()
+        assert m.publish_snapshot("snap-1", data)
+        return {"camera": cam, "event_id": "snap-1", "bytes": len(data)}
 
     m.register_command("snapshot", snapshot)
     m.start()
@@ -132,6 +139,8 @@ def test_builtin_commands_and_a_registered_snapshot_handler(broker, outbox):
     r = _reply(sub, "snapshot")
     assert r["ok"] and r["result"]["bytes"] == len(jpeg)
     assert sub.wait_for(lambda: sub.payloads("/snapshots/snap-1") == [jpeg])
+    got = cv2.imdecode(np.frombuffer(sub.payloads("/snapshots/snap-1")[0], np.uint8), 1)
+    assert got.shape == frame.shape
     sub.request(f"{BASE}/cmd/snapshot", b'{"request_id": "s2", "camera": "cam9"}')
     r = _reply(sub, "snapshot", 2)
     assert r["error"]["code"] == "bad_request" and "cam9" in r["error"]["message"]
