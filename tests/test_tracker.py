@@ -257,6 +257,7 @@ def test_crowded_frame_many_components():
     (np.array([[5, 0, 1, 1, 0.5, 0]]), r"row 0: x2 < x1 \(1 < 5\)"),
     (np.array([[0, 5, 1, 1, 0.5, 0]]), "row 0: y2 < y1"),
     (np.array([[0, 0, 1, 1, -0.1, 0]]), "row 0: score is negative"),
+    (np.array([[0, 0, 1, 1, 0.5, 0], [0, 0, 2e7, 1, 0.5, 0]]), r"row 1: x2 is out of range"),
 ])
 def test_bad_dets_raise_and_leave_state_alone(dets, match):
     t = Tracker(probation_age=1)

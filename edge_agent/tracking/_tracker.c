@@ -33,6 +33,8 @@
 #define HIST 4 /* observation centres kept per track, for the motion direction */
 /* Largest number of detections accepted per frame: keeps scratch sizes sane. */
 #define MAX_DETS 100000
+/* Coordinates beyond this are an upstream bug, and would overflow the Kalman variances. */
+#define MAX_COORD 1e7
 
 /* ------------------------------------------------------------------------------------------ */
 /* Kalman filter                                                                               */
@@ -453,9 +455,9 @@ static void associate(CoreObject *self, const int *tl, int nt, const int *dl, in
             if (draw[5] != t->cls) continue;
             expand(draw, buf, db);
             double s = iou(tb, db);
-            if (s <= 0.0) continue;
+            if (!(s > 0.0)) continue; /* also drops NaN */
             if (fuse) s *= draw[4];
-            if (s < min_sim) continue;
+            if (!(s >= min_sim)) continue;
             double cost = 1.0 - s;
             if (has_dir) {
                 /* OC-SORT velocity-direction consistency: reward detections that continue
@@ -619,6 +621,11 @@ static Py_ssize_t read_dets(CoreObject *self, PyObject *obj)
             }
             if (!isfinite(x)) {
                 PyErr_Format(PyExc_ValueError, "dets row %zd: %s is not finite", i, names[j]);
+                goto done;
+            }
+            if (j < 4 && fabs(x) > MAX_COORD) {
+                PyErr_Format(PyExc_ValueError, "dets row %zd: %s is out of range (|%s| > 1e7)", i,
+                             names[j], names[j]);
                 goto done;
             }
             row[j] = x;
