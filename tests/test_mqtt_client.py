@@ -280,3 +280,27 @@ def test_engine_update_progress_is_retained_and_latest_one_sent_after_reconnect(
     assert states[0] == "DOWNLOADING" and states[-1] == "BUILDING" and "VERIFYING" not in states
     m.stop()
     sub.close()
+
+
+def test_events_the_broker_refuses_are_counted_logged_and_do_not_block(broker_factory, outbox,
+                                                                      tmp_path, caplog):
+    """A broker ACL that denies events: MQTT 5 PUBACK 'Not authorized'. Re-sending would be
+    refused forever, so each is dropped, counted and logged; status/state still work."""
+    acl = tmp_path / "acl"
+    acl.write_text("".join(f"topic readwrite {BASE}/{t}\n" for t in ("status", "state", "cmd/#")))
+    broker = broker_factory([f"acl_file {acl}"]).start()
+    m = _agent(broker, outbox)
+    for i in range(3):
+        outbox.append(event(i))
+    sub = Subscriber(broker, [f"{BASE}/status"])
+    deadline = time.monotonic() + 10
+    while m.counters["rejected"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert m.counters["rejected"] == 3
+    assert sub.wait_for(lambda: len(outbox) == 0, 5)
+    assert any("rejected event seq" in r.getMessage() and "Not authorized" in r.getMessage()
+               for r in caplog.records)
+    assert m.wait_connected(10)  # (mosquitto 2.0 also drops the connection; we come back)
+    m.stop()
+    assert sub.wait_for(lambda: sub.payloads("/status")[-1:] == [b"stopped"])
+    sub.close()
