@@ -304,3 +304,23 @@ def test_events_the_broker_refuses_are_counted_logged_and_do_not_block(broker_fa
     m.stop()
     assert sub.wait_for(lambda: sub.payloads("/status")[-1:] == [b"stopped"])
     sub.close()
+
+
+def test_config_get_masks_secret_keys_and_values_from_a_config_fn(broker, outbox):
+    from edge_agent import config as cfgmod
+
+    full = cfgmod.load_text("mqtt: {username: u, password: pw-Value-9}", environ={})
+    sub = Subscriber(broker, [f"{BASE}/cmd/+/reply"]).ready()
+    m = _agent(broker, outbox, username="u", password="pw-Value-9",
+               config_fn=lambda: {**full.model_dump(mode="json"),
+                                  "update": {"url": "https://u:pw-Value-9@host/x",
+                                             "api_token": "t0k"}})
+    sub.request(f"{BASE}/cmd/config.get", b'{"request_id": 1}')
+    r = _reply(sub, "config.get")
+    text = json.dumps(r)
+    assert "pw-Value-9" not in text and "t0k" not in text
+    assert r["result"]["config"]["mqtt"]["password"] == "**********"
+    assert r["result"]["config"]["update"]["url"] == "https://u:**********@host/x"
+    assert r["result"]["config"]["cameras"] == []
+    m.stop()
+    sub.close()
