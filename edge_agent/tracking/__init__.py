@@ -126,8 +126,11 @@ def _check_params(params: Dict[str, Any]) -> Dict[str, Any]:
     return values
 
 
+_F64 = np.dtype(np.float64)
+
+
 def _rows(raw: bytearray) -> np.ndarray:
-    return np.frombuffer(raw, dtype=np.float64).reshape(-1, 8)
+    return np.frombuffer(raw, _F64).reshape(-1, 8)  # writable: a bytearray owns the rows
 
 
 class Tracker:
