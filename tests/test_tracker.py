@@ -362,3 +362,27 @@ def test_direction_consistency_prefers_the_continuing_detection(weight, ahead):
     match = out[out[:, 4] == tid]
     assert len(match) == 1
     assert (match[0, 0] > 130) == ahead
+
+
+def test_shadow_buffer_widens_the_search_for_lost_tracks():
+    def ids(**params):
+        t = Tracker(probation_age=1, recovery_thresh=0.0, direction_weight=0.0, **params)
+        seen = set()
+        for x in (100, 100, 100, None, None, None, 145):
+            d = np.empty((0, 6)) if x is None else np.array([_det(x, 10)])
+            seen.update(int(i) for i in t.update(d)[:, 4])
+        return seen
+    assert len(ids()) == 2
+    assert len(ids(shadow_buffer=0.3)) == 1
+
+
+@pytest.mark.parametrize("active_first", [False, True])
+def test_active_first_lets_tracks_seen_last_frame_choose_first(active_first):
+    t = Tracker(probation_age=1, active_first=active_first, recovery_thresh=0.0,
+                direction_weight=0.0)
+    for _ in range(3):
+        out = t.update(np.array([_det(100, 10), _det(125, 10)]))
+    id_a, id_b = (int(r[4]) for r in out[np.argsort(out[:, 0])])
+    t.update(np.array([_det(100, 10)]))  # B missed: shadow
+    out = t.update(np.array([_det(122, 10)]))  # overlaps B's box most, A's enough to match
+    assert [int(r[4]) for r in out] == ([id_a] if active_first else [id_b])

@@ -58,6 +58,9 @@ PARAMS: Dict[str, _Param] = {
     "iou_buffer": _Param(float, 0.0, 0.0, 2.0,
                          "stage 1 boxes are enlarged by this fraction of their size on each side "
                          "before IoU (C-BIoU), for fast motion and low frame rates"),
+    "shadow_buffer": _Param(float, 0.0, 0.0, 1.0,
+                            "shadow tracks: boxes enlarged by this fraction per frame lost (up "
+                            "to 1.0) on top of iou_buffer, as the prediction grows uncertain"),
     "direction_weight": _Param(float, 0.1, 0.0, 10.0,
                                "OC-SORT velocity-direction consistency weight in stage 1 "
                                "(0 = off)"),
@@ -67,6 +70,9 @@ PARAMS: Dict[str, _Param] = {
     "observation_centric": _Param(bool, False, 0, 1,
                                   "OC-SORT re-update: replay a gap along the line between the "
                                   "two observations when a track is re-found"),
+    "active_first": _Param(bool, False, 0, 1,
+                           "stage 1 in two rounds: tracks matched last frame first, then "
+                           "shadow tracks (DeepSORT-style cascade); false: one joint round"),
     "probation_age": _Param(int, 3, 1, 10_000,
                             "hits before a tentative track becomes active (reported)"),
     "max_tentative_misses": _Param(int, 0, 0, 10_000,

@@ -300,9 +300,9 @@ typedef struct {
 typedef struct {
     double high_thresh, low_thresh, new_track_thresh;
     double match_thresh, low_match_thresh, tentative_match_thresh, recovery_thresh;
-    double iou_buffer, direction_weight;
+    double iou_buffer, shadow_buffer, direction_weight;
     long direction_delta;
-    int fuse_score, observation_centric;
+    int fuse_score, observation_centric, active_first;
     long probation_age, max_tentative_misses, max_shadow_age, coast_frames;
     KFParams kfp;
 } Params;
@@ -439,21 +439,25 @@ static void associate(CoreObject *self, const int *tl, int nt, const int *dl, in
     for (int a = 0; a < nt; a++) {
         const Track *t = &self->tracks[tl[a]];
         double tb[4], db[4];
-        expand(use_obs ? t->obs : t->box, buf, tb);
+        /* Shadow tracks get a search region that grows with the time since they were seen. */
+        double bt = buf;
+        if (t->state == ST_LOST && self->p.shadow_buffer > 0)
+            bt += fmin(self->p.shadow_buffer * (double)(t->fsu - 1), 1.0);
+        expand(use_obs ? t->obs : t->box, bt, tb);
         double ux = 0.0, uy = 0.0;
         int has_dir = dir_w > 0 && track_direction(t, self->p.direction_delta, &ux, &uy);
-        double lo = tb[0] - maxw * (1 + buf);
+        double lo = tb[0] - maxw * (1 + bt);
         int first = 0, hi = nd;
         while (first < hi) { /* first key with x1 > lo */
             int mid = (first + hi) / 2;
             if (keys[mid].x1 <= lo) first = mid + 1;
             else hi = mid;
         }
-        for (int k = first; k < nd && keys[k].x1 < tb[2] + buf * maxw; k++) {
+        for (int k = first; k < nd && keys[k].x1 < tb[2] + bt * maxw; k++) {
             int b = keys[k].idx;
             const double *draw = dets + (size_t)dl[b] * DET_COLS;
             if (draw[5] != t->cls) continue;
-            expand(draw, buf, db);
+            expand(draw, bt, db);
             double s = iou(tb, db);
             if (!(s > 0.0)) continue; /* also drops NaN */
             if (fuse) s *= draw[4];
@@ -803,9 +807,17 @@ static PyObject *Core_update(CoreObject *self, PyObject *arg)
     predict_all(self);
     for (Py_ssize_t j = 0; j < n; j++) self->dmatch[j] = -1;
 
-    /* 1: high-score detections vs active and lost tracks (predicted boxes). */
-    stage(self, n, ST_ACTIVE, ST_LOST, p->high_thresh, HUGE_VAL, 0, p->fuse_score,
-          p->match_thresh, p->iou_buffer, p->direction_weight, tmatched);
+    /* 1: high-score detections vs active and lost tracks (predicted boxes); with
+     * active_first, tracks seen last frame choose first and shadow tracks take the rest. */
+    if (p->active_first) {
+        stage(self, n, ST_ACTIVE, -1, p->high_thresh, HUGE_VAL, 0, p->fuse_score,
+              p->match_thresh, p->iou_buffer, p->direction_weight, tmatched);
+        stage(self, n, ST_LOST, -1, p->high_thresh, HUGE_VAL, 0, p->fuse_score,
+              p->match_thresh, p->iou_buffer, p->direction_weight, tmatched);
+    } else {
+        stage(self, n, ST_ACTIVE, ST_LOST, p->high_thresh, HUGE_VAL, 0, p->fuse_score,
+              p->match_thresh, p->iou_buffer, p->direction_weight, tmatched);
+    }
     /* 1b: OC-SORT recovery: leftovers vs the tracks' last observed boxes. */
     if (p->recovery_thresh > 0)
         stage(self, n, ST_ACTIVE, ST_LOST, p->high_thresh, HUGE_VAL, 1, 0, p->recovery_thresh,
@@ -882,23 +894,26 @@ static int Core_init(CoreObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"high_thresh", "low_thresh", "new_track_thresh", "match_thresh",
                              "low_match_thresh", "tentative_match_thresh", "recovery_thresh",
-                             "iou_buffer", "direction_weight", "direction_delta",
-                             "fuse_score", "observation_centric", "probation_age",
+                             "iou_buffer", "shadow_buffer", "direction_weight",
+                             "direction_delta",
+                             "fuse_score", "observation_centric", "active_first",
+                             "probation_age",
                              "max_tentative_misses", "max_shadow_age", "coast_frames",
                              "std_weight_position", "std_weight_measurement",
                              "std_weight_velocity", NULL};
     Params p;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$dddddddddlppllllddd", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$ddddddddddlpppllllddd", kwlist,
                                      &p.high_thresh, &p.low_thresh, &p.new_track_thresh,
                                      &p.match_thresh, &p.low_match_thresh,
                                      &p.tentative_match_thresh, &p.recovery_thresh, &p.iou_buffer,
-                                     &p.direction_weight, &p.direction_delta, &p.fuse_score, &p.observation_centric,
+                                     &p.shadow_buffer, &p.direction_weight, &p.direction_delta,
+                                     &p.fuse_score, &p.observation_centric, &p.active_first,
                                      &p.probation_age, &p.max_tentative_misses,
                                      &p.max_shadow_age, &p.coast_frames, &p.kfp.w_pos,
                                      &p.kfp.w_meas, &p.kfp.w_vel))
         return -1;
     /* The wrapper checks ranges with friendlier messages; this guards the C invariants. */
-    if (p.probation_age < 1 || p.direction_delta < 1 || !(p.iou_buffer >= 0) ||
+    if (p.probation_age < 1 || p.direction_delta < 1 || !(p.iou_buffer >= 0) || !(p.shadow_buffer >= 0) ||
         p.max_tentative_misses < 0 || p.max_shadow_age < 0 || p.coast_frames < 0 ||
         !(p.kfp.w_pos > 0) || !(p.kfp.w_vel > 0) || !(p.kfp.w_meas > 0) ||
         !isfinite(p.kfp.w_pos) || !isfinite(p.kfp.w_vel) || !isfinite(p.kfp.w_meas)) {
