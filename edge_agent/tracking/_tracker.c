@@ -31,6 +31,7 @@
 #define LAP_BIG 1e6
 #define PI_D 3.14159265358979323846
 #define HIST 4 /* observation centres kept per track, for the motion direction */
+#define ORU_MAX_GAP 300
 /* Largest number of detections accepted per frame: keeps scratch sizes sane. */
 #define MAX_DETS 100000
 /* Coordinates beyond this are an upstream bug, and would overflow the Kalman variances. */
@@ -671,7 +672,8 @@ static void track_observe(CoreObject *self, Track *t, const double *det)
     double z[4];
     box_to_z(det, z);
     const KFParams *kp = &self->p.kfp;
-    if (self->p.observation_centric && t->fsu > 1) {
+    /* (gaps beyond ORU_MAX_GAP frames keep the plain prediction: bounded work per update) */
+    if (self->p.observation_centric && t->fsu > 1 && t->fsu <= ORU_MAX_GAP) {
         /* OC-SORT re-update: replay the gap from the last observation along a straight line
          * between the two observations instead of trusting the free-running prediction. */
         long gap = t->fsu;
