@@ -386,3 +386,32 @@ def test_active_first_lets_tracks_seen_last_frame_choose_first(active_first):
     t.update(np.array([_det(100, 10)]))  # B missed: shadow
     out = t.update(np.array([_det(122, 10)]))  # overlaps B's box most, A's enough to match
     assert [int(r[4]) for r in out] == ([id_a] if active_first else [id_b])
+
+
+def test_observation_centric_reupdate_replays_the_gap():
+    """With observation_centric, re-finding a track after a gap of g frames equals the reference
+    filter run from the last observation over g-1 boxes interpolated between the two
+    observations, then the new one (OC-SORT's re-update)."""
+    wp, wv, wm = 0.05, 0.01, 0.05
+    t = Tracker(probation_age=1, observation_centric=True, recovery_thresh=0.0,
+                direction_weight=0.0, std_weight_position=wp, std_weight_velocity=wv,
+                std_weight_measurement=wm, match_thresh=0.05)
+    boxes = [np.array([100.0 + 4 * f, 50.0 + f, 140.0 + 4 * f, 150.0 + f]) for f in range(5)]
+    ref = RefKalman(_z(boxes[0]), wp, wv, wm)
+    t.update(np.array([[*boxes[0], 0.9, 0]]))
+    for b in boxes[1:]:
+        t.update(np.array([[*b, 0.9, 0]]))
+        ref.predict()
+        ref.update(_z(b))
+    gap = 4
+    for _ in range(gap - 1):
+        assert len(t.update(np.empty((0, 6)))) == 0  # lost: not reported
+    new = boxes[-1] + np.array([4.0, 1.0, 4.0, 1.0]) * gap
+    out = t.update(np.array([[*new, 0.9, 0]]))
+    for s in range(1, gap):
+        ref.predict()
+        ref.update(_z(boxes[-1] + (new - boxes[-1]) * s / gap))
+    ref.predict()
+    ref.update(_z(new))
+    assert len(out) == 1 and out[0, 4] == 1
+    np.testing.assert_allclose(out[0, :4], ref.box(), rtol=1e-9, atol=1e-7)
