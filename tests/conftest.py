@@ -21,28 +21,13 @@ SHARED = Path(os.environ.get("EDGE_AGENT_SHARED", REPO.parent / "shared"))
 # --- markers ---------------------------------------------------------------------------------
 
 
-def _cuda_reason() -> Optional[str]:
-    """None when a CUDA device and TensorRT are usable, else why not."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "TensorRT is not installed"
-    try:
-        import pycuda.driver as cuda
-
-        cuda.init()
-        if cuda.Device.count() == 0:
-            return "no CUDA device"
-    except Exception as exc:  # pycuda missing or driver not loadable
-        return f"CUDA unavailable: {exc}"
-    return None
-
-
 def pytest_collection_modifyitems(config, items):
     gpu_items = [i for i in items if "gpu" in i.keywords]
     if not gpu_items:
         return
-    reason = _cuda_reason()
+    from edge_agent.inference.engine import tensorrt_usable
+
+    reason = tensorrt_usable()
     if reason:
         skip = pytest.mark.skip(reason=f"gpu test: {reason}")
         for item in gpu_items:
