@@ -33,6 +33,11 @@ python3 -m venv $venv_flags "$prefix/.venv"
 install -d -m 0755 /etc/edge-agent
 [ -f /etc/edge-agent/edge-agent.yaml ] || install -m 0644 "$src/configs/edge-agent.yaml" /etc/edge-agent/
 [ -f /etc/edge-agent/env ] || install -m 0600 /dev/null /etc/edge-agent/env
+# The engine store (model.engine_dir: engines) lives in the state dir; the shipped manifests go with it
+# so a model without a manifest beside it is still recognised by its sha256.
+install -d -o edge-agent -g edge-agent -m 0750 /var/lib/edge-agent /var/lib/edge-agent/engines \
+  /var/lib/edge-agent/engines/manifests
+install -m 0644 -o edge-agent "$src"/engines/manifests/*.json /var/lib/edge-agent/engines/manifests/
 sed "s|/opt/edge-agent|$prefix|g" "$src/systemd/edge-agent.service" > /etc/systemd/system/edge-agent.service
 "$prefix/.venv/bin/edge-agent" config validate /etc/edge-agent/edge-agent.yaml
 systemctl daemon-reload
