@@ -15,6 +15,20 @@ from paho.mqtt.properties import Properties
 from edge_agent.config import MqttConfig
 
 
+def wait_persisted(broker, timeout: float = 10.0) -> None:
+    """Wait until the broker saved its persistence file after this call (autosave_interval 1),
+    so sessions and subscriptions made before survive a SIGKILL. A fixed sleep is not enough
+    on a loaded machine: the broker's save timer then runs late."""
+    db = broker.workdir / "mosquitto.db"
+    since = time.time()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if db.exists() and db.stat().st_mtime > since:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"the broker did not save {db} within {timeout} s")
+
+
 def make_cfg(broker, **kw: Any) -> MqttConfig:
     """A config for ``broker`` with fast reconnects (overridable)."""
     base: Dict[str, Any] = {

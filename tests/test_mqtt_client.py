@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 import pytest
-from mqtt_helpers import Subscriber, event, make_cfg
+from mqtt_helpers import Subscriber, event, make_cfg, wait_persisted
 
 from edge_agent.mqtt.client import AgentMqtt
 from edge_agent.mqtt.outbox import Outbox
@@ -247,7 +247,7 @@ def test_home_assistant_discovery_and_entity_states(broker, outbox):
 def test_inflight_window_bounds_what_paho_holds_during_an_outage(broker, outbox):
     sub = Subscriber(broker, [f"{BASE}/events/+"], client_id="pace-sub", clean=False).ready()
     m = _agent(broker, outbox, max_inflight=5)
-    time.sleep(1.2)  # autosave_interval 1: the subscriber's session is on the broker's disk
+    wait_persisted(broker)  # the subscriber's session is on the broker's disk
     broker.kill()
     for i in range(300):
         outbox.append(event(i))
@@ -258,7 +258,11 @@ def test_inflight_window_bounds_what_paho_holds_during_an_outage(broker, outbox)
     assert max(held) <= 5 + 16  # the window plus control-message headroom
     assert len(outbox) >= 295  # the rest waits durably in the outbox, not in paho
     broker.start()
-    assert sub.wait_for(lambda: len({e["event_id"] for e in sub.events()}) == 300, 20)
+    got = lambda: {e["event_id"] for e in sub.events()}  # noqa: E731
+    assert sub.wait_for(lambda: len(got()) == 300, 20), (
+        f"missing {sorted(set(f'r-{i}' for i in range(300)) - got())[:20]}; "
+        f"outbox {len(outbox)}; {dict(m.counters)}; log: {broker.log.read_text()[-1500:]}"
+    )
     m.stop()
     sub.close()
 
@@ -267,7 +271,8 @@ def test_engine_update_progress_is_retained_and_latest_one_sent_after_reconnect(
     sub = Subscriber(broker, [f"{BASE}/engine/update"], client_id="eng-sub", clean=False).ready()
     m = _agent(broker, outbox)
     m.publish_engine_update({"request_id": "u1", "state": "DOWNLOADING", "progress": 0.1})
-    assert sub.wait_for(lambda: len(sub.payloads("/engine/update")) == 1)
+    # >= 1: a connect that completes just now re-sends the latest progress too (harmless)
+    assert sub.wait_for(lambda: len(sub.payloads("/engine/update")) >= 1)
     broker.kill()
     assert sub.wait_for(lambda: not m.connected, 5)
     m.publish_engine_update({"request_id": "u1", "state": "VERIFYING"})
@@ -282,28 +287,30 @@ def test_engine_update_progress_is_retained_and_latest_one_sent_after_reconnect(
     sub.close()
 
 
-def test_events_the_broker_refuses_are_counted_logged_and_do_not_block(broker_factory, outbox,
-                                                                      tmp_path, caplog):
-    """A broker ACL that denies events: MQTT 5 PUBACK 'Not authorized'. Re-sending would be
-    refused forever, so each is dropped, counted and logged; status/state still work."""
+@pytest.mark.slow
+def test_events_the_broker_refuses_are_reported_and_do_not_cause_a_reconnect_storm(
+        broker_factory, outbox, tmp_path, caplog):
+    """A broker ACL that denies our events. mosquitto 2.0 answers PUBACK 'Not authorized' and
+    drops the connection; the PUBACK is often lost with it (the close resets the socket), so
+    paho re-sends and the cycle repeats. The agent must say why, back off instead of
+    reconnecting at full speed, and drop (count, log) what the broker did refuse explicitly."""
     acl = tmp_path / "acl"
     acl.write_text("".join(f"topic readwrite {BASE}/{t}\n" for t in ("status", "state", "cmd/#")))
     broker = broker_factory([f"acl_file {acl}"]).start()
-    m = _agent(broker, outbox)
+    m = _agent(broker, outbox, reconnect_min_s=0.05, reconnect_max_s=1.0)
     for i in range(3):
         outbox.append(event(i))
-    sub = Subscriber(broker, [f"{BASE}/status"])
-    deadline = time.monotonic() + 10
-    while m.counters["rejected"] < 3 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert m.counters["rejected"] == 3
-    assert sub.wait_for(lambda: len(outbox) == 0, 5)
-    assert any("rejected event seq" in r.getMessage() and "Not authorized" in r.getMessage()
-               for r in caplog.records)
-    assert m.wait_connected(10)  # (mosquitto 2.0 also drops the connection; we come back)
-    m.stop()
-    assert sub.wait_for(lambda: sub.payloads("/status")[-1:] == [b"stopped"])
-    sub.close()
+    time.sleep(5)
+    # Without our backoff it was ~60 connections in 5 s (measured); with it about 8.
+    assert m.counters["connections"] <= 15, dict(m.counters)
+    assert m.counters["short_connections"] >= 2
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("closed the connection" in t and "ACL" in t and f"{BASE}/events/#" in t
+               for t in msgs), msgs
+    rejected = [t for t in msgs if "rejected event seq" in t]
+    assert all("Not authorized" in t for t in rejected)
+    assert m.counters["rejected"] == len(rejected) and len(outbox) == 3 - len(rejected)
+    m.stop(timeout=0.5)
 
 
 def test_config_get_masks_secret_keys_and_values_from_a_config_fn(broker, outbox):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import List, Tuple
 
 import pytest
-from mqtt_helpers import Subscriber, event, make_cfg
+from mqtt_helpers import Subscriber, event, make_cfg, wait_persisted
 
 from edge_agent.mqtt.client import AgentMqtt
 from edge_agent.mqtt.outbox import Outbox
@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 @pytest.mark.slow
 def test_2000_events_survive_two_broker_sigkills(broker, tmp_path):
     sub = Subscriber(broker, [f"{BASE}/events/+"], client_id="persist-sub", clean=False).ready()
-    time.sleep(1.2)  # autosave_interval 1: the subscription is in the broker's persistence file
+    wait_persisted(broker)  # the subscription is in the broker's persistence file
     ob = Outbox(tmp_path / "outbox.sqlite", commit_interval_ms=20)
     m = AgentMqtt(make_cfg(broker), "dev1", ob)
     m.start()

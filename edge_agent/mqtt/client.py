@@ -55,6 +55,8 @@ from edge_agent.mqtt.topics import Topics, check_segment
 log = logging.getLogger(__name__)
 
 PASSWORD_ENV = "EDGE_AGENT_MQTT_PASSWORD"
+_SHORT_CONNECTION_S = 2.0  # a connection dropped sooner counts as a flap (backoff grows)
+_STABLE_S = 10.0  # connected this long: the flap backoff is forgotten
 MASK = "**********"
 _SECRET_KEYS = ("password", "secret", "token", "private_key")
 
@@ -174,6 +176,8 @@ class AgentMqtt:
         self._last_paho_error: Optional[str] = None
         self._engine_update: Optional[bytes] = None
         self._refused = False
+        self._connected_at = 0.0
+        self._flaps = 0  # consecutive connections dropped right after CONNACK
         # monotonic times of the latest failed attempts (shows the backoff)
         self.connect_attempts: Deque[float] = collections.deque(maxlen=100)
 
@@ -322,6 +326,7 @@ class AgentMqtt:
             )
             return
         self.counters["connections"] += 1
+        self._connected_at = time.monotonic()
         self.last_error = None
         self._last_paho_error = None
         # Queue-only paho calls are fine here; state (user code) follows on our thread.
@@ -350,6 +355,28 @@ class AgentMqtt:
             self.cfg.host, self.cfg.port, what,
         )
 
+    def _short_lived(self, client, lived: float, reason_code) -> None:
+        """A connection the broker dropped right after accepting it. paho would reconnect at
+        the minimum delay every time (its backoff restarts on every CONNACK): back off
+        ourselves, and say what was outstanding - mosquitto 2.0 drops a client whose publish
+        its ACL denies, so that is the usual cause."""
+        self._flaps += 1
+        self.counters["short_connections"] += 1
+        cfg = self.cfg
+        delay = min(cfg.reconnect_max_s, cfg.reconnect_min_s * 2 ** self._flaps)
+        client.reconnect_delay_set(delay, max(cfg.reconnect_max_s, delay))
+        try:
+            oldest = min(self._inflight.values(), default=None)
+        except RuntimeError:  # the publisher thread changed it meanwhile; only a hint
+            oldest = None
+        hint = ""
+        if oldest is not None:
+            hint = (f"; event seq {oldest} was unacknowledged - check that the broker's ACL lets "
+                    f"this client publish on {self.topics.base}/events/#")
+        self.last_error = f"the broker closed the connection {lived:.1f} s after accepting it"
+        log.warning("mqtt: %s (%s; %d in a row)%s; next reconnect in >= %.1f s",
+                    self.last_error, reason_code, self._flaps, hint, delay)
+
     def _on_log(self, client, userdata, level, buf) -> None:
         # paho reports some failures only in its log (e.g. a TLS alert after the handshake).
         if level == paho.MQTT_LOG_ERR:
@@ -363,7 +390,11 @@ class AgentMqtt:
             return
         if was:
             self.counters["disconnects"] += 1
-            log.warning("mqtt: connection lost (%s); reconnecting", reason_code)
+            lived = time.monotonic() - self._connected_at
+            if lived < _SHORT_CONNECTION_S:
+                self._short_lived(client, lived, reason_code)
+            else:
+                log.warning("mqtt: connection lost (%s); reconnecting", reason_code)
         elif self._refused:
             self._refused = False  # already reported by _on_connect
         else:
@@ -414,6 +445,11 @@ class AgentMqtt:
                 ):
                     return
                 if self._connected.is_set():
+                    if self._flaps and time.monotonic() - self._connected_at > _STABLE_S:
+                        self._flaps = 0  # stable again: back to the configured backoff
+                        self._client.reconnect_delay_set(
+                            self.cfg.reconnect_min_s,
+                            max(self.cfg.reconnect_max_s, self.cfg.reconnect_min_s))
                     self._fill_window()
                     now = time.monotonic()
                     if now >= next_stats:
