@@ -280,9 +280,11 @@ def test_engine_update_progress_is_retained_and_latest_one_sent_after_reconnect(
     m.publish_state()  # offline: a no-op, the connect publishes a fresh state
     broker.start()
     assert m.wait_connected(10)
-    assert sub.wait_for(lambda: len(sub.payloads("/engine/update")) >= 2, 10)
-    states = [json.loads(p)["state"] for p in sub.payloads("/engine/update")]
-    assert states[0] == "DOWNLOADING" and states[-1] == "BUILDING" and "VERIFYING" not in states
+    def states():
+        return [json.loads(p)["state"] for p in sub.payloads("/engine/update")]
+
+    assert sub.wait_for(lambda: states()[-1] == "BUILDING", 10), states()
+    assert states()[0] == "DOWNLOADING" and "VERIFYING" not in states()
     m.stop()
     sub.close()
 
