@@ -50,7 +50,7 @@ from edge_agent.config import MqttConfig
 from edge_agent.mqtt.commands import Dispatcher, Handler, require, utc_now
 from edge_agent.mqtt.discovery import HaBridge
 from edge_agent.mqtt.outbox import Outbox
-from edge_agent.mqtt.topics import Topics, check_segment
+from edge_agent.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -682,8 +682,3 @@ def _valid_topic(topic: Any) -> bool:
         return False
     return not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF
                    or ord(c) in (0xFFFE, 0xFFFF) for c in topic)
-
-
-def check_event_id(event_id: str) -> str:
-    """ValueError unless ``event_id`` can be used in ``snapshots/<event_id>``."""
-    return check_segment(event_id, "event_id")
