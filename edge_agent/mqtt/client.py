@@ -61,16 +61,26 @@ MASK = "**********"
 _SECRET_KEYS = ("password", "secret", "token", "private_key")
 
 
-class _PahoNoise(logging.Filter):
-    """paho 2.2 logs "Client is not connected" at ERROR after every failed connect attempt;
-    our own warning already says what failed, so that line is only noise."""
+class _PahoLog(logging.Filter):
+    """On one client's paho logger: remembers the last error paho logged (some failures, e.g.
+    a TLS alert after the handshake, are reported only there) and drops paho 2.2's "Client is
+    not connected" line, which follows every failed attempt that we already reported.
+
+    A logging filter rather than paho's ``on_log``: with ``on_log`` set, paho formats every
+    debug line of every packet even when nobody wants it."""
+
+    def __init__(self, owner: AgentMqtt):
+        super().__init__()
+        self.owner = owner
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith("Client is not connected")
-
-
-_paho_log = logging.getLogger("edge_agent.mqtt.paho")
-_paho_log.addFilter(_PahoNoise())
+        if record.levelno < logging.ERROR:
+            return True
+        text = record.getMessage()
+        if text.startswith("Client is not connected"):
+            return False
+        self.owner._last_paho_error = text
+        return True
 
 
 class _Client(paho.Client):
@@ -194,7 +204,11 @@ class AgentMqtt:
             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
             clean_session=None if v5 else True,
         )
-        client.enable_logger(_paho_log)
+        plog = logging.getLogger(f"edge_agent.mqtt.paho.{self.device_id}")
+        for f in [f for f in plog.filters if isinstance(f, _PahoLog)]:
+            plog.removeFilter(f)  # an earlier AgentMqtt of this device
+        plog.addFilter(_PahoLog(self))
+        client.enable_logger(plog)
         if self._username:
             client.username_pw_set(self._username, self._password)
         if cfg.tls is not None:
@@ -212,7 +226,6 @@ class AgentMqtt:
         client.on_message = self._on_message
         client.on_subscribe = self._on_subscribe
         client.on_socket_open = _no_delay
-        client.on_log = self._on_log
         return client
 
     def _setup_tls(self, client: _Client) -> None:
@@ -376,11 +389,6 @@ class AgentMqtt:
         self.last_error = f"the broker closed the connection {lived:.1f} s after accepting it"
         log.warning("mqtt: %s (%s; %d in a row)%s; next reconnect in >= %.1f s",
                     self.last_error, reason_code, self._flaps, hint, delay)
-
-    def _on_log(self, client, userdata, level, buf) -> None:
-        # paho reports some failures only in its log (e.g. a TLS alert after the handshake).
-        if level == paho.MQTT_LOG_ERR:
-            self._last_paho_error = buf
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self._connected.is_set()
