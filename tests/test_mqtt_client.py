@@ -267,7 +267,7 @@ def test_inflight_window_bounds_what_paho_holds_during_an_outage(broker, outbox)
     sub.close()
 
 
-def test_engine_update_progress_is_retained_and_latest_one_sent_after_reconnect(broker, outbox):
+def test_reconnect_resubscribes_and_republishes_state_and_latest_engine_progress(broker, outbox):
     sub = Subscriber(broker, [f"{BASE}/engine/update"], client_id="eng-sub", clean=False).ready()
     m = _agent(broker, outbox)
     m.publish_engine_update({"request_id": "u1", "state": "DOWNLOADING", "progress": 0.1})
@@ -285,7 +285,13 @@ def test_engine_update_progress_is_retained_and_latest_one_sent_after_reconnect(
 
     assert sub.wait_for(lambda: states()[-1] == "BUILDING", 10), states()
     assert states()[0] == "DOWNLOADING" and "VERIFYING" not in states()
+    # after the reconnect the agent subscribed to commands again and re-published its state
+    late = Subscriber(broker, [f"{BASE}/cmd/+/reply", f"{BASE}/state", f"{BASE}/status"]).ready()
+    late.request(f"{BASE}/cmd/ping", b'{"request_id": "after-restart"}')
+    assert _reply(late, "ping")["request_id"] == "after-restart"
+    assert late.payloads("/status") == [b"online"] and len(late.payloads("/state")) == 1
     m.stop()
+    late.close()
     sub.close()
 
 
