@@ -573,10 +573,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.mqtt.enabled:
         from edge_agent.mqtt.client import AgentMqtt
 
-        mqtt = AgentMqtt(cfg.mqtt, cfg.device_id, outbox, state_fn=pipe.state,
-                         stats_fn=pipe.stats,
-                         cameras={c.name: [z.name for z in pipe.cams[c.name].events.zones]
-                                  for c in cfg.cameras})
+        try:
+            mqtt = AgentMqtt(cfg.mqtt, cfg.device_id, outbox, state_fn=pipe.state,
+                             stats_fn=pipe.stats, config_fn=lambda: cfgmod.effective(cfg),
+                             cameras={c.name: [z.name for z in pipe.cams[c.name].events.zones]
+                                      for c in cfg.cameras})
+        except ValueError as exc:  # e.g. a TLS file that does not exist
+            log.error("mqtt: %s", exc)
+            outbox.close()
+            engine.close()
+            return EXIT_BAD_INPUT
         mqtt.register_command("snapshot", pipe.snapshot_command)
         pipe.mqtt = mqtt
         mqtt.start()

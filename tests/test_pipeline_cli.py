@@ -218,6 +218,10 @@ def test_run_bad_config_and_gstreamer_without_gstreamer(tmp_path, yolox_nano, ca
                           tracker={"max_shadow_ages": 3})
     assert cli.main(["run", "--config", str(config)]) == 2
     assert "unknown parameter(s) max_shadow_ages" in capsys.readouterr().err
+    config = write_config(tmp_path, yolox_nano, [{"name": "c", "source": "x.mp4"}],
+                          mqtt={"tls": {"ca_file": str(tmp_path / "no-such-ca.pem")}})
+    assert cli.main(["run", "--config", str(config)]) == 2
+    assert "no-such-ca.pem" in capsys.readouterr().err
     config.write_text("cameras: [{name: x}]\n")
     assert cli.main(["run", "--config", str(config)]) == 2
     assert "cameras[0].source" in capsys.readouterr().err
