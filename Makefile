@@ -10,12 +10,19 @@ SYSTEM_PACKAGES := mosquitto openssl python3-gi gir1.2-gst-rtsp-server-1.0 \
                    gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
                    gstreamer1.0-plugins-bad gstreamer1.0-libav
 
+# Plate OCR ([ocr] extra): rapidocr-onnxruntime requires opencv-python, which would overwrite our
+# opencv-python-headless in the same venv, so it goes in without its deps plus the rest by hand.
+OCR_PACKAGES := rapidocr-onnxruntime==1.4.4
+OCR_DEPS     := pyclipper shapely pillow six tqdm
+
 .PHONY: venv system-deps test test-debug lint demo clean bench-tracker
 
 $(VENV)/.stamp: setup.cfg setup.py pyproject.toml edge_agent/tracking/_tracker.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[cpu,dev]'
+	$(PY) -m pip install -q $(OCR_DEPS)
+	$(PY) -m pip install -q --no-deps $(OCR_PACKAGES)
 	touch $@
 
 venv: $(VENV)/.stamp
