@@ -27,10 +27,10 @@ HANDLERS: Dict[str, str] = {
     "bench": "edge_agent.bench_cmd:main",
 }
 _ISSUE = {
-    "run": "the daemon pipeline",
-    "track": "the daemon pipeline",
+    "run": "daemon pipeline",
+    "track": "daemon pipeline",
     "engine": "inference backends",
-    "train": "the multi-head model",
+    "train": "multi-head model",
     "listen": "MQTT",
     "bench": "tracker",
 }

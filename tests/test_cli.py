@@ -21,7 +21,7 @@ def test_subcommands_registered_with_help(command, capsys):
 def test_unbuilt_subcommand_says_so_and_fails(monkeypatch, capsys):
     monkeypatch.setitem(cli.HANDLERS, "train", "edge_agent.not_a_module_yet:main")
     assert cli.main(["train"]) == cli.EXIT_NOT_BUILT
-    assert "not built yet" in capsys.readouterr().err
+    assert "not built yet (waiting on the multi-head model work)" in capsys.readouterr().err
 
 
 def test_json_logs_redact_secrets(monkeypatch, capsys):
