@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -124,6 +125,20 @@ def test_missing_device_retries_and_stops_promptly():
     assert r.stop(3) is True  # no hung thread
     assert time.monotonic() - t0 < 1.0
     assert not [t for t in threading.enumerate() if t.name.startswith("capture-cam-")]
+
+
+def test_open_error_never_shows_the_source_password(caplog):
+    # A stall timeout beyond a C int of milliseconds makes OpenCV itself raise (cv2.error) while
+    # opening: that path must not put the URL's password into the log or last_error (MQTT stats).
+    cam = _cam("rtsp://admin:hunter2@127.0.0.1:9/stream", stall_timeout_s=3e6)
+    with caplog.at_level(logging.ERROR, logger="edge_agent.capture"):
+        r = CameraReader(cam).start()
+        assert _drain(r, 5) == []
+        assert r.stop(2) is True
+    assert r.state == "failed"
+    assert "cannot open rtsp://***@127.0.0.1:9/stream" in r.last_error
+    assert caplog.records and not [m for m in caplog.messages if "hunter2" in m]
+    assert "hunter2" not in r.last_error and "hunter2" not in str(r.stats())
 
 
 @pytest.mark.skipif(opencv_has_gstreamer(), reason="this OpenCV has GStreamer")

@@ -21,7 +21,13 @@ from typing import Callable, Dict, Optional, Tuple
 import cv2
 import numpy as np
 
-from edge_agent.capture.sources import CaptureError, SourceInfo, open_capture, resolve_kind
+from edge_agent.capture.sources import (
+    CaptureError,
+    SourceInfo,
+    open_capture,
+    redact,
+    resolve_kind,
+)
 from edge_agent.config import CameraConfig
 
 log = logging.getLogger(__name__)
@@ -202,7 +208,8 @@ class CameraReader:
                 backoff = min(backoff * 2, cam.reconnect.max_s)
                 continue
             except Exception as exc:  # an OpenCV error must not kill the thread silently
-                self.last_error = f"camera {cam.name}: cannot open {cam.source}: {exc}"
+                # redacted: a URL may carry a password; last_error reaches logs and MQTT stats
+                self.last_error = redact(f"camera {cam.name}: cannot open {cam.source}: {exc}")
                 log.error("%s", self.last_error)
                 self._finish(gen, "failed")
                 return

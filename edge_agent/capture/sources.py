@@ -117,7 +117,7 @@ def open_capture(cam: CameraConfig) -> Tuple[cv2.VideoCapture, SourceInfo]:
         )
         if not cap.isOpened():
             cap.release()
-            raise CaptureError(f"camera {cam.name}: cannot open RTSP stream {_redact_url(src)}")
+            raise CaptureError(f"camera {cam.name}: cannot open RTSP stream {redact(src)}")
     elif kind == "usb":
         dev = int(src) if src.isdigit() else src
         if isinstance(dev, str) and not os.path.exists(dev):
@@ -134,7 +134,8 @@ def open_capture(cam: CameraConfig) -> Tuple[cv2.VideoCapture, SourceInfo]:
         cap = cv2.VideoCapture(src, cv2.CAP_GSTREAMER)
         if not cap.isOpened():
             cap.release()
-            raise CaptureError(f"camera {cam.name}: GStreamer pipeline did not start: {src}")
+            raise CaptureError(
+                f"camera {cam.name}: GStreamer pipeline did not start: {redact(src)}")
     else:  # pragma: no cover - the config's Literal rejects anything else
         raise CaptureError(f"camera {cam.name}: unknown source type {kind!r}", permanent=True)
     info = SourceInfo(
@@ -152,6 +153,7 @@ def _sane_fps(fps: float) -> float:
     return float(fps) if 0 < fps <= 240 else 0.0
 
 
-def _redact_url(url: str) -> str:
-    """An RTSP URL with any ``user:password@`` removed, for logs and errors."""
-    return re.sub(r"//[^/@]*@", "//***@", url)
+def redact(source: str) -> str:
+    """``source`` with any ``user:password@`` of a URL in it removed, for logs and errors (also
+    a GStreamer pipeline's ``location=rtsp://...``)."""
+    return re.sub(r"//[^/@]*@", "//***@", source)
