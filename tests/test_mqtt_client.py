@@ -55,6 +55,32 @@ def test_events_are_published_in_order_and_deleted_on_puback(broker, outbox, pro
     sub.close()
 
 
+class _SlowSyncOutbox(Outbox):
+    """An outbox on a slow disk: every fsync takes 0.6 s (an SD card under load)."""
+
+    def sync(self) -> None:
+        time.sleep(0.6)
+        super().sync()
+
+
+def test_stop_publishes_events_appended_just_before_it_on_a_slow_disk(broker, tmp_path):
+    # The last event is not fsynced yet when stop() begins (60 s batching): stop must make it
+    # visible before the publisher decides that everything is flushed.
+    ob = _SlowSyncOutbox(tmp_path / "slow.sqlite", commit_interval_ms=60_000)
+    sub = Subscriber(broker, [f"{BASE}/events/+", f"{BASE}/status"]).ready()
+    m = _agent(broker, ob)
+    ob.append(event(0))  # a lone event is synced at once by the fsync thread
+    assert sub.wait_for(lambda: len(sub.events()) == 1, 5)
+    assert sub.wait_for(lambda: len(ob) == 0, 5)
+    ob.append(event(1))  # waits for the next batch, 60 s away
+    m.stop()
+    assert sub.wait_for(lambda: sub.payloads("/status")[-1:] == [b"stopped"], 5)
+    assert [e["seq"] for e in sub.events()] == [1, 2]
+    assert len(ob) == 0
+    ob.close()
+    sub.close()
+
+
 def test_status_and_state_are_retained(broker, outbox):
     m = _agent(broker, outbox, state_fn=lambda: {"fps": {"cam1": 12.5}})
     time.sleep(0.3)

@@ -280,16 +280,18 @@ class AgentMqtt:
 
     def stop(self, timeout: float = 5.0) -> None:
         """Flush the outbox for up to ``timeout`` s, publish ``stopped``, disconnect."""
+        deadline = time.monotonic() + timeout
+        try:
+            # First: the publisher returns as soon as it sees _stopping and no visible row is
+            # left, so rows appended but not yet synced would stay behind.
+            self.outbox.sync()
+        except Exception:
+            log.exception("mqtt: outbox sync at stop failed")
         with self._lock:
             if not self._started or self._stopping:
                 return
+            self._stop_deadline = deadline  # before _stopping, which makes the publisher read it
             self._stopping = True
-        deadline = time.monotonic() + timeout
-        self._stop_deadline = deadline
-        try:
-            self.outbox.sync()  # make everything appended so far visible to the publisher
-        except Exception:
-            log.exception("mqtt: outbox sync at stop failed")
         self._wake.set()
         try:
             self._cmd_queue.put_nowait(None)
