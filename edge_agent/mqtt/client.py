@@ -643,7 +643,7 @@ class AgentMqtt:
         if self.cfg.protocol == "5" and isinstance(correlation, (bytes, bytearray)):
             props = Properties(PacketTypes.PUBLISH)
             props.CorrelationData = bytes(correlation)
-        default_topic = f"{self.topics.base}/cmd/{name}/reply"
+        default_topic = self.topics.reply(name)
         topic = default_topic
         if self.cfg.protocol == "5" and _valid_topic(response_topic):
             topic = response_topic

@@ -23,7 +23,7 @@ from typing import Any, Dict, Set, TextIO
 
 import paho.mqtt.client as paho
 
-from edge_agent.mqtt.topics import event_filter
+from edge_agent.mqtt.topics import event_filter, status_filter
 
 _COLUMNS = [("TIME", 12), ("DEVICE", 12), ("SEQ", 7), ("TYPE", 7), ("PHASE", 6),
             ("CAMERA", 10), ("TRACK", 6), ("LABEL", 10), ("SCORE", 5), ("DETAIL", 22),
@@ -173,10 +173,10 @@ def main(args: argparse.Namespace) -> int:
     prefix = args.prefix.strip("/")
     try:
         events_topic = event_filter(prefix, args.device)
+        status_topic = status_filter(prefix, args.device)
     except ValueError as exc:
         print(f"edge-agent listen: --device: {exc}", file=sys.stderr)
         return 2
-    status_topic = f"{prefix}/{args.device}/status"
     password = args.password if args.password is not None else os.environ.get(
         "EDGE_AGENT_MQTT_PASSWORD")
 

@@ -77,11 +77,11 @@ class Topics:
     def snapshot(self, event_id: str) -> str:
         return f"{self.base}/snapshots/{check_segment(event_id, 'event_id')}"
 
-    def cmd(self, name: str) -> str:
-        return f"{self.base}/cmd/{check_segment(name, 'command name')}"
-
     def reply(self, name: str) -> str:
-        return f"{self.cmd(name)}/reply"
+        """Reply topic of a request whose command level was ``name`` (from
+        :meth:`command_name`: one level the broker accepted, so not re-checked; an unknown
+        name is answered there too)."""
+        return f"{self.base}/cmd/{name}/reply"
 
     def ha_state(self, *parts: str) -> str:
         return "/".join([self.base, "ha"] + [check_segment(p, "entity name") for p in parts])
@@ -97,6 +97,15 @@ class Topics:
 
 def event_filter(prefix: str, device: str = "+") -> str:
     """Subscription for the events of one device (or all with ``+``)."""
+    return f"{_device_level(prefix, device)}/events/+"
+
+
+def status_filter(prefix: str, device: str = "+") -> str:
+    """Subscription for the status of one device (or all with ``+``)."""
+    return f"{_device_level(prefix, device)}/status"
+
+
+def _device_level(prefix: str, device: str) -> str:
     if device != "+":
         check_segment(device, "device")
-    return f"{prefix}/{device}/events/+"
+    return f"{prefix}/{device}"
