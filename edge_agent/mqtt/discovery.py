@@ -72,37 +72,34 @@ class HaBridge:
     def _obj(self, *parts: str) -> str:
         return "_".join(p.replace("-", "_").replace(".", "_") for p in (self.node,) + parts)
 
-    def crowd_config(self, camera: str, zone: str) -> Message:
-        obj = self._obj(camera, zone, "crowd")
+    def _config(self, component: str, obj: str, name: str, state_topic: str,
+                **fields: Any) -> Message:
+        """The retained discovery config of one entity; ``fields`` are component-specific."""
         cfg = {
-            "name": f"{camera} {zone} crowd",
+            "name": name,
             "unique_id": obj,
             "object_id": obj,
-            "state_topic": self.topics.ha_state("crowd", camera, zone),
-            "unit_of_measurement": "persons",
-            "state_class": "measurement",
-            "icon": "mdi:account-group",
+            "state_topic": state_topic,
+            **fields,
             "device": self._device(),
             **self._availability(),
         }
-        topic = f"{self.prefix}/sensor/{self.node}/{obj}/config"
+        topic = f"{self.prefix}/{component}/{self.node}/{obj}/config"
         return topic, json.dumps(cfg).encode(), True
 
+    def crowd_config(self, camera: str, zone: str) -> Message:
+        return self._config(
+            "sensor", self._obj(camera, zone, "crowd"), f"{camera} {zone} crowd",
+            self.topics.ha_state("crowd", camera, zone),
+            unit_of_measurement="persons", state_class="measurement", icon="mdi:account-group",
+        )
+
     def weapon_config(self, camera: str) -> Message:
-        obj = self._obj(camera, "weapon")
-        cfg = {
-            "name": f"{camera} weapon",
-            "unique_id": obj,
-            "object_id": obj,
-            "state_topic": self.topics.ha_state("weapon", camera),
-            "payload_on": "ON",
-            "payload_off": "OFF",
-            "device_class": "safety",
-            "device": self._device(),
-            **self._availability(),
-        }
-        topic = f"{self.prefix}/binary_sensor/{self.node}/{obj}/config"
-        return topic, json.dumps(cfg).encode(), True
+        return self._config(
+            "binary_sensor", self._obj(camera, "weapon"), f"{camera} weapon",
+            self.topics.ha_state("weapon", camera),
+            payload_on="ON", payload_off="OFF", device_class="safety",
+        )
 
     def discovery_messages(self) -> List[Message]:
         """All configs (every connect); on the first call also the initial idle states."""
