@@ -25,7 +25,9 @@ class Scores(NamedTuple):
     num_gt: int
 
 
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of every box in ``a`` (N, 4) with every box in ``b`` (M, 4), x1, y1, x2, y2; 0 where
+    both boxes have no area."""
     ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0],
                  b[None, :, 0]), 0, None)
     iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1],
@@ -49,7 +51,7 @@ def score(gt: np.ndarray, hyp: np.ndarray, thresh: float = 0.5) -> Scores:
     for f in frames:
         g, h = gt_by.get(f, empty), hy_by.get(f, empty)
         if len(g) and len(h):
-            iou = _iou_matrix(g[:, 2:6], h[:, 2:6])
+            iou = iou_matrix(g[:, 2:6], h[:, 2:6])
         else:
             iou = np.zeros((len(g), len(h)))
         valid = iou >= thresh - 1e-9

@@ -13,17 +13,7 @@ from typing import List
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0],
-                 b[None, :, 0]), 0, None)
-    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1],
-                 b[None, :, 1]), 0, None)
-    inter = ix * iy
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    return inter / (area_a[:, None] + area_b[None, :] - inter)
+from tracker_metrics import iou_matrix  # bench/ is on sys.path (mot_eval.py)
 
 
 def _to_z(b: np.ndarray) -> np.ndarray:
@@ -89,7 +79,7 @@ class SortReference:
         boxes = dets[:, :4]
         matched_d, matched_t = set(), set()
         if len(boxes) and len(trks):
-            iou = _iou(boxes, trks)
+            iou = iou_matrix(boxes, trks)
             a = (iou > self.iou_threshold).astype(int)
             if a.sum(1).max() == 1 and a.sum(0).max() == 1:
                 pairs = np.argwhere(a)
