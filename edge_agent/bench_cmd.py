@@ -17,7 +17,7 @@ from typing import List, Tuple
 import numpy as np
 
 from edge_agent.tracking import Tracker
-from edge_agent.tracking.motdata import mot15_sequences, read_seqinfo, synthetic_dets
+from edge_agent.tracking.motdata import load_dets, mot15_sequences, read_seqinfo, synthetic_dets
 
 DENSE_SEQUENCES = ("MOT17-04-FRCNN", "MOT20-01")
 
@@ -43,11 +43,9 @@ def _default_mot_dir() -> Path:
 
 def main(args: argparse.Namespace) -> int:
     """Handler of `edge-agent bench tracker`; prints a table, returns the exit status."""
-    from edge_agent.tracking.motdata import load_dets
-
-    mot_dir = Path(getattr(args, "mot_dir", None) or _default_mot_dir())
-    limit = int(getattr(args, "frames", 0) or 0)
-    repeat = int(getattr(args, "repeat", 3) or 3)
+    mot_dir = Path(args.mot_dir or _default_mot_dir())
+    limit = args.frames
+    repeat = args.repeat or 3
     if not mot_dir.is_dir():
         print(f"edge-agent bench tracker: MOT data folder {mot_dir} not found "
               "(pass --mot-dir)", file=sys.stderr)
