@@ -571,6 +571,14 @@ static int reserve_scratch(CoreObject *self, Py_ssize_t n)
 /* ------------------------------------------------------------------------------------------ */
 /* Input                                                                                       */
 
+/* A buffer's item format without its native/little-endian prefix ("d", "f", ...). */
+static const char *item_format(const Py_buffer *view)
+{
+    const char *fmt = view->format ? view->format : "B";
+    if (fmt[0] == '@' || fmt[0] == '=' || fmt[0] == '<') fmt++;
+    return fmt;
+}
+
 /* Read and validate an (N, 6) float32/float64 buffer of any strides into self->dets. */
 static Py_ssize_t read_dets(CoreObject *self, PyObject *obj)
 {
@@ -583,8 +591,7 @@ static Py_ssize_t read_dets(CoreObject *self, PyObject *obj)
         return -1;
     }
     Py_ssize_t n = -1;
-    const char *fmt = view.format ? view.format : "B";
-    if (fmt[0] == '@' || fmt[0] == '=' || fmt[0] == '<') fmt++;
+    const char *fmt = item_format(&view);
     int is_double = strcmp(fmt, "d") == 0, is_float = strcmp(fmt, "f") == 0;
     if (!is_double && !is_float) {
         PyErr_Format(PyExc_ValueError,
@@ -667,6 +674,16 @@ static void track_push_hist(const CoreObject *self, Track *t, const double *det)
     if (t->nhist < HIST) t->nhist++;
 }
 
+/* After the filter took `det` in (initiate or update): remember it as the last observation. */
+static void track_remember(const CoreObject *self, Track *t, const double *det)
+{
+    t->kf_obs = t->kf;
+    memcpy(t->obs, det, 4 * sizeof(double));
+    track_push_hist(self, t, det);
+    t->score = det[4];
+    track_refresh_box(t);
+}
+
 static void track_observe(CoreObject *self, Track *t, const double *det)
 {
     double z[4];
@@ -689,14 +706,10 @@ static void track_observe(CoreObject *self, Track *t, const double *det)
         kf_predict(&t->kf, kp);
     }
     kf_update(&t->kf, z, kp);
-    t->kf_obs = t->kf;
-    memcpy(t->obs, det, 4 * sizeof(double));
-    track_push_hist(self, t, det);
-    t->score = det[4];
+    track_remember(self, t, det);
     t->fsu = 0;
     t->misses = 0;
     t->hits++;
-    track_refresh_box(t);
 }
 
 static void track_confirm(CoreObject *self, Track *t)
@@ -856,14 +869,10 @@ static PyObject *Core_update(CoreObject *self, PyObject *arg)
         double z[4];
         box_to_z(det, z);
         kf_initiate(&t->kf, z, &p->kfp);
-        t->kf_obs = t->kf;
-        memcpy(t->obs, det, 4 * sizeof(double));
-        track_push_hist(self, t, det);
-        t->score = det[4];
+        track_remember(self, t, det);
         t->cls = det[5];
         t->hits = 1;
         t->state = ST_TENTATIVE;
-        track_refresh_box(t);
         if (p->probation_age <= 1 || self->frame_count == 1) track_confirm(self, t);
     }
     compact(self);
@@ -992,9 +1001,7 @@ static PyObject *mod_lap(PyObject *Py_UNUSED(mod), PyObject *obj)
     double *cost = NULL;
     int *ibuf = NULL;
     double *dbuf = NULL;
-    const char *fmt = view.format ? view.format : "B";
-    if (fmt[0] == '@' || fmt[0] == '=' || fmt[0] == '<') fmt++;
-    if (view.ndim != 2 || strcmp(fmt, "d") != 0) {
+    if (view.ndim != 2 || strcmp(item_format(&view), "d") != 0) {
         PyErr_SetString(PyExc_ValueError, "cost must be a 2-D float64 array");
         goto done;
     }
