@@ -91,6 +91,16 @@ def test_connection_errors_are_clear(broker):
     assert proc.returncode == 2 and "--device" in proc.stderr
 
 
+def test_a_ca_file_that_is_not_a_certificate_is_a_clear_error(tmp_path):
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "edge_agent.cli", "listen", "--ca-file", str(bad), "--timeout",
+         "1"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2, proc.stderr
+    assert f"--ca-file: cannot load {bad}" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_seq_tracker_counts():
     t = SeqTracker()
     assert t.see("d", 10) == {"mark": "", "gap": None}  # the first seen is no gap

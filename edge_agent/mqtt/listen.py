@@ -188,7 +188,12 @@ def main(args: argparse.Namespace) -> int:
         if not os.path.isfile(args.ca_file):
             print(f"edge-agent listen: --ca-file: no such file: {args.ca_file}", file=sys.stderr)
             return 2
-        client.tls_set(ca_certs=args.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        try:
+            client.tls_set(ca_certs=args.ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        except (ssl.SSLError, OSError) as exc:
+            print(f"edge-agent listen: --ca-file: cannot load {args.ca_file}: {exc}",
+                  file=sys.stderr)
+            return 2
 
     def on_connect(c, userdata, flags, reason_code, properties):
         q.put(("connect", reason_code))
