@@ -234,8 +234,9 @@ class Outbox:
         """In the append transaction: drop lowest-priority oldest rows until both bounds hold."""
         dropped: Dict[str, int] = {}
         while rows > self.max_rows or nbytes > self.max_bytes:
-            # Enough rows for the row bound in one go; for the byte bound, a batch at a time.
-            want = max(rows - self.max_rows, 1 if nbytes > self.max_bytes else 0, 1)
+            # Enough rows for the row bound in one go; for the byte bound one row at a time
+            # (one is usually enough: the new event is about the size of the others).
+            want = max(rows - self.max_rows, 1)
             victims = self._db.execute(
                 "SELECT seq, type, LENGTH(payload) FROM events ORDER BY priority, seq LIMIT ?",
                 (min(want, 1000),),
