@@ -365,3 +365,21 @@ def test_config_get_masks_secret_keys_and_values_from_a_config_fn(broker, outbox
     assert r["result"]["config"]["cameras"] == []
     m.stop()
     sub.close()
+
+
+def test_config_get_masks_the_password_of_a_camera_url(broker, outbox):
+    from edge_agent import config as cfgmod
+
+    cfg = cfgmod.load_text(
+        'cameras: [{name: gate, source: "rtsp://admin:s3cr3t@10.0.0.5:554/stream"},'
+        ' {name: door, source: "rtsp://viewer@10.0.0.6/live"}]', environ={})
+    sub = Subscriber(broker, [f"{BASE}/cmd/+/reply"]).ready()
+    m = _agent(broker, outbox, config_fn=lambda: cfgmod.effective(cfg))  # as the service does
+    sub.request(f"{BASE}/cmd/config.get", b'{"request_id": 1, "section": "cameras"}')
+    r = _reply(sub, "config.get")
+    assert "s3cr3t" not in json.dumps(r)
+    sources = [c["source"] for c in r["result"]["config"]["cameras"]]
+    assert sources == ["rtsp://admin:**********@10.0.0.5:554/stream",
+                       "rtsp://viewer@10.0.0.6/live"]  # no password, nothing to mask
+    m.stop()
+    sub.close()

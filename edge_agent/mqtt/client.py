@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import queue
+import re
 import socket
 import ssl
 import threading
@@ -59,6 +60,8 @@ _SHORT_CONNECTION_S = 2.0  # a connection dropped sooner counts as a flap (backo
 _STABLE_S = 10.0  # connected this long: the flap backoff is forgotten
 MASK = "**********"
 _SECRET_KEYS = ("password", "secret", "token", "private_key")
+# The password of scheme://user:password@host (up to the last '@': a raw '@' in it is common).
+_URL_PASSWORD = re.compile(r"(//[^/@:\s]*:)[^/\s]*@")
 
 
 class _PahoLog(logging.Filter):
@@ -106,7 +109,8 @@ def _credentials(cfg: MqttConfig) -> Tuple[Optional[str], Optional[str]]:
 
 
 def mask_secrets(data: Any, secrets: List[str]) -> Any:
-    """A copy of ``data`` with secret-named keys and any secret value replaced by a mask."""
+    """A copy of ``data`` with secret-named keys, any secret value and the password of any URL
+    (e.g. a camera's ``rtsp://user:password@host``) replaced by a mask."""
     if isinstance(data, dict):
         out = {}
         for k, v in data.items():
@@ -121,7 +125,7 @@ def mask_secrets(data: Any, secrets: List[str]) -> Any:
         for s in secrets:
             if s and s in data:
                 data = data.replace(s, MASK)
-        return data
+        return _URL_PASSWORD.sub(rf"\g<1>{MASK}@", data)
     return data
 
 
