@@ -383,3 +383,19 @@ def test_config_get_masks_the_password_of_a_camera_url(broker, outbox):
                        "rtsp://viewer@10.0.0.6/live"]  # no password, nothing to mask
     m.stop()
     sub.close()
+
+
+def test_reconnects_after_hours_of_connections_dropped_right_after_connack(broker, outbox):
+    # The flap backoff doubles per flap; after ~1000 flaps in a row (hours of an ACL-denied
+    # publish storm at reconnect_max_s) 2 ** flaps must not overflow on paho's network thread,
+    # which would stop it for good.
+    m = _agent(broker, outbox, reconnect_min_s=0.1, reconnect_max_s=0.3)
+    m._flaps = 1100  # as after ~1100 short-lived connections
+    broker.kill()  # within a second of the CONNACK: one more short-lived connection
+    broker.start()
+    deadline = time.monotonic() + 10
+    while m.counters["short_connections"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert m.counters["short_connections"] >= 1
+    assert m.wait_connected(10), m.last_error
+    m.stop()

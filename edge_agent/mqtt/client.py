@@ -382,7 +382,9 @@ class AgentMqtt:
         self._flaps += 1
         self.counters["short_connections"] += 1
         cfg = self.cfg
-        delay = min(cfg.reconnect_max_s, cfg.reconnect_min_s * 2 ** self._flaps)
+        # Exponent capped: 2 ** flaps as an int overflows float after ~1000 flaps (hours of
+        # flapping), and an exception here would stop paho's network thread for good.
+        delay = min(cfg.reconnect_max_s, cfg.reconnect_min_s * 2.0 ** min(self._flaps, 1000))
         client.reconnect_delay_set(delay, max(cfg.reconnect_max_s, delay))
         try:
             oldest = min(self._inflight.values(), default=None)
