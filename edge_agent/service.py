@@ -142,15 +142,14 @@ class Pipeline:
         self.notifier = notifier
         self.stop_event = threading.Event()
         self.capture = CaptureGroup(cfg.cameras, **(capture_kw or {}))
-        m = engine.manifest
-        self.engine_info = EngineInfo(str(m.name), str(m.version), str(m.sha256))
-        self.heads: Dict[str, List[str]] = {h: list(c) for h, c in m.heads.items()}
-        factory = EventFactory(cfg.device_id, self.engine_info)
-        self.factory = factory
+        self.engine_info = _engine_info(engine.manifest)
+        self.heads: Dict[str, List[str]] = _heads(engine.manifest)
+        self.factory = EventFactory(cfg.device_id, self.engine_info)
         self._ocr: Optional[Any] = None
         self._ocr_status = "ocr_disabled"
         self._ocr_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ocr")
         self._calls: queue.Queue[tuple] = queue.Queue()
+        self._calls_lock = threading.Lock()  # a call is either queued before `finished` or fails
         self.cams: Dict[str, CameraState] = {}
         self._build_cameras()
         self._order = list(self.cams)
@@ -196,10 +195,11 @@ class Pipeline:
         owns the engine. After the pipeline stopped the Future fails with RuntimeError.
         """
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        if self.finished.is_set():
-            fut.set_exception(RuntimeError("the pipeline has stopped"))
-            return fut
-        self._calls.put((fn, fut))
+        with self._calls_lock:
+            if self.finished.is_set():
+                fut.set_exception(RuntimeError("the pipeline has stopped"))
+                return fut
+            self._calls.put((fn, fut))
         self.capture.new_frame.set()  # wake the loop if it waits for frames
         return fut
 
@@ -227,18 +227,16 @@ class Pipeline:
         (reason ``engine_swap``) and trackers and rules are rebuilt.
         """
         m = engine.manifest
-        heads = {h: list(c) for h, c in m.heads.items()}
+        heads = _heads(m)
         old = self.engine
         if heads != self.heads:
-            for st in self.cams.values():
+            for st in self.cams.values():  # these end events still name the old engine
                 if st.last_ctx is not None and not st.closed:
                     self.dispatch(st.events.close(self._now_ctx(st.last_ctx), "engine_swap"))
             self.heads = heads
-            self.factory.engine = EngineInfo(str(m.name), str(m.version), str(m.sha256))
-            self._build_cameras()
+            self._build_cameras()  # the rules read factory.engine per event, not now
         self.engine = engine
-        self.engine_info = EngineInfo(str(m.name), str(m.version), str(m.sha256))
-        self.factory.engine = self.engine_info
+        self.engine_info = self.factory.engine = _engine_info(m)
         log.info("engine swapped: %s %s -> %s %s", old.manifest.name, old.manifest.version,
                  m.name, m.version)
         return old
@@ -275,8 +273,27 @@ class Pipeline:
             self._shutdown()
 
     def _shutdown(self) -> None:
-        self.capture.stop()
-        # Drain: frames already read are processed before the final `end` events.
+        try:
+            self.capture.stop()
+            try:
+                self._drain()
+            except Exception:  # e.g. the engine broke (why run() ends): still end and flush
+                log.exception("processing the frames left at stop failed")
+            for st in self.cams.values():
+                self._close_camera(st, "agent_stop")
+            self._ocr_pool.shutdown(wait=True)  # pending plate reads publish their end events
+            for s in self.sinks:
+                try:
+                    s.close()
+                except Exception:
+                    log.exception("closing sink %s failed", getattr(s, "name", s))
+        finally:
+            with self._calls_lock:
+                self.finished.set()
+            self._run_calls(fail=True)  # no caller waits forever on a Future
+
+    def _drain(self) -> None:
+        """Process the frames already read, before the final `end` events."""
         while self.drain:
             frames = self.capture.take_all()
             if not frames:
@@ -284,17 +301,6 @@ class Pipeline:
             mb = self.engine.max_batch
             for i in range(0, len(frames), mb):
                 self._process(frames[i:i + mb])
-        for st in self.cams.values():
-            self._close_camera(st, "agent_stop")
-        self._ocr_pool.shutdown(wait=True)  # pending plate reads publish their end events
-        self._run_calls(fail=True)
-        for s in self.sinks:
-            try:
-                s.close()
-            except Exception:
-                log.exception("closing sink %s failed", getattr(s, "name", s))
-        self.finished.set()
-        self._run_calls(fail=True)  # anything queued while we were finishing
 
     # --- the loop --------------------------------------------------------------------------
 
@@ -497,6 +503,14 @@ class Pipeline:
         published = self.mqtt.publish_snapshot(snap_id, jpeg) if self.mqtt is not None else False
         return {"camera": name, "frame": f.index, "snapshot_id": snap_id, "bytes": len(jpeg),
                 "published": bool(published)}
+
+
+def _engine_info(m) -> EngineInfo:
+    return EngineInfo(str(m.name), str(m.version), str(m.sha256))
+
+
+def _heads(m) -> Dict[str, List[str]]:
+    return {h: list(c) for h, c in m.heads.items()}
 
 
 # --- `edge-agent run` --------------------------------------------------------------------------

@@ -281,3 +281,33 @@ def test_engine_swap_between_batches(tmp_path, video_dir, yolox_nano):
     late = pipe.run_in_loop(lambda p: None)
     with pytest.raises(RuntimeError, match="stopped"):
         late.result(1)
+
+
+def test_broken_engine_still_ends_events_and_closes_sinks(video_dir, yolox_nano):
+    # An engine that stops working (closed under the pipeline; a CUDA error leaves it alike) ends
+    # run() with its error for a restart, but only after the end events went out, the sinks
+    # were closed and waiting callers were answered.
+    cfg = cfgmod.Config.model_validate({
+        "model": {"path": str(yolox_nano)},
+        "cameras": [{"name": "shop", "source": str(video_dir / RETAIL),
+                     "zones": [{"name": "all", "min_count": 1, "hold_s": 0}]}],
+        "mqtt": {"enabled": False},
+    })
+    engine = open_engine(cfg.model)
+    sink = ListSink()
+
+    def hook(f, tracks, st):
+        if f.index == 5:
+            engine.close()
+
+    pipe = Pipeline(cfg, engine, SeqCounter(), [sink], on_frame=hook)
+    with pytest.raises(RuntimeError, match="engine is closed"):
+        pipe.run()
+    assert sink.closed
+    phases = [(e["phase"], e.get("reason")) for e in sink.events]
+    assert phases[0] == ("start", None) and phases[-1] == ("end", "agent_stop"), phases
+    assert pipe.finished.is_set()
+    with pytest.raises(RuntimeError, match="stopped"):
+        pipe.run_in_loop(lambda p: None).result(1)
+    assert not [t for t in threading.enumerate() if t.name.startswith("capture-shop")
+                and t.is_alive()]
