@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -59,7 +59,6 @@ class Emission:
     event: Dict[str, Any]
     snapshot: Optional[np.ndarray] = None
     finish: Optional[Any] = None  # Callable[[], None]
-    extra: Dict[str, Any] = field(default_factory=dict)
 
 
 def bbox_fields(box: Optional[Sequence[float]], width: int, height: int) -> Optional[Dict]:

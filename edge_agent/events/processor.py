@@ -27,7 +27,6 @@ class CameraEvents:
                  heads: Dict[str, Sequence[str]], ocr: Optional[Reader] = None,
                  ocr_status: str = "ocr_unavailable"):
         self.camera = cam.name
-        self.heads = {h: list(c) for h, c in heads.items()}
         max_dim = cfg.snapshots.max_dim
         snap = self._snapshotter(max_dim) if cfg.snapshots.enabled else None
         self.zones: List[Zone] = zones_for_camera(cam.zones, cfg.crowd_default_zone)
@@ -51,9 +50,6 @@ class CameraEvents:
                 return None
             return annotated(ctx.image, box, text, max_dim)
         return snap
-
-    def tracks(self, head: str, active: np.ndarray, lost: np.ndarray) -> HeadTracks:
-        return HeadTracks(active, lost, self.heads.get(head, ()))
 
     def update(self, ctx: FrameContext, tracks: Dict[str, HeadTracks]) -> List[Emission]:
         """Emissions for one frame; ``tracks`` maps head -> its tracks (missing = none)."""

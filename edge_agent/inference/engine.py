@@ -57,7 +57,6 @@ class Engine:
         self.input_dtype = np.dtype(input_dtype)
         self._pre = Preprocessor(manifest.input, self.input_dtype)
         self._post = Postprocessor(manifest, score_threshold, nms_iou)
-        self._pad_cache: Dict[int, np.ndarray] = {}
 
     # -- to implement -----------------------------------------------------------------------
     def _run_native(self, batch: np.ndarray) -> Dict[str, np.ndarray]:
