@@ -4,6 +4,8 @@ MQTT 5 request/response and 3.1.1, Home Assistant discovery, the in-flight windo
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 
 import numpy as np
@@ -399,3 +401,26 @@ def test_reconnects_after_hours_of_connections_dropped_right_after_connack(broke
     assert m.counters["short_connections"] >= 1
     assert m.wait_connected(10), m.last_error
     m.stop()
+
+
+def test_qos0_events_lost_with_the_connection_are_sent_again_after_the_reconnect(broker, outbox):
+    # paho drops QoS 0 messages not yet written when the connection goes, without on_publish:
+    # their window slots must not stay taken (with all slots gone publishing would stop).
+    m = _agent(broker, outbox, event_qos=0, max_inflight=2)
+    os.kill(broker.proc.pid, signal.SIGSTOP)  # the broker stops reading: the socket fills up
+    for i in range(2):
+        outbox.append({**event(i), "pad": "x" * (8 << 20)})
+    deadline = time.monotonic() + 10
+    while m.counters["published"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert m.counters["published"] == 2 and m.counters["acked"] == 0
+    broker.kill()  # the 16 MB did not fit in the socket buffers: paho still held some of it
+    broker.start()
+    assert m.wait_connected(10)
+    sub = Subscriber(broker, [f"{BASE}/events/+"]).ready()
+    outbox.append(event(2))
+    assert sub.wait_for(lambda: "r-2" in {e["event_id"] for e in sub.events()}, 10), (
+        dict(m.counters))
+    assert sub.wait_for(lambda: len(outbox) == 0, 10)  # the lost two were sent again
+    m.stop()
+    sub.close()

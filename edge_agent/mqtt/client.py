@@ -480,6 +480,11 @@ class AgentMqtt:
 
     def _after_connect(self) -> None:
         """Per connection, after on_connect subscribed and said online: state, discovery."""
+        if self.cfg.event_qos == 0 and self._inflight:
+            # paho drops QoS 0 messages not yet written when a connection goes, and calls no
+            # on_publish for them: free their window slots and send those rows again.
+            self._cursor = min(self._inflight.values()) - 1
+            self._inflight.clear()
         c = self._client
         self.publish_state()
         if self._engine_update is not None:
