@@ -82,6 +82,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for(cond, timeout: float, step: float = 0.1) -> bool:
+    """Poll ``cond()`` until it is true or ``timeout`` s passed; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return cond()
+
+
 def _mosquitto_binary() -> str:
     found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
     if not found:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 import pytest
-from conftest import free_port
+from conftest import free_port, wait_for
 
 from edge_agent.capture import CameraReader
 from edge_agent.config import CameraConfig
@@ -80,15 +80,6 @@ def rtsp_server():
     srv.stop()
 
 
-def _wait(cond, timeout: float, step: float = 0.1) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
-
-
 def _consume_until(reader: CameraReader, n: int, timeout: float) -> int:
     got = 0
     deadline = time.monotonic() + timeout
@@ -110,12 +101,12 @@ def test_rtsp_server_restarted_reader_reconnects_and_continues(rtsp_server):
         before = r.frames_in
 
         rtsp_server.stop()
-        assert _wait(lambda: r.reconnects >= 1, 15), r.stats()
+        assert wait_for(lambda: r.reconnects >= 1, 15), r.stats()
         assert r.state == "reconnecting"
         stalled_at = r.frames_in
 
         rtsp_server.start()  # same port
-        assert _wait(lambda: r.frames_in > stalled_at + 10, 30), r.stats()
+        assert wait_for(lambda: r.frames_in > stalled_at + 10, 30), r.stats()
         assert r.state == "running"
         assert _consume_until(r, 5, 10) == 5
         assert r.frames_in > before
@@ -136,11 +127,11 @@ def test_rtsp_frozen_server_detected_by_frame_age(rtsp_server):
     try:
         assert _consume_until(r, 5, 20) == 5, r.stats()
         rtsp_server.proc.send_signal(signal.SIGSTOP)
-        assert _wait(lambda: r.reconnects >= 1, 15), r.stats()
+        assert wait_for(lambda: r.reconnects >= 1, 15), r.stats()
         assert "no frame for" in (r.last_error or "") or r.state == "reconnecting"
         n = r.frames_in
         rtsp_server.proc.send_signal(signal.SIGCONT)
-        assert _wait(lambda: r.frames_in > n + 5 and r.state == "running", 30), r.stats()
+        assert wait_for(lambda: r.frames_in > n + 5 and r.state == "running", 30), r.stats()
     finally:
         rtsp_server.proc.send_signal(signal.SIGCONT)
         assert g.stop(8) is True

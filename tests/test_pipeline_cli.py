@@ -19,6 +19,7 @@ import cv2
 import jsonschema
 import pytest
 import yaml
+from conftest import wait_for
 
 from edge_agent import cli
 
@@ -56,15 +57,6 @@ def start_agent(config: Path, tmp_path: Path) -> subprocess.Popen:
     log = open(tmp_path / "agent.log", "w")
     cmd = [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config)]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
-
-
-def wait_for(cond, timeout: float, step: float = 0.2) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 # --- track -----------------------------------------------------------------------------------
