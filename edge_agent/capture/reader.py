@@ -266,9 +266,9 @@ class CameraReader:
                 break
             if not ok or img is None:
                 break
-            now = time.monotonic()
-            media_s = self._index / file_fps if file_fps > 0 else time.time()
-            frame = Frame(self.cam.name, self._index, img, now, time.time(), media_s)
+            now, wall = time.monotonic(), time.time()
+            media_s = self._index / file_fps if file_fps > 0 else wall
+            frame = Frame(self.cam.name, self._index, img, now, wall, media_s)
             self._index += 1
             n += 1
             self.frames_in += 1

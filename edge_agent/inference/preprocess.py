@@ -48,8 +48,9 @@ class Preprocessor:
         # Per-channel affine in the model's channel order: x * a + b == (x * scale - mean) / std.
         std = np.asarray(spec.std, np.float64)
         self._a = (spec.scale / std).astype(np.float32).reshape(1, 3, 1, 1)
-        self._b = (-np.asarray(spec.mean, np.float64) / std).astype(np.float32).reshape(1, 3, 1, 1)
-        self._identity = bool(np.all(self._a == 1) and np.all(self._b == 0))
+        b = (-np.asarray(spec.mean, np.float64) / std).astype(np.float32).reshape(1, 3, 1, 1)
+        self._identity = bool(np.all(self._a == 1) and np.all(b == 0))
+        self._b = b.astype(self.dtype)  # cast once here, not per batch
         self._pad = int(round(min(max(spec.pad_value, 0), 255)))
         self._canvas: Dict[int, np.ndarray] = {}
         self._out: Dict[int, np.ndarray] = {}
@@ -98,5 +99,5 @@ class Preprocessor:
             np.copyto(out, chw, casting="unsafe")
         else:
             np.multiply(chw, self._a, out=out, casting="unsafe")
-            out += self._b.astype(self.dtype)
+            out += self._b
         return out, Letterbox(scale, offset, size)
