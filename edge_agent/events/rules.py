@@ -56,6 +56,15 @@ def nearest_track(box: Sequence[float], others: np.ndarray) -> Optional[int]:
     return int(others[int(np.argmin((ox - cx) ** 2 + (oy - cy) ** 2)), TID])
 
 
+def _ids(rows: np.ndarray) -> Tuple[int, ...]:
+    return tuple(sorted(int(t) for t in rows[:, TID]))
+
+
+def _duration(ctx: FrameContext, start_s: float) -> float:
+    """Seconds on the rules' clock since ``start_s`` (an end event's ``duration_s``)."""
+    return round(max(0.0, ctx.media_s - start_s), 3)
+
+
 # --- weapon ----------------------------------------------------------------------------------
 
 
@@ -134,7 +143,7 @@ class WeaponRule:
         median = float(np.median(st.scores)) if st.scores else 0.0
         em = self._emit(ctx, tid, st, "end", median, person_rows, False)
         em.event["reason"] = reason
-        em.event["duration_s"] = round(max(0.0, ctx.media_s - st.start_s), 3)
+        em.event["duration_s"] = _duration(ctx, st.start_s)
         return em
 
     def _emit(self, ctx, tid, st, phase, median, person_rows, snap) -> Emission:
@@ -188,7 +197,7 @@ class CrowdRule:
         for z in self.zones:
             inside = rows[z.contains(pts)] if len(rows) else EMPTY
             count = len(inside)
-            ids = tuple(sorted(int(t) for t in inside[:, TID]))
+            ids = _ids(inside)
             self.last_counts[z.name] = count
             st = self.state[z.name]
             st.inside = inside
@@ -219,7 +228,7 @@ class CrowdRule:
         for z in self.zones:
             st = self.state[z.name]
             if st.active:
-                st.count, st.ids = len(st.inside), tuple(sorted(int(t) for t in st.inside[:, TID]))
+                st.count, st.ids = len(st.inside), _ids(st.inside)
                 out.append(self._end(ctx, z, st, st.inside, reason))
             self.state[z.name] = _ZoneState()
         return out
@@ -227,7 +236,7 @@ class CrowdRule:
     def _end(self, ctx, z, st, inside, reason) -> Emission:
         em = self._emit(ctx, z, st, inside, "end", False)
         em.event["reason"] = reason
-        em.event["duration_s"] = round(max(0.0, ctx.media_s - st.start_s), 3)
+        em.event["duration_s"] = _duration(ctx, st.start_s)
         return em
 
     def _emit(self, ctx, z: Zone, st: _ZoneState, inside: np.ndarray, phase: str,
@@ -331,7 +340,7 @@ class PlateRule:
             text=None, text_score=None,
             text_status=self.no_text_status if self.reader is None else "pending",
             best_frame=st.best_frame, reason=reason,
-            duration_s=round(max(0.0, ctx.media_s - st.start_s), 3),
+            duration_s=_duration(ctx, st.start_s),
         )
         snap = st.crops[0][1] if st.crops else None
         finish = None
