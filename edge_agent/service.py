@@ -758,7 +758,13 @@ def cmd_track(args: argparse.Namespace) -> int:
     except (ModelError, ValueError, FileNotFoundError) as exc:
         print(f"error: model: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    sinks: List[Any] = [JsonlSink(args.events, truncate=True) if args.events else ConsoleSink()]
+    try:
+        sinks: List[Any] = [JsonlSink(args.events, truncate=True) if args.events
+                            else ConsoleSink()]
+    except OSError as exc:  # e.g. a directory, or no permission
+        print(f"error: --events {args.events}: cannot write it: {exc}", file=sys.stderr)
+        engine.close()
+        return EXIT_BAD_INPUT
     out = _VideoOut(args.output, fps) if args.output else None
     progress = _Progress(total, not args.no_progress)
     pipe: Optional[Pipeline] = None

@@ -102,7 +102,8 @@ def test_track_events_to_stdout_when_no_file(tmp_path, video_dir, yolox_nano, ca
     assert [e["phase"] for e in lines] == ["start", "end"]
 
 
-@pytest.mark.parametrize("case", ["missing", "corrupt", "bad_conf", "bad_model", "bad_output"])
+@pytest.mark.parametrize("case", ["missing", "corrupt", "bad_conf", "bad_model", "bad_output",
+                                  "bad_events"])
 def test_track_bad_input_is_a_clear_error(case, tmp_path, video_dir, yolox_nano, capsys):
     args = ["track", "-i", str(video_dir / CAR), "--model", str(yolox_nano), "--no-progress"]
     want = ""
@@ -120,6 +121,9 @@ def test_track_bad_input_is_a_clear_error(case, tmp_path, video_dir, yolox_nano,
     elif case == "bad_output":
         args += ["-o", str(tmp_path / "out.txt")]
         want = "output video must end in .mp4"
+    elif case == "bad_events":
+        args += ["--events", str(tmp_path)]  # a directory
+        want = f"--events {tmp_path}: cannot write it"
     else:
         fake = tmp_path / "m.onnx"
         fake.write_bytes(b"not onnx")
