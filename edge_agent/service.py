@@ -566,23 +566,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         engine.close()
         return EXIT_BAD_INPUT
     sinks: List[Any] = []
-    if cfg.events.sinks.jsonl:
-        sinks.append(JsonlSink(_resolve_in(state_dir, cfg.events.sinks.jsonl)))
-    if cfg.events.sinks.console:
-        sinks.append(ConsoleSink())
+
+    def give_up(what: str, exc: Exception) -> int:
+        log.error("%s: %s", what, exc)
+        for s in sinks:
+            s.close()
+        outbox.close()
+        engine.close()
+        return EXIT_BAD_INPUT
+
     snaps = None
     sc = cfg.events.snapshots
-    if sc.enabled:
-        snaps = SnapshotStore(_resolve_in(state_dir, sc.dir), int(sc.max_total_mb * (1 << 20)),
-                              sc.max_dim, sc.jpeg_quality)
+    try:
+        if cfg.events.sinks.jsonl:
+            sinks.append(JsonlSink(_resolve_in(state_dir, cfg.events.sinks.jsonl)))
+        if cfg.events.sinks.console:
+            sinks.append(ConsoleSink())
+        if sc.enabled:
+            snaps = SnapshotStore(_resolve_in(state_dir, sc.dir),
+                                  int(sc.max_total_mb * (1 << 20)), sc.max_dim, sc.jpeg_quality)
+    except (OSError, ValueError) as exc:  # e.g. a path that is a directory, or not writable
+        return give_up("events", exc)
     notifier = Notifier()
     try:
         pipe = Pipeline(cfg, engine, outbox, sinks, snaps, notifier=notifier)
     except (TypeError, ValueError) as exc:  # e.g. an unknown or out-of-range tracker parameter
-        log.error("%s: %s", args.config, exc)
-        outbox.close()
-        engine.close()
-        return EXIT_BAD_INPUT
+        return give_up(args.config, exc)
     mqtt = None
     if cfg.mqtt.enabled:
         from edge_agent.mqtt.client import AgentMqtt
@@ -593,10 +602,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                              cameras={c.name: [z.name for z in pipe.cams[c.name].events.zones]
                                       for c in cfg.cameras})
         except ValueError as exc:  # e.g. a TLS file that does not exist
-            log.error("mqtt: %s", exc)
-            outbox.close()
-            engine.close()
-            return EXIT_BAD_INPUT
+            return give_up("mqtt", exc)
         mqtt.register_command("snapshot", pipe.snapshot_command)
         pipe.mqtt = mqtt
         mqtt.start()

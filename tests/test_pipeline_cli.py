@@ -218,6 +218,11 @@ def test_run_bad_config_and_gstreamer_without_gstreamer(tmp_path, yolox_nano, ca
                           mqtt={"tls": {"ca_file": str(tmp_path / "no-such-ca.pem")}})
     assert cli.main(["run", "--config", str(config)]) == 2
     assert "no-such-ca.pem" in capsys.readouterr().err
+    (tmp_path / "state" / "evdir").mkdir(parents=True)  # the events file is a directory
+    config = write_config(tmp_path, yolox_nano, [{"name": "c", "source": "x.mp4"}],
+                          events={"sinks": {"jsonl": "evdir"}})
+    assert cli.main(["run", "--config", str(config)]) == 2
+    assert "events: [Errno 21] Is a directory" in capsys.readouterr().err
     config.write_text("cameras: [{name: x}]\n")
     assert cli.main(["run", "--config", str(config)]) == 2
     assert "cameras[0].source" in capsys.readouterr().err
