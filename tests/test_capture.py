@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 
+import cv2
 import pytest
 
 from edge_agent.capture import (
@@ -13,6 +14,7 @@ from edge_agent.capture import (
     CaptureError,
     CaptureGroup,
     check_sources,
+    open_capture,
     opencv_has_gstreamer,
     resolve_kind,
 )
@@ -125,6 +127,32 @@ def test_missing_device_retries_and_stops_promptly():
     assert r.stop(3) is True  # no hung thread
     assert time.monotonic() - t0 < 1.0
     assert not [t for t in threading.enumerate() if t.name.startswith("capture-cam-")]
+
+
+def test_read_that_raises_ends_the_file_instead_of_killing_the_thread(video_dir):
+    class FailingRead:  # the real decoder, whose 6th read raises as an OpenCV backend can
+        def __init__(self, cap):
+            self.cap, self.n = cap, 0
+
+        def read(self):
+            self.n += 1
+            if self.n > 5:
+                raise cv2.error("decoder exploded")
+            return self.cap.read()
+
+        def release(self):
+            self.cap.release()
+
+    def opener(cam):
+        cap, info = open_capture(cam)
+        return FailingRead(cap), info
+
+    r = CameraReader(_cam(video_dir / CAR), opener=opener).start()
+    frames = _drain(r, 10)
+    assert r.exhausted() and r.state == "ended"  # not "running" forever with a dead thread
+    assert [i for i, _, _ in frames] == [0, 1, 2, 3, 4]
+    assert "truncated" in r.last_error
+    assert r.stop(2) is True
 
 
 def test_open_error_never_shows_the_source_password(caplog):

@@ -261,7 +261,11 @@ class CameraReader:
         pace_start = time.monotonic()
         first_index = self._index
         while self._current(gen):
-            ok, img = cap.read()
+            try:
+                ok, img = cap.read()
+            except Exception as exc:  # cv2.error from a backend: a failed read, not a dead thread
+                log.warning("camera %s: read failed: %s", self.cam.name, redact(str(exc)))
+                break
             if not self._current(gen):
                 break
             if not ok or img is None:
