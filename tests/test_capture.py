@@ -203,3 +203,35 @@ def test_group_one_bad_camera_does_not_block_the_others(tmp_path, video_dir):
     assert stats["good"]["state"] == "ended"
     assert stats["nodev"]["state"] == "reconnecting"
     assert stats["nofile"]["state"] == "failed"
+
+
+def test_group_stop_bounds_stuck_readers_by_one_timeout(video_dir):
+    # Three cameras stuck inside read() (opencv#4506): stop() gives up on all of them within its
+    # one timeout, not one timeout per camera.
+    unblock = threading.Event()
+
+    class StuckRead:
+        def __init__(self, cap):
+            self.cap = cap
+
+        def read(self):
+            unblock.wait(30)
+            return False, None
+
+        def release(self):
+            self.cap.release()
+
+    def opener(cam):
+        cap, info = open_capture(cam)
+        return StuckRead(cap), info
+
+    cams = [_cam(video_dir / CAR, name=f"stuck{i}") for i in range(3)]
+    g = CaptureGroup(cams, opener=opener).start()
+    try:
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        assert g.stop(1.0) is False  # the threads are abandoned, and it says so
+        assert time.monotonic() - t0 < 1.8
+        assert all(r.state == "stopped" for r in g.readers.values())
+    finally:
+        unblock.set()

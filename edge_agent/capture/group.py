@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Dict, List, Optional
 
 from edge_agent.capture.reader import CameraReader, Frame
@@ -56,11 +57,14 @@ class CaptureGroup:
         return all(r.exhausted() for r in self.readers.values())
 
     def stop(self, timeout: float = 5.0) -> bool:
-        """Stop all readers (in parallel time budget); True when every thread ended."""
+        """Stop all readers within one ``timeout`` in all; True when every thread ended."""
         self._stop.set()
-        ok = all([r.stop(timeout) for r in self.readers.values()])
+        for r in self.readers.values():  # all at once: stuck readers must not add up their waits
+            r.request_stop()
+        deadline = time.monotonic() + timeout
+        ok = all([r.stop(max(0.0, deadline - time.monotonic())) for r in self.readers.values()])
         if self._watchdog is not None:
-            self._watchdog.join(timeout)
+            self._watchdog.join(max(0.0, deadline - time.monotonic()))
         self.new_frame.set()
         return ok
 

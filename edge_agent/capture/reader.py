@@ -143,11 +143,15 @@ class CameraReader:
         self._spawn()  # the stuck worker sees the new generation and quits when read() returns
         return True
 
-    def stop(self, timeout: float = 5.0) -> bool:
-        """Stop reading and release the source; True when every worker thread has ended."""
+    def request_stop(self) -> None:
+        """Tell the worker to finish, without waiting for it (``stop`` waits)."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop reading and release the source; True when every worker thread has ended."""
+        self.request_stop()
         deadline = time.monotonic() + timeout
         ok = True
         for t in list(self._threads.values()):
