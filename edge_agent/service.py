@@ -774,13 +774,20 @@ def cmd_track(args: argparse.Namespace) -> int:
     out = _VideoOut(args.output, fps) if args.output else None
     progress = _Progress(total, not args.no_progress)
     pipe: Optional[Pipeline] = None
+    out_error: List[str] = []
 
     def on_frame(f: Frame, tracks: Dict[str, HeadTracks], st: CameraState) -> None:
         if out is not None:
             counts = st.events.zone_counts()
             draw(f.image, tracks, st.events.zones, {f"zone {k}": v for k, v in counts.items()},
                  footer=f"frame {f.index}")
-            out.write(f.image)
+            try:
+                out.write(f.image)
+            except (OSError, ValueError) as exc:  # it would fail on every frame: stop now
+                out_error.append(str(exc))
+                pipe.drain = False
+                pipe.stop()
+                return
         done = st.processed
         progress.update(done)
         if args.max_frames and done >= args.max_frames:
@@ -805,6 +812,9 @@ def cmd_track(args: argparse.Namespace) -> int:
     st = next(iter(pipe.cams.values()))
     elapsed = time.monotonic() - t0
     progress.close(st.processed)
+    if out_error:
+        print(f"error: -o {args.output}: {out_error[0]}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     reader = next(iter(pipe.capture.readers.values()))
     if reader.state == "failed":
         print(f"error: {reader.last_error}", file=sys.stderr)

@@ -103,7 +103,7 @@ def test_track_events_to_stdout_when_no_file(tmp_path, video_dir, yolox_nano, ca
 
 
 @pytest.mark.parametrize("case", ["missing", "corrupt", "bad_conf", "bad_model", "bad_output",
-                                  "bad_events"])
+                                  "bad_events", "unwritable_output"])
 def test_track_bad_input_is_a_clear_error(case, tmp_path, video_dir, yolox_nano, capsys):
     args = ["track", "-i", str(video_dir / CAR), "--model", str(yolox_nano), "--no-progress"]
     want = ""
@@ -121,6 +121,10 @@ def test_track_bad_input_is_a_clear_error(case, tmp_path, video_dir, yolox_nano,
     elif case == "bad_output":
         args += ["-o", str(tmp_path / "out.txt")]
         want = "output video must end in .mp4"
+    elif case == "unwritable_output":
+        (tmp_path / "file").write_text("")
+        args += ["-o", str(tmp_path / "file" / "out.mp4")]  # its folder is a file
+        want = f"error: -o {tmp_path / 'file' / 'out.mp4'}: [Errno"
     elif case == "bad_events":
         args += ["--events", str(tmp_path)]  # a directory
         want = f"--events {tmp_path}: cannot write it"
