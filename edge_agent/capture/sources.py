@@ -7,6 +7,7 @@ reader (``reader.py``) owns reconnection.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ def resolve_kind(cam: CameraConfig) -> str:
     return "file"
 
 
+@functools.lru_cache(maxsize=None)  # the build never changes; checked on every GStreamer (re)open
 def opencv_has_gstreamer() -> bool:
     """True when this OpenCV build has the GStreamer video I/O backend."""
     for line in cv2.getBuildInformation().splitlines():
