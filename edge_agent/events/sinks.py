@@ -25,8 +25,7 @@ class JsonlSink:
 
     def __init__(self, path: os.PathLike, truncate: bool = False):
         self.path = Path(path)
-        if self.path.parent and not self.path.parent.exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f: Optional[TextIO] = open(self.path, "w" if truncate else "a", encoding="utf-8")
         self._lock = threading.Lock()
 
