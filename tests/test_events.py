@@ -266,6 +266,15 @@ def test_snapshot_ring_respects_cap_and_survives_restart(tmp_path):
         encode_jpeg(np.zeros((10, 10), np.uint8))
 
 
+def test_snapshot_save_that_fails_leaves_no_temporary_file(tmp_path):
+    store = SnapshotStore(tmp_path / "snaps", max_total_bytes=1 << 20, max_dim=640)
+    (tmp_path / "snaps" / "abc.jpg").mkdir()  # the name is taken: os.replace() fails
+    with pytest.raises(OSError):
+        store.save("abc", np.zeros((48, 64, 3), np.uint8))
+    assert sorted(p.name for p in (tmp_path / "snaps").iterdir()) == ["abc.jpg"]
+    assert store.total_bytes == 0 and store.files() == []
+
+
 def test_snapshot_jpeg_is_size_bounded():
     img = np.random.default_rng(1).integers(0, 255, (1080, 1920, 3), dtype=np.uint8)
     jpeg = encode_jpeg(img, max_dim=1280, quality=95, max_bytes=300_000)

@@ -92,8 +92,12 @@ class SnapshotStore:
         name = f"{event_id}.jpg"
         path = self.dir / name
         tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(jpeg)
-        os.replace(tmp, path)  # readers never see half a file
+        try:
+            tmp.write_bytes(jpeg)
+            os.replace(tmp, path)  # readers never see half a file
+        except OSError:  # e.g. disk full: a left-over .tmp would sit outside the size cap
+            tmp.unlink(missing_ok=True)
+            raise
         with self._lock:
             self._ring.append((path, len(jpeg)))
             self._total += len(jpeg)
