@@ -106,7 +106,10 @@ class CameraConfig(_Model):
     realtime: bool = Field(False, description="file sources: pace reading at the file's own fps")
     fps_limit: float = Field(0, ge=0, description="max frames/s processed; 0 = no limit")
     detect_every: int = Field(1, ge=1, description="run the detector on every Nth frame only")
-    stall_timeout_s: float = Field(5.0, gt=0, description="reopen when no frame for this long")
+    # Bounded: OpenCV rejects read timeouts beyond 2^31 ms.
+    stall_timeout_s: float = Field(
+        5.0, gt=0, le=86400, description="reopen when no frame for this long"
+    )
     reconnect: ReconnectConfig = ReconnectConfig()
     zones: List[ZoneConfig] = Field(default_factory=list)
 

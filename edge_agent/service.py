@@ -621,6 +621,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except CaptureError as exc:
         log.error("%s", exc)
         rc = EXIT_BAD_INPUT
+    except Exception as exc:  # e.g. the engine failing at run time: logged; systemd restarts us
+        log.error("pipeline failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+        rc = EXIT_RUNTIME
     finally:
         notifier.stopping()
         if mqtt is not None:

@@ -45,12 +45,13 @@ def load_reader() -> Tuple[Optional[Reader], str]:
     """(reader, "ok") or (None, why not)."""
     try:
         from rapidocr_onnxruntime import RapidOCR  # type: ignore
+
+        engine = RapidOCR()
     except ImportError:
         return None, "ocr_unavailable"
     except Exception as exc:  # a broken install must not stop the daemon
-        log.warning("plate OCR disabled: rapidocr_onnxruntime failed to import: %s", exc)
+        log.warning("plate OCR disabled: rapidocr_onnxruntime failed to load: %s", exc)
         return None, "ocr_unavailable"
-    engine = RapidOCR()
     lock = threading.Lock()  # one ONNX Runtime session; keep calls serial
 
     def read(crops: List[np.ndarray]) -> Tuple[Optional[str], Optional[float]]:
