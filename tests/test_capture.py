@@ -158,7 +158,9 @@ def test_read_that_raises_ends_the_file_instead_of_killing_the_thread(video_dir)
 def test_open_error_never_shows_the_source_password(caplog):
     # A stall timeout beyond a C int of milliseconds makes OpenCV itself raise (cv2.error) while
     # opening: that path must not put the URL's password into the log or last_error (MQTT stats).
-    cam = _cam("rtsp://admin:hunter2@127.0.0.1:9/stream", stall_timeout_s=3e6)
+    # The config now refuses such a timeout, so it is set after validation to reach that path.
+    cam = _cam("rtsp://admin:hunter2@127.0.0.1:9/stream")
+    cam.stall_timeout_s = 3e6
     with caplog.at_level(logging.ERROR, logger="edge_agent.capture"):
         r = CameraReader(cam).start()
         assert _drain(r, 5) == []
