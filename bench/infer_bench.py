@@ -15,26 +15,12 @@ import sys
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import onnxruntime as ort
 
 from edge_agent.config import ModelConfig
 from edge_agent.inference import open_engine
-
-
-def load_frames(video: Path, n: int):
-    cap = cv2.VideoCapture(str(video))
-    frames = []
-    while len(frames) < n:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(f)
-    cap.release()
-    if not frames:
-        sys.exit(f"no frames in {video}")
-    return frames
+from edge_agent.inference.commands import bench_frames
 
 
 def stats(ms) -> str:
@@ -50,7 +36,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     shared = Path(args.shared)
     model = shared / "weights" / "yolox_nano_coco.onnx"
-    frames = load_frames(shared / "data" / "video" / "nvidia_Retail02_short.mp4", args.frames + 5)
+    clip = shared / "data" / "video" / "nvidia_Retail02_short.mp4"
+    frames = bench_frames(str(clip), args.frames + 5)
 
     eng = open_engine(ModelConfig(path=str(model), backend="onnxruntime", providers=["cpu"],
                                   max_batch=1, intra_op_threads=args.threads))

@@ -111,7 +111,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench_frames(video: str, n: int) -> List[np.ndarray]:
+def bench_frames(video: str, n: int) -> List[np.ndarray]:
     """``n`` frames from a video, or deterministic 1080p noise when no video is given."""
     if not video:
         rng = np.random.default_rng(0)
@@ -163,7 +163,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                       intra_op_threads=args.threads)
     with open_engine(cfg) as eng:
         m = eng.manifest
-        frames = _bench_frames(args.video, max(eng.max_batch, 8))
+        frames = bench_frames(args.video, max(eng.max_batch, 8))
         print(f"model     {m.name} {m.version} ({args.model})")
         native = eng.native_batch or "dynamic"
         print(f"backend   {eng.backend_name}   max batch {eng.max_batch} (model batch {native})")
