@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
@@ -35,6 +36,10 @@ ENV_OVERRIDES: Dict[str, Tuple[str, ...]] = {
 }
 
 _NAME_RE = r"^[A-Za-z0-9_-]{1,64}$"  # names end up in MQTT topics and file names
+MASK = "**********"
+# The password of a URL such as a camera's rtsp://user:password@host is a secret too (greedy up
+# to the last '@' before the path: a raw '@' inside a password is common).
+_URL_PASSWORD = re.compile(r"(//[^/@:\s]*:)([^/\s]*)@")
 
 
 class ConfigError(Exception):
@@ -355,11 +360,18 @@ def load(path: Union[str, Path], environ=None) -> Config:
     return load_text(text, str(path), environ)
 
 
+def mask_url_passwords(text: str, mask: str = MASK) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` in it masked."""
+    return _URL_PASSWORD.sub(rf"\g<1>{mask}@", text)
+
+
 def effective(cfg: Config) -> Dict[str, Any]:
-    """The config as plain data with secrets masked (for ``config show``)."""
+    """The config as plain data with secrets masked (for ``config show`` and ``config.get``)."""
     data = cfg.model_dump(mode="json")
     if cfg.mqtt.password is not None:
-        data["mqtt"]["password"] = "**********"
+        data["mqtt"]["password"] = MASK
+    for cam in data["cameras"]:
+        cam["source"] = mask_url_passwords(cam["source"])
     return data
 
 
@@ -368,4 +380,6 @@ def secrets(cfg: Config) -> List[str]:
     out = []
     if cfg.mqtt.password is not None and cfg.mqtt.password.get_secret_value():
         out.append(cfg.mqtt.password.get_secret_value())
+    for cam in cfg.cameras:
+        out.extend(m.group(2) for m in _URL_PASSWORD.finditer(cam.source) if m.group(2))
     return out

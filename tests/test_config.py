@@ -50,11 +50,19 @@ def test_env_overrides_secret(tmp_path):
 
 def test_show_masks_secrets(tmp_path, capsys):
     f = tmp_path / "c.yaml"
-    f.write_text(GOOD)
+    f.write_text(GOOD.replace("source: ../shared", "source: rtsp://admin:cam@pw@10.0.0.5/s\n#"))
     assert cli_main(["config", "show", str(f)]) == 0
     out = capsys.readouterr().out
     assert "hunter2-secret" not in out
     assert "password: '**********'" in out
+    assert "source: rtsp://admin:**********@10.0.0.5/s" in out and "cam@pw" not in out
+
+
+def test_camera_url_password_is_a_log_secret():
+    cfg = cfgmod.load_text(
+        "cameras:\n  - name: a\n    source: rtsp://admin:cam@pw@10.0.0.5/s\n", environ={}
+    )
+    assert cfgmod.secrets(cfg) == ["cam@pw"]
 
 
 # (yaml text, expected line, expected fragment of the message)

@@ -34,7 +34,6 @@ import json
 import logging
 import os
 import queue
-import re
 import socket
 import ssl
 import threading
@@ -47,7 +46,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent import __version__
-from edge_agent.config import MqttConfig
+from edge_agent.config import MASK, MqttConfig, mask_url_passwords
 from edge_agent.mqtt.commands import Dispatcher, Handler, require, utc_now
 from edge_agent.mqtt.discovery import HaBridge
 from edge_agent.mqtt.outbox import Outbox
@@ -58,10 +57,7 @@ log = logging.getLogger(__name__)
 PASSWORD_ENV = "EDGE_AGENT_MQTT_PASSWORD"
 _SHORT_CONNECTION_S = 2.0  # a connection dropped sooner counts as a flap (backoff grows)
 _STABLE_S = 10.0  # connected this long: the flap backoff is forgotten
-MASK = "**********"
 _SECRET_KEYS = ("password", "secret", "token", "private_key")
-# The password of scheme://user:password@host (up to the last '@': a raw '@' in it is common).
-_URL_PASSWORD = re.compile(r"(//[^/@:\s]*:)[^/\s]*@")
 
 
 class _PahoLog(logging.Filter):
@@ -125,7 +121,7 @@ def mask_secrets(data: Any, secrets: List[str]) -> Any:
         for s in secrets:
             if s and s in data:
                 data = data.replace(s, MASK)
-        return _URL_PASSWORD.sub(rf"\g<1>{MASK}@", data)
+        return mask_url_passwords(data)
     return data
 
 
