@@ -1,7 +1,7 @@
 """`edge-agent` command line.
 
 Each subcommand's arguments are declared here; its handler lives in the module that owns the
-work and is imported only when the subcommand runs (so `config validate` does not load OpenCV or
+work and is imported only when the subcommand runs (so `config show` does not load OpenCV or
 ONNX Runtime). A handler takes the parsed ``argparse.Namespace`` and returns the exit status.
 
 Exit status: 0 ok, 1 runtime failure, 2 bad input (config, arguments, model), 3 not built yet.
