@@ -44,6 +44,9 @@ def _add_config(sub) -> None:
     csub = p.add_subparsers(dest="config_cmd", required=True)
     v = csub.add_parser("validate", help="check a config file and exit (status 2 when invalid)")
     v.add_argument("file")
+    v.add_argument("--schema-only", action="store_true",
+                   help="check the file alone (syntax, keys, ranges), not the model, video files "
+                        "and certificates it names (default: every check `run` makes at start)")
     s = csub.add_parser("show", help="print the effective config, secrets masked")
     s.add_argument("file", nargs="?", help="config file (default: built-in defaults)")
 

@@ -1,7 +1,8 @@
 """`edge-agent config validate|show`.
 
 ``validate`` runs the same checks as ``run``'s start-up (``edge_agent.preflight``: model, file
-sources, TLS files, state directory) after the schema, so a config it accepts starts."""
+sources, TLS files, state directory) after the schema, so a config it accepts starts;
+``--schema-only`` checks the file alone (e.g. on another machine, or right after an install)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         if args.config_cmd == "show" and not args.file:
             cfg = cfgmod.load_text("", "<defaults>")
-        elif args.config_cmd == "validate":
+        elif args.config_cmd == "validate" and not getattr(args, "schema_only", False):
             cfg = preflight.load_checked(args.file)
         else:
             cfg = cfgmod.load(args.file)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, List, Union
+from typing import Callable, List, Tuple, Union
 
 from edge_agent import config as cfgmod
 
@@ -89,14 +89,21 @@ def check_state_dir(cfg: cfgmod.Config) -> List[str]:
     return [cfgmod.problem(cfg, ("state_dir",), f"{path} {why}")]
 
 
-CHECKS: List[Check] = [check_state_dir, check_model, check_cameras, check_tls]
+CHECKS: List[Tuple[Check, Tuple[str, ...]]] = [  # each with the key its ImportError concerns
+    (check_state_dir, ("state_dir",)), (check_model, ("model", "path")),
+    (check_cameras, ("cameras",)), (check_tls, ("mqtt", "tls")),
+]
 
 
 def check(cfg: cfgmod.Config) -> List[str]:
     """Every problem of every check (empty when ``run`` may start)."""
     out: List[str] = []
-    for fn in CHECKS:
-        out.extend(fn(cfg))
+    for fn, key in CHECKS:
+        try:
+            out.extend(fn(cfg))
+        except ImportError as exc:  # an install without the [cpu]/[gpu] extra cannot run either
+            out.append(cfgmod.problem(cfg, key, f"cannot be checked: {exc} (install edge-agent "
+                                                "with the [cpu] or [gpu] extra)"))
     return out
 
 

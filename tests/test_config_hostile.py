@@ -321,3 +321,25 @@ def test_a_good_config_validates(tmp_path, yolox_nano, video_dir, capsys):
                  f"cameras:\n  - name: c\n    source: {video_dir / 'intel_car-detection.mp4'}\n")
     assert cli_main(["config", "validate", str(f)]) == 0, capsys.readouterr().err
     assert not (tmp_path / "new").exists()  # validate creates nothing
+
+
+def test_schema_only_checks_the_file_alone(startup_cases, tmp_path, capsys):
+    text, line, fragment = startup_cases["model_missing"]
+    f = tmp_path / "m.yaml"
+    f.write_text(text)
+    assert cli_main(["config", "validate", "--schema-only", str(f)]) == 0
+    assert cli_main(["config", "validate", str(f)]) == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_an_install_without_the_runtime_libraries_is_a_problem_not_a_traceback(
+        startup_cases, tmp_path, capsys, monkeypatch):
+    text, _, _ = startup_cases["file_source_missing"]
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    for mod in ("edge_agent.inference.commands", "edge_agent.capture"):
+        monkeypatch.setitem(sys.modules, mod, None)  # importing it raises ImportError
+    assert cli_main(["config", "validate", str(f)]) == 2
+    err = capsys.readouterr().err
+    assert f"{f}:4: model.path: cannot be checked:" in err and "[cpu] or [gpu] extra" in err
+    assert f"{f}:5: cameras: cannot be checked:" in err and "Traceback" not in err
