@@ -247,10 +247,10 @@ class Pipeline:
         if tracker:
             Tracker(**params)  # refuse bad parameters before anything changed
         cams = {c.name: c for c in cfg.cameras}
-        rebuild = set(self.cams) if (events or tracker) else set(cameras)
         for name, st in self.cams.items():
-            st.cfg = cams[name]
-            if name not in rebuild:
+            zones_changed = name in cameras and st.cfg.zones != cams[name].zones
+            st.cfg = cams[name]  # detect_every, fps_limit: read per frame, nothing to rebuild
+            if not (events or tracker or zones_changed):
                 continue
             if st.last_ctx is not None and not st.closed:
                 self.dispatch(st.events.close(self._now_ctx(st.last_ctx), "config_reload"))

@@ -24,6 +24,7 @@ import yaml
 from conftest import free_port, wait_for
 from mqtt_helpers import Subscriber
 from test_exporter import get, sample
+from test_pipeline_cli import VALIDATOR
 
 HERE = Path(__file__).resolve().parent
 PERSONS = "intel_one-by-one-person-detection.mp4"  # 768x432 H.264, 10 fps, people walking in
@@ -223,6 +224,8 @@ def test_notify_watchdog_metrics_and_reload_on_a_real_clip(tmp_path, video_dir, 
 
         assert stop(proc) == 0
         assert sock.with_field("STOPPING")
+        for e in events(tmp_path):
+            VALIDATOR.validate(e)
     finally:
         stop(proc)
         sock.close()
