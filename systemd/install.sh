@@ -152,13 +152,15 @@ render_dropin() {
 jetson_checks() {
   local py="$1"
   "$py" -c 'import tensorrt' 2>/dev/null \
-    || warn "TensorRT is not importable by $py: install JetPack's python3-libnvinfer (apt)"
+    || warn "TensorRT is not importable by $py: install JetPack's python3-libnvinfer" \
+            "(apt, part of nvidia-jetpack)"
   "$py" -c 'import pycuda.driver' 2>/dev/null \
-    || warn "pycuda is not importable by $py: install python3-pycuda (apt) or pip install pycuda"
+    || warn "pycuda is not importable by $py: sudo pip3 install pycuda (it builds against" \
+            "JetPack's CUDA; the TensorRT backend needs it)"
   "$py" -c 'import re, sys, cv2
 sys.exit(0 if re.search(r"GStreamer:\s+YES", cv2.getBuildInformation()) else 1)' 2>/dev/null \
-    || warn "OpenCV with GStreamer is not importable by $py: install JetPack's python3-opencv" \
-            "(CSI cameras and hardware decoding need it)"
+    || warn "OpenCV with GStreamer is not importable by $py: install JetPack's OpenCV" \
+            "(nvidia-opencv, part of nvidia-jetpack); CSI cameras and hardware decoding need it"
 }
 
 # --- install ----------------------------------------------------------------------------------
