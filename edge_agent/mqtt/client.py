@@ -143,7 +143,7 @@ class AgentMqtt:
         cameras/zones seen later in events are added when they first appear)."""
         self.cfg = cfg
         self.device_id = device_id
-        self.topics = Topics(cfg.topic_prefix, device_id)
+        self.topics = Topics(cfg.topic_prefix, device_id, cfg.ha_prefix)
         self.outbox = outbox
         self._state_fn = state_fn
         self._stats_fn = stats_fn
@@ -644,22 +644,24 @@ class AgentMqtt:
                 log.exception("mqtt: command handling failed")
 
     def _serve(self, name: str, payload: bytes, response_topic: Any, correlation: Any) -> None:
-        reply = self.dispatcher.handle(name, payload)
-        data = json.dumps(reply, default=str).encode()
+        v5 = self.cfg.protocol == "5"
+        route = self.topics.route_reply(name, response_topic if v5 else None)
+        if route.refusal is None:
+            reply = self.dispatcher.handle(name, payload)
+        else:  # the request is not run: its reply could not go where it asked
+            log.warning("mqtt: command %r refused: %s", name[:64], route.refusal)
+            if route.topic is None:
+                return
+            reply = self.dispatcher.refuse(name, payload, "bad_response_topic", route.refusal)
         props = None
-        if self.cfg.protocol == "5" and isinstance(correlation, (bytes, bytearray)):
+        if v5 and isinstance(correlation, (bytes, bytearray)):
             props = Properties(PacketTypes.PUBLISH)
             props.CorrelationData = bytes(correlation)
-        default_topic = self.topics.reply(name)
-        topic = default_topic
-        if self.cfg.protocol == "5" and _valid_topic(response_topic):
-            topic = response_topic
+        data = json.dumps(reply, default=str).encode()
         try:
-            self._client.publish(topic, data, qos=1, properties=props)
-        except ValueError as exc:  # e.g. a wildcard in the response topic
-            log.info("mqtt: bad response topic for %s (%s); replying on %s", name, exc,
-                     default_topic)
-            self._client.publish(default_topic, data, qos=1, properties=props)
+            self._client.publish(route.topic, data, qos=1, properties=props)
+        except ValueError as exc:  # paho refused it after all: one line, no traceback
+            log.warning("mqtt: reply to %r not sent: %s", name[:64], exc)
 
     def _cmd_ping(self, request: Dict[str, Any]) -> Dict[str, Any]:
         return {"pong": True, "uptime_s": round(time.time() - self._started_at, 1)}
@@ -688,14 +690,3 @@ def _no_delay(client, userdata, sock) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except (OSError, AttributeError):
         pass  # not a TCP socket (e.g. a proxy wrapper): only slower
-
-
-def _valid_topic(topic: Any) -> bool:
-    """A topic the broker will accept from us: a broker drops the connection of a client that
-    publishes to a bad one, so a requester must not be able to make us do that."""
-    if not isinstance(topic, str) or not topic or len(topic.encode("utf-8", "replace")) > 65535:
-        return False
-    if any(c in topic for c in "+#") or topic.startswith("$"):
-        return False
-    return not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF
-                   or ord(c) in (0xFFFE, 0xFFFF) for c in topic)
