@@ -42,6 +42,8 @@ from edge_agent.events import (
     SnapshotStore,
 )
 from edge_agent.events.ocr import load_reader
+from edge_agent.openevents import OpenEvents
+from edge_agent.statelock import StateDirLocked, StateLock
 from edge_agent.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -573,10 +575,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("%s: no cameras configured; add at least one under `cameras:`", args.config)
         return EXIT_BAD_INPUT
     from edge_agent.capture import check_sources
-    from edge_agent.inference import ModelError, open_engine
-    from edge_agent.mqtt.outbox import Outbox
-    from edge_agent.sdnotify import Notifier
-    from edge_agent.supervise import Supervisor
 
     try:
         check_sources(cfg.cameras)
@@ -586,9 +584,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     state_dir = Path(cfg.state_dir)
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
+        lock = StateLock(state_dir).acquire()  # first: nothing else in state_dir before it
+    except StateDirLocked as exc:
+        log.error("%s", exc)
+        return EXIT_BAD_INPUT
     except OSError as exc:
         log.error("state_dir %s is not writable: %s", state_dir, exc)
         return EXIT_BAD_INPUT
+    try:
+        return _run_locked(args, cfg, state_dir)
+    finally:
+        lock.release()
+
+
+def _run_locked(args: argparse.Namespace, cfg: cfgmod.Config, state_dir: Path) -> int:
+    """`run` once the state directory is ours."""
+    from edge_agent.inference import ModelError, open_engine
+    from edge_agent.mqtt.outbox import Outbox
+    from edge_agent.sdnotify import Notifier
+    from edge_agent.supervise import Supervisor
+
     sup = Supervisor(Notifier(), status_interval_s=5.0)
     try:
         with sup.extend_start("loading the engine"):  # a TensorRT build takes minutes
@@ -606,7 +621,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("outbox: %s", exc)
         engine.close()
         return EXIT_BAD_INPUT
-    sinks: List[Any] = []
+    open_events = OpenEvents(state_dir)  # what a crash of the previous run left open
+    sinks: List[Any] = [open_events]
 
     def give_up(what: str, exc: Exception) -> int:
         log.error("%s: %s", what, exc)
@@ -662,6 +678,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: reloader.request("SIGHUP"))
     log.info("edge-agent %s: %d camera(s), engine %s %s on %s", __version__, len(cfg.cameras),
              pipe.engine_info.name, pipe.engine_info.version, engine.backend_name)
+    _close_leftovers(open_events, pipe)
     rc = EXIT_OK
     try:
         pipe.run()
@@ -688,6 +705,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("every camera failed: %s", ", ".join(failed))
         return EXIT_RUNTIME
     return rc
+
+
+def _close_leftovers(open_events: OpenEvents, pipe: Pipeline) -> None:
+    """Send ``end`` (agent_restarted) for what the previous run left open, before new events."""
+    ends = open_events.closing_events()
+    if ends:
+        log.warning("closing %d event(s) the previous run left open (reason agent_restarted)",
+                    len(ends))
+        pipe.dispatch([Emission(ev) for ev in ends])
+    open_events.forget_leftovers()
 
 
 def _applier(pipe: Pipeline):
