@@ -243,6 +243,14 @@ def test_bombs_through_validate_and_run_capped(tmp_path):
     _assert_refused(results, paths, {n: (ln, frag) for n, (_, ln, frag) in BOMBS.items()})
 
 
+@pytest.mark.slow
+def test_numbers_through_validate_and_run_capped(tmp_path):
+    paths = _write_cases(tmp_path, {n: t for n, (t, _, _) in NUMBERS.items()})
+    results = run_both(paths)
+    assert len(results) == 2 * len(NUMBERS)
+    _assert_refused(results, paths, {n: (ln, frag) for n, (_, ln, frag) in NUMBERS.items()})
+
+
 # --- what only start-up found: model, file sources, TLS files, state dir ---------------------
 
 
