@@ -121,11 +121,12 @@ CLASSES = {"weapon": ["pistol", "rifle", "knife"], "crowd": ["person"], "plate":
 
 
 def make_model(path: Path, heads=("weapon", "crowd"), size: int = 64, nan: bool = False,
-               slow: int = 0, name: str = "tiny") -> Dict[str, Any]:
+               slow: int = 0, name: str = "tiny", pad_kb: int = 0) -> Dict[str, Any]:
     """A multi-head ONNX whose boxes are constants and whose objectness is mean pixel / 255.
 
     ``nan``: the objectness is multiplied by a NaN constant (every output NaN). ``slow``: that
     many 384x384 MatMuls that depend on the input (so they cannot be folded away) are added.
+    ``pad_kb``: an unused initializer of that size (a bigger file to download).
     Returns the manifest (without sha256/version) for :func:`signed`.
     """
     onnx = pytest.importorskip("onnx")
@@ -139,6 +140,9 @@ def make_model(path: Path, heads=("weapon", "crowd"), size: int = 64, nan: bool 
              numpy_helper.from_array(np.array(np.nan if nan else 1.0, np.float32), "factor"),
              numpy_helper.from_array(np.array([-1, 1, 1], np.int64), "shape3")]
     obj = "obj1"
+    if pad_kb:
+        pad = np.random.default_rng(1).random(pad_kb * 256).astype(np.float32)
+        inits.append(numpy_helper.from_array(pad, "pad"))
     if slow:
         w = np.full((384, 384), 1e-3, np.float32)
         inits += [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.zeros(1, np.float32),

@@ -159,6 +159,7 @@ class Downloader:
                     raise UpdateError("too_large", f"more than {self.max_bytes} bytes "
                                       "(update.max_download_mb)")
                 f.write(chunk)
+                f.flush()  # into the page cache: a killed agent resumes from here
                 if progress is not None:
                     progress(got, total)
             f.flush()

@@ -71,6 +71,11 @@ class HealthProbe:
         self.done = threading.Event()
         self._lock = threading.Lock()
 
+    def close(self) -> None:
+        """Close both engines (only when the agent stops in the middle of a health check)."""
+        self.new.close()
+        self.old.close()
+
     def infer(self, frames):
         """The new engine's result (the old one's for a batch where the new one failed)."""
         if self.done.is_set():  # verdict reached; the updater swaps us out next

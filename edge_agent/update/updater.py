@@ -125,7 +125,12 @@ class Updater:
         req = validate_request(request)
         self.store.download_path(req["sha256"])  # the sha256 names a file: check it now
         doc = self._claim(req["request_id"], "update", req["version"])
-        self._write_journal(req, DOWNLOADING)
+        try:
+            self._write_journal(req, DOWNLOADING)
+        except OSError as exc:  # e.g. a full disk: refuse instead of staying "busy" for good
+            with self._lock:
+                self._active = None
+            raise UpdateError("store_error", f"cannot write the update journal: {exc}") from None
         self._queue.put(_Job(req))
         return doc
 
@@ -200,7 +205,8 @@ class Updater:
                 self._finish(FAILED, error=UpdateError("internal", "unexpected failure; see log"))
 
     def _transition(self, state: str, message: str = "", progress: Optional[float] = None,
-                    error: Optional[UpdateError] = None, **extra: Any) -> None:
+                    error: Optional[UpdateError] = None, final: bool = False,
+                    **extra: Any) -> None:
         with self._lock:
             doc = self._active
             if doc is None:
@@ -215,6 +221,8 @@ class Updater:
                 doc["error"] = {"code": error.code, "message": error.message}
             doc.update(extra)
             out = dict(doc, history=list(doc["history"]))
+            if final:  # before publishing: a state published with it must say IDLE
+                self._last, self._active = self._active, None
         if out.get("kind") == "update" and state not in TERMINAL:
             self._write_journal(None, state)
         log.info("update %s: %s%s", out["request_id"], state, f" ({message})" if message else "")
@@ -225,10 +233,8 @@ class Updater:
 
     def _finish(self, state: str, message: str = "", error: Optional[UpdateError] = None,
                 **extra: Any) -> None:
-        self._transition(state, message, error=error, **extra)
-        with self._lock:
-            self._last, self._active = self._active, None
         self.store.clear_journal()
+        self._transition(state, message, error=error, final=True, **extra)
 
     def _write_journal(self, request: Optional[Dict[str, Any]], state: str) -> None:
         j = self.store.journal() or {}
@@ -332,6 +338,8 @@ class Updater:
             return
         self._transition(HEALTH_CHECK, f"{self.health.batches} batches", progress=0.0)
         self._wait_health(probe)
+        if self._stop.is_set() and not probe.done.is_set():
+            return  # the agent stops: the journal says HEALTH_CHECK, the next start reports it
         why = probe.verdict()
         health = probe.report.summary()
         if why is None:

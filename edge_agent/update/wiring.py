@@ -18,7 +18,7 @@ from edge_agent.update.download import Downloader
 from edge_agent.update.errors import UpdateError
 from edge_agent.update.health import HealthPolicy
 from edge_agent.update.store import ModelStore
-from edge_agent.update.updater import Publish, Updater
+from edge_agent.update.updater import TERMINAL, Publish, Updater
 from edge_agent.update.verify import Policy, needed_heads
 
 log = logging.getLogger(__name__)
@@ -51,6 +51,29 @@ def model_config(cfg, store: Optional[ModelStore]):
     assert info is not None
     return cfg.model.model_copy(update={"path": str(info.model), "manifest": str(info.manifest),
                                         "engine_dir": str(info.path)})
+
+
+def open_running(cfg, store: Optional[ModelStore], open_fn: Callable[[Any], Any]) -> Any:
+    """Open the store's current version; if it cannot be opened, the previous one (and say so).
+
+    Records the version that runs in ``running.json``. Without a store: ``model`` as configured.
+    """
+    model_cfg = model_config(cfg, store)
+    if store is None:
+        return open_fn(model_cfg)
+    try:
+        engine = open_fn(model_cfg)
+    except ValueError as exc:
+        prev = store.previous
+        if prev is None or store.get(prev) is None:
+            raise
+        log.error("model store: current version %s cannot be opened (%s); running the previous "
+                  "version %s", store.current, exc, prev)
+        store.rollback()
+        engine = open_fn(model_config(cfg, store))
+    m = engine.manifest
+    store.set_running(str(m.version), str(m.sha256))
+    return engine
 
 
 def signing_json(obj: Dict[str, Any]) -> bytes:
@@ -116,8 +139,10 @@ def builder_for(model_cfg) -> Optional[Callable]:
 
 
 def make_updater(cfg, store: ModelStore, host, publish: Publish, notifier=None) -> Updater:
-    """The updater for a running pipeline (``host``)."""
+    """The updater for a running pipeline (``host``); logs the allow_unsigned warning."""
     u = cfg.update
+    if u.allow_unsigned:
+        log.warning("%s", UNSIGNED_WARNING)
     heads = host.running_engine().manifest.heads
     return Updater(
         store, host, policy(cfg, heads),
@@ -134,7 +159,7 @@ def command_handlers(updater: Updater, error_type: Callable[[str, str], Exceptio
     """``cmd/engine.*`` handlers; an :class:`UpdateError` becomes ``error_type(code, message)``
     (the command server's error, so the reply carries the code)."""
 
-    def wrap(fn):
+    def wrap(fn: Callable[[Dict[str, Any]], Dict[str, Any]]):
         def handler(request: Dict[str, Any]) -> Dict[str, Any]:
             try:
                 return fn(request)
@@ -162,3 +187,18 @@ def reply_doc(doc: Dict[str, Any]) -> Dict[str, Any]:
     if "error" in doc:
         reply["error"] = doc["error"]
     return reply
+
+
+def mqtt_publisher(get_mqtt: Callable[[], Any]) -> Publish:
+    """``publish`` for the updater: retained ``engine/update`` and a reply per transition."""
+
+    def publish(doc: Dict[str, Any]) -> None:
+        mqtt = get_mqtt()
+        if mqtt is None:
+            return
+        mqtt.publish_engine_update(doc)
+        mqtt.publish_reply(f"engine.{doc.get('kind', 'update')}", reply_doc(doc))
+        if doc.get("state") in TERMINAL:  # the retained state names the engine that runs
+            mqtt.publish_state()
+
+    return publish
