@@ -163,6 +163,11 @@ class Updater:
                 "running": self._running_version(),
                 "allow_unsigned": self.policy.allow_unsigned}
 
+    def state_name(self) -> str:
+        """The state in lower case (``idle``, ``downloading``, ...), e.g. for the exporter."""
+        with self._lock:
+            return (self._active["state"] if self._active else IDLE).lower()
+
     def state_getter(self) -> Dict[str, Any]:
         """A small summary for ``state`` and metrics: state, versions, unsigned warning."""
         st = self.status()
