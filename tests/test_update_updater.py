@@ -6,11 +6,20 @@ and health-checked while the clip keeps being processed.
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 
 import pytest
-from update_helpers import LocalAgent, ModelServer, make_model, request, signed, write_clip
+from update_helpers import (
+    LocalAgent,
+    ModelServer,
+    make_model,
+    manifest_bytes,
+    request,
+    signed,
+    write_clip,
+)
 
 from edge_agent.update import signing
 from edge_agent.update.errors import UpdateError
@@ -206,3 +215,22 @@ def test_other_input_size_and_class_order_accepted_then_rollback_on_request(env)
     assert back["state"] == "ROLLED_BACK" and back["kind"] == "rollback" and "error" not in back
     assert a.frames[-1][1] == "1" and a.pipe.engine.manifest.input.height == 64
     assert (a.store.current, a.store.previous) == ("1", "2")
+
+
+def test_allow_unsigned_is_announced_and_still_checks_a_present_signature(env, caplog):
+    with caplog.at_level("WARNING"):
+        a = _agent(env, "unsigned", allow_unsigned=True)
+    data = env["base"].read_bytes()
+    url = env["server"].add("unsigned.onnx", data)
+    try:
+        assert "allow_unsigned is ON" in caplog.text
+        assert "development only" in a.updater.state_getter()["warning"]
+        forged = signed(env["manifest"], data, "2", env["rogue"])
+        bad = a.update(request(url, data, "2", forged, rid="forged"))
+        req = request(url, data, "2", None, rid="unsigned")
+        req["manifest"] = base64.b64encode(manifest_bytes(env["manifest"], data, "2")).decode()
+        final = a.update(req)
+    finally:
+        a.close()
+    assert bad["state"] == "FAILED" and bad["error"]["code"] == "unknown_key"
+    assert final["state"] == "COMMITTED", final

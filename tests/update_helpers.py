@@ -232,7 +232,6 @@ class LocalAgent:
                  **update: Any):
         from edge_agent import config as cfgmod
         from edge_agent.inference import open_engine
-        from edge_agent.service import Pipeline, SeqCounter
         from edge_agent.update import wiring
 
         upd = {"trusted_keys": keys, "health_check_batches": 8, "download_timeout_s": 2,
@@ -247,7 +246,7 @@ class LocalAgent:
         engine = open_engine(wiring.model_config(self.cfg, self.store))
         self.frames: List[Tuple[int, str, List[int]]] = []
         self.docs: List[Dict[str, Any]] = []
-        self.pipe = Pipeline(self.cfg, engine, SeqCounter(), [], on_frame=self._hook)
+        self.pipe = _pipeline(self.cfg, engine, self._hook)
         self.updater = wiring.make_updater(self.cfg, self.store, wiring.PipelineHost(self.pipe),
                                            self.docs.append)
         self._thread = threading.Thread(target=self.pipe.run, daemon=True)
@@ -288,3 +287,16 @@ class LocalAgent:
         self.pipe.stop()
         self._thread.join(15)
         self.pipe.engine.close()
+
+
+def _pipeline(cfg, engine, hook):
+    """The pipeline without event delivery to anywhere (the restructured API, or the old one)."""
+    try:
+        from edge_agent.delivery import EventDelivery
+        from edge_agent.eventlog import MemoryLog
+        from edge_agent.pipeline import Pipeline
+    except ImportError:
+        from edge_agent.service import Pipeline, SeqCounter
+
+        return Pipeline(cfg, engine, SeqCounter(), [], on_frame=hook)
+    return Pipeline(cfg, engine, EventDelivery(MemoryLog(), []), on_frame=hook)

@@ -311,15 +311,25 @@ class Updater:
         m = mf.load(info.manifest)
 
         def progress(pct: float) -> None:
-            if self.extend_timeout is not None:
-                self.extend_timeout(120)  # systemd: a long build is not a hang
             self._transition(BUILDING, "building", progress=round(pct, 1))
 
+        building = threading.Event()
+        ticker = threading.Thread(target=self._extend_while, args=(building,), daemon=True)
+        ticker.start()
         try:
             self.builder(self._version_cfg(info), m, info.model, progress)
         except (ValueError, RuntimeError, OSError) as exc:
             self.store.mark_failed(info.version, f"build failed: {exc}")
             raise UpdateError("build_failed", f"building the engine failed: {exc}") from None
+        finally:
+            building.set()
+
+    def _extend_while(self, done: threading.Event, every_s: float = 30.0) -> None:
+        """EXTEND_TIMEOUT_USEC to systemd while a build runs (TensorRT 8 reports no progress;
+        a build of minutes must not be taken for a hang)."""
+        while self.extend_timeout is not None and not done.is_set():
+            self.extend_timeout(3 * every_s)
+            done.wait(every_s)
 
     def _switch_and_check(self, info: VersionInfo) -> None:
         old = self.host.running_engine()
