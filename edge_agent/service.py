@@ -550,12 +550,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.error("state_dir %s is not writable: %s", state_dir, exc)
         return EXIT_BAD_INPUT
-    from edge_agent.update import wiring as update_wiring
-
-    try:  # the model store's current version (seeded from model.path on first start)
-        store = update_wiring.open_store(cfg)
-        engine = update_wiring.open_running(cfg, store, open_engine)
-    except (ModelError, ValueError, OSError) as exc:
+    try:
+        engine = open_engine(cfg.model)
+    except (ModelError, ValueError, FileNotFoundError) as exc:
         log.error("model: %s", exc)
         return EXIT_BAD_INPUT
     ob_cfg = cfg.mqtt.outbox
@@ -596,39 +593,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as exc:  # e.g. an unknown or out-of-range tracker parameter
         return give_up(args.config, exc)
     mqtt = None
-    updater = None
-    if store is not None:
-        try:
-            updater = update_wiring.make_updater(
-                cfg, store, update_wiring.PipelineHost(pipe),
-                update_wiring.mqtt_publisher(lambda: mqtt), notifier)
-        except ValueError as exc:  # e.g. a trusted key that is not a key
-            return give_up("update", exc)
-    state_fn = pipe.state if updater is None else \
-        (lambda: dict(pipe.state(), update=updater.state_getter()))
     if cfg.mqtt.enabled:
         from edge_agent.mqtt.client import AgentMqtt
 
         try:
-            mqtt = AgentMqtt(cfg.mqtt, cfg.device_id, outbox, state_fn=state_fn,
+            mqtt = AgentMqtt(cfg.mqtt, cfg.device_id, outbox, state_fn=pipe.state,
                              stats_fn=pipe.stats, config_fn=lambda: cfgmod.effective(cfg),
                              cameras={c.name: [z.name for z in pipe.cams[c.name].events.zones]
                                       for c in cfg.cameras})
         except ValueError as exc:  # e.g. a TLS file that does not exist
             return give_up("mqtt", exc)
         mqtt.register_command("snapshot", pipe.snapshot_command)
-        if updater is not None:
-            from edge_agent.mqtt.commands import CommandError
-
-            for name, fn in update_wiring.command_handlers(updater, CommandError).items():
-                mqtt.register_command(name, fn)
         pipe.mqtt = mqtt
         mqtt.start()
-    if updater is not None:
-        updater.start()
-        note = updater.recover()  # an update the last run left: resumed or reported
-        if note:
-            log.warning("update: %s", note)
 
     def on_signal(signum, _frame):
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -649,14 +626,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         rc = EXIT_RUNTIME
     finally:
         notifier.stopping()
-        if updater is not None:
-            updater.stop()
         if mqtt is not None:
             mqtt.stop()
         outbox.close()
         engine.close()
-        if pipe.engine is not engine:  # an update switched engines
-            pipe.engine.close()
         for s, h in old.items():
             signal.signal(s, h)
     st = pipe.stats()

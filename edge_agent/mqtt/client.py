@@ -626,14 +626,6 @@ class AgentMqtt:
         if self._connected.is_set():
             self._client.publish(self.topics.engine_update, payload, qos=1, retain=True)
 
-    def publish_reply(self, name: str, reply: Dict[str, Any]) -> None:
-        """A further reply on ``cmd/<name>/reply`` after the command's own (the remote update
-        sends one per transition). While offline it is dropped: ``engine/update`` keeps the
-        latest state retained and is re-sent after the reconnect."""
-        if self._connected.is_set():
-            self._client.publish(self.topics.reply(name), json.dumps(reply, default=str).encode(),
-                                 qos=1)
-
     # --- commands ---------------------------------------------------------------------------
 
     def _run_commands(self) -> None:
