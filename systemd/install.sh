@@ -281,7 +281,8 @@ do_install() {
   install_state
   install_unit
   if [ -x "$app/.venv/bin/edge-agent" ]; then
-    "$app/.venv/bin/edge-agent" config validate "$etc/edge-agent.yaml" >/dev/null \
+    # --schema-only: the model and cameras it names are set up after the install
+    "$app/.venv/bin/edge-agent" config validate --schema-only "$etc/edge-agent.yaml" >/dev/null \
       || { echo "error: $etc/edge-agent.yaml does not validate (see above)" >&2; exit 1; }
   fi
 }
