@@ -123,4 +123,5 @@ def test_person_track_ids_per_frame_unchanged(runs, pinned):
     got, want = runs["zones"]["person_ids_per_frame"], pinned["zones"]["person_ids_per_frame"]
     assert len(got) == len(want) == 603
     diff = [i for i, (g, w) in enumerate(zip(got, want)) if g != w]
-    assert not diff, f"{len(diff)} frames differ, first {diff[0]}: {got[diff[0]]} vs {want[diff[0]]}"
+    first = diff[0] if diff else None
+    assert not diff, f"{len(diff)} frames differ, first {first}"
