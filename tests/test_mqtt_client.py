@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 import pytest
-from mqtt_helpers import Subscriber, event, make_cfg, wait_persisted
+from mqtt_helpers import Subscriber, event, make_cfg, metrics_of, wait_persisted
 
+from edge_agent.eventlog import Outbox
 from edge_agent.mqtt.client import AgentMqtt
-from edge_agent.mqtt.outbox import Outbox
 
 BASE = "edge-agent/dev1"
 
@@ -26,7 +26,9 @@ def outbox(tmp_path):
 
 
 def _agent(broker, outbox, **kw):
-    fns = {k: kw.pop(k) for k in ("state_fn", "stats_fn", "config_fn", "cameras") if k in kw}
+    fns = {k: kw.pop(k) for k in ("config_fn", "cameras") if k in kw}
+    fns["metrics"] = metrics_of(outbox, state=kw.pop("state_fn", None),
+                                stats=kw.pop("stats_fn", None))
     m = AgentMqtt(make_cfg(broker, **kw), "dev1", outbox, **fns)
     m.start()
     assert m.wait_connected(10)
@@ -131,7 +133,7 @@ def test_builtin_commands_and_a_registered_snapshot_handler(broker, outbox, vide
     cv2 = pytest.importorskip("cv2")
     sub = Subscriber(broker, [f"{BASE}/cmd/+/reply", f"{BASE}/snapshots/+"]).ready()
     m = AgentMqtt(make_cfg(broker, username="ops", password="hunter2-secret"), "dev1", outbox,
-                  state_fn=lambda: {"cameras": {"cam1": {"fps": 10}}})
+                  metrics=metrics_of(outbox, state=lambda: {"cameras": {"cam1": {"fps": 10}}}))
     cap = cv2.VideoCapture(str(video_dir / "intel_one-by-one-person-detection.mp4"))
     ok, frame = cap.read()  # the "current frame" of cam1: a real decoded video frame
     cap.release()

@@ -26,8 +26,10 @@ import pytest
 
 from edge_agent import cli
 from edge_agent import config as cfgmod
+from edge_agent.delivery import EventDelivery
+from edge_agent.eventlog import MemoryLog
 from edge_agent.inference import open_engine
-from edge_agent.service import Pipeline, SeqCounter
+from edge_agent.pipeline import Pipeline
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "pinned_retail02.json"
 RETAIL = "nvidia_Retail02_short.mp4"
@@ -81,7 +83,7 @@ def _zones(clip: Path, model: Path) -> Dict[str, Any]:
         ids.append(sorted(int(t) for t in tracks["crowd"].active[:, 4]))
 
     try:
-        Pipeline(cfg, engine, SeqCounter(), [sink], on_frame=hook).run()
+        Pipeline(cfg, engine, EventDelivery(MemoryLog(), [sink]), on_frame=hook).run()
     finally:
         engine.close()
     return {"events": essence(sink.events), "person_ids_per_frame": ids}

@@ -2,10 +2,10 @@
 
 Interface (used by ``service.py``; stable)::
 
-    m = AgentMqtt(cfg.mqtt, cfg.device_id, outbox, state_fn=lambda: {...}, stats_fn=lambda: {...})
+    m = AgentMqtt(cfg.mqtt, cfg.device_id, outbox, metrics=metrics, snapshot_dir=dir)
     m.register_command("snapshot", fn)   # fn(request: dict) -> dict; runs on the command thread
     m.start()                            # connect_async + network loop; returns at once
-    m.publish_snapshot(event_id, jpeg)   # QoS 1, not durable (dropped while offline)
+    m.publish_snapshot(event_id, jpeg)   # QoS 1, not durable (cmd/snapshot; dropped offline)
     m.publish_state()                    # re-publish the retained state after a change
     m.publish_engine_update(progress)    # retained engine/update progress
     m.stop()                             # flush, publish "stopped", disconnect
@@ -13,11 +13,13 @@ Interface (used by ``service.py``; stable)::
 Threads: paho's network thread only records what happened (connect, PUBACK, command received)
 and wakes ours; the *publisher* thread moves rows from the outbox to the broker and deletes them
 when their PUBACK arrives (``on_publish``); the *command* thread runs handlers and publishes
-replies. User code (state_fn, stats_fn, handlers) never runs on paho's thread.
+replies. User code (metrics sections, handlers) never runs on paho's thread.
 
 Delivery: at least once. A row stays in the SQLite outbox until the broker acknowledged it, so a
 broker outage or a crash of this process loses nothing that reached the outbox; duplicates are
-possible after a reconnect or restart (subscribers dedupe by ``event_id`` or ``seq``). At most
+possible after a reconnect or restart (subscribers dedupe by ``event_id`` or ``seq``). An event's
+snapshot is a reference in the outbox row: the JPEG is read from ``snapshot_dir`` and published
+on ``snapshots/<event_id>`` just before the event, so it survives an outage too. At most
 ``max_inflight`` events are unacknowledged at once: paho re-sends its whole in-memory backlog at
 once on reconnect (it ignores its own in-flight limit there), so we never give it more than that
 window.
@@ -47,9 +49,10 @@ from paho.mqtt.properties import Properties
 
 from edge_agent import __version__
 from edge_agent.config import MASK, MqttConfig, mask_url_passwords
-from edge_agent.mqtt.commands import Dispatcher, Handler, require, utc_now
+from edge_agent.eventlog import Outbox, OutboxRow
+from edge_agent.metrics import Metrics
+from edge_agent.mqtt.commands import Dispatcher, Handler, require
 from edge_agent.mqtt.discovery import HaBridge
-from edge_agent.mqtt.outbox import Outbox
 from edge_agent.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -133,25 +136,30 @@ class AgentMqtt:
         cfg: MqttConfig,
         device_id: str,
         outbox: Outbox,
-        state_fn: Optional[Callable[[], Dict[str, Any]]] = None,
-        stats_fn: Optional[Callable[[], Dict[str, Any]]] = None,
+        metrics: Optional[Metrics] = None,
         config_fn: Optional[Callable[[], Dict[str, Any]]] = None,
         cameras: Optional[Dict[str, List[str]]] = None,
+        snapshot_dir: Optional[Path] = None,
     ):
-        """``config_fn`` returns the config for ``config.get`` (default: the mqtt section);
-        ``cameras`` maps camera name -> zone names for Home Assistant discovery (entities of
-        cameras/zones seen later in events are added when they first appear)."""
+        """``metrics`` builds the state and stats documents (we add our ``mqtt`` section; by
+        default a :class:`Metrics` of the outbox alone); ``config_fn`` returns the config for
+        ``config.get`` (default: the mqtt section); ``cameras`` maps camera name -> zone names
+        for Home Assistant discovery (entities of cameras/zones seen later in events are added
+        when they first appear); ``snapshot_dir`` holds the JPEGs outbox rows refer to."""
         self.cfg = cfg
         self.device_id = device_id
         self.topics = Topics(cfg.topic_prefix, device_id)
         self.outbox = outbox
-        self._state_fn = state_fn
-        self._stats_fn = stats_fn
+        if metrics is None:
+            metrics = Metrics(device_id)
+            metrics.add("outbox", stats=lambda: {"outbox": outbox.stats()})
+        self.metrics = metrics
+        metrics.add("mqtt", stats=lambda: {"mqtt": self._mqtt_stats()})
+        self._snapshot_dir = None if snapshot_dir is None else Path(snapshot_dir)
         self._config_fn = config_fn
         self._username, self._password = _credentials(cfg)
         self._secrets = [self._password] if self._password else []
         self._window = int(cfg.max_inflight)
-        self._started_at = time.time()
 
         self.dispatcher = Dispatcher(cfg.max_command_bytes)
         self.dispatcher.register("ping", self._cmd_ping)
@@ -501,6 +509,8 @@ class AgentMqtt:
         rows = self.outbox.peek(self._cursor, room)
         qos = self.cfg.event_qos
         for row in rows:
+            if row.snapshot is not None:
+                self._publish_row_snapshot(row)
             info = self._client.publish(self.topics.event(row.type), row.payload, qos=qos)
             if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
                 log.warning("mqtt: publish of seq %d refused by paho (%s); retrying later",
@@ -512,6 +522,21 @@ class AgentMqtt:
             self.counters["published"] += 1
             if self._ha is not None:
                 self._publish_ha(row.payload)
+
+    def _publish_row_snapshot(self, row: OutboxRow) -> None:
+        """The JPEG of an outbox row, before its event (the ring may have dropped it since)."""
+        assert row.snapshot is not None
+        event_id, name = row.snapshot
+        if self._snapshot_dir is None:
+            return
+        try:
+            jpeg = (self._snapshot_dir / name).read_bytes()
+        except OSError as exc:
+            self.counters["snapshots_missing"] += 1
+            log.warning("mqtt: snapshot of event seq %d not published: %s", row.seq, exc)
+            return
+        self._client.publish(self.topics.snapshot(event_id), jpeg, qos=1)
+        self.counters["snapshots"] += 1
 
     def _drain_acks(self) -> None:
         seqs = []
@@ -555,19 +580,7 @@ class AgentMqtt:
     # --- other publications -----------------------------------------------------------------
 
     def _state_payload(self) -> Dict[str, Any]:
-        state: Dict[str, Any] = {
-            "device_id": self.device_id,
-            "agent_version": __version__,
-            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self._started_at)),
-            "uptime_s": round(time.time() - self._started_at, 1),
-            "ts": utc_now(),
-        }
-        if self._state_fn is not None:
-            try:
-                state.update(self._state_fn())
-            except Exception:
-                log.exception("mqtt: state_fn failed; publishing the basic state")
-        return state
+        return self.metrics.state()
 
     def publish_state(self) -> None:
         """(Re-)publish the retained ``state``. While offline this does nothing: every connect
@@ -577,29 +590,19 @@ class AgentMqtt:
         payload = json.dumps(self._state_payload(), default=str).encode()
         self._client.publish(self.topics.state, payload, qos=1, retain=True)
 
-    def stats(self) -> Dict[str, Any]:
-        """The ``stats`` message body: ours + ``stats_fn()``."""
-        body: Dict[str, Any] = {
-            "device_id": self.device_id,
-            "ts": utc_now(),
-            "uptime_s": round(time.time() - self._started_at, 1),
-            "mqtt": {
-                "connected": self.connected,
-                "inflight": len(self._inflight),
-                "last_error": self.last_error,
-                "commands_ok": self.dispatcher.counts["ok"],
-                "commands_error": self.dispatcher.counts["error"],
-                **dict(self.counters),
-            },
-            "outbox": self.outbox.stats(),
+    def _mqtt_stats(self) -> Dict[str, Any]:
+        return {
+            "connected": self.connected,
+            "inflight": len(self._inflight),
+            "last_error": self.last_error,
+            "commands_ok": self.dispatcher.counts["ok"],
+            "commands_error": self.dispatcher.counts["error"],
+            **dict(self.counters),
         }
-        if self._stats_fn is not None:
-            try:
-                extra = self._stats_fn()
-                body = {**extra, **body}  # the service's fields, ours win on a clash
-            except Exception:
-                log.exception("mqtt: stats_fn failed; publishing our own stats only")
-        return body
+
+    def stats(self) -> Dict[str, Any]:
+        """The ``stats`` message body (``metrics.stats()``, our section included)."""
+        return self.metrics.stats()
 
     def publish_stats(self) -> None:
         payload = json.dumps(self.stats(), default=str).encode()
@@ -662,7 +665,7 @@ class AgentMqtt:
             self._client.publish(default_topic, data, qos=1, properties=props)
 
     def _cmd_ping(self, request: Dict[str, Any]) -> Dict[str, Any]:
-        return {"pong": True, "uptime_s": round(time.time() - self._started_at, 1)}
+        return {"pong": True, "uptime_s": self.metrics.uptime_s()}
 
     def _cmd_state(self, request: Dict[str, Any]) -> Dict[str, Any]:
         return self._state_payload()
