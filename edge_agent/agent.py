@@ -37,6 +37,7 @@ from edge_agent.events import ConsoleSink, JsonlSink, SnapshotStore, encode_jpeg
 from edge_agent.metrics import Metrics, pipeline_state, pipeline_stats
 from edge_agent.pipeline import Pipeline
 from edge_agent.sdnotify import Notifier
+from edge_agent.secrets import config_secrets, masked_config
 
 log = logging.getLogger(__name__)
 
@@ -235,17 +236,19 @@ class Agent:
             return None
         from edge_agent.mqtt.client import AgentMqtt
 
-        assert self.pipeline is not None and self.event_log is not None
+        assert self.pipeline is not None and self.event_log is not None and self.delivery
         cams = {n: [z.name for z in st.events.zones] for n, st in self.pipeline.cams.items()}
+        snaps = self.delivery.snapshots
         try:
             self.mqtt = AgentMqtt(self.cfg.mqtt, self.cfg.device_id, self.event_log,
                                   metrics=self.metrics, cameras=cams,
-                                  config_fn=lambda: cfgmod.effective(self.cfg),
-                                  snapshot_dir=self.delivery.snapshots.dir
-                                  if self.delivery and self.delivery.snapshots else None)
+                                  config_fn=lambda: masked_config(self.cfg),
+                                  snapshot_dir=snaps.dir if snaps is not None else None)
         except ValueError as exc:  # e.g. a TLS file that does not exist
             raise StartError(f"mqtt: {exc}") from None
         self.mqtt.register_command("snapshot", self.snapshot_command)
+        if self.mqtt.ha_sink is not None:
+            self.delivery.add_sink(self.mqtt.ha_sink)
         self.mqtt.start()
         return self.mqtt.stop
 
@@ -284,5 +287,5 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
     logsetup.setup(getattr(args, "log_level", None) or cfg.log.level, cfg.log.format,
-                   cfgmod.secrets(cfg))
+                   config_secrets(cfg))
     return Agent(cfg, source=str(args.config)).run()

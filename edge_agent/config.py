@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
@@ -27,19 +26,17 @@ from pydantic import (
     model_validator,
 )
 
+from edge_agent.secrets import PASSWORD_ENV
+
 # Environment variables that override config values, so secrets need not sit in the file.
 ENV_OVERRIDES: Dict[str, Tuple[str, ...]] = {
     "EDGE_AGENT_MQTT_USERNAME": ("mqtt", "username"),
-    "EDGE_AGENT_MQTT_PASSWORD": ("mqtt", "password"),
+    PASSWORD_ENV: ("mqtt", "password"),
     "EDGE_AGENT_MQTT_HOST": ("mqtt", "host"),
     "EDGE_AGENT_DEVICE_ID": ("device_id",),
 }
 
 _NAME_RE = r"^[A-Za-z0-9_-]{1,64}$"  # names end up in MQTT topics and file names
-MASK = "**********"
-# The password of a URL such as a camera's rtsp://user:password@host is a secret too (greedy up
-# to the last '@' before the path: a raw '@' inside a password is common).
-_URL_PASSWORD = re.compile(r"(//[^/@:\s]*:)([^/\s]*)@")
 
 
 class ConfigError(Exception):
@@ -368,28 +365,3 @@ def load(path: Union[str, Path], environ=None) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([f"{path}: cannot read config file: {exc}"]) from None
     return load_text(text, str(path), environ)
-
-
-def mask_url_passwords(text: str, mask: str = MASK) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` in it masked."""
-    return _URL_PASSWORD.sub(rf"\g<1>{mask}@", text)
-
-
-def effective(cfg: Config) -> Dict[str, Any]:
-    """The config as plain data with secrets masked (for ``config show`` and ``config.get``)."""
-    data = cfg.model_dump(mode="json")
-    if cfg.mqtt.password is not None:
-        data["mqtt"]["password"] = MASK
-    for cam in data["cameras"]:
-        cam["source"] = mask_url_passwords(cam["source"])
-    return data
-
-
-def secrets(cfg: Config) -> List[str]:
-    """Secret values that must never reach a log line."""
-    out = []
-    if cfg.mqtt.password is not None and cfg.mqtt.password.get_secret_value():
-        out.append(cfg.mqtt.password.get_secret_value())
-    for cam in cfg.cameras:
-        out.extend(m.group(2) for m in _URL_PASSWORD.finditer(cam.source) if m.group(2))
-    return out

@@ -42,6 +42,11 @@ class EventDelivery:
         self._slow = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ocr")
         self._closed = False
 
+    def add_sink(self, sink: Sink) -> None:
+        """One more sink (a part started after the delivery, e.g. Home Assistant over MQTT)."""
+        with self._lock:
+            self.sinks.append(sink)
+
     def deliver(self, emissions: Sequence[Emission]) -> None:
         """Deliver now, or after their slow work (plate OCR) on the worker thread."""
         for em in emissions:
