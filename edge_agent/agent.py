@@ -6,11 +6,16 @@ to undo it. A step that meets bad input raises :class:`StartError` (one line: wh
 :meth:`Agent.stop` undoes what was started, newest first: the same teardown after a full run, a
 failed start or a crash of the pipeline. The steps::
 
-    state_dir -> event_log -> engine -> cameras -> delivery -> pipeline -> mqtt -> notifier
+    state_dir -> event_log -> engine -> cameras -> delivery -> pipeline -> reload -> mqtt
+    -> exporter -> notifier
 
 ``Agent.run()`` is start, then the inference loop on the calling thread until SIGTERM/SIGINT
 (or every camera ended), then stop. Exit status: 0 after a stop, 2 for bad input, 1 when the
 pipeline failed or every camera failed.
+
+systemd sees the agent through ``supervise.Supervisor`` (READY=1 once every camera delivered a
+frame or failed, STATUS=, the watchdog from the inference loop); SIGHUP and ``cmd/config.reload``
+reload what can change without a restart (``reload.py``).
 
 Where later parts plug in: a step inserted into :attr:`Agent.steps` (its undo runs at stop);
 ``agent.pipeline.run_in_loop(fn)`` for work on the inference thread (engine swaps);
@@ -28,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from edge_agent import __version__, logsetup
+from edge_agent import __version__, logsetup, reload
 from edge_agent import config as cfgmod
 from edge_agent.capture import CaptureError, check_sources
 from edge_agent.delivery import EventDelivery
@@ -38,6 +43,7 @@ from edge_agent.metrics import Metrics, pipeline_state, pipeline_stats
 from edge_agent.pipeline import Pipeline
 from edge_agent.sdnotify import Notifier
 from edge_agent.secrets import config_secrets, masked_config
+from edge_agent.supervise import Supervisor, status_line
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +75,9 @@ class Agent:
         self.delivery: Optional[EventDelivery] = None
         self.pipeline: Optional[Pipeline] = None
         self.mqtt: Any = None
-        self.notifier = Notifier()
+        self.reloader: Any = None
+        self.exporter: Any = None
+        self.supervisor = Supervisor(Notifier(), status_interval_s=5.0)
         self.steps: List[Tuple[str, Callable[[], Undo]]] = [
             ("state_dir", self._start_state_dir),
             ("event_log", self._start_event_log),
@@ -77,7 +85,9 @@ class Agent:
             ("cameras", self._check_cameras),
             ("delivery", self._start_delivery),
             ("pipeline", self._start_pipeline),
+            ("reload", self._start_reload),
             ("mqtt", self._start_mqtt),
+            ("exporter", self._start_exporter),
             ("notifier", self._start_notifier),
         ]
         self._undo: List[Tuple[str, Callable[[], None]]] = []
@@ -114,6 +124,7 @@ class Agent:
             self.stop()
             return EXIT_BAD_INPUT
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hup)
         try:
             rc = self._serve()
         finally:
@@ -126,6 +137,9 @@ class Agent:
         log.info("received %s: stopping", signal.Signals(signum).name)
         if self.pipeline is not None:
             self.pipeline.stop()
+
+    def _on_hup(self, _signum, _frame) -> None:
+        self.reloader.request("SIGHUP")  # a thread of its own: signal-safe
 
     def _serve(self) -> int:
         """The inference loop on this thread; its failure is logged (systemd restarts us)."""
@@ -178,7 +192,8 @@ class Agent:
         from edge_agent.inference import ModelError, open_engine
 
         try:
-            self.engine = open_engine(self.cfg.model)
+            with self.supervisor.extend_start("loading the engine"):  # a TensorRT build: minutes
+                self.engine = open_engine(self.cfg.model)
         except (ModelError, ValueError, FileNotFoundError) as exc:
             raise StartError(f"model: {exc}") from None
         return self._close_engines
@@ -223,7 +238,7 @@ class Agent:
         assert self.delivery is not None
         try:
             self.pipeline = Pipeline(self.cfg, self.engine, self.delivery,
-                                     notifier=self.notifier)
+                                     notifier=self.supervisor)
         except (TypeError, ValueError) as exc:  # e.g. an unknown or out-of-range tracker param
             raise StartError(f"{self.source}: {exc}") from None
         pipe = self.pipeline
@@ -237,24 +252,74 @@ class Agent:
         from edge_agent.mqtt.client import AgentMqtt
 
         assert self.pipeline is not None and self.event_log is not None and self.delivery
-        cams = {n: [z.name for z in st.events.zones] for n, st in self.pipeline.cams.items()}
+        pipe = self.pipeline
+        cams = {n: [z.name for z in st.events.zones] for n, st in pipe.cams.items()}
         snaps = self.delivery.snapshots
         try:
             self.mqtt = AgentMqtt(self.cfg.mqtt, self.cfg.device_id, self.event_log,
                                   metrics=self.metrics, cameras=cams,
-                                  config_fn=lambda: masked_config(self.cfg),
+                                  config_fn=lambda: masked_config(pipe.cfg),
                                   snapshot_dir=snaps.dir if snaps is not None else None)
         except ValueError as exc:  # e.g. a TLS file that does not exist
             raise StartError(f"mqtt: {exc}") from None
         self.mqtt.register_command("snapshot", self.snapshot_command)
+        self.mqtt.register_command("config.reload", reload.command(self.reloader))
         if self.mqtt.ha_sink is not None:
             self.delivery.add_sink(self.mqtt.ha_sink)
         self.mqtt.start()
         return self.mqtt.stop
 
+    def _start_reload(self) -> Undo:
+        pipe = self.pipeline
+        assert pipe is not None
+
+        def apply(plan: reload.ReloadPlan) -> None:  # on the inference thread; waits
+            pipe.run_in_loop(lambda p: p.reconfigure(plan.config, plan.cameras, plan.tracker,
+                                                     plan.events)).result(timeout=30)
+
+        self.reloader = reload.Reloader(self.source, lambda: pipe.cfg, apply, self.supervisor)
+        return None
+
+    def _start_exporter(self) -> Undo:
+        """/metrics and /healthz; a port that cannot be bound is logged, not fatal."""
+        mc = self.cfg.metrics
+        if not mc.enabled:
+            return None
+        from edge_agent.exporter import Exporter, Sources
+
+        pipe, ob, mqtt = self.pipeline, self.event_log, self.mqtt
+        assert pipe is not None and ob is not None and self.delivery is not None
+        src = Sources(cameras=list(pipe.cams), stats=lambda: pipeline_stats(pipe),
+                      engine=lambda: pipeline_state(pipe)["engine"],
+                      outbox_rows=lambda: len(ob), outbox_path=ob.path,
+                      mqtt_connected=(lambda: mqtt.connected) if mqtt is not None else None)
+        ex = Exporter(src, mc.max_frame_age_s)
+        try:
+            ex.start(mc.host, mc.port)
+        except OSError as exc:
+            log.error("metrics: cannot listen on %s:%d (%s); running without /metrics and "
+                      "/healthz", mc.host, mc.port, exc.strerror or exc)
+            return None
+        self.exporter = ex
+        pipe.observer = ex.obs
+        self.delivery.add_sink(ex.sink())
+        return ex.stop
+
     def _start_notifier(self) -> Undo:
-        self.notifier.ready(f"{len(self.cfg.cameras)} camera(s)")
-        return self.notifier.stopping
+        """READY=1 once every camera settled, then STATUS= lines (from the inference loop)."""
+        pipe, sup = self.pipeline, self.supervisor
+        assert pipe is not None
+        sup.watch(lambda: cameras_settled(pipe), self._status)
+        return sup.stopping
+
+    def _status(self) -> str:
+        pipe = self.pipeline
+        assert pipe is not None
+        e = pipe.engine_info
+        engine = f"{e.name} {e.version} ({getattr(pipe.engine, 'backend_name', '?')})"
+        m = self.mqtt
+        state = "off" if m is None else ("connected" if m.connected else "disconnected")
+        return status_line(pipeline_stats(pipe), engine, state)
 
     # --- commands --------------------------------------------------------------------------
 
@@ -276,6 +341,13 @@ class Agent:
         published = self.mqtt.publish_snapshot(snap_id, jpeg) if self.mqtt is not None else False
         return {"camera": name, "frame": f.index, "snapshot_id": snap_id, "bytes": len(jpeg),
                 "published": bool(published)}
+
+
+def cameras_settled(pipe: Pipeline) -> bool:
+    """Every camera delivered a processed frame or reported an error (READY=1 may go)."""
+    readers = pipe.capture.readers
+    return all(st.processed > 0 or readers[n].last_error is not None
+               or readers[n].state in ("failed", "ended") for n, st in pipe.cams.items())
 
 
 def cmd_run(args: argparse.Namespace) -> int:

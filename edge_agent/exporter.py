@@ -66,7 +66,7 @@ class Observations:
             "edge_agent_inference_seconds", "Detector latency per batch",
             registry=registry, buckets=INFERENCE_BUCKETS)
         self.tracker_s = Histogram(
-            "edge_agent_tracker_seconds", "Tracker update latency per frame and head",
+            "edge_agent_tracker_seconds", "Tracker latency per frame (all heads)",
             registry=registry, buckets=TRACKER_BUCKETS)
         self.e2e_s = Histogram(
             "edge_agent_end_to_end_seconds", "Frame read to events emitted", ["camera"],
@@ -205,6 +205,9 @@ class _Snapshot:
                                     ("processed", "processed", "Frames through the pipeline"),
                                     ("dropped", "dropped", "Frames replaced before processing"))
         }
+        fams["reconnects"] = CounterMetricFamily("edge_agent_camera_reconnects",
+                                                 "Streams reopened after a stall or an error",
+                                                 labels=["camera"])
         fps = GaugeMetricFamily("edge_agent_camera_fps", "Processed frames per second (EMA)",
                                 labels=["camera"])
         for name, c in cams.items():
@@ -245,11 +248,15 @@ class Health:
         cams: Dict[str, Any] = {}
         for name in self.src.cameras:
             last = self.obs.last_frame(name)
-            age = now - (self.started if last is None else last)
-            cams[name] = {"last_frame_age_s": None if last is None else round(age, 2)}
+            if last is None:  # not healthy before the first frame either
+                cams[name] = {"last_frame_age_s": None}
+                reasons.append(f"camera {name}: no frame yet ({now - self.started:.1f} s "
+                               "after start)")
+                continue
+            age = now - last
+            cams[name] = {"last_frame_age_s": round(age, 2)}
             if age > self.max_age:
-                reasons.append(f"camera {name}: no frame for {age:.1f} s" if last is not None
-                               else f"camera {name}: no frame yet after {age:.1f} s")
+                reasons.append(f"camera {name}: no frame for {age:.1f} s")
         ob = outbox_problem(self.src.outbox_path) if self.src.outbox_path is not None else None
         if ob:
             reasons.append(ob)

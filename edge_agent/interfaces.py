@@ -9,7 +9,7 @@ protocol      implementations
 Engine        ``inference.engine.Engine`` subclasses (ONNX Runtime, TensorRT)
 EventLog      ``eventlog.Outbox`` (durable, the daemon), ``eventlog.MemoryLog`` (``track``)
 Sink          ``events.sinks.JsonlSink``, ``events.sinks.ConsoleSink``, the MQTT HA bridge
-Notifier      ``sdnotify.Notifier`` (systemd; a no-op outside it)
+Notifier      ``supervise.Supervisor`` (the daemon), ``sdnotify.Notifier`` (systemd)
 Publisher     ``mqtt.client.AgentMqtt`` (snapshots, state changes, update progress)
 ============  ==========================================================================
 """
@@ -68,15 +68,12 @@ class Sink(Protocol):
 
 @runtime_checkable
 class Notifier(Protocol):
-    """The service manager: readiness, watchdog and stopping."""
+    """The service manager as the pipeline and the agent see it: liveness and stopping."""
 
-    def ready(self, status: str = "running") -> bool:
-        """Start-up is done."""
+    def watchdog(self, now: Optional[float] = None) -> Any:
+        """The inference loop is alive (called every pass; rate-limited by the implementation)."""
 
-    def watchdog(self, now: Optional[float] = None) -> bool:
-        """The inference loop is alive (rate-limited by the implementation)."""
-
-    def stopping(self) -> bool:
+    def stopping(self) -> Any:
         """Shutdown has begun."""
 
 

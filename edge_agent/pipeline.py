@@ -65,8 +65,8 @@ class CameraState:
         self.last_processed_t, self.fps, self.e2e = old.last_processed_t, old.fps, old.e2e
         self.last_frame, self.last_ctx = old.last_frame, old.last_ctx
 
-    def count_frame(self, f: Frame, ctx: FrameContext, detected: bool) -> None:
-        """Processed-frame counters, fps (EMA) and end-to-end latency."""
+    def count_frame(self, f: Frame, ctx: FrameContext, detected: bool) -> float:
+        """Processed-frame counters, fps (EMA) and end-to-end latency; returns the time."""
         now = time.monotonic()
         if self.last_processed_t:
             dt = now - self.last_processed_t
@@ -77,13 +77,14 @@ class CameraState:
         self.detected += detected
         self.last_frame, self.last_ctx = f, ctx
         self.e2e.add((now - f.t_read) * 1000.0)
+        return now
 
 
 FrameHook = Callable[[Frame, Dict[str, HeadTracks], CameraState], None]
 
 
 def tracker_params(cfg: cfgmod.Config) -> Dict[str, Any]:
-    """Tracker keyword arguments: the pipeline's defaults, then the config's ``tracker:``."""
+    """The Tracker parameters of a config: our defaults for calibrated scores + ``tracker:``."""
     extra = cfg.tracker.model_extra or {}
     params: Dict[str, Any] = dict(PIPELINE_TRACKER_DEFAULTS)
     params.update(extra)
@@ -107,18 +108,21 @@ class Pipeline:
 
     ``on_frame(frame, tracks, camera_state)`` runs after each processed frame (the ``track``
     command draws its video there). ``notifier.watchdog()`` is called every pass.
+    ``observer`` (the exporter's Observations) gets ``inference(s)``, ``tracker(s)`` and
+    ``frame(camera, e2e_s, now)`` as they happen.
     """
 
     def __init__(self, cfg: cfgmod.Config, engine: Engine, delivery: EventDelivery,
                  on_frame: Optional[FrameHook] = None, notifier: Optional[Notifier] = None,
-                 capture_kw: Optional[Dict[str, Any]] = None):
+                 capture_kw: Optional[Dict[str, Any]] = None, observer: Any = None):
         if not cfg.cameras:
             raise ValueError("no cameras configured (add at least one under `cameras:`)")
         self.cfg = cfg
         self.engine = engine
         self.delivery = delivery
         self.on_frame = on_frame
-        self.notifier = notifier
+        self.notifier = notifier  # its watchdog() is called once per loop iteration
+        self.observer = observer
         self.stop_event = threading.Event()
         self.capture = CaptureGroup(cfg.cameras, **(capture_kw or {}))
         self.engine_info = engine_info(engine)
@@ -209,6 +213,28 @@ class Pipeline:
         m, om = engine.manifest, old.manifest
         log.info("engine swapped: %s %s -> %s %s", om.name, om.version, m.name, m.version)
         return old
+
+    def reconfigure(self, cfg: cfgmod.Config, cameras: List[str], tracker: bool,
+                    events: bool) -> None:
+        """Live reload (on the inference thread, via :meth:`run_in_loop`): new rules, zones,
+        pacing and tracker parameters; capture keeps running. A camera whose rules or tracks
+        are rebuilt ends its open events first (reason ``config_reload``)."""
+        params = tracker_params(cfg)
+        if tracker:
+            Tracker(**params)  # refuse bad parameters before anything changed
+        cams = {c.name: c for c in cfg.cameras}
+        for name, st in self.cams.items():
+            zones_changed = name in cameras and st.cfg.zones != cams[name].zones
+            st.cfg = cams[name]  # detect_every, fps_limit: read per frame, nothing to rebuild
+            if not (events or tracker or zones_changed):
+                continue
+            self._close_camera(st, "config_reload", keep_open=True)
+            st.events = CameraEvents(st.cfg, cfg.events, self.factory, self.heads, self._ocr,
+                                     self._ocr_status)
+            if tracker:
+                for tr in st.trackers.values():
+                    tr.reconfigure(**params)  # IDs keep counting
+        self.cfg = cfg
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -312,7 +338,10 @@ class Pipeline:
             res = self.engine.infer([frames[i].image for i in det_idx])
             for j, i in enumerate(det_idx):
                 dets[i] = res.detections[j]
-            self.infer_ms.add((time.monotonic() - t0) * 1000.0)
+            dt = time.monotonic() - t0
+            self.infer_ms.add(dt * 1000.0)
+            if self.observer is not None:
+                self.observer.inference(dt)
             self.batch_sizes.append(len(det_idx))
         except ValueError as exc:  # bad detector output: predict only, keep running
             self.counters["inference_errors"] += 1
@@ -323,15 +352,20 @@ class Pipeline:
         """Trackers and rules of one frame's camera; its events go to the delivery."""
         st = self.cams[f.camera]
         tracks: Dict[str, HeadTracks] = {}
+        t0 = time.monotonic()
         for head, tr in st.trackers.items():
             d = None if dets is None else dets.get(head)
             if dets is not None and d is None:
                 d = np.zeros((0, 6), np.float32)  # detected, nothing found: not predict-only
             tracks[head] = HeadTracks(tr.update(d), tr.lost(), self.heads[head])
+        if self.observer is not None:
+            self.observer.tracker(time.monotonic() - t0)
         h, w = f.image.shape[:2]
         ctx = FrameContext(f.camera, f.index, f.media_s, f.wall, w, h, f.image)
         emissions = st.events.update(ctx, tracks)
-        st.count_frame(f, ctx, dets is not None)
+        now = st.count_frame(f, ctx, dets is not None)
+        if self.observer is not None:
+            self.observer.frame(f.camera, now - f.t_read, now)
         self.delivery.deliver(emissions)
         if self.on_frame is not None:
             self.on_frame(f, tracks, st)

@@ -24,8 +24,8 @@ from edge_agent.inference import open_engine
 from edge_agent.sdnotify import Notifier
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = ["state_dir", "event_log", "engine", "cameras", "delivery", "pipeline", "mqtt",
-         "notifier"]
+STEPS = ["state_dir", "event_log", "engine", "cameras", "delivery", "pipeline", "reload", "mqtt",
+         "exporter", "notifier"]
 
 
 def _config(tmp_path: Path, model: Path, source: Path, **extra: Any) -> cfgmod.Config:
@@ -35,6 +35,7 @@ def _config(tmp_path: Path, model: Path, source: Path, **extra: Any) -> cfgmod.C
         "cameras": [{"name": "lot", "source": str(source)}],
         "events": {"sinks": {"jsonl": "events.jsonl"}},
         "mqtt": {"enabled": False},
+        "metrics": {"port": 0},  # any free port: tests run beside each other
     }
     data.update(extra)
     return cfgmod.Config.model_validate(data)
@@ -88,8 +89,8 @@ def test_steps_run_in_order_and_a_full_run_stops_them_in_reverse(tmp_path, short
     started = [n for what, n in seen if what == "start"]
     stopped = [n for what, n in seen if what == "stop"]
     assert started == STEPS
-    # mqtt (disabled), state_dir and cameras have nothing to undo
-    assert stopped == ["notifier", "pipeline", "delivery", "engine", "event_log"]
+    # mqtt (disabled), reload, state_dir and cameras have nothing to undo
+    assert stopped == ["notifier", "exporter", "pipeline", "delivery", "engine", "event_log"]
     assert agent.event_log._closed and agent.delivery._closed
     assert agent.pipeline.finished.is_set() and agent.pipeline.cams["lot"].processed == 20
     agent.stop()  # idempotent: nothing left to undo
