@@ -30,6 +30,7 @@ from edge_agent.events.ocr import load_reader
 from edge_agent.interfaces import Engine, Notifier
 from edge_agent.metrics import Latency, pipeline_stats, stats_line
 from edge_agent.tracking import Tracker
+from edge_agent.tracking.columns import DET_COLS
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +357,7 @@ class Pipeline:
         for head, tr in st.trackers.items():
             d = None if dets is None else dets.get(head)
             if dets is not None and d is None:
-                d = np.zeros((0, 6), np.float32)  # detected, nothing found: not predict-only
+                d = np.zeros((0, DET_COLS), np.float32)  # detected, none found: not predict-only
             tracks[head] = HeadTracks(tr.update(d), tr.lost(), self.heads[head])
         if self.observer is not None:
             self.observer.tracker(time.monotonic() - t0)

@@ -145,3 +145,19 @@ def test_event_type_has_the_fields_of_the_json_schema():
         every |= set(rule["then"].get("required", []))
     assert Event.__required_keys__ == set(schema["required"])
     assert Event.__required_keys__ | Event.__optional_keys__ == every
+
+
+def test_track_columns_match_the_tracker_and_its_stub():
+    from edge_agent import tracking
+    from edge_agent.tracking import columns
+
+    assert columns.TRACK_NAMES == tracking.COLUMNS
+    assert len(columns.TRACK_NAMES) == columns.TRACK_COLS
+    t = tracking.Tracker(probation_age=1)
+    det = np.zeros((1, columns.DET_COLS))
+    det[0, columns.BOX], det[0, columns.DET_SCORE], det[0, columns.DET_CLASS] = (10, 20, 50, 90), \
+        0.95, 2
+    out = t.update(det)
+    assert out.shape == (1, columns.TRACK_COLS)
+    assert out[0, columns.CLASS_ID] == 2 and out[0, columns.AGE] == 0
+    assert out[0, columns.TRACK_ID] >= 1 and abs(out[0, columns.SCORE] - 0.95) < 1e-6

@@ -30,6 +30,7 @@ from edge_agent.delivery import EventDelivery
 from edge_agent.eventlog import MemoryLog
 from edge_agent.inference import open_engine
 from edge_agent.pipeline import Pipeline
+from edge_agent.tracking.columns import TRACK_ID
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "pinned_retail02.json"
 RETAIL = "nvidia_Retail02_short.mp4"
@@ -80,7 +81,7 @@ def _zones(clip: Path, model: Path) -> Dict[str, Any]:
     ids: List[List[int]] = []
 
     def hook(f, tracks, st):
-        ids.append(sorted(int(t) for t in tracks["crowd"].active[:, 4]))
+        ids.append(sorted(int(t) for t in tracks["crowd"].active[:, TRACK_ID]))
 
     try:
         Pipeline(cfg, engine, EventDelivery(MemoryLog(), [sink]), on_frame=hook).run()

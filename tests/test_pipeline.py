@@ -31,6 +31,7 @@ from edge_agent.eventlog import MemoryLog
 from edge_agent.inference import open_engine
 from edge_agent.metrics import pipeline_stats
 from edge_agent.pipeline import Pipeline
+from edge_agent.tracking.columns import TRACK_ID
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parent.parent / "edge_agent" / "schemas" / "event.schema.json")
@@ -73,7 +74,7 @@ def run_clip(path: Path, model: Path, camera: Dict[str, Any]) -> Dict[str, Any]:
     def hook(f, tracks, st):
         active = tracks["crowd"].active
         per_frame.append(len(active))
-        for tid in active[:, 4].astype(int):
+        for tid in active[:, TRACK_ID].astype(int):
             frames_of[int(tid)].append(f.index)
 
     pipe = Pipeline(cfg, engine, EventDelivery(MemoryLog(), [sink]), on_frame=hook)
@@ -254,7 +255,7 @@ def test_engine_swap_between_batches(tmp_path, video_dir, yolox_nano):
     pipe = None
 
     def hook(f, tracks, st):
-        ids_at[f.index] = set(tracks["crowd"].active[:, 4].astype(int))
+        ids_at[f.index] = set(tracks["crowd"].active[:, TRACK_ID].astype(int))
         if f.index == 10:
             futures["a"] = pipe.run_in_loop(lambda p: p.swap_engine(same_heads))
         if f.index == 20:
