@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from edge_agent import __version__, logsetup, reload
+from edge_agent import __version__, logsetup, preflight, reload
 from edge_agent import config as cfgmod
 from edge_agent.capture import CaptureError, check_sources
 from edge_agent.delivery import EventDelivery
@@ -353,7 +353,7 @@ def cameras_settled(pipe: Pipeline) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     """`edge-agent run --config FILE`: load the config, then ``Agent(cfg).run()``."""
     try:
-        cfg = cfgmod.load(args.config)
+        cfg = preflight.load_checked(args.config)  # what `config validate` checks
     except cfgmod.ConfigError as exc:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)
