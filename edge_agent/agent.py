@@ -289,7 +289,7 @@ class Agent:
 
         pipe, ob, mqtt = self.pipeline, self.event_log, self.mqtt
         assert pipe is not None and ob is not None and self.delivery is not None
-        src = Sources(cameras=list(pipe.cams), stats=lambda: pipeline_stats(pipe),
+        src = Sources(cameras=list(pipe.cams), stats=self.metrics.stats,  # what MQTT publishes
                       engine=lambda: pipeline_state(pipe)["engine"],
                       outbox_rows=lambda: len(ob), outbox_path=ob.path,
                       mqtt_connected=(lambda: mqtt.connected) if mqtt is not None else None)

@@ -22,6 +22,7 @@ from edge_agent.events import ConsoleSink, JsonlSink
 from edge_agent.events.event import Event
 from edge_agent.inference import open_engine
 from edge_agent.sdnotify import Notifier
+from edge_agent.supervise import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = ["state_dir", "event_log", "engine", "cameras", "delivery", "pipeline", "reload", "mqtt",
@@ -134,6 +135,7 @@ def test_shipped_parts_satisfy_the_protocols(tmp_path, yolox_nano):
     assert isinstance(sink, interfaces.Sink) and isinstance(ConsoleSink(), interfaces.Sink)
     sink.close()
     assert isinstance(Notifier(environ={}), interfaces.Notifier)
+    assert isinstance(Supervisor(Notifier(environ={})), interfaces.Notifier)
     assert not isinstance(object(), interfaces.EventLog)
 
 
