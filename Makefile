@@ -17,7 +17,8 @@ OCR_DEPS     := pyclipper shapely pillow six tqdm
 
 .PHONY: venv system-deps test test-debug lint demo clean bench-tracker
 
-$(VENV)/.stamp: setup.cfg setup.py pyproject.toml edge_agent/tracking/_tracker.c
+$(VENV)/.stamp: setup.cfg setup.py pyproject.toml edge_agent/tracking/_tracker.c \
+               edge_agent/tracking/trackmath.c edge_agent/tracking/trackmath.h
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[cpu,dev]'

@@ -12,7 +12,8 @@ setup(
     ext_modules=[
         Extension(
             "edge_agent.tracking._tracker",
-            sources=["edge_agent/tracking/_tracker.c"],
+            sources=["edge_agent/tracking/_tracker.c", "edge_agent/tracking/trackmath.c"],
+            depends=["edge_agent/tracking/trackmath.h"],
             extra_compile_args=_cflags,
         )
     ]
