@@ -20,7 +20,8 @@ from __future__ import annotations
 import itertools
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Sequence as Seq, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Tuple
+from typing import Sequence as Seq
 
 import numpy as np
 
@@ -53,12 +54,13 @@ def has_det_set(seq: Sequence, det_set: str) -> bool:
 # --- the search ------------------------------------------------------------------------------
 
 # Candidate grid: the score-rank thresholds, how long a lost track is kept, probation and the
-# stage-1 gate. Everything else keeps its PARAMS default. 3 x 3 x 3 x 2 x 2 = 108 candidates.
+# stage-1 gate and coasting. Everything else keeps its PARAMS default: 3 x 2^5 = 96 candidates.
 SEARCH: Dict[str, Tuple[Any, ...]] = {
     "high_thresh": (0.15, 0.25, 0.35),
-    "new_track_thresh": (0.3, 0.45, 0.6),
-    "max_shadow_s": (0.7, 1.0, 1.5),
+    "new_track_thresh": (0.4, 0.55),
+    "max_shadow_s": (0.7, 1.2),
     "probation_age": (2, 3),
+    "coast_s": (0.0, 0.1),
     "match_thresh": (0.1, 0.2),
 }
 
@@ -199,3 +201,66 @@ def check_space(space: Dict[str, Tuple[Any, ...]]) -> None:
     unknown = [k for k in space if k not in PARAMS]
     if unknown:
         raise ValueError(f"search space names unknown parameters {unknown}")
+
+
+# --- the whole procedure ---------------------------------------------------------------------
+
+Table = Dict[int, Dict[Unit, Dict[str, Any]]]
+
+
+def run_search(mot_dir: Path, seqs: Seq[Sequence], cands: Seq[Dict[str, Any]],
+               log: Callable[[str], None] = print) -> Tuple[List[Unit], Dict[str, SeqEval],
+                                                            Table]:
+    """Every candidate on every (sequence, detection set): TrackEval per-sequence results."""
+    us = units(seqs)
+    evals = {s.name: SeqEval(mot_dir, s) for s in seqs}
+    dets = {u: load_det_set(u.seq, u.det_set) for u in us}
+    table: Table = {}
+    for ci, params in enumerate(cands):
+        table[ci] = {u: evals[u.seq.name].evaluate(ours_rows(u.seq, dets[u], params))
+                     for u in us}
+        if ci % 10 == 9 or ci == len(cands) - 1:
+            log(f"searched {ci + 1}/{len(cands)} candidates")
+    return us, evals, table
+
+
+def peer_results(make: Callable[[Sequence], Any], us: Seq[Unit], evals: Dict[str, SeqEval]
+                 ) -> Dict[Unit, Dict[str, Any]]:
+    """A peer (a mot_eval Runner factory) with its defaults on every unit; ACF scores mapped
+    into [0, 1] by :func:`acf_to_unit`."""
+    out = {}
+    for u in us:
+        dets = load_det_set(u.seq, u.det_set)
+        if u.det_set == "acf":
+            dets = [np.c_[d[:, :4], acf_to_unit(d[:, 4]), d[:, 5]] for d in dets]
+        runner = make(u.seq)
+        out[u] = evals[u.seq.name].evaluate(
+            track_rows(lambda d, r=runner: r.rows(r.step(r.prepare(d))), dets))
+    return out
+
+
+class CvResult(NamedTuple):
+    choices: Dict[str, int]                   # held-out sequence -> candidate index
+    oof: Dict[Unit, Dict[str, Any]]           # held-out results
+    shipped: int                              # candidate index of the shipped defaults
+
+
+def cross_validate(us: Seq[Unit], table: Table) -> CvResult:
+    """Leave one sequence out: choose on the others, score the one left out."""
+    seq_names = sorted({u.seq.name for u in us})
+    choices: Dict[str, int] = {}
+    inner: Dict[str, float] = {}
+    oof: Dict[Unit, Dict[str, Any]] = {}
+    for name in seq_names:
+        train = [u for u in us if u.seq.name != name]
+        ci, obj = fold_choice(table, train)
+        choices[name], inner[name] = ci, obj
+        for u in us:
+            if u.seq.name == name:
+                oof[u] = table[ci][u]
+    votes: Dict[int, List[str]] = {}
+    for name, ci in choices.items():
+        votes.setdefault(ci, []).append(name)
+    shipped = max(votes, key=lambda ci: (len(votes[ci]),
+                                         np.mean([inner[n] for n in votes[ci]])))
+    return CvResult(choices, oof, shipped)

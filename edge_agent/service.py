@@ -42,21 +42,11 @@ from edge_agent.events import (
     SnapshotStore,
 )
 from edge_agent.events.ocr import load_reader
-from edge_agent.tracking import Tracker
+from edge_agent.tracking import PARAMS, Tracker
 
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT = 0, 1, 2
-
-# Score thresholds of the tracker for detectors whose scores are calibrated 0..1 probabilities
-# (objectness x class, as YOLOX and our multi-head model give): ByteTrack's settings for YOLOX.
-# The Tracker's own defaults are tuned on MOT15's public detections, whose scores sit higher
-# (new_track_thresh 0.85 would start almost no track from YOLOX-nano). The config's `tracker:`
-# section overrides any of these.
-PIPELINE_TRACKER_DEFAULTS: Dict[str, float] = {
-    "high_thresh": 0.5, "low_thresh": 0.1, "new_track_thresh": 0.6,
-}
-
 
 class SeqCounter:
     """In-memory ``seq`` for one-shot runs (``track``) that have no state directory.
@@ -169,13 +159,10 @@ class Pipeline:
         if cfg.events.plate.enabled and cfg.events.plate.ocr and "plate" in self.heads \
                 and self._ocr is None:
             self._ocr, self._ocr_status = load_reader()
-        params = dict(PIPELINE_TRACKER_DEFAULTS)
-        params.update(cfg.tracker.model_extra or {})
-        if "low_thresh" not in (cfg.tracker.model_extra or {}):
-            # a config that lowers only high_thresh below our low_thresh must still be valid
-            params["low_thresh"] = min(params["low_thresh"], params["high_thresh"])
         for cam in cfg.cameras:
-            trackers = {h: Tracker(**params) for h in self.heads}
+            # The source's own fps is known once it is open: _track_and_emit re-times then.
+            trackers = {h: Tracker(frame_rate=self._frame_rate(cam), **cfg.tracker.params_for(h))
+                        for h in self.heads}
             ev = CameraEvents(cam, cfg.events, self.factory, self.heads, self._ocr,
                               self._ocr_status)
             old = self.cams.get(cam.name)
@@ -355,8 +342,27 @@ class Pipeline:
                 self.counters["frame_errors"] += 1
                 log.exception("camera %s: frame %d failed", f.camera, f.index)
 
+    def _frame_rate(self, cam: cfgmod.CameraConfig) -> float:
+        """Frames/s the camera's trackers are updated at: the source's fps (once open), capped
+        by fps_limit; 30 while neither is known."""
+        info = self.capture.readers[cam.name].info
+        fps = info.fps if info is not None else 0.0
+        limit = cam.fps_limit
+        rate = min(fps, limit) if fps > 0 and limit > 0 else (fps or limit)
+        spec = PARAMS["frame_rate"]
+        return min(max(rate, spec.lo), spec.hi) if rate > 0 else spec.default
+
+    def _retime_trackers(self, st: CameraState) -> None:
+        """Trackers count time in frames: tell them the rate frames really come at."""
+        rate = self._frame_rate(st.cfg)
+        for tr in st.trackers.values():
+            if tr.params["frame_rate"] != rate:
+                tr.set_frame_rate(rate)
+
     def _track_and_emit(self, f: Frame, dets: Optional[Dict[str, np.ndarray]]) -> None:
         st = self.cams[f.camera]
+        if st.processed == 0:
+            self._retime_trackers(st)
         tracks: Dict[str, HeadTracks] = {}
         for head, tr in st.trackers.items():
             d = None if dets is None else dets.get(head)

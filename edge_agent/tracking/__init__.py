@@ -25,7 +25,7 @@ import numpy as np
 
 from edge_agent.tracking import _tracker
 
-__all__ = ["Tracker", "PARAMS", "COLUMNS"]
+__all__ = ["Tracker", "PARAMS", "COLUMNS", "check_params"]
 
 COLUMNS: Tuple[str, ...] = (
     "x1", "y1", "x2", "y2", "track_id", "score", "class_id", "frames_since_update",
@@ -115,7 +115,9 @@ _WRAPPER_ONLY = ("frame_rate", "max_shadow_s", "coast_s")
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _check_params(params: Dict[str, Any]) -> Dict[str, Any]:
+def check_params(params: Dict[str, Any]) -> Dict[str, Any]:
+    """Every parameter's effective value (defaults filled in), or ``TypeError`` for an unknown
+    name and ``ValueError`` naming the parameter and its range."""
     unknown = sorted(set(params) - set(PARAMS))
     if unknown:
         raise TypeError(
@@ -187,7 +189,7 @@ class Tracker:
     __slots__ = ("_core", "_params")
 
     def __init__(self, **params: Any) -> None:
-        self._params = _check_params(params)
+        self._params = check_params(params)
         self._core = _tracker.Core(**_core_params(self._params))
 
     def update(self, dets: Optional[np.ndarray]) -> np.ndarray:
@@ -225,7 +227,7 @@ class Tracker:
     def set_frame_rate(self, frame_rate: float) -> None:
         """Re-time the tracker for a new ``frame_rate`` (frames/s), keeping its tracks: the
         camera's rate is often known only once it delivers frames."""
-        values = _check_params({**self._params, "frame_rate": frame_rate})
+        values = check_params({**self._params, "frame_rate": frame_rate})
         self._core.configure(**_core_params(values))
         self._params = values
 
