@@ -1,4 +1,4 @@
-"""The config's per-head `tracker:` section: derived from the tracker's PARAMS, validated at load."""
+"""The config's per-head `tracker:` section: derived from the tracker's PARAMS, checked at load."""
 
 from __future__ import annotations
 

@@ -50,13 +50,13 @@ PARAMS: Dict[str, _Param] = {
                        "they hold for any detector's scale; false: to the raw score"),
     "score_window": _Param(int, 500, 1, 1_000_000,
                            "detections per class in the running score distribution (adaptive)"),
-    "high_thresh": _Param(float, 0.25, 0.0, 1e9,
+    "high_thresh": _Param(float, 0.3, 0.0, 1e9,
                           "detections scoring at least this are 'high' (stages 1 and 3)"),
     "low_thresh": _Param(float, 0.0, 0.0, 1e9,
                          "detections in [low_thresh, high_thresh) only extend active tracks"),
-    "new_track_thresh": _Param(float, 0.4, 0.0, 1e9,
+    "new_track_thresh": _Param(float, 0.5, 0.0, 1e9,
                                "an unmatched high detection starts a track from this score"),
-    "match_thresh": _Param(float, 0.15, 0.0, 1.0,
+    "match_thresh": _Param(float, 0.1, 0.0, 1.0,
                            "stage 1 minimum similarity (IoU, times score if fuse_score)"),
     "low_match_thresh": _Param(float, 0.6, 0.0, 1.0, "stage 2 minimum IoU for low detections"),
     "tentative_match_thresh": _Param(float, 0.2, 0.0, 1.0,
@@ -149,8 +149,9 @@ def check_params(params: Dict[str, Any]) -> Dict[str, Any]:
     if values["adaptive"]:
         for name in _SCORE_THRESHOLDS:
             if values[name] > 1.0:
-                raise ValueError(f"{name} is on the normalised range [0, 1] when adaptive is true, got "
-                                 f"{values[name]!r} (set adaptive: false for raw scores)")
+                raise ValueError(f"{name} is on the normalised range [0, 1] when adaptive is "
+                                 f"true, got {values[name]!r} (set adaptive: false for raw "
+                                 "scores)")
     if values["low_thresh"] > values["high_thresh"]:
         raise ValueError(
             f"low_thresh ({values['low_thresh']}) must not exceed high_thresh "
