@@ -56,9 +56,9 @@ def has_det_set(seq: Sequence, det_set: str) -> bool:
 # Candidate grid: the normalised score thresholds, the stage-1 gate, how long a lost track is
 # kept, probation and the C-BIoU buffer. Everything else keeps its PARAMS default: 3 x 2^5 = 96
 # candidates (80 once new_track_thresh < high_thresh is dropped). Coasting stays off: a coasted
-# box is a guess, and the event rules count what is reported. new_track_thresh stays at or below half the score range: a detector whose true
-# positives sit in the lower half of its range (MOT15 KITTI-13's FRCNN scores) must still start
-# tracks.
+# box is a guess, and the event rules count what is reported. new_track_thresh stays at or
+# below half the score range: a detector whose true positives sit in the lower half of its range
+# (MOT15 KITTI-13's FRCNN scores) must still start tracks.
 SEARCH: Dict[str, Tuple[Any, ...]] = {
     "high_thresh": (0.2, 0.3, 0.4),
     "new_track_thresh": (0.35, 0.5),

@@ -298,6 +298,15 @@ class UpdateConfig(_Model):
     allow_downgrade: bool = False
 
 
+class MetricsConfig(_Model):
+    enabled: bool = Field(True, description="serve /metrics (Prometheus) and /healthz over HTTP")
+    host: str = Field("127.0.0.1", min_length=1,
+                      description="listen address; loopback unless you set another (0.0.0.0: all)")
+    port: int = Field(9108, ge=0, le=65535, description="TCP port; 0 = any free port")
+    max_frame_age_s: float = Field(
+        10.0, gt=0, le=86400, description="/healthz is 503 when a camera's last frame is older")
+
+
 class Config(_Model):
     device_id: str = Field("edge-1", pattern=_NAME_RE, description="MQTT client id and topics")
     state_dir: str = Field("/var/lib/edge-agent", description="outbox, seq, snapshots, engines")
@@ -308,6 +317,7 @@ class Config(_Model):
     events: EventsConfig = EventsConfig()
     mqtt: MqttConfig = MqttConfig()
     update: UpdateConfig = UpdateConfig()
+    metrics: MetricsConfig = MetricsConfig()
 
     @field_validator("cameras")
     @classmethod
