@@ -64,7 +64,7 @@ PARAMS: Dict[str, _Param] = {
     "recovery_thresh": _Param(float, 0.4, 0.0, 1.0,
                               "OC-SORT recovery: minimum IoU against a track's last observed "
                               "box for leftovers after stage 1 (0 = off)"),
-    "iou_buffer": _Param(float, 0.0, 0.0, 2.0,
+    "iou_buffer": _Param(float, 0.1, 0.0, 2.0,
                          "stage 1 boxes are enlarged by this fraction of their size on each side "
                          "before IoU (C-BIoU), for fast motion and low frame rates"),
     "shadow_buffer": _Param(float, 0.0, 0.0, 1.0,
