@@ -1,7 +1,7 @@
 """`edge-agent` command line.
 
 Each subcommand's arguments are declared here; its handler lives in the module that owns the
-work and is imported only when the subcommand runs (so `config validate` does not load OpenCV or
+work and is imported only when the subcommand runs (so `config show` does not load OpenCV or
 ONNX Runtime). A handler takes the parsed ``argparse.Namespace`` and returns the exit status.
 
 Exit status: 0 ok, 1 runtime failure, 2 bad input (config, arguments, model), 3 not built yet.
@@ -44,6 +44,9 @@ def _add_config(sub) -> None:
     csub = p.add_subparsers(dest="config_cmd", required=True)
     v = csub.add_parser("validate", help="check a config file and exit (status 2 when invalid)")
     v.add_argument("file")
+    v.add_argument("--schema-only", action="store_true",
+                   help="check the file alone (syntax, keys, ranges), not the model, video files "
+                        "and certificates it names (default: every check `run` makes at start)")
     s = csub.add_parser("show", help="print the effective config, secrets masked")
     s.add_argument("file", nargs="?", help="config file (default: built-in defaults)")
 

@@ -45,7 +45,7 @@ from prometheus_client.core import (
 log = logging.getLogger(__name__)
 
 # Remote update states (design section 8) plus idle; the current one is 1 in the state set.
-UPDATE_STATES = ("idle", "downloading", "verifying", "building", "staged", "switching",
+UPDATE_STATES = ("idle", "accepted", "downloading", "verifying", "building", "staged", "switching",
                  "health_check", "committed", "rolled_back", "failed")
 _MIN_FREE_BYTES = 1 << 20  # below this the outbox cannot take an event
 

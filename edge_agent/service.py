@@ -27,7 +27,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 
 import numpy as np
 
-from edge_agent import __version__, logsetup
+from edge_agent import __version__, logsetup, preflight
 from edge_agent import config as cfgmod
 from edge_agent.capture import CaptureError, CaptureGroup, Frame
 from edge_agent.events import (
@@ -563,7 +563,7 @@ def _resolve_in(base: Path, p: str) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     """`edge-agent run --config FILE`: the daemon (exit 0 after SIGTERM/SIGINT)."""
     try:
-        cfg = cfgmod.load(args.config)
+        cfg = preflight.load_checked(args.config)  # what `config validate` checks
     except cfgmod.ConfigError as exc:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)

@@ -152,13 +152,15 @@ render_dropin() {
 jetson_checks() {
   local py="$1"
   "$py" -c 'import tensorrt' 2>/dev/null \
-    || warn "TensorRT is not importable by $py: install JetPack's python3-libnvinfer (apt)"
+    || warn "TensorRT is not importable by $py: install JetPack's python3-libnvinfer" \
+            "(apt, part of nvidia-jetpack)"
   "$py" -c 'import pycuda.driver' 2>/dev/null \
-    || warn "pycuda is not importable by $py: install python3-pycuda (apt) or pip install pycuda"
+    || warn "pycuda is not importable by $py: sudo pip3 install pycuda (it builds against" \
+            "JetPack's CUDA; the TensorRT backend needs it)"
   "$py" -c 'import re, sys, cv2
 sys.exit(0 if re.search(r"GStreamer:\s+YES", cv2.getBuildInformation()) else 1)' 2>/dev/null \
-    || warn "OpenCV with GStreamer is not importable by $py: install JetPack's python3-opencv" \
-            "(CSI cameras and hardware decoding need it)"
+    || warn "OpenCV with GStreamer is not importable by $py: install JetPack's OpenCV" \
+            "(nvidia-opencv, part of nvidia-jetpack); CSI cameras and hardware decoding need it"
 }
 
 # --- install ----------------------------------------------------------------------------------
@@ -257,7 +259,11 @@ install_unit() {
   put_dir "$(dirname "$dropin")" 0755
   put_file "$tmp/dropin" "$dropin" 0644
   [ -n "$prefix" ] && return 0
-  if [ "$changes" != "$before" ]; then change "systemctl daemon-reload" systemctl daemon-reload; fi
+  if [ ! -d /run/systemd/system ]; then  # an image build or chroot: enable works offline
+    say "note: systemd is not running here; skipping daemon-reload"
+  elif [ "$changes" != "$before" ]; then
+    change "systemctl daemon-reload" systemctl daemon-reload
+  fi
   if systemctl is-enabled --quiet edge-agent.service 2>/dev/null; then same "unit enabled"
   else change "systemctl enable edge-agent.service" systemctl enable --quiet edge-agent.service
   fi
@@ -275,7 +281,8 @@ do_install() {
   install_state
   install_unit
   if [ -x "$app/.venv/bin/edge-agent" ]; then
-    "$app/.venv/bin/edge-agent" config validate "$etc/edge-agent.yaml" >/dev/null \
+    # --schema-only: the model and cameras it names are set up after the install
+    "$app/.venv/bin/edge-agent" config validate --schema-only "$etc/edge-agent.yaml" >/dev/null \
       || { echo "error: $etc/edge-agent.yaml does not validate (see above)" >&2; exit 1; }
   fi
 }
@@ -287,13 +294,17 @@ remove() { [ ! -e "$1" ] || change "remove $1" rm -rf "$1"; }
 do_uninstall() {
   say "edge-agent uninstall${prefix:+ from $prefix}$([ "$dry_run" = 1 ] && echo ' (dry run)')"
   if [ -z "$prefix" ] && [ -e "$unit" ]; then
-    change "systemctl disable --now edge-agent.service" \
-      systemctl disable --now --quiet edge-agent.service
+    if [ -d /run/systemd/system ]; then
+      change "systemctl disable --now edge-agent.service" \
+        systemctl disable --now --quiet edge-agent.service
+    else
+      change "systemctl disable edge-agent.service" systemctl disable --quiet edge-agent.service
+    fi
   fi
   remove "$dropin"
   [ ! -d "$(dirname "$dropin")" ] || rmdir "$(dirname "$dropin")" 2>/dev/null || true
   remove "$unit"
-  if [ -z "$prefix" ] && [ "$changes" -gt 0 ]; then
+  if [ -z "$prefix" ] && [ "$changes" -gt 0 ] && [ -d /run/systemd/system ]; then
     change "systemctl daemon-reload" systemctl daemon-reload
   fi
   remove "$app"

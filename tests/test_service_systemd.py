@@ -146,6 +146,8 @@ def test_notify_watchdog_metrics_and_reload_on_a_real_clip(tmp_path, video_dir, 
         frames = int(re.search(r"door [\d.]+ fps (\d+) frames", ready).group(1))
         assert frames >= 1, ready
         assert "engine yolox_nano_coco" in ready and "(onnxruntime" in ready
+        extend = sock.with_field("EXTEND_TIMEOUT_USEC")  # sent while the engine was opened
+        assert extend and extend[0][0] < t_ready and "loading the engine" in extend[0][1]
         # STATUS lines follow (every 5 s), with the MQTT state.
         assert wait_for(lambda: [m for t, m in sock.with_field("STATUS", t_ready + 0.5)
                                  if "mqtt connected" in m and "READY" not in m], 15), sock.messages
