@@ -93,6 +93,9 @@ def _add_engine(sub) -> None:
     n.add_argument("--engine-dir", default="engines")
     n.add_argument("--video", help="take frames from this video (default: 1080p noise)")
     n.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
+    from edge_agent.update.commands import add_parsers  # keygen, sign, list, install, push, ...
+
+    add_parsers(esub)
 
 
 def _add_train(sub) -> None:
@@ -154,8 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve(command: str) -> Optional[Callable[[argparse.Namespace], int]]:
-    module_name, func_name = HANDLERS[command].split(":")
+def _resolve(command: str, spec: Optional[str] = None
+             ) -> Optional[Callable[[argparse.Namespace], int]]:
+    module_name, func_name = (spec or HANDLERS[command]).split(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -168,7 +172,7 @@ def _resolve(command: str) -> Optional[Callable[[argparse.Namespace], int]]:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `edge-agent` console script."""
     args = build_parser().parse_args(argv)
-    handler = _resolve(args.command)
+    handler = _resolve(args.command, getattr(args, "handler", None))
     if handler is None:
         print(
             f"edge-agent {args.command}: not built yet (waiting on the {_ISSUE[args.command]}"

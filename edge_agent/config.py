@@ -307,10 +307,40 @@ class MqttConfig(_Model):
 
 
 class UpdateConfig(_Model):
-    public_key: Optional[str] = Field(None, description="ed25519 public key (hex or PEM file)")
-    max_download_mb: float = Field(500, gt=0, le=MAX_MB)
-    health_check_frames: int = Field(30, ge=1, le=MAX_COUNT)
+    """Remote engine updates (docs/update.md)."""
+
+    enabled: bool = Field(True, description="model store under state_dir/models and "
+                          "cmd/engine.*; off: the agent runs model.path as is")
+    trusted_keys: List[str] = Field(
+        default_factory=list, description="ed25519 public keys (64 hex digits, or a file with "
+        "them or a PEM key); several at once so keys can rotate")
+    allow_unsigned: bool = Field(False, description="DEVELOPMENT ONLY: accept unsigned models "
+                                 "(announced at every start in the log and in state)")
     allow_downgrade: bool = False
+    keep_versions: int = Field(3, ge=2, le=100, description="versions kept in the store")
+    max_download_mb: float = Field(500, gt=0, le=MAX_MB)
+    download_timeout_s: float = Field(30, gt=0, le=3600,
+                                      description="connect/read timeout: a stalled server fails")
+    download_retries: int = Field(2, ge=0, le=20, description="resumed (Range) retries")
+    ca_file: Optional[str] = Field(None, description="CA bundle for https:// model URLs")
+    min_input: int = Field(32, ge=16, le=8192, description="smallest model input side accepted")
+    max_input: int = Field(2048, ge=16, le=8192, description="largest model input side accepted")
+    health_check_batches: int = Field(20, ge=1, le=MAX_COUNT,
+                                      description="batches the new engine must pass")
+    health_latency_factor: float = Field(
+        3.0, gt=1, le=1000, description="new engine's median latency <= factor x the old one's")
+    health_timeout_s: float = Field(120, gt=0, le=86400,
+                                    description="no N batches in this time: roll back")
+    health_require_detections: bool = Field(
+        True, description="roll back when the new engine finds nothing on frames where the old "
+        "one found objects")
+
+    @model_validator(mode="after")
+    def _input_bounds_ordered(self) -> UpdateConfig:
+        if self.max_input < self.min_input:
+            raise ValueError(f"max_input ({self.max_input}) must be >= min_input "
+                             f"({self.min_input})")
+        return self
 
 
 class MetricsConfig(_Model):
