@@ -19,8 +19,8 @@ from edge_agent import __version__
 # subcommand -> "module:function", plus the issue that delivers it (named when it is missing).
 HANDLERS: Dict[str, str] = {
     "config": "edge_agent.config_cmd:main",
-    "run": "edge_agent.service:cmd_run",
-    "track": "edge_agent.service:cmd_track",
+    "run": "edge_agent.agent:cmd_run",
+    "track": "edge_agent.track:cmd_track",
     "engine": "edge_agent.inference.commands:main",
     "train": "edge_agent.model.train:main",
     "listen": "edge_agent.mqtt.listen:main",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
@@ -32,22 +31,19 @@ from pydantic import (
 
 from edge_agent import yamlsafe
 from edge_agent.mqtt.topics import topic_problem
+from edge_agent.secrets import PASSWORD_ENV
 from edge_agent.tracking import PARAMS as TRACKER_PARAMS
 from edge_agent.tracking import check_params as check_tracker_params
 
 # Environment variables that override config values, so secrets need not sit in the file.
 ENV_OVERRIDES: Dict[str, Tuple[str, ...]] = {
     "EDGE_AGENT_MQTT_USERNAME": ("mqtt", "username"),
-    "EDGE_AGENT_MQTT_PASSWORD": ("mqtt", "password"),
+    PASSWORD_ENV: ("mqtt", "password"),
     "EDGE_AGENT_MQTT_HOST": ("mqtt", "host"),
     "EDGE_AGENT_DEVICE_ID": ("device_id",),
 }
 
 _NAME_RE = r"^[A-Za-z0-9_-]{1,64}$"  # names end up in MQTT topics and file names
-MASK = "**********"
-# The password of a URL such as a camera's rtsp://user:password@host is a secret too (greedy up
-# to the last '@' before the path: a raw '@' inside a password is common).
-_URL_PASSWORD = re.compile(r"(//[^/@:\s]*:)([^/\s]*)@")
 
 
 class ConfigError(Exception):
@@ -466,28 +462,3 @@ def problem(cfg: Config, loc: Tuple[Any, ...], reason: str) -> str:
     """``file:line: key: reason`` for a check made after loading (see ``edge_agent.preflight``)."""
     filename, lines = cfg._origin or ("<config>", {})
     return f"{filename}:{_line_for(loc, lines)}: {_format_loc(loc)}: {reason}"
-
-
-def mask_url_passwords(text: str, mask: str = MASK) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` in it masked."""
-    return _URL_PASSWORD.sub(rf"\g<1>{mask}@", text)
-
-
-def effective(cfg: Config) -> Dict[str, Any]:
-    """The config as plain data with secrets masked (for ``config show`` and ``config.get``)."""
-    data = cfg.model_dump(mode="json")
-    if cfg.mqtt.password is not None:
-        data["mqtt"]["password"] = MASK
-    for cam in data["cameras"]:
-        cam["source"] = mask_url_passwords(cam["source"])
-    return data
-
-
-def secrets(cfg: Config) -> List[str]:
-    """Secret values that must never reach a log line."""
-    out = []
-    if cfg.mqtt.password is not None and cfg.mqtt.password.get_secret_value():
-        out.append(cfg.mqtt.password.get_secret_value())
-    for cam in cfg.cameras:
-        out.extend(m.group(2) for m in _URL_PASSWORD.finditer(cam.source) if m.group(2))
-    return out
