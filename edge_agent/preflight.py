@@ -2,10 +2,10 @@
 
 Everything ``run`` would find wrong at start short of opening the cameras and the broker: the
 model (exists, has a manifest, is an ONNX graph that fits it), file sources that do not exist, a
-GStreamer source on an OpenCV without GStreamer, tracker parameters the Tracker refuses, missing
-TLS files and an unusable state directory. Each problem is one ``file:line: key: reason`` line
-(``config.problem``), the same shape as a schema error, so both commands report them alike and
-exit 2.
+GStreamer source on an OpenCV without GStreamer, missing TLS files and an unusable state
+directory (tracker parameters, per head, are checked by the schema itself). Each problem is one
+``file:line: key: reason`` line (``config.problem``), the same shape as a schema error, so both
+commands report them alike and exit 2.
 """
 
 from __future__ import annotations
@@ -59,21 +59,6 @@ def check_cameras(cfg: cfgmod.Config) -> List[str]:
     return out
 
 
-def check_tracker(cfg: cfgmod.Config) -> List[str]:
-    """The ``tracker:`` parameters, merged as the pipeline merges them, make a Tracker."""
-    from edge_agent.pipeline import tracker_params
-    from edge_agent.tracking import Tracker
-
-    try:
-        Tracker(**tracker_params(cfg))
-    except (TypeError, ValueError) as exc:
-        text = str(exc)
-        # the key the message is about: the configured name it mentions first
-        named = sorted((text.find(k), k) for k in (cfg.tracker.model_extra or {}) if k in text)
-        return [cfgmod.problem(cfg, ("tracker",) + tuple(k for _, k in named[:1]), text)]
-    return []
-
-
 def check_tls(cfg: cfgmod.Config) -> List[str]:
     """The certificate files the MQTT client will load exist."""
     tls = cfg.mqtt.tls
@@ -107,7 +92,7 @@ def check_state_dir(cfg: cfgmod.Config) -> List[str]:
 
 CHECKS: List[Tuple[Check, Tuple[str, ...]]] = [  # each with the key its ImportError concerns
     (check_state_dir, ("state_dir",)), (check_model, ("model", "path")),
-    (check_cameras, ("cameras",)), (check_tracker, ("tracker",)), (check_tls, ("mqtt", "tls")),
+    (check_cameras, ("cameras",)), (check_tls, ("mqtt", "tls")),
 ]
 
 
