@@ -77,6 +77,9 @@ class Agent:
         self.mqtt: Any = None
         self.reloader: Any = None
         self.exporter: Any = None
+        # The remote update's state for /metrics (lower case: idle, downloading, ...); the
+        # update step sets it to its updater's state_name.
+        self.update_state: Callable[[], str] = lambda: "idle"
         self.supervisor = Supervisor(Notifier(), status_interval_s=5.0)
         self.steps: List[Tuple[str, Callable[[], Undo]]] = [
             ("state_dir", self._start_state_dir),
@@ -292,7 +295,8 @@ class Agent:
         src = Sources(cameras=list(pipe.cams), stats=self.metrics.stats,  # what MQTT publishes
                       engine=lambda: pipeline_state(pipe)["engine"],
                       outbox_rows=lambda: len(ob), outbox_path=ob.path,
-                      mqtt_connected=(lambda: mqtt.connected) if mqtt is not None else None)
+                      mqtt_connected=(lambda: mqtt.connected) if mqtt is not None else None,
+                      update_state=lambda: self.update_state())
         ex = Exporter(src, mc.max_frame_age_s)
         try:
             ex.start(mc.host, mc.port)
