@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 from update_helpers import ModelServer
@@ -78,3 +79,21 @@ def test_bad_urls_and_unreachable_hosts(tmp_path):
     with pytest.raises(UpdateError) as e:
         d.fetch("http://user:secret@127.0.0.1:9/m.onnx", tmp_path / "x")
     assert e.value.code == "connection" and "secret" not in e.value.message
+
+
+def test_https_with_the_configured_ca_and_refused_without(tmp_path):
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    srv = ModelServer(tls=(cert, key))
+    try:
+        url = srv.add("m.onnx", DATA)
+        assert url.startswith("https://")
+        Downloader(timeout_s=5, ca_file=str(cert)).fetch(url, tmp_path / "ok.part")
+        assert (tmp_path / "ok.part").read_bytes() == DATA
+        with pytest.raises(UpdateError) as e:  # the system CAs do not know this server
+            Downloader(timeout_s=5, retries=0).fetch(url, tmp_path / "no.part")
+        assert e.value.code == "connection" and "CERTIFICATE_VERIFY_FAILED" in e.value.message
+    finally:
+        srv.close()

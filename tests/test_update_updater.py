@@ -234,3 +234,34 @@ def test_allow_unsigned_is_announced_and_still_checks_a_present_signature(env, c
         a.close()
     assert bad["state"] == "FAILED" and bad["error"]["code"] == "unknown_key"
     assert final["state"] == "COMMITTED", final
+
+
+@pytest.mark.parametrize("state,expect", [("STAGED", "COMMITTED"), ("SWITCHING", "ROLLED_BACK"),
+                                          ("COMMIT_DONE", "COMMITTED")])
+def test_restart_with_a_journal_resumes_or_reports(env, state, expect):
+    """What a crash at each point leaves (journal + store), and what the next start makes of it."""
+    name = f"journal-{state}"
+    _agent(env, name).close()  # seeds the store with version 1
+    from edge_agent.update.store import ModelStore
+
+    store = ModelStore(env["dir"] / name / "models")
+    data = env["base"].read_bytes()
+    envelope = signed(env["manifest"], data, "2", env["key"])
+    req = request("http://127.0.0.1:9/gone.onnx", data, "2", envelope, rid=f"j-{state}")
+    store.add("2", env["base"], signing.base64.b64decode(envelope["manifest"]), envelope,
+              name="tiny", sha256=req["sha256"], source="update")
+    if state == "COMMIT_DONE":  # killed after the pointer moved, before the journal was cleared
+        store.set_current("2")
+    store.write_journal({"request": req, "state": "HEALTH_CHECK" if state == "COMMIT_DONE"
+                         else state})
+    a = _agent(env, name)
+    try:
+        final = a.final(req["request_id"])
+        a.wait_frames(5)
+    finally:
+        a.close()
+    assert a.recovered and final["state"] == expect, (a.recovered, final)
+    assert a.frames[-1][1] == ("1" if expect == "ROLLED_BACK" else "2")
+    assert store.journal() is None
+    if expect == "ROLLED_BACK":
+        assert final["error"]["code"] == "restarted" and store.failed()[0].startswith("2-")

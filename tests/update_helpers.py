@@ -27,7 +27,7 @@ class ModelServer:
     ``drip_s``, for a download that takes a while). ``requests`` records (path, Range header).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Optional[Tuple[Path, Path]] = None) -> None:
         self.files: Dict[str, Tuple[bytes, Optional[str]]] = {}
         self.requests: List[Tuple[str, Optional[str]]] = []
         self.drip_bytes, self.drip_s = 64 * 1024, 0.05
@@ -45,12 +45,20 @@ class ModelServer:
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
+        self.scheme = "http"
+        if tls is not None:  # (certificate, key): serve https
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(str(tls[0]), str(tls[1]))
+            self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+            self.scheme = "https"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self._thread.start()
 
     def add(self, name: str, data: bytes, fault: Optional[str] = None) -> str:
         self.files[f"/{name}"] = (data, fault)
-        return f"http://127.0.0.1:{self.port}/{name}"
+        return f"{self.scheme}://127.0.0.1:{self.port}/{name}"
 
     def _serve(self, h: BaseHTTPRequestHandler) -> None:
         rng = h.headers.get("Range")

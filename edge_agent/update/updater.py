@@ -26,7 +26,7 @@ import time
 from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Protocol
+from typing import Any, Callable, Dict, Optional, Protocol, Union
 
 from edge_agent.update.download import Downloader, check_url
 from edge_agent.update.errors import UpdateError
@@ -91,11 +91,12 @@ def validate_request(request: Dict[str, Any]) -> Dict[str, Any]:
 class Updater:
     """Runs updates and rollbacks one at a time on its own thread."""
 
-    def __init__(self, store: ModelStore, host: EngineHost, policy: Policy,
+    def __init__(self, store: ModelStore, host: EngineHost,
+                 policy: Union[Policy, Callable[[], Policy]],
                  downloader: Downloader, health: HealthPolicy, model_cfg: Any,
                  publish: Publish, builder: Optional[Builder] = None,
                  extend_timeout: Optional[Callable[[float], Any]] = None):
-        self.store, self.host, self.policy = store, host, policy
+        self.store, self.host, self._policy = store, host, policy
         self.downloader, self.health, self.model_cfg = downloader, health, model_cfg
         self.publish, self.builder, self.extend_timeout = publish, builder, extend_timeout
         self._queue: queue.Queue = queue.Queue()
@@ -104,6 +105,12 @@ class Updater:
         self._last: Optional[Dict[str, Any]] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
+
+    @property
+    def policy(self) -> Policy:
+        """What is accepted now (a callable policy follows config reloads and the heads of the
+        engine that runs)."""
+        return self._policy() if callable(self._policy) else self._policy
 
     # --- lifecycle ------------------------------------------------------------------------
 

@@ -143,15 +143,21 @@ def make_updater(cfg, store: ModelStore, host, publish: Publish, notifier=None) 
     u = cfg.update
     if u.allow_unsigned:
         log.warning("%s", UNSIGNED_WARNING)
-    heads = host.running_engine().manifest.heads
+    pipe = getattr(host, "pipeline", None)
+
+    def current_policy() -> Policy:  # the rules after a reload, the heads of what runs now
+        return policy(getattr(pipe, "cfg", cfg), host.running_engine().manifest.heads)
+
+    current_policy()  # a trusted key that is no key fails the start, not the first update
+    notify = getattr(notifier, "notifier", notifier)  # a Supervisor wraps the Notifier
     return Updater(
-        store, host, policy(cfg, heads),
+        store, host, current_policy,
         Downloader(timeout_s=u.download_timeout_s, max_bytes=int(u.max_download_mb * (1 << 20)),
                    retries=u.download_retries, ca_file=u.ca_file),
         HealthPolicy(u.health_check_batches, u.health_latency_factor, u.health_timeout_s,
                      u.health_require_detections),
         cfg.model, publish, builder_for(cfg.model),
-        extend_timeout=getattr(notifier, "extend_timeout", None))
+        extend_timeout=getattr(notify, "extend_timeout", None))
 
 
 def command_handlers(updater: Updater, error_type: Callable[[str, str], Exception]
