@@ -25,21 +25,34 @@ def check_model(cfg: cfgmod.Config) -> List[str]:
     from edge_agent.inference import manifest as mf
     from edge_agent.inference.commands import check_graph
 
-    mc = cfg.model
+    mc, where = _running_model(cfg)
     try:
         path = mf.check_model_file(mc.path)
     except ModelError as exc:
-        return [cfgmod.problem(cfg, ("model", "path"), str(exc))]
+        return [cfgmod.problem(cfg, ("model", "path"), where + str(exc))]
     try:
         manifest = mf.resolve(path, mc.manifest, mc.engine_dir)
     except ModelError as exc:
-        key = "manifest" if mc.manifest else "path"
-        return [cfgmod.problem(cfg, ("model", key), str(exc))]
+        key = "manifest" if mc.manifest and not where else "path"
+        return [cfgmod.problem(cfg, ("model", key), where + str(exc))]
     try:
         check_graph(path, manifest)
     except ModelError as exc:
-        return [cfgmod.problem(cfg, ("model", "path"), str(exc))]
+        return [cfgmod.problem(cfg, ("model", "path"), where + str(exc))]
     return []
+
+
+def _running_model(cfg: cfgmod.Config) -> Tuple[cfgmod.ModelConfig, str]:
+    """The model ``run`` opens: the model store's current version once remote updates installed
+    one (docs/update.md; ``model.path`` only seeds the store), else ``model`` as configured."""
+    if not cfg.update.enabled or not (Path(cfg.state_dir) / "models").is_dir():
+        return cfg.model, ""  # no store yet: nothing is created here
+    from edge_agent.update import wiring
+
+    store = wiring.open_store(cfg)
+    if store is None or store.current is None or store.get(store.current) is None:
+        return cfg.model, ""
+    return wiring.model_config(cfg, store), f"the model store's version {store.current}: "
 
 
 def check_cameras(cfg: cfgmod.Config) -> List[str]:

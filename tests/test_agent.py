@@ -25,8 +25,8 @@ from edge_agent.sdnotify import Notifier
 from edge_agent.supervise import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = ["state_dir", "event_log", "engine", "cameras", "delivery", "pipeline", "reload", "mqtt",
-         "exporter", "open_events", "notifier"]
+STEPS = ["state_dir", "event_log", "engine", "cameras", "delivery", "pipeline", "update", "reload",
+         "mqtt", "update_recovery", "exporter", "open_events", "notifier"]
 
 
 def _config(tmp_path: Path, model: Path, source: Path, **extra: Any) -> cfgmod.Config:
@@ -90,10 +90,10 @@ def test_steps_run_in_order_and_a_full_run_stops_them_in_reverse(tmp_path, short
     started = [n for what, n in seen if what == "start"]
     stopped = [n for what, n in seen if what == "stop"]
     assert started == STEPS
-    # mqtt (disabled), reload, cameras and open_events (a sink) have nothing to undo; the
-    # state_dir step releases the directory's lock
-    assert stopped == ["notifier", "exporter", "pipeline", "delivery", "engine", "event_log",
-                       "state_dir"]
+    # mqtt (disabled), update_recovery, reload, cameras and open_events (a sink) have nothing
+    # to undo; the state_dir step releases the directory's lock
+    assert stopped == ["notifier", "exporter", "update", "pipeline", "delivery", "engine",
+                       "event_log", "state_dir"]
     assert agent.event_log._closed and agent.delivery._closed
     assert agent.pipeline.finished.is_set() and agent.pipeline.cams["lot"].processed == 20
     agent.stop()  # idempotent: nothing left to undo
@@ -106,8 +106,8 @@ def test_a_failed_step_undoes_only_what_started_newest_first(tmp_path, video_dir
     seen = _instrument(agent)
     assert agent.run() == EXIT_BAD_INPUT
     assert [n for what, n in seen if what == "start"] == STEPS[:STEPS.index("mqtt") + 1]
-    assert [n for what, n in seen if what == "stop"] == ["pipeline", "delivery", "engine",
-                                                         "event_log", "state_dir"]
+    assert [n for what, n in seen if what == "stop"] == ["update", "pipeline", "delivery",
+                                                         "engine", "event_log", "state_dir"]
     assert agent.event_log._closed and agent.delivery._closed
     assert not agent.pipeline.finished.is_set()  # it never ran
     with pytest.raises(RuntimeError, match="closed"):
@@ -165,3 +165,19 @@ def test_track_columns_match_the_tracker_and_its_stub():
     assert out.shape == (1, columns.TRACK_COLS)
     assert out[0, columns.CLASS_ID] == 2 and out[0, columns.AGE] == 0
     assert out[0, columns.TRACK_ID] >= 1 and abs(out[0, columns.SCORE] - 0.95) < 1e-6
+
+
+def test_a_bug_in_a_step_still_undoes_what_started(tmp_path, short_clip, yolox_nano):
+    agent = Agent(_config(tmp_path, yolox_nano, short_clip))
+
+    def broken():
+        raise RuntimeError("a bug, not bad input")
+
+    at = [n for n, _ in agent.steps].index("pipeline")
+    agent.steps.insert(at, ("broken", broken))
+    seen = _instrument(agent)
+    with pytest.raises(RuntimeError, match="a bug"):
+        agent.run()
+    assert [n for what, n in seen if what == "stop"] == ["delivery", "engine", "event_log",
+                                                         "state_dir"]
+    assert agent.event_log._closed and agent.delivery._closed

@@ -360,3 +360,22 @@ def test_an_install_without_the_runtime_libraries_is_a_problem_not_a_traceback(
     err = capsys.readouterr().err
     assert f"{f}:4: model.path: cannot be checked:" in err and "[cpu] or [gpu] extra" in err
     assert f"{f}:5: cameras: cannot be checked:" in err and "Traceback" not in err
+
+
+def test_validate_checks_the_model_run_opens_from_the_model_store(tmp_path, yolox_nano,
+                                                                   video_dir, capsys):
+    from edge_agent.update import wiring
+
+    def write(model: Path) -> Path:
+        f = tmp_path / "c.yaml"
+        f.write_text(f"state_dir: {tmp_path / 'state'}\nmodel:\n  path: {model}\ncameras:\n"
+                     f"  - name: c\n    source: {video_dir / 'intel_car-detection.mp4'}\n")
+        return f
+
+    cfg = cfgmod.load(write(yolox_nano))
+    running = wiring.model_config(cfg, wiring.open_store(cfg))  # the first start seeds the store
+    f = write(tmp_path / "gone.onnx")  # model.path only seeds: run opens the store's version
+    assert cli_main(["config", "validate", str(f)]) == 0, capsys.readouterr().err
+    Path(running.path).write_bytes(b"broken")
+    assert cli_main(["config", "validate", str(f)]) == 2
+    assert f"{f}:3: model.path: the model store's version " in capsys.readouterr().err
