@@ -265,3 +265,23 @@ def test_restart_with_a_journal_resumes_or_reports(env, state, expect):
     assert store.journal() is None
     if expect == "ROLLED_BACK":
         assert final["error"]["code"] == "restarted" and store.failed()[0].startswith("2-")
+
+
+def test_a_newer_configured_model_joins_the_store_an_older_one_does_not(env):
+    name = "configured"
+    _agent(env, name).close()  # seeded with version 1
+    newer = env["dir"] / "newer.onnx"
+    m = make_model(newer, size=96)
+    newer.with_suffix(".json").write_text(json.dumps(dict(m, version="3")))
+    a = LocalAgent(env["dir"] / name, newer, env["clip"], [env["pub"]])
+    try:
+        a.wait_frames(3)
+    finally:
+        a.close()
+    assert a.frames[-1][1] == "3" and (a.store.current, a.store.previous) == ("3", "1")
+    b = LocalAgent(env["dir"] / name, env["base"], env["clip"], [env["pub"]])  # version 1 again
+    try:
+        b.wait_frames(3)
+    finally:
+        b.close()
+    assert b.frames[-1][1] == "3" and b.store.current == "3"
