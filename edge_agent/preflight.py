@@ -20,12 +20,18 @@ Check = Callable[[cfgmod.Config], List[str]]
 
 
 def check_model(cfg: cfgmod.Config) -> List[str]:
-    """The model file exists, has a manifest and is an ONNX graph whose I/O fits it."""
+    """The model run opens exists, has a manifest and is an ONNX graph whose I/O fits it."""
+    out: List[str] = []
+    for mc, where in _models_run_opens(cfg):
+        out.extend(_check_one_model(cfg, mc, where))
+    return out
+
+
+def _check_one_model(cfg: cfgmod.Config, mc: cfgmod.ModelConfig, where: str) -> List[str]:
     from edge_agent.inference import ModelError
     from edge_agent.inference import manifest as mf
     from edge_agent.inference.commands import check_graph
 
-    mc, where = _running_model(cfg)
     try:
         path = mf.check_model_file(mc.path)
     except ModelError as exc:
@@ -42,17 +48,26 @@ def check_model(cfg: cfgmod.Config) -> List[str]:
     return []
 
 
-def _running_model(cfg: cfgmod.Config) -> Tuple[cfgmod.ModelConfig, str]:
-    """The model ``run`` opens: the model store's current version once remote updates installed
-    one (docs/update.md; ``model.path`` only seeds the store), else ``model`` as configured."""
-    if not cfg.update.enabled or not (Path(cfg.state_dir) / "models").is_dir():
-        return cfg.model, ""  # no store yet: nothing is created here
-    from edge_agent.update import wiring
+def _models_run_opens(cfg: cfgmod.Config) -> List[Tuple[cfgmod.ModelConfig, str]]:
+    """``model`` as configured, or, once remote updates installed a version (docs/update.md),
+    the model store's current version, plus ``model.path`` when that file is there (run reads it
+    to see whether it is newer). Read only: nothing is created or installed here."""
+    root = Path(cfg.state_dir) / "models"
+    if not cfg.update.enabled or not (root / "versions").is_dir():
+        return [(cfg.model, "")]
+    from edge_agent.update.store import ModelStore
 
-    store = wiring.open_store(cfg)
-    if store is None or store.current is None or store.get(store.current) is None:
-        return cfg.model, ""
-    return wiring.model_config(cfg, store), f"the model store's version {store.current}: "
+    store = ModelStore(root, keep=cfg.update.keep_versions)  # its folders exist already
+    info = store.get(store.current) if store.current is not None else None
+    if info is None:
+        return [(cfg.model, "")]
+    current = cfg.model.model_copy(update={"path": str(info.model),
+                                           "manifest": str(info.manifest),
+                                           "engine_dir": str(info.path)})
+    out = [(current, f"the model store's version {store.current}: ")]
+    if Path(cfg.model.path).is_file():
+        out.append((cfg.model, ""))
+    return out
 
 
 def check_cameras(cfg: cfgmod.Config) -> List[str]:
