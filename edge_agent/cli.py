@@ -92,7 +92,10 @@ def _add_engine(sub) -> None:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train the multi-head model (extra [train])")
-    p.add_argument("--config", "-C")
+    p.add_argument("--config", "-C", help="training YAML (e.g. configs/train.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+    p.add_argument("--smoke", action="store_true", help="a few steps on a few images per source")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _add_listen(sub) -> None:
