@@ -23,6 +23,7 @@ HANDLERS: Dict[str, str] = {
     "track": "edge_agent.service:cmd_track",
     "engine": "edge_agent.inference.commands:main",
     "train": "edge_agent.model.train:main",
+    "export": "edge_agent.model.export:main",
     "listen": "edge_agent.mqtt.listen:main",
     "bench": "edge_agent.bench_cmd:main",
 }
@@ -31,6 +32,7 @@ _ISSUE = {
     "track": "daemon pipeline",
     "engine": "inference backends",
     "train": "multi-head model",
+    "export": "multi-head model",
     "listen": "MQTT",
     "bench": "tracker",
 }
@@ -98,6 +100,15 @@ def _add_train(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a training checkpoint to ONNX + manifest ([train])")
+    p.add_argument("checkpoint", help="checkpoint .pt written by `edge-agent train`")
+    p.add_argument("-o", "--output", required=True, help="ONNX file to write (manifest beside it)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the ONNX Runtime and FP16 checks (and the validation metrics)")
+    p.add_argument("--val-limit", type=int, default=0, help="validate on N images per source")
+
+
 def _add_listen(sub) -> None:
     p = sub.add_parser("listen", help="subscribe to a broker and print events live")
     p.add_argument("--host", default="127.0.0.1")
@@ -129,7 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_track, _add_config, _add_engine, _add_train, _add_listen,
+    for add in (_add_run, _add_track, _add_config, _add_engine, _add_train, _add_export,
+                _add_listen,
                 _add_bench):
         add(sub)
     return parser

@@ -12,7 +12,6 @@ an unknown class, an image that does not decode.
 from __future__ import annotations
 
 import json
-import math
 import random
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -95,7 +94,10 @@ def list_images(folder: Path) -> List[Path]:
 # --- YOLO txt -----------------------------------------------------------------------------------
 
 
-def read_yolo(images: Path, labels: Path, classes: Sequence[str]) -> List[Tuple[Path, Tuple[int, int], np.ndarray]]:
+Item = Tuple[Path, Tuple[int, int], np.ndarray]  # image, (width, height), boxes
+
+
+def read_yolo(images: Path, labels: Path, classes: Sequence[str]) -> List[Item]:
     """YOLO folder pair: ``labels/<stem>.txt`` lines ``class cx cy w h`` (0..1) per image.
 
     Returns (image, (w, h), boxes in pixels) per image. An empty txt is a negative; a missing txt
@@ -460,7 +462,3 @@ def summary(samples: Sequence[Sample]) -> Dict[str, Dict[str, int]]:
             if len(b) == 0:
                 d[f"{h}_negatives"] = d.get(f"{h}_negatives", 0) + 1
     return out
-
-
-def clamp_unit(x: float) -> float:
-    return 0.0 if math.isnan(x) else min(max(x, 0.0), 1.0)

@@ -58,13 +58,13 @@ class TrainConfig:
     licence: str = ""
 
     @classmethod
-    def load(cls, path: Path) -> "TrainConfig":
+    def load(cls, path: Path) -> TrainConfig:
         try:
             data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
         except OSError as exc:
-            raise SystemExit(f"train config {path}: cannot read: {exc.strerror or exc}")
+            raise SystemExit(f"train config {path}: cannot read: {exc.strerror or exc}") from None
         except yaml.YAMLError as exc:
-            raise SystemExit(f"train config {path}: not valid YAML: {exc}")
+            raise SystemExit(f"train config {path}: not valid YAML: {exc}") from None
         if not isinstance(data, dict):
             raise SystemExit(f"train config {path}: expected a mapping")
         known = set(cls.__dataclass_fields__)
@@ -77,7 +77,7 @@ class TrainConfig:
         try:
             return cls(**data)
         except TypeError as exc:
-            raise SystemExit(f"train config {path}: {exc}")
+            raise SystemExit(f"train config {path}: {exc}") from None
 
     @property
     def hw(self):
@@ -251,8 +251,14 @@ def run(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Dict[s
     import torch
     from tqdm import tqdm
 
-    from edge_agent.model.data import Augment, CombinedDataset, balanced_weights, collate, \
-        epoch_indices, summary
+    from edge_agent.model.data import (
+        Augment,
+        CombinedDataset,
+        balanced_weights,
+        collate,
+        epoch_indices,
+        summary,
+    )
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
