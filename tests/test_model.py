@@ -222,7 +222,8 @@ def _tiny_config(tmp_path, yolox_nano):
         input={"height": 64, "width": 96}, init={"weights": str(yolox_nano),
                                                   "classes": {"crowd": [0]}},
         teacher={"model": str(yolox_nano)}, out_dir=str(tmp_path / "run"), threads=1, batch=3,
-        stage_a=Stage(1, 2, 1e-3, ["body", "heads.crowd"]), stage_b=Stage(1, 2, 1e-4, []))
+        stage_a=Stage(1, 2, 1e-3, ["body", "heads.crowd"]), stage_b=Stage(1, 2, 1e-4, []),
+        distill={"head": "crowd", "weight": 1.0})
 
 
 def test_tiny_model_trains_resumes_and_exports(tmp_path, yolox_nano):
@@ -241,6 +242,7 @@ def test_tiny_model_trains_resumes_and_exports(tmp_path, yolox_nano):
     cfg.stage_b.epochs = 1  # --resume continues with the next epoch (stage B)
     rec = T.run(cfg, resume=True, progress=False)
     assert rec["epoch"] == 2 and rec["stage"] == "B" and "crowd" in rec["loss"]
+    assert rec["loss"]["distill"] > 0  # the crowd head is pulled towards the COCO model
     after = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
     assert not torch.equal(frozen["body.stem.conv.conv.weight"],
                            after["body.stem.conv.conv.weight"])  # stage B moved the body

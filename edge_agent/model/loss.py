@@ -120,6 +120,23 @@ def head_loss(maps: Sequence[torch.Tensor], boxes: Sequence[Optional[torch.Tenso
     return total, {"fg": float(nfg), "iou": iou_l.item(), "obj": obj.item(), "cls": cls.item()}
 
 
+def distill_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor],
+                 min_score: float = 0.05) -> torch.Tensor:
+    """Keep a head close to its frozen starting point (the teacher's maps, same input).
+
+    BCE of objectness and class logits towards the teacher's probabilities at every point, and
+    L1 on the box offsets where the teacher scores at least ``min_score``; normalised by the
+    number of such points.
+    """
+    s, t = flatten(student), flatten(teacher).detach()
+    tp = torch.sigmoid(t[..., 4:])
+    bce = F.binary_cross_entropy_with_logits(s[..., 4:], tp, reduction="sum")
+    pos = (tp[..., :1] * tp[..., 1:]).amax(-1) >= min_score
+    n = max(int(pos.sum()), 1)
+    reg = (s[..., :4] - t[..., :4]).abs().sum(-1)[pos].sum()
+    return (bce + reg) / n
+
+
 def to_tensors(boxes: Dict[str, List], ignore: Dict[str, List]):
     """numpy batch targets -> torch (None stays None)."""
     tb = {h: [None if b is None else torch.from_numpy(b) for b in v] for h, v in boxes.items()}

@@ -9,6 +9,7 @@ validation AP; ``--resume`` continues from ``last.pt``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -54,6 +55,9 @@ class TrainConfig:
     eval: Dict[str, Any] = field(default_factory=dict)
     stage_a: Stage = field(default_factory=Stage)
     stage_b: Stage = field(default_factory=lambda: Stage(epochs=0, lr=2e-4))
+    # {head: crowd, weight: 1.0}: while the body trains, keep that head's maps close to the
+    # starting (COCO) model's, run on the same batch (loss.distill_loss)
+    distill: Optional[Dict[str, Any]] = None
     description: str = ""
     licence: str = ""
 
@@ -216,8 +220,9 @@ def set_frozen(model, prefixes: Sequence[str]) -> None:
             m.eval()
 
 
-def train_step(model, imgs, boxes, ignore, frozen_body: bool):
-    """Forward + masked per-head losses; returns (total, {head: loss value})."""
+def train_step(model, imgs, boxes, ignore, frozen_body: bool, teacher=None,
+               distill: Optional[Dict[str, Any]] = None):
+    """Forward + masked per-head losses (+ distillation); returns (total, {name: loss value})."""
     import torch
 
     from edge_agent.model import loss as L
@@ -236,8 +241,15 @@ def train_step(model, imgs, boxes, ignore, frozen_body: bool):
     for h, head in model.heads.items():
         if not any(p.requires_grad for p in head.parameters()):
             continue
-        lh, _ = L.head_loss(head(feats), tb[h], ti[h], pts, steps)
+        maps = head(feats)
+        lh, _ = L.head_loss(maps, tb[h], ti[h], pts, steps)
         parts[h] = lh.item()
+        if teacher is not None and distill and h == distill["head"] and not frozen_body:
+            with torch.no_grad():
+                ref = teacher.heads[h](teacher.body(x))
+            ld = float(distill.get("weight", 1.0)) * L.distill_loss(maps, ref)
+            parts["distill"] = ld.item()
+            lh = lh + ld
         total = lh if total is None else total + lh
     return total, parts
 
@@ -266,6 +278,11 @@ def run(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Dict[s
     out.mkdir(parents=True, exist_ok=True)
     tr, va = build_data(cfg)
     model = build_net(cfg)
+    teacher_net = None
+    if cfg.distill:
+        teacher_net = copy.deepcopy(model).eval()  # the starting weights, before any training
+        for p in teacher_net.parameters():
+            p.requires_grad_(False)
     ds = CombinedDataset(tr, list(cfg.heads), cfg.hw, Augment(**cfg.augment), seed=cfg.seed)
     weights = balanced_weights(tr, cfg.source_weights)
     plan = _stages(cfg)
@@ -305,7 +322,8 @@ def run(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Dict[s
             for g in opt.param_groups:
                 g["lr"] = st.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
             batch = collate(ds[int(i)] for i in idx[it * cfg.batch:(it + 1) * cfg.batch])
-            total, parts = train_step(model, *batch, frozen_body="body" in st.freeze)
+            total, parts = train_step(model, *batch, frozen_body="body" in st.freeze,
+                                      teacher=teacher_net, distill=cfg.distill)
             if total is None:
                 raise SystemExit("stage freezes every head: nothing to train")
             opt.zero_grad(set_to_none=True)
