@@ -69,7 +69,8 @@ bench-tracker: venv
 # Train (resumes from $(MODEL_RUN)/last.pt when interrupted), then export with the checks.
 model: venv
 	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent train --config $(MODEL_CFG) --resume
-	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent export $(MODEL_RUN)/best.pt -o $(MODEL_ONNX)
+	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent export $(MODEL_RUN)/best.pt -o $(MODEL_ONNX) \
+	  --config $(MODEL_CFG)
 
 # A few steps on a few images of each source, then export (about a minute).
 model-smoke: venv

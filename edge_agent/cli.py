@@ -107,6 +107,7 @@ def _add_export(sub) -> None:
     p.add_argument("--no-check", action="store_true",
                    help="skip the ONNX Runtime and FP16 checks (and the validation metrics)")
     p.add_argument("--val-limit", type=int, default=0, help="validate on N images per source")
+    p.add_argument("--config", "-C", help="training YAML (default: the one saved in CKPT)")
 
 
 def _add_listen(sub) -> None:

@@ -21,19 +21,27 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from edge_agent.model import checks
+
 OPSET = 17
 
 
-def load_checkpoint(path: Path):
-    """(model in eval mode, TrainConfig, checkpoint dict) from a ``.pt`` written by train."""
+def load_checkpoint(path: Path, config: Optional[Path] = None):
+    """(model in eval mode, TrainConfig, checkpoint dict) from a ``.pt`` written by train.
+
+    The config is the one saved in the checkpoint unless ``config`` (a training YAML) is given.
+    """
     import torch
 
     from edge_agent.model.train import Stage, TrainConfig, build_net
 
     ck = torch.load(path, map_location="cpu", weights_only=False)
-    c = dict(ck["config"])
-    c["stage_a"], c["stage_b"] = Stage(**c["stage_a"]), Stage(**c["stage_b"])
-    cfg = TrainConfig(**c)
+    if config is not None:
+        cfg = TrainConfig.load(config)
+    else:
+        c = dict(ck["config"])
+        c["stage_a"], c["stage_b"] = Stage(**c["stage_a"]), Stage(**c["stage_b"])
+        cfg = TrainConfig(**c)
     model = build_net(cfg, load_weights=False)
     model.load_state_dict(ck["model"])
     model.eval()
@@ -143,8 +151,8 @@ def _metrics_table(metrics: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-def export(ckpt: Path, out: Path, check: bool = True, val_limit: Optional[int] = None
-           ) -> Dict[str, Any]:
+def export(ckpt: Path, out: Path, check: bool = True, val_limit: Optional[int] = None,
+           config: Optional[Path] = None) -> Dict[str, Any]:
     """Export a checkpoint; returns the manifest's ``checks`` and ``metrics`` sections."""
     import torch
 
@@ -152,7 +160,7 @@ def export(ckpt: Path, out: Path, check: bool = True, val_limit: Optional[int] =
     from edge_agent.model.train import _limit, build_data, validate
 
     torch.set_num_threads(2)
-    model, cfg, ck = load_checkpoint(ckpt)
+    model, cfg, ck = load_checkpoint(ckpt, config)
     h, w = cfg.hw
     to_onnx(model, h, w, out)
     report: Dict[str, Any] = {"opset": OPSET, "checkpoint_epoch": int(ck["epoch"]) + 1}
@@ -183,6 +191,14 @@ def export(ckpt: Path, out: Path, check: bool = True, val_limit: Optional[int] =
         extra["metrics_fp16"] = _metrics_table(fp16)
     extra["checks"] = report
     man = write_manifest(out, cfg, extra)
+    if check and "crowd" in cfg.heads and Path(checks.RETAIL).is_file():
+        res = checks.person_recall(str(out))  # through the daemon's engine, so after the manifest
+        report["persons_vs_coco"] = {k: v for k, v in res.items() if k != "per_frame"}
+        report["persons_vs_coco"]["per_frame"] = [[r["teacher"], r["model"], r["matched"]]
+                                                  for r in res["per_frame"]]
+        print(f"persons on Retail02: recall of the COCO model's boxes {res['recall']:.3f} "
+              f"({res['matched']}/{res['teacher_boxes']})", file=sys.stderr)
+        man = write_manifest(out, cfg, extra)
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) and {man}", file=sys.stderr)
     return extra
 
@@ -199,5 +215,27 @@ def main(args: argparse.Namespace) -> int:
     if not ckpt.is_file():
         print(f"edge-agent export: {ckpt}: no such checkpoint", file=sys.stderr)
         return 2
-    export(ckpt, Path(args.output), check=not args.no_check, val_limit=args.val_limit or None)
+    cfg = Path(args.config) if args.config else None
+    export(ckpt, Path(args.output), check=not args.no_check, val_limit=args.val_limit or None,
+           config=cfg)
     return 0
+
+
+def markdown_tables(manifest: Dict[str, Any]) -> str:
+    """Per-head and per-source AP tables (FP32 and FP16) from a manifest, as Markdown."""
+    m32, m16 = manifest.get("metrics", {}), manifest.get("metrics_fp16", {})
+    lines = ["| head | AP@0.5 | AP@0.5:0.95 | FP16 AP@0.5 | FP16 AP@0.5:0.95 |",
+             "|---|---|---|---|---|"]
+    for h, m in m32.items():
+        f = m16.get(h, {})
+        lines.append(f"| {h} | {m['ap50']:.3f} | {m['ap50_95']:.3f} | "
+                     f"{f.get('ap50', float('nan')):.3f} | {f.get('ap50_95', float('nan')):.3f} |")
+    lines += ["", "| head | validation source | images | boxes | AP@0.5 | AP@0.5:0.95 |",
+              "|---|---|---|---|---|---|"]
+    for h, m in m32.items():
+        for s, v in m["per_source"].items():
+            if v["ap50"] is None:
+                continue
+            lines.append(f"| {h} | {s} | {v['images']} | {v['boxes']} | {v['ap50']:.3f} | "
+                         f"{v['ap50_95']:.3f} |")
+    return "\n".join(lines)

@@ -187,6 +187,11 @@ def validate(model, samples, cfg: TrainConfig, half: bool = False) -> Dict[str, 
             sidx = [i for i in idx if samples[i].source == src]
             per[src] = evaluate([dets[i][h] for i in sidx], [gts[i][h] for i in sidx],
                                 len(classes))
+        for gname, members in cfg.eval.get("groups", {}).get(h, {}).items():
+            gidx = [i for i in idx if samples[i].source in members]
+            if gidx:
+                per[gname] = evaluate([dets[i][h] for i in gidx], [gts[i][h] for i in gidx],
+                                      len(classes))
         res["per_source"] = per
         out[h] = res
     return out
