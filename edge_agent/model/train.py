@@ -291,6 +291,9 @@ def run(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Dict[s
     ds = CombinedDataset(tr, list(cfg.heads), cfg.hw, Augment(**cfg.augment), seed=cfg.seed)
     weights = balanced_weights(tr, cfg.source_weights)
     plan = _stages(cfg)
+    # per-epoch validation on at most eval.epoch_limit images per source (export uses them all)
+    lim = cfg.eval.get("epoch_limit")
+    va_epoch = _limit(va, [{**s, "limit": lim} for s in cfg.val]) if lim else va
     history: List[Dict[str, Any]] = []
     start, best = 0, -1.0
     opt, opt_stage = None, None
@@ -339,7 +342,7 @@ def run(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Dict[s
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix({k: f"{v / (it + 1):.3f}" for k, v in sums.items()})
         bar.close()
-        metrics = validate(model, va, cfg)
+        metrics = validate(model, va_epoch, cfg)
         score = score_of(metrics, cfg)
         rec = {"epoch": epoch + 1, "stage": sname, "train_s": round(time.time() - t0, 1),
                "loss": {k: v / st.iters for k, v in sums.items()}, "val": metrics,
