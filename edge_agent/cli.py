@@ -1,7 +1,7 @@
 """`edge-agent` command line.
 
 Each subcommand's arguments are declared here; its handler lives in the module that owns the
-work and is imported only when the subcommand runs (so `config validate` does not load OpenCV or
+work and is imported only when the subcommand runs (so `config show` does not load OpenCV or
 ONNX Runtime). A handler takes the parsed ``argparse.Namespace`` and returns the exit status.
 
 Exit status: 0 ok, 1 runtime failure, 2 bad input (config, arguments, model), 3 not built yet.
@@ -26,6 +26,7 @@ HANDLERS: Dict[str, str] = {
     "export": "edge_agent.model.export:main",
     "listen": "edge_agent.mqtt.listen:main",
     "bench": "edge_agent.bench_cmd:main",
+    "service": "edge_agent.install_cmd:main",
 }
 _ISSUE = {
     "run": "daemon pipeline",
@@ -35,6 +36,7 @@ _ISSUE = {
     "export": "multi-head model",
     "listen": "MQTT",
     "bench": "tracker",
+    "service": "service",
 }
 EXIT_NOT_BUILT = 3
 
@@ -44,6 +46,9 @@ def _add_config(sub) -> None:
     csub = p.add_subparsers(dest="config_cmd", required=True)
     v = csub.add_parser("validate", help="check a config file and exit (status 2 when invalid)")
     v.add_argument("file")
+    v.add_argument("--schema-only", action="store_true",
+                   help="check the file alone (syntax, keys, ranges), not the model, video files "
+                        "and certificates it names (default: every check `run` makes at start)")
     s = csub.add_parser("show", help="print the effective config, secrets masked")
     s.add_argument("file", nargs="?", help="config file (default: built-in defaults)")
 
@@ -133,6 +138,23 @@ def _add_bench(sub) -> None:
     t.add_argument("--repeat", type=int, default=3, help="timed runs; the best is reported")
 
 
+def _add_service(sub) -> None:
+    p = sub.add_parser("service", help="install or uninstall the systemd service (install.sh)")
+    ssub = p.add_subparsers(dest="service_cmd", required=True)
+    for name, text in (("install", "install (or with --uninstall remove) the service"),
+                       ("uninstall", "remove the venv and unit; keep config and data")):
+        s = ssub.add_parser(name, help=text)
+        s.add_argument("--prefix", help="everything under this directory (no root needed)")
+        s.add_argument("--dry-run", action="store_true", help="print the steps, change nothing")
+        s.add_argument("--uninstall", action="store_true", help=argparse.SUPPRESS
+                       if name == "uninstall" else "remove what the install added")
+        s.add_argument("--purge", action="store_true",
+                       help="with uninstall: also remove config, data and the user")
+        s.add_argument("--extra", choices=["auto", "cpu", "gpu", "none"],
+                       help="pip extra (default auto: none on Jetson, gpu with NVIDIA, else cpu)")
+        s.add_argument("--python", help="interpreter for the venv (default python3)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by the docs test)."""
     parser = argparse.ArgumentParser(
@@ -142,8 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_run, _add_track, _add_config, _add_engine, _add_train, _add_export,
-                _add_listen,
-                _add_bench):
+                _add_listen, _add_bench, _add_service):
         add(sub)
     return parser
 

@@ -16,16 +16,19 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     SecretStr,
     ValidationError,
     field_validator,
     model_validator,
 )
+
+from edge_agent import yamlsafe
+from edge_agent.mqtt.topics import topic_problem
 
 # Environment variables that override config values, so secrets need not sit in the file.
 ENV_OVERRIDES: Dict[str, Tuple[str, ...]] = {
@@ -50,9 +53,17 @@ class ConfigError(Exception):
         self.problems = problems
 
 
+# Upper bounds of durations and sizes: what the consumers accept (OpenCV timeouts are int32 ms,
+# threading waits overflow past ~2^63 ns, MQTT keepalive is 16 bits), well past any sane value.
+DAY_S = 86400.0
+MAX_MB = 1_000_000.0  # 1 TB
+MAX_COUNT = 1_000_000
+
+
 class _Model(BaseModel):
-    # Unknown keys are errors: a typo must not silently fall back to a default.
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # Unknown keys are errors: a typo must not silently fall back to a default. inf and NaN are
+    # errors too: no consumer takes them (int(inf) raises, a wait of inf overflows).
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class LogConfig(_Model):
@@ -63,8 +74,8 @@ class LogConfig(_Model):
 
 
 class ReconnectConfig(_Model):
-    min_s: float = Field(0.5, gt=0, description="first delay before reopening a stalled source")
-    max_s: float = Field(30.0, gt=0, description="backoff doubles up to this delay")
+    min_s: float = Field(0.5, gt=0, le=DAY_S, description="first delay before reopening a source")
+    max_s: float = Field(30.0, gt=0, le=DAY_S, description="backoff doubles up to this delay")
 
     @model_validator(mode="after")
     def _ordered(self) -> ReconnectConfig:
@@ -76,12 +87,13 @@ class ReconnectConfig(_Model):
 class ZoneConfig(_Model):
     name: str = Field(..., pattern=_NAME_RE)
     polygon: Optional[List[Tuple[float, float]]] = Field(
-        None, description="[[x, y], ...] in normalised 0..1 frame coordinates; null = whole frame"
+        None, max_length=1000,
+        description="[[x, y], ...] in normalised 0..1 frame coordinates; null = whole frame",
     )
-    min_count: int = Field(5, ge=1, description="crowd starts when this many persons are inside")
-    hold_s: float = Field(2.0, ge=0, description="... for at least this long")
-    hysteresis: int = Field(1, ge=0, description="crowd ends below min_count - hysteresis")
-    update_interval_s: float = Field(5.0, gt=0, description="throttle for crowd update events")
+    min_count: int = Field(5, ge=1, le=10000, description="crowd starts at this many persons")
+    hold_s: float = Field(2.0, ge=0, le=DAY_S, description="... for at least this long")
+    hysteresis: int = Field(1, ge=0, le=10000, description="crowd ends below min_count - this")
+    update_interval_s: float = Field(5.0, gt=0, le=DAY_S, description="crowd update throttle")
 
     @field_validator("polygon")
     @classmethod
@@ -109,11 +121,11 @@ class CameraConfig(_Model):
     )
     loop: bool = Field(False, description="file sources: start again at the end")
     realtime: bool = Field(False, description="file sources: pace reading at the file's own fps")
-    fps_limit: float = Field(0, ge=0, description="max frames/s processed; 0 = no limit")
-    detect_every: int = Field(1, ge=1, description="run the detector on every Nth frame only")
-    # Bounded: OpenCV rejects read timeouts beyond 2^31 ms.
+    fps_limit: float = Field(0, ge=0, le=1000, description="max frames/s processed; 0 = no limit")
+    detect_every: int = Field(1, ge=1, le=10000, description="run the detector on every Nth frame")
+    # Bounded: OpenCV rejects open/read timeouts of 2^31 ms and more; below 1 ms they read as 0.
     stall_timeout_s: float = Field(
-        5.0, gt=0, le=86400, description="reopen when no frame for this long"
+        5.0, ge=0.01, le=DAY_S, description="reopen when no frame for this long"
     )
     reconnect: ReconnectConfig = ReconnectConfig()
     zones: List[ZoneConfig] = Field(default_factory=list)
@@ -141,7 +153,7 @@ class ModelConfig(_Model):
     )
     precision: Literal["fp16", "fp32"] = "fp16"
     max_batch: int = Field(4, ge=1, le=64, description="cameras batched per inference")
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime CPU threads; 0 = default")
+    intra_op_threads: int = Field(0, ge=0, le=1024, description="ONNX Runtime threads; 0 = default")
     score_threshold: float = Field(0.3, ge=0, le=1)
     nms_iou: float = Field(0.45, gt=0, le=1)
     engine_dir: str = Field("engines", description="engine store: built plans and timing cache")
@@ -156,8 +168,8 @@ class TrackerConfig(_Model):
 class WeaponRuleConfig(_Model):
     enabled: bool = True
     threshold: float = Field(0.5, ge=0, le=1, description="median score over `window` frames")
-    window: int = Field(5, ge=1, description="frames in the median")
-    update_interval_s: float = Field(2.0, gt=0)
+    window: int = Field(5, ge=1, le=1000, description="frames in the median")
+    update_interval_s: float = Field(2.0, gt=0, le=DAY_S)
 
 
 class PlateRuleConfig(_Model):
@@ -168,8 +180,8 @@ class PlateRuleConfig(_Model):
 class SnapshotConfig(_Model):
     enabled: bool = True
     dir: str = Field("snapshots", description="on-disk ring of JPEGs (relative to state_dir)")
-    max_total_mb: float = Field(200, gt=0, description="ring size cap; oldest removed first")
-    max_dim: int = Field(1280, ge=64, description="longest side of a snapshot in pixels")
+    max_total_mb: float = Field(200, gt=0, le=MAX_MB, description="ring cap; oldest go first")
+    max_dim: int = Field(1280, ge=64, le=16384, description="longest side of a snapshot (px)")
     jpeg_quality: int = Field(85, ge=10, le=100)
 
 
@@ -196,10 +208,10 @@ class TlsConfig(_Model):
 
 class OutboxConfig(_Model):
     path: str = Field("outbox.sqlite", description="SQLite file (relative to state_dir)")
-    max_rows: int = Field(100_000, ge=1)
-    max_mb: float = Field(256, gt=0)
+    max_rows: int = Field(100_000, ge=1, le=100_000_000)
+    max_mb: float = Field(256, gt=0, le=MAX_MB)
     commit_interval_ms: int = Field(
-        50, ge=0, description="batch fsyncs (events publish once synced); 0 = fsync every event"
+        50, ge=0, le=60_000, description="batch fsyncs (events publish once synced); 0 = each"
     )
 
 
@@ -208,26 +220,30 @@ class MqttConfig(_Model):
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
     protocol: Literal["5", "3.1.1"] = "5"
-    keepalive_s: int = Field(30, ge=5)
-    topic_prefix: str = Field("edge-agent", min_length=1)
+    keepalive_s: int = Field(30, ge=5, le=65535, description="MQTT keepalive is 16 bits")
+    topic_prefix: str = Field("edge-agent", min_length=1, max_length=256)
     username: Optional[str] = None
     password: Optional[SecretStr] = Field(None, description="or env EDGE_AGENT_MQTT_PASSWORD")
     tls: Optional[TlsConfig] = None
     event_qos: Literal[0, 1, 2] = 1
-    max_inflight: int = Field(20, ge=1, description="unacknowledged messages at once")
-    reconnect_min_s: float = Field(1.0, gt=0)
-    reconnect_max_s: float = Field(60.0, gt=0)
-    stats_interval_s: float = Field(30.0, gt=0)
-    max_command_bytes: int = Field(65536, ge=256)
+    max_inflight: int = Field(20, ge=1, le=65535, description="unacknowledged messages at once")
+    reconnect_min_s: float = Field(1.0, gt=0, le=DAY_S)
+    reconnect_max_s: float = Field(60.0, gt=0, le=DAY_S)
+    stats_interval_s: float = Field(30.0, gt=0, le=DAY_S)
+    # MQTT's largest packet is 256 MB; a command is a small JSON object.
+    max_command_bytes: int = Field(65536, ge=256, le=16 << 20)
     ha_discovery: bool = Field(False, description="publish Home Assistant discovery configs")
-    ha_prefix: str = "homeassistant"
+    ha_prefix: str = Field("homeassistant", min_length=1, max_length=256)
     outbox: OutboxConfig = OutboxConfig()
 
-    @field_validator("topic_prefix")
+    @field_validator("topic_prefix", "ha_prefix")
     @classmethod
-    def _no_wildcards(cls, v):
+    def _usable_in_topics(cls, v):
         if any(c in v for c in "#+") or v.startswith("/") or v.endswith("/"):
             raise ValueError("must not contain '#' or '+' nor start or end with '/'")
+        why = topic_problem(v)
+        if why:
+            raise ValueError(f"not usable in a topic: it {why}")
         return v
 
     @model_validator(mode="after")
@@ -239,9 +255,18 @@ class MqttConfig(_Model):
 
 class UpdateConfig(_Model):
     public_key: Optional[str] = Field(None, description="ed25519 public key (hex or PEM file)")
-    max_download_mb: float = Field(500, gt=0)
-    health_check_frames: int = Field(30, ge=1)
+    max_download_mb: float = Field(500, gt=0, le=MAX_MB)
+    health_check_frames: int = Field(30, ge=1, le=MAX_COUNT)
     allow_downgrade: bool = False
+
+
+class MetricsConfig(_Model):
+    enabled: bool = Field(True, description="serve /metrics (Prometheus) and /healthz over HTTP")
+    host: str = Field("127.0.0.1", min_length=1,
+                      description="listen address; loopback unless you set another (0.0.0.0: all)")
+    port: int = Field(9108, ge=0, le=65535, description="TCP port; 0 = any free port")
+    max_frame_age_s: float = Field(
+        10.0, gt=0, le=86400, description="/healthz is 503 when a camera's last frame is older")
 
 
 class Config(_Model):
@@ -254,6 +279,9 @@ class Config(_Model):
     events: EventsConfig = EventsConfig()
     mqtt: MqttConfig = MqttConfig()
     update: UpdateConfig = UpdateConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    # (file name, line of every key path) when loaded from YAML, for edge_agent.preflight
+    _origin: Optional[Tuple[str, Dict[Tuple[Any, ...], int]]] = PrivateAttr(None)
 
     @field_validator("cameras")
     @classmethod
@@ -271,20 +299,6 @@ def _reject_duplicates(names: List[str], what: str) -> None:
 
 
 # --- loading ---------------------------------------------------------------------------------
-
-
-def _line_index(node: yaml.Node, path: Tuple[Any, ...], out: Dict[Tuple[Any, ...], int]) -> None:
-    """Record the 1-based line of every key path in a composed YAML tree."""
-    out.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            out[path + (key,)] = key_node.start_mark.line + 1
-            _line_index(value_node, path + (key,), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            out[path + (i,)] = item.start_mark.line + 1
-            _line_index(item, path + (i,), out)
 
 
 def _format_loc(loc: Tuple[Any, ...]) -> str:
@@ -320,23 +334,16 @@ def load_text(text: str, filename: str = "<config>", environ=None) -> Config:
     """Parse and validate YAML text; raise ``ConfigError`` naming file:line and key path."""
     environ = os.environ if environ is None else environ
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else 1
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError([f"{filename}:{line}: malformed YAML: {problem}"]) from None
+        data, lines = yamlsafe.parse(text)
+    except yamlsafe.YamlProblem as exc:
+        raise ConfigError([f"{filename}:{exc.line}: {exc.message}"]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError([f"{filename}:1: the top level must be a mapping of keys"])
-    lines: Dict[Tuple[Any, ...], int] = {}
-    if root is not None:
-        _line_index(root, (), lines)
     _apply_env(data, environ)
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -348,18 +355,34 @@ def load_text(text: str, filename: str = "<config>", environ=None) -> Config:
                 msg = "unknown key"
             problems.append(f"{filename}:{_line_for(loc, lines)}: {_format_loc(loc)}: {msg}")
         raise ConfigError(problems) from None
+    cfg._origin = (filename, lines)
+    return cfg
 
 
 def load(path: Union[str, Path], environ=None) -> Config:
-    """Load and validate a config file."""
+    """Load and validate a config file (at most ``yamlsafe.MAX_BYTES``)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = yamlsafe.read_bounded(str(path))
     except FileNotFoundError:
         raise ConfigError([f"{path}: no such config file"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         raise ConfigError([f"{path}: cannot read config file: {exc}"]) from None
+    if raw is None:
+        raise ConfigError([f"{path}:1: larger than {yamlsafe.MAX_BYTES // 1024} KiB "
+                           "(a config is a few kilobytes)"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[:exc.start].count(b"\n") + 1
+        raise ConfigError([f"{path}:{line}: not UTF-8 text ({exc.reason})"]) from None
     return load_text(text, str(path), environ)
+
+
+def problem(cfg: Config, loc: Tuple[Any, ...], reason: str) -> str:
+    """``file:line: key: reason`` for a check made after loading (see ``edge_agent.preflight``)."""
+    filename, lines = cfg._origin or ("<config>", {})
+    return f"{filename}:{_line_for(loc, lines)}: {_format_loc(loc)}: {reason}"
 
 
 def mask_url_passwords(text: str, mask: str = MASK) -> str:

@@ -1,4 +1,8 @@
-"""`edge-agent config validate|show`."""
+"""`edge-agent config validate|show`.
+
+``validate`` runs the same checks as ``run``'s start-up (``edge_agent.preflight``: model, file
+sources, TLS files, state directory) after the schema, so a config it accepts starts;
+``--schema-only`` checks the file alone (e.g. on another machine, or right after an install)."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import sys
 import yaml
 
 from edge_agent import config as cfgmod
+from edge_agent import preflight
 
 
 def main(args: argparse.Namespace) -> int:
@@ -15,6 +20,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         if args.config_cmd == "show" and not args.file:
             cfg = cfgmod.load_text("", "<defaults>")
+        elif args.config_cmd == "validate" and not getattr(args, "schema_only", False):
+            cfg = preflight.load_checked(args.file)
         else:
             cfg = cfgmod.load(args.file)
     except cfgmod.ConfigError as exc:

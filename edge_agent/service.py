@@ -27,7 +27,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 
 import numpy as np
 
-from edge_agent import __version__, logsetup
+from edge_agent import __version__, logsetup, preflight
 from edge_agent import config as cfgmod
 from edge_agent.capture import CaptureError, CaptureGroup, Frame
 from edge_agent.events import (
@@ -129,7 +129,7 @@ class Pipeline:
     def __init__(self, cfg: cfgmod.Config, engine, outbox, sinks: List[Any],
                  snapshots: Optional[SnapshotStore] = None, mqtt=None,
                  on_frame: Optional[FrameHook] = None, notifier=None,
-                 capture_kw: Optional[Dict[str, Any]] = None):
+                 capture_kw: Optional[Dict[str, Any]] = None, observer=None):
         if not cfg.cameras:
             raise ValueError("no cameras configured (add at least one under `cameras:`)")
         self.cfg = cfg
@@ -139,7 +139,8 @@ class Pipeline:
         self.snapshots = snapshots
         self.mqtt = mqtt
         self.on_frame = on_frame
-        self.notifier = notifier
+        self.notifier = notifier  # its watchdog() is called once per loop iteration
+        self.observer = observer  # latencies and frame times (the exporter's Observations)
         self.stop_event = threading.Event()
         self.capture = CaptureGroup(cfg.cameras, **(capture_kw or {}))
         self.engine_info = _engine_info(engine.manifest)
@@ -169,11 +170,7 @@ class Pipeline:
         if cfg.events.plate.enabled and cfg.events.plate.ocr and "plate" in self.heads \
                 and self._ocr is None:
             self._ocr, self._ocr_status = load_reader()
-        params = dict(PIPELINE_TRACKER_DEFAULTS)
-        params.update(cfg.tracker.model_extra or {})
-        if "low_thresh" not in (cfg.tracker.model_extra or {}):
-            # a config that lowers only high_thresh below our low_thresh must still be valid
-            params["low_thresh"] = min(params["low_thresh"], params["high_thresh"])
+        params = tracker_params(cfg)
         for cam in cfg.cameras:
             trackers = {h: Tracker(**params) for h in self.heads}
             ev = CameraEvents(cam, cfg.events, self.factory, self.heads, self._ocr,
@@ -240,6 +237,29 @@ class Pipeline:
         log.info("engine swapped: %s %s -> %s %s", old.manifest.name, old.manifest.version,
                  m.name, m.version)
         return old
+
+    def reconfigure(self, cfg: cfgmod.Config, cameras: List[str], tracker: bool,
+                    events: bool) -> None:
+        """Live reload (on the inference thread, via :meth:`run_in_loop`): new rules, zones,
+        pacing and tracker parameters; capture keeps running. A camera whose rules or tracks
+        are rebuilt ends its open events first (reason ``config_reload``)."""
+        params = tracker_params(cfg)
+        if tracker:
+            Tracker(**params)  # refuse bad parameters before anything changed
+        cams = {c.name: c for c in cfg.cameras}
+        for name, st in self.cams.items():
+            zones_changed = name in cameras and st.cfg.zones != cams[name].zones
+            st.cfg = cams[name]  # detect_every, fps_limit: read per frame, nothing to rebuild
+            if not (events or tracker or zones_changed):
+                continue
+            if st.last_ctx is not None and not st.closed:
+                self.dispatch(st.events.close(self._now_ctx(st.last_ctx), "config_reload"))
+            st.events = CameraEvents(st.cfg, cfg.events, self.factory, self.heads, self._ocr,
+                                     self._ocr_status)
+            if tracker:
+                for tr in st.trackers.values():
+                    tr.reconfigure(**params)  # IDs keep counting
+        self.cfg = cfg
 
     @staticmethod
     def _now_ctx(ctx: FrameContext) -> FrameContext:
@@ -343,7 +363,10 @@ class Pipeline:
                 res = self.engine.infer([frames[i].image for i in det_idx])
                 for j, i in enumerate(det_idx):
                     dets[i] = res.detections[j]
-                self.infer_ms.add((time.monotonic() - t0) * 1000.0)
+                dt = time.monotonic() - t0
+                self.infer_ms.add(dt * 1000.0)
+                if self.observer is not None:
+                    self.observer.inference(dt)
                 self.batch_sizes.append(len(det_idx))
             except ValueError as exc:  # bad detector output: predict only, keep running
                 self.counters["inference_errors"] += 1
@@ -358,12 +381,15 @@ class Pipeline:
     def _track_and_emit(self, f: Frame, dets: Optional[Dict[str, np.ndarray]]) -> None:
         st = self.cams[f.camera]
         tracks: Dict[str, HeadTracks] = {}
+        t0 = time.monotonic()
         for head, tr in st.trackers.items():
             d = None if dets is None else dets.get(head)
             if dets is not None and d is None:
                 d = np.zeros((0, 6), np.float32)  # detected, nothing found: not predict-only
             active = tr.update(d)
             tracks[head] = HeadTracks(active, tr.lost(), self.heads[head])
+        if self.observer is not None:
+            self.observer.tracker(time.monotonic() - t0)
         h, w = f.image.shape[:2]
         ctx = FrameContext(f.camera, f.index, f.media_s, f.wall, w, h, f.image)
         emissions = st.events.update(ctx, tracks)
@@ -377,6 +403,8 @@ class Pipeline:
         st.detected += dets is not None
         st.last_frame, st.last_ctx = f, ctx
         st.e2e.add((now - f.t_read) * 1000.0)
+        if self.observer is not None:
+            self.observer.frame(f.camera, now - f.t_read, now)
         self.dispatch(emissions)
         if self.on_frame is not None:
             self.on_frame(f, tracks, st)
@@ -505,6 +533,16 @@ class Pipeline:
                 "published": bool(published)}
 
 
+def tracker_params(cfg: cfgmod.Config) -> Dict[str, Any]:
+    """The Tracker parameters of a config: our defaults for calibrated scores + ``tracker:``."""
+    params: Dict[str, Any] = dict(PIPELINE_TRACKER_DEFAULTS)
+    params.update(cfg.tracker.model_extra or {})
+    if "low_thresh" not in (cfg.tracker.model_extra or {}):
+        # a config that lowers only high_thresh below our low_thresh must still be valid
+        params["low_thresh"] = min(params["low_thresh"], params["high_thresh"])
+    return params
+
+
 def _engine_info(m) -> EngineInfo:
     return EngineInfo(str(m.name), str(m.version), str(m.sha256))
 
@@ -524,7 +562,7 @@ def _resolve_in(base: Path, p: str) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     """`edge-agent run --config FILE`: the daemon (exit 0 after SIGTERM/SIGINT)."""
     try:
-        cfg = cfgmod.load(args.config)
+        cfg = preflight.load_checked(args.config)  # what `config validate` checks
     except cfgmod.ConfigError as exc:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)
@@ -538,6 +576,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_agent.inference import ModelError, open_engine
     from edge_agent.mqtt.outbox import Outbox
     from edge_agent.sdnotify import Notifier
+    from edge_agent.supervise import Supervisor
 
     try:
         check_sources(cfg.cameras)
@@ -550,8 +589,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     except OSError as exc:
         log.error("state_dir %s is not writable: %s", state_dir, exc)
         return EXIT_BAD_INPUT
+    sup = Supervisor(Notifier(), status_interval_s=5.0)
     try:
-        engine = open_engine(cfg.model)
+        with sup.extend_start("loading the engine"):  # a TensorRT build takes minutes
+            engine = open_engine(cfg.model)
     except (ModelError, ValueError, FileNotFoundError) as exc:
         log.error("model: %s", exc)
         return EXIT_BAD_INPUT
@@ -587,9 +628,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                   int(sc.max_total_mb * (1 << 20)), sc.max_dim, sc.jpeg_quality)
     except (OSError, ValueError) as exc:  # e.g. a path that is a directory, or not writable
         return give_up("events", exc)
-    notifier = Notifier()
     try:
-        pipe = Pipeline(cfg, engine, outbox, sinks, snaps, notifier=notifier)
+        pipe = Pipeline(cfg, engine, outbox, sinks, snaps, notifier=sup)
     except (TypeError, ValueError) as exc:  # e.g. an unknown or out-of-range tracker parameter
         return give_up(args.config, exc)
     mqtt = None
@@ -598,23 +638,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         try:
             mqtt = AgentMqtt(cfg.mqtt, cfg.device_id, outbox, state_fn=pipe.state,
-                             stats_fn=pipe.stats, config_fn=lambda: cfgmod.effective(cfg),
+                             stats_fn=pipe.stats, config_fn=lambda: cfgmod.effective(pipe.cfg),
                              cameras={c.name: [z.name for z in pipe.cams[c.name].events.zones]
                                       for c in cfg.cameras})
         except ValueError as exc:  # e.g. a TLS file that does not exist
             return give_up("mqtt", exc)
         mqtt.register_command("snapshot", pipe.snapshot_command)
         pipe.mqtt = mqtt
+    from edge_agent import reload
+
+    reloader = reload.Reloader(args.config, lambda: pipe.cfg, _applier(pipe), sup)
+    if mqtt is not None:
+        mqtt.register_command("config.reload", reload.command(reloader))
         mqtt.start()
+    exporter = _start_exporter(cfg, pipe, outbox, mqtt)
+    sup.watch(lambda: _cameras_settled(pipe), lambda: _status(pipe, mqtt))
 
     def on_signal(signum, _frame):
         log.info("received %s: stopping", signal.Signals(signum).name)
         pipe.stop()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: reloader.request("SIGHUP"))
     log.info("edge-agent %s: %d camera(s), engine %s %s on %s", __version__, len(cfg.cameras),
              pipe.engine_info.name, pipe.engine_info.version, engine.backend_name)
-    notifier.ready(f"{len(cfg.cameras)} camera(s)")
     rc = EXIT_OK
     try:
         pipe.run()
@@ -625,7 +672,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("pipeline failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
         rc = EXIT_RUNTIME
     finally:
-        notifier.stopping()
+        sup.stopping()
+        if exporter is not None:
+            exporter.stop()
         if mqtt is not None:
             mqtt.stop()
         outbox.close()
@@ -639,6 +688,59 @@ def cmd_run(args: argparse.Namespace) -> int:
         log.error("every camera failed: %s", ", ".join(failed))
         return EXIT_RUNTIME
     return rc
+
+
+def _applier(pipe: Pipeline):
+    """A reload plan applied on the inference thread (waits; raises what reconfigure raised)."""
+    def apply(p) -> None:
+        fut = pipe.run_in_loop(lambda pl: pl.reconfigure(p.config, p.cameras, p.tracker,
+                                                           p.events))
+        fut.result(timeout=30)
+    return apply
+
+
+def _cameras_settled(pipe: Pipeline) -> bool:
+    """Every camera delivered a processed frame or reported an error (READY=1 may go)."""
+    readers = pipe.capture.readers
+    return all(st.processed > 0 or readers[n].last_error is not None
+               or readers[n].state in ("failed", "ended") for n, st in pipe.cams.items())
+
+
+def _status(pipe: Pipeline, mqtt) -> str:
+    from edge_agent.supervise import status_line
+
+    e = pipe.engine_info
+    engine = f"{e.name} {e.version} ({getattr(pipe.engine, 'backend_name', '?')})"
+    state = "off" if mqtt is None else ("connected" if mqtt.connected else "disconnected")
+    return status_line(pipe.stats(), engine, state)
+
+
+def _start_exporter(cfg: cfgmod.Config, pipe: Pipeline, outbox, mqtt):
+    """The /metrics and /healthz server, fed by the pipeline; None when off or it cannot bind
+    (logged: the cameras matter more than the metrics)."""
+    mc = cfg.metrics
+    if not mc.enabled:
+        return None
+    from edge_agent.exporter import Exporter, Sources
+
+    def engine() -> Dict[str, str]:
+        e = pipe.engine_info
+        return {"name": e.name, "version": e.version, "sha256": e.sha256,
+                "backend": getattr(pipe.engine, "backend_name", "?")}
+
+    src = Sources(cameras=list(pipe.cams), stats=pipe.stats, engine=engine,
+                  outbox_rows=lambda: len(outbox), outbox_path=outbox.path,
+                  mqtt_connected=(lambda: mqtt.connected) if mqtt is not None else None)
+    ex = Exporter(src, mc.max_frame_age_s)
+    try:
+        ex.start(mc.host, mc.port)
+    except OSError as exc:
+        log.error("metrics: cannot listen on %s:%d (%s); running without /metrics and /healthz",
+                  mc.host, mc.port, exc.strerror or exc)
+        return None
+    pipe.observer = ex.obs
+    pipe.sinks.append(ex.sink())
+    return ex
 
 
 # --- `edge-agent track` ------------------------------------------------------------------------

@@ -206,7 +206,8 @@ def test_run_corrupt_file_fails_clearly(tmp_path, yolox_nano):
     assert "camera broken: cannot open video file" in log and "every camera failed" in log
 
 
-def test_run_bad_config_and_gstreamer_without_gstreamer(tmp_path, yolox_nano, capsys):
+def test_run_bad_config_and_gstreamer_without_gstreamer(tmp_path, yolox_nano, video_dir, capsys):
+    video = str(video_dir / CAR)  # the start-up checks want an existing file source
     config = write_config(tmp_path, yolox_nano, [])
     assert cli.main(["run", "--config", str(config)]) == 2
     config = write_config(tmp_path, yolox_nano, [
@@ -214,16 +215,16 @@ def test_run_bad_config_and_gstreamer_without_gstreamer(tmp_path, yolox_nano, ca
     if "GStreamer:                   NO" in cv2.getBuildInformation():
         assert cli.main(["run", "--config", str(config)]) == 2
         assert "JetPack" in capsys.readouterr().err
-    config = write_config(tmp_path, yolox_nano, [{"name": "c", "source": "x.mp4"}],
+    config = write_config(tmp_path, yolox_nano, [{"name": "c", "source": video}],
                           tracker={"max_shadow_ages": 3})
     assert cli.main(["run", "--config", str(config)]) == 2
     assert "unknown parameter(s) max_shadow_ages" in capsys.readouterr().err
-    config = write_config(tmp_path, yolox_nano, [{"name": "c", "source": "x.mp4"}],
+    config = write_config(tmp_path, yolox_nano, [{"name": "c", "source": video}],
                           mqtt={"tls": {"ca_file": str(tmp_path / "no-such-ca.pem")}})
     assert cli.main(["run", "--config", str(config)]) == 2
     assert "no-such-ca.pem" in capsys.readouterr().err
     (tmp_path / "state" / "evdir").mkdir(parents=True)  # the events file is a directory
-    config = write_config(tmp_path, yolox_nano, [{"name": "c", "source": "x.mp4"}],
+    config = write_config(tmp_path, yolox_nano, [{"name": "c", "source": video}],
                           events={"sinks": {"jsonl": "evdir"}})
     assert cli.main(["run", "--config", str(config)]) == 2
     assert "events: [Errno 21] Is a directory" in capsys.readouterr().err

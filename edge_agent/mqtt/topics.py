@@ -12,6 +12,11 @@ cmd/<name>            command request; reply on cmd/<name>/reply
 engine/update         update progress (retained)
 ha/...                Home Assistant entity states (discovery on)
 ====================  =========================================
+
+Topics built from outside input (a command name, a requester's MQTT 5 Response Topic) are checked
+against MQTT's limits (:func:`topic_problem`) before use: a broker drops the connection of a
+client that publishes to an invalid topic, and paho raises on one. Where a reply may go is
+:meth:`Topics.route_reply` (the rule is in docs/mqtt.md, "Where replies go").
 """
 
 from __future__ import annotations
@@ -21,6 +26,43 @@ from dataclasses import dataclass
 from typing import Optional
 
 SEGMENT_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+MAX_TOPIC_BYTES = 65535  # MQTT: a topic is a UTF-8 string with a 16-bit length
+# Characters MQTT forbids in topic names (U+0000) or says should not be there (controls,
+# non-characters); surrogates cannot be encoded as UTF-8 at all.
+_BAD_CHAR = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def topic_problem(topic: object) -> Optional[str]:
+    """Why ``topic`` cannot be published to (a short predicate: "is ...", "contains ..."), or
+    None when it can."""
+    if not isinstance(topic, str) or not topic:
+        return "is empty or not a string"
+    if len(topic) > MAX_TOPIC_BYTES or len(topic.encode("utf-8", "surrogatepass")) > (
+        MAX_TOPIC_BYTES
+    ):
+        return f"is longer than MQTT's {MAX_TOPIC_BYTES} bytes"
+    if "+" in topic or "#" in topic:
+        return "contains a wildcard ('+' or '#')"
+    bad = _BAD_CHAR.search(topic)
+    if bad:
+        return f"contains the character U+{ord(bad.group()):04X}"
+    if topic.startswith("$"):
+        return "is a '$' (broker) topic"
+    return None
+
+
+def under(topic: str, namespace: str) -> bool:
+    """True when ``topic`` is ``namespace`` itself or below it (level-wise, not by text)."""
+    return topic == namespace or topic.startswith(namespace + "/")
+
+
+@dataclass(frozen=True)
+class ReplyRoute:
+    """Where one command reply goes: ``topic`` (None: nowhere usable) and, when the request is
+    refused because of its topics, ``refusal`` (the reply is then an error naming it)."""
+
+    topic: Optional[str]
+    refusal: Optional[str] = None
 
 
 def check_segment(value: str, what: str) -> str:
@@ -38,6 +80,7 @@ class Topics:
 
     prefix: str
     device_id: str
+    ha_prefix: Optional[str] = None  # Home Assistant's namespace: never a reply topic
 
     def __post_init__(self) -> None:
         if not self.prefix or any(c in self.prefix for c in "#+") or self.prefix.strip("/") != (
@@ -78,10 +121,46 @@ class Topics:
         return f"{self.base}/snapshots/{check_segment(event_id, 'event_id')}"
 
     def reply(self, name: str) -> str:
-        """Reply topic of a request whose command level was ``name`` (from
-        :meth:`command_name`: one level the broker accepted, so not re-checked; an unknown
-        name is answered there too)."""
+        """Default reply topic of a request whose command level was ``name`` (from
+        :meth:`command_name`; an unknown name is answered there too). It may be too long to
+        use: :meth:`route_reply` checks."""
         return f"{self.base}/cmd/{name}/reply"
+
+    def response_topic_problem(self, name: str, topic: object) -> Optional[str]:
+        """Why a requester's Response Topic ``topic`` for command ``name`` is refused, or None.
+
+        Allowed: a publishable topic (:func:`topic_problem`) that is either this request's own
+        reply namespace (``<base>/cmd/<name>/reply`` or below it) or outside both our
+        ``<prefix>/`` tree and Home Assistant's: anything else could be taken for what a device
+        publishes (events, status, state ...) or obeys (``cmd/...``, discovery configs)."""
+        why = topic_problem(topic)
+        if why:
+            return why
+        assert isinstance(topic, str)
+        if under(topic, self.reply(name)):
+            return None
+        if under(topic, self.prefix):
+            return f"is inside the devices' topic tree {self.prefix}/ (allowed there: " \
+                   f"{self.reply(name)} and below)"
+        if self.ha_prefix and under(topic, self.ha_prefix):
+            return f"is inside Home Assistant's topic tree {self.ha_prefix}/"
+        return None
+
+    def route_reply(self, name: str, response_topic: object = None) -> ReplyRoute:
+        """Where the reply to ``cmd/<name>`` goes, given the request's Response Topic (None
+        when it had none, e.g. MQTT 3.1.1). A refused Response Topic is answered with an error
+        on the default reply topic; a default reply topic over MQTT's limit is not usable."""
+        default: Optional[str] = self.reply(name)
+        if topic_problem(default):
+            default = None
+        if response_topic is None:
+            if default is None:
+                return ReplyRoute(None, "the command name is too long for a reply topic")
+            return ReplyRoute(default)
+        why = self.response_topic_problem(name, response_topic)
+        if why is None:
+            return ReplyRoute(str(response_topic))
+        return ReplyRoute(default, f"response topic refused: it {why}")
 
     def ha_state(self, *parts: str) -> str:
         return "/".join([self.base, "ha"] + [check_segment(p, "entity name") for p in parts])

@@ -184,6 +184,17 @@ class Tracker:
         """Drop all tracks and restart the frame count. IDs are never reused afterwards."""
         self._core.reset()
 
+    def reconfigure(self, **params: Any) -> None:
+        """New parameters (as for the constructor; unset ones take their defaults).
+
+        Drops all tracks like :meth:`reset`, but IDs keep counting: a live config reload must
+        not hand out an ID a consumer has already seen in this run. Bad parameters raise as in
+        the constructor and leave the tracker as it was.
+        """
+        checked = _check_params(params)
+        self._core.__init__(**checked)  # the C init keeps the ID counter of this instance
+        self._params = checked
+
     @property
     def frame_count(self) -> int:
         """Number of update() calls since construction or the last reset()."""

@@ -1,0 +1,116 @@
+"""Start-up checks past the schema, shared by ``config validate`` and ``run``.
+
+Everything ``run`` would find wrong at start short of opening the cameras and the broker: the
+model (exists, has a manifest, is an ONNX graph that fits it), file sources that do not exist, a
+GStreamer source on an OpenCV without GStreamer, missing TLS files and an unusable state
+directory. Each problem is one ``file:line: key: reason`` line (``config.problem``), the same
+shape as a schema error, so both commands report them alike and exit 2.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, List, Tuple, Union
+
+from edge_agent import config as cfgmod
+
+Check = Callable[[cfgmod.Config], List[str]]
+
+
+def check_model(cfg: cfgmod.Config) -> List[str]:
+    """The model file exists, has a manifest and is an ONNX graph whose I/O fits it."""
+    from edge_agent.inference import ModelError
+    from edge_agent.inference import manifest as mf
+    from edge_agent.inference.commands import check_graph
+
+    mc = cfg.model
+    try:
+        path = mf.check_model_file(mc.path)
+    except ModelError as exc:
+        return [cfgmod.problem(cfg, ("model", "path"), str(exc))]
+    try:
+        manifest = mf.resolve(path, mc.manifest, mc.engine_dir)
+    except ModelError as exc:
+        key = "manifest" if mc.manifest else "path"
+        return [cfgmod.problem(cfg, ("model", key), str(exc))]
+    try:
+        check_graph(path, manifest)
+    except ModelError as exc:
+        return [cfgmod.problem(cfg, ("model", "path"), str(exc))]
+    return []
+
+
+def check_cameras(cfg: cfgmod.Config) -> List[str]:
+    """File sources exist; GStreamer sources need an OpenCV built with GStreamer."""
+    from edge_agent.capture import CaptureError, check_sources
+    from edge_agent.capture.sources import resolve_kind
+
+    out = []
+    for i, cam in enumerate(cfg.cameras):
+        if resolve_kind(cam) == "file" and not Path(cam.source.strip()).is_file():
+            out.append(cfgmod.problem(cfg, ("cameras", i, "source"),
+                                      f"video file not found: {cam.source}"))
+        try:
+            check_sources([cam])
+        except CaptureError as exc:
+            out.append(cfgmod.problem(cfg, ("cameras", i, "source"), str(exc)))
+    return out
+
+
+def check_tls(cfg: cfgmod.Config) -> List[str]:
+    """The certificate files the MQTT client will load exist."""
+    tls = cfg.mqtt.tls
+    if not cfg.mqtt.enabled or tls is None:
+        return []
+    out = []
+    for key in ("ca_file", "cert_file", "key_file"):
+        path = getattr(tls, key)
+        if path is not None and not Path(path).is_file():
+            out.append(cfgmod.problem(cfg, ("mqtt", "tls", key), f"no such file: {path}"))
+    if tls.key_file and not tls.cert_file:
+        out.append(cfgmod.problem(cfg, ("mqtt", "tls", "key_file"),
+                                  "key_file is set but cert_file is not"))
+    return out
+
+
+def check_state_dir(cfg: cfgmod.Config) -> List[str]:
+    """The state directory is a writable directory, or can be created (nothing is created)."""
+    path = Path(cfg.state_dir)
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        why = "is not a directory" if probe == path else f"cannot be created: {probe} is a file"
+    elif not os.access(probe, os.W_OK | os.X_OK):
+        why = "is not writable" if probe == path else f"cannot be created in {probe}"
+    else:
+        return []
+    return [cfgmod.problem(cfg, ("state_dir",), f"{path} {why}")]
+
+
+CHECKS: List[Tuple[Check, Tuple[str, ...]]] = [  # each with the key its ImportError concerns
+    (check_state_dir, ("state_dir",)), (check_model, ("model", "path")),
+    (check_cameras, ("cameras",)), (check_tls, ("mqtt", "tls")),
+]
+
+
+def check(cfg: cfgmod.Config) -> List[str]:
+    """Every problem of every check (empty when ``run`` may start)."""
+    out: List[str] = []
+    for fn, key in CHECKS:
+        try:
+            out.extend(fn(cfg))
+        except ImportError as exc:  # an install without the [cpu]/[gpu] extra cannot run either
+            out.append(cfgmod.problem(cfg, key, f"cannot be checked: {exc} (install edge-agent "
+                                                "with the [cpu] or [gpu] extra)"))
+    return out
+
+
+def load_checked(path: Union[str, Path]) -> cfgmod.Config:
+    """Load a config and run :func:`check`; raise ``ConfigError`` with every problem."""
+    cfg = cfgmod.load(path)
+    problems = check(cfg)
+    if problems:
+        raise cfgmod.ConfigError(problems)
+    return cfg

@@ -1,0 +1,175 @@
+"""The exporter's HTTP server, metric families and health verdict, against a real Outbox.
+
+The agent-level behaviour (metrics moving on a real clip, /healthz on a stalled RTSP camera) is in
+test_service_systemd.py; here each family and each health reason is pinned down.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from edge_agent.exporter import Exporter, Sources, outbox_oldest_age, outbox_problem
+from edge_agent.mqtt.outbox import Outbox
+
+
+def get(port: int, path: str):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except urllib.error.URLError as exc:  # not listening (yet)
+        return 0, str(exc.reason)
+
+
+def sample(text: str, metric: str, **labels) -> float:
+    """The value of one sample in Prometheus text format (fails when it is absent)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == metric and s.labels == {k: str(v) for k, v in labels.items()}:
+                return float(s.value)
+    raise AssertionError(f"{metric}{labels} not in metrics:\n{text}")
+
+
+@pytest.fixture
+def outbox(tmp_path):
+    ob = Outbox(tmp_path / "outbox.sqlite", commit_interval_ms=0)
+    yield ob
+    ob.close()
+
+
+@pytest.fixture
+def stack(outbox):
+    cams = {"cam1": {"frames_in": 0, "processed": 0, "dropped": 0, "fps": 0.0}}
+    state = {"connected": False, "update": "idle"}
+    src = Sources(cameras=["cam1"], stats=lambda: {"cameras": cams},
+                  engine=lambda: {"name": "yolox", "version": "1.2.0", "sha256": "ab" * 32,
+                                  "backend": "onnxruntime"},
+                  outbox_rows=lambda: len(outbox), outbox_path=outbox.path,
+                  mqtt_connected=lambda: state["connected"],
+                  update_state=lambda: state["update"])
+    ex = Exporter(src, max_frame_age_s=0.5)
+    ex.start("127.0.0.1", 0)
+    yield ex, cams, state
+    ex.stop()
+
+
+def test_metric_families_follow_their_sources(stack, outbox):
+    ex, cams, state = stack
+    code, text = get(ex.port, "/metrics")
+    assert code == 200
+    assert sample(text, "edge_agent_frames_in_total", camera="cam1") == 0
+    assert sample(text, "edge_agent_outbox_rows") == 0
+    assert sample(text, "edge_agent_outbox_oldest_age_seconds") == 0
+    assert sample(text, "edge_agent_mqtt_connected") == 0
+    assert sample(text, "edge_agent_engine_info", name="yolox", version="1.2.0",
+                  sha256="ab" * 32, backend="onnxruntime") == 1
+    assert sample(text, "edge_agent_update_state", edge_agent_update_state="idle") == 1
+
+    cams["cam1"].update(frames_in=12, processed=10, dropped=2, fps=9.5)
+    state.update(connected=True, update="building")
+    outbox.append({"event_id": "e1", "type": "crowd", "phase": "start"})
+    sink = ex.sink()
+    sink.write({"event_id": "e1", "type": "crowd", "phase": "start"})
+    sink.write({"event_id": "e2", "type": "crowd", "phase": "end"})
+    ex.obs.inference(0.012)
+    ex.obs.tracker(0.00004)
+    ex.obs.frame("cam1", 0.07)
+    time.sleep(0.05)
+    _, text = get(ex.port, "/metrics")
+    assert sample(text, "edge_agent_frames_in_total", camera="cam1") == 12
+    assert sample(text, "edge_agent_frames_processed_total", camera="cam1") == 10
+    assert sample(text, "edge_agent_frames_dropped_total", camera="cam1") == 2
+    assert sample(text, "edge_agent_camera_fps", camera="cam1") == 9.5
+    assert sample(text, "edge_agent_outbox_rows") == 1
+    assert sample(text, "edge_agent_outbox_oldest_age_seconds") > 0
+    assert sample(text, "edge_agent_mqtt_connected") == 1
+    assert sample(text, "edge_agent_update_state", edge_agent_update_state="building") == 1
+    assert sample(text, "edge_agent_update_state", edge_agent_update_state="idle") == 0
+    assert sample(text, "edge_agent_events_total", type="crowd", phase="start") == 1
+    assert sample(text, "edge_agent_events_total", type="crowd", phase="end") == 1
+    assert sample(text, "edge_agent_inference_seconds_bucket", le="0.02") == 1
+    assert sample(text, "edge_agent_inference_seconds_bucket", le="0.01") == 0
+    assert sample(text, "edge_agent_tracker_seconds_count") == 1
+    assert sample(text, "edge_agent_end_to_end_seconds_count", camera="cam1") == 1
+
+
+def test_healthz_needs_fresh_frames_on_every_camera(stack):
+    ex, _, _ = stack
+    code, body = get(ex.port, "/healthz")
+    doc = json.loads(body)
+    assert code == 503 and doc["status"] == "unhealthy"
+    assert doc["reasons"][0].startswith("camera cam1: no frame yet")
+    ex.obs.frame("cam1", 0.05)
+    code, body = get(ex.port, "/healthz")
+    assert code == 200 and json.loads(body) == {
+        "status": "ok", "reasons": [], "outbox": "ok",
+        "cameras": {"cam1": {"last_frame_age_s": json.loads(body)["cameras"]["cam1"][
+            "last_frame_age_s"]}}}
+    time.sleep(0.6)
+    code, body = get(ex.port, "/healthz")
+    assert code == 503 and "camera cam1: no frame for" in json.loads(body)["reasons"][0]
+    assert get(ex.port, "/nope")[0] == 404
+
+
+def test_outbox_age_counts_from_the_oldest_row(outbox):
+    outbox.append({"event_id": "a", "type": "weapon"})
+    created = time.time()
+    outbox.append({"event_id": "b", "type": "weapon"})
+    assert outbox_oldest_age(outbox.path, now=created + 30) == pytest.approx(30, abs=1)
+    outbox.ack([1, 2])
+    assert outbox_oldest_age(outbox.path) == 0
+
+
+def test_outbox_problem_names_what_blocks_a_write(outbox, tmp_path):
+    assert outbox_problem(outbox.path) is None
+    assert "does not exist" in outbox_problem(tmp_path / "gone.sqlite")
+    (tmp_path / "junk.sqlite").write_bytes(b"not a database" * 100)
+    assert "junk.sqlite" in outbox_problem(tmp_path / "junk.sqlite")
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
+                    reason="needs root and setpriv to check as another user")
+def test_outbox_not_writable_by_the_service_user(tmp_path):
+    code = ("import sys; from pathlib import Path; from edge_agent.exporter import outbox_problem;"
+            "print(outbox_problem(Path(sys.argv[1])))")
+
+    def as_nobody(path: Path) -> str:
+        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               sys.executable, "-c", code, str(path)],
+                              capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    open_dir = Path(tempfile.mkdtemp(prefix="edge-agent-outbox-"))
+    try:
+        open_dir.chmod(0o755)  # nobody may look, not write
+        with Outbox(open_dir / "outbox.sqlite", commit_interval_ms=0):
+            pass
+        assert "is not writable by this user" in as_nobody(open_dir / "outbox.sqlite")
+    finally:
+        shutil.rmtree(open_dir)
+    with Outbox(tmp_path / "outbox.sqlite", commit_interval_ms=0):
+        pass
+    tmp_path.chmod(0o700)  # nobody may not even enter
+    assert "cannot reach it: Permission denied" in as_nobody(tmp_path / "outbox.sqlite")
+
+
+def test_port_in_use_raises_oserror(stack):
+    ex, _, _ = stack
+    other = Exporter(ex.health.src)
+    with pytest.raises(OSError):
+        other.start("127.0.0.1", ex.port)
