@@ -382,7 +382,8 @@ def smoke(cfg: TrainConfig) -> TrainConfig:
     for spec in cfg.train + cfg.val:
         spec["limit"] = min(int(spec.get("limit") or 12), 12)
     cfg.stage_a = Stage(1, 3, cfg.stage_a.lr, list(cfg.stage_a.freeze))
-    cfg.stage_b = Stage(1, 2, cfg.stage_b.lr, list(cfg.stage_b.freeze))
+    cfg.stage_b = Stage(1 if cfg.stage_b.epochs else 0, 2, cfg.stage_b.lr,
+                        list(cfg.stage_b.freeze))
     cfg.out_dir = cfg.out_dir.rstrip("/") + "-smoke"
     return cfg
 
