@@ -32,9 +32,12 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_agent import config as cfgmod
+from edge_agent.delivery import EventDelivery
+from edge_agent.eventlog import MemoryLog
 from edge_agent.inference import open_engine
 from edge_agent.inference.preprocess import Preprocessor
-from edge_agent.service import Pipeline, SeqCounter
+from edge_agent.metrics import pipeline_stats
+from edge_agent.pipeline import Pipeline
 
 CLIP = ("data", "video", "nvidia_Retail02_short.mp4")
 MODEL = ("weights", "yolox_nano_coco.onnx")
@@ -131,12 +134,12 @@ def cameras_fps(clip: Path, model: Path, n: int, max_batch: int, threads: int,
         if total[0] >= 4 * n:
             pipe.stop()
 
-    pipe = Pipeline(cfg, engine, SeqCounter(), [], on_frame=hook)
+    pipe = Pipeline(cfg, engine, EventDelivery(MemoryLog(), []), on_frame=hook)
     t0 = time.perf_counter()
     pipe.run()
     dt = time.perf_counter() - t0
     engine.close()
-    return total[0] / dt, pipe.stats()["inference"]["mean_batch"]
+    return total[0] / dt, pipeline_stats(pipe)["inference"]["mean_batch"]
 
 
 def main(argv=None) -> int:

@@ -19,8 +19,8 @@ from edge_agent import __version__
 # subcommand -> "module:function", plus the issue that delivers it (named when it is missing).
 HANDLERS: Dict[str, str] = {
     "config": "edge_agent.config_cmd:main",
-    "run": "edge_agent.service:cmd_run",
-    "track": "edge_agent.service:cmd_track",
+    "run": "edge_agent.agent:cmd_run",
+    "track": "edge_agent.track:cmd_track",
     "engine": "edge_agent.inference.commands:main",
     "train": "edge_agent.model.train:main",
     "export": "edge_agent.model.export:main",
@@ -95,6 +95,9 @@ def _add_engine(sub) -> None:
     n.add_argument("--engine-dir", default="engines")
     n.add_argument("--video", help="take frames from this video (default: 1080p noise)")
     n.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
+    from edge_agent.update.commands import add_parsers  # keygen, sign, list, install, push, ...
+
+    add_parsers(esub)
 
 
 def _add_train(sub) -> None:
@@ -169,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve(command: str) -> Optional[Callable[[argparse.Namespace], int]]:
-    module_name, func_name = HANDLERS[command].split(":")
+def _resolve(command: str, spec: Optional[str] = None
+             ) -> Optional[Callable[[argparse.Namespace], int]]:
+    module_name, func_name = (spec or HANDLERS[command]).split(":")
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -183,7 +187,7 @@ def _resolve(command: str) -> Optional[Callable[[argparse.Namespace], int]]:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `edge-agent` console script."""
     args = build_parser().parse_args(argv)
-    handler = _resolve(args.command)
+    handler = _resolve(args.command, getattr(args, "handler", None))
     if handler is None:
         print(
             f"edge-agent {args.command}: not built yet (waiting on the {_ISSUE[args.command]}"

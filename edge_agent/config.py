@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
@@ -29,20 +28,17 @@ from pydantic import (
 
 from edge_agent import yamlsafe
 from edge_agent.mqtt.topics import topic_problem
+from edge_agent.secrets import PASSWORD_ENV
 
 # Environment variables that override config values, so secrets need not sit in the file.
 ENV_OVERRIDES: Dict[str, Tuple[str, ...]] = {
     "EDGE_AGENT_MQTT_USERNAME": ("mqtt", "username"),
-    "EDGE_AGENT_MQTT_PASSWORD": ("mqtt", "password"),
+    PASSWORD_ENV: ("mqtt", "password"),
     "EDGE_AGENT_MQTT_HOST": ("mqtt", "host"),
     "EDGE_AGENT_DEVICE_ID": ("device_id",),
 }
 
 _NAME_RE = r"^[A-Za-z0-9_-]{1,64}$"  # names end up in MQTT topics and file names
-MASK = "**********"
-# The password of a URL such as a camera's rtsp://user:password@host is a secret too (greedy up
-# to the last '@' before the path: a raw '@' inside a password is common).
-_URL_PASSWORD = re.compile(r"(//[^/@:\s]*:)([^/\s]*)@")
 
 
 class ConfigError(Exception):
@@ -254,10 +250,40 @@ class MqttConfig(_Model):
 
 
 class UpdateConfig(_Model):
-    public_key: Optional[str] = Field(None, description="ed25519 public key (hex or PEM file)")
-    max_download_mb: float = Field(500, gt=0, le=MAX_MB)
-    health_check_frames: int = Field(30, ge=1, le=MAX_COUNT)
+    """Remote engine updates (docs/update.md)."""
+
+    enabled: bool = Field(True, description="model store under state_dir/models and "
+                          "cmd/engine.*; off: the agent runs model.path as is")
+    trusted_keys: List[str] = Field(
+        default_factory=list, description="ed25519 public keys (64 hex digits, or a file with "
+        "them or a PEM key); several at once so keys can rotate")
+    allow_unsigned: bool = Field(False, description="DEVELOPMENT ONLY: accept unsigned models "
+                                 "(announced at every start in the log and in state)")
     allow_downgrade: bool = False
+    keep_versions: int = Field(3, ge=2, le=100, description="versions kept in the store")
+    max_download_mb: float = Field(500, gt=0, le=MAX_MB)
+    download_timeout_s: float = Field(30, gt=0, le=3600,
+                                      description="connect/read timeout: a stalled server fails")
+    download_retries: int = Field(2, ge=0, le=20, description="resumed (Range) retries")
+    ca_file: Optional[str] = Field(None, description="CA bundle for https:// model URLs")
+    min_input: int = Field(32, ge=16, le=8192, description="smallest model input side accepted")
+    max_input: int = Field(2048, ge=16, le=8192, description="largest model input side accepted")
+    health_check_batches: int = Field(20, ge=1, le=MAX_COUNT,
+                                      description="batches the new engine must pass")
+    health_latency_factor: float = Field(
+        3.0, gt=1, le=1000, description="new engine's median latency <= factor x the old one's")
+    health_timeout_s: float = Field(120, gt=0, le=86400,
+                                    description="no N batches in this time: roll back")
+    health_require_detections: bool = Field(
+        True, description="roll back when the new engine finds nothing on frames where the old "
+        "one found objects")
+
+    @model_validator(mode="after")
+    def _input_bounds_ordered(self) -> UpdateConfig:
+        if self.max_input < self.min_input:
+            raise ValueError(f"max_input ({self.max_input}) must be >= min_input "
+                             f"({self.min_input})")
+        return self
 
 
 class MetricsConfig(_Model):
@@ -383,28 +409,3 @@ def problem(cfg: Config, loc: Tuple[Any, ...], reason: str) -> str:
     """``file:line: key: reason`` for a check made after loading (see ``edge_agent.preflight``)."""
     filename, lines = cfg._origin or ("<config>", {})
     return f"{filename}:{_line_for(loc, lines)}: {_format_loc(loc)}: {reason}"
-
-
-def mask_url_passwords(text: str, mask: str = MASK) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` in it masked."""
-    return _URL_PASSWORD.sub(rf"\g<1>{mask}@", text)
-
-
-def effective(cfg: Config) -> Dict[str, Any]:
-    """The config as plain data with secrets masked (for ``config show`` and ``config.get``)."""
-    data = cfg.model_dump(mode="json")
-    if cfg.mqtt.password is not None:
-        data["mqtt"]["password"] = MASK
-    for cam in data["cameras"]:
-        cam["source"] = mask_url_passwords(cam["source"])
-    return data
-
-
-def secrets(cfg: Config) -> List[str]:
-    """Secret values that must never reach a log line."""
-    out = []
-    if cfg.mqtt.password is not None and cfg.mqtt.password.get_secret_value():
-        out.append(cfg.mqtt.password.get_secret_value())
-    for cam in cfg.cameras:
-        out.extend(m.group(2) for m in _URL_PASSWORD.finditer(cam.source) if m.group(2))
-    return out

@@ -13,6 +13,7 @@ import yaml
 
 from edge_agent import config as cfgmod
 from edge_agent import preflight
+from edge_agent.secrets import masked_config
 
 
 def main(args: argparse.Namespace) -> int:
@@ -31,5 +32,5 @@ def main(args: argparse.Namespace) -> int:
     if args.config_cmd == "validate":
         print(f"{args.file}: ok ({len(cfg.cameras)} camera(s))")
     else:
-        sys.stdout.write(yaml.safe_dump(cfgmod.effective(cfg), sort_keys=False))
+        sys.stdout.write(yaml.safe_dump(masked_config(cfg), sort_keys=False))
     return 0

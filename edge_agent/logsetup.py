@@ -9,11 +9,11 @@ import sys
 import time
 from typing import Iterable
 
-_REDACTED = "***"
+from edge_agent.secrets import redact
 
 
 class _RedactFilter(logging.Filter):
-    """Replaces any known secret value in a record's final message."""
+    """Masks any known secret value (and URL password) in a record's final message."""
 
     def __init__(self, secrets: Iterable[str]):
         super().__init__()
@@ -21,10 +21,7 @@ class _RedactFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
-            msg = record.getMessage()
-            for s in self.secrets:
-                msg = msg.replace(s, _REDACTED)
-            record.msg, record.args = msg, None
+            record.msg, record.args = redact(record.getMessage(), self.secrets), None
         return True
 
 

@@ -14,9 +14,11 @@ import sys
 import threading
 import time
 
+from mqtt_helpers import metrics_of
+
 from edge_agent.config import MqttConfig
+from edge_agent.eventlog import Outbox
 from edge_agent.mqtt.client import AgentMqtt
-from edge_agent.mqtt.outbox import Outbox
 
 
 def main() -> int:
@@ -39,7 +41,8 @@ def main() -> int:
     ob = Outbox(args.outbox, commit_interval_ms=args.commit_ms)
     cfg = MqttConfig(host=args.host, port=args.port, protocol=args.protocol,
                      reconnect_min_s=0.1, reconnect_max_s=0.5, keepalive_s=5)
-    m = AgentMqtt(cfg, args.device, ob, state_fn=lambda: {"run": args.run})
+    m = AgentMqtt(cfg, args.device, ob, metrics=metrics_of(ob, args.device,
+                                                           state=lambda: {"run": args.run}))
     m.start()
     if m.wait_connected(10):
         print("CONNECTED", flush=True)

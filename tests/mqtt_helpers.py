@@ -124,3 +124,14 @@ class Subscriber:
     def close(self) -> None:
         self.c.disconnect()  # first: it wakes the network loop, so loop_stop returns at once
         self.c.loop_stop()
+
+
+def metrics_of(outbox, device: str = "dev1", state=None, stats=None):
+    """The agent's Metrics for an AgentMqtt on its own: the outbox's section plus, as the
+    pipeline adds them, an extra state and/or stats section."""
+    from edge_agent.metrics import Metrics
+
+    m = Metrics(device)
+    m.add("outbox", stats=lambda: {"outbox": outbox.stats()})
+    m.add("extra", stats=stats, state=state)
+    return m

@@ -17,6 +17,7 @@ from edge_agent.events.rules import CrowdRule, HeadTracks, PlateRule, WeaponRule
 from edge_agent.events.sinks import JsonlSink
 from edge_agent.events.snapshots import SnapshotStore, encode_jpeg
 from edge_agent.events.zones import Zone, anchor_points
+from edge_agent.tracking.columns import AGE, BOX, CLASS_ID, SCORE, TRACK_COLS, TRACK_ID
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parent.parent / "edge_agent" / "schemas" / "event.schema.json")
@@ -36,13 +37,16 @@ def ctx(i: int, image=None) -> FrameContext:
 
 
 def track(tid, box, score=0.9, cls=0, age=0) -> list:
-    return [*box, tid, score, cls, age]
+    row = [0.0] * TRACK_COLS
+    row[BOX] = box
+    row[TRACK_ID], row[SCORE], row[CLASS_ID], row[AGE] = tid, score, cls, age
+    return row
 
 
 def tracks(*rows, lost=()) -> HeadTracks:
-    a = np.array(rows, dtype=np.float64).reshape(-1, 8)
-    b = np.array(lost, dtype=np.float64).reshape(-1, 8)
-    return HeadTracks(a, b, ["person"] if not rows or rows[0][6] == 0 else ["x", "y"])
+    a = np.array(rows, dtype=np.float64).reshape(-1, TRACK_COLS)
+    b = np.array(lost, dtype=np.float64).reshape(-1, TRACK_COLS)
+    return HeadTracks(a, b, ["person"] if not rows or rows[0][CLASS_ID] == 0 else ["x", "y"])
 
 
 def seal(events):

@@ -23,6 +23,7 @@ from edge_agent.inference import (
 from edge_agent.inference import manifest as mf
 from edge_agent.inference.postprocess import Postprocessor, nms
 from edge_agent.inference.preprocess import Preprocessor
+from edge_agent.tracking.columns import DET_CLASS, DET_COLS, DET_SCORE, X1, X2, Y1, Y2
 
 CLIP = "nvidia_Retail02_short.mp4"
 SHIPPED = Path(__file__).resolve().parent.parent / "engines" / "manifests" / "yolox_nano_coco.json"
@@ -104,17 +105,17 @@ def test_persons_on_retail_video(engine, retail_frames):
         for (idx, frame), det in zip(chunk, res.detections):
             assert set(det) == {"crowd", "weapon"}
             crowd = det["crowd"]
-            assert crowd.dtype == np.float32 and crowd.shape[1] == 6
-            assert det["weapon"].shape == (0, 6), f"frame {idx}: a knife in a grocery aisle"
+            assert crowd.dtype == np.float32 and crowd.shape[1] == DET_COLS
+            assert det["weapon"].shape == (0, DET_COLS), f"frame {idx}: a knife in a grocery aisle"
             lo, hi = PERSONS_PER_FRAME
             assert lo <= len(crowd) <= hi, f"frame {idx}: {len(crowd)} persons"
-            assert np.all(crowd[:, 5] == 0) and np.all(crowd[:, 4] >= 0.3)
-            assert np.all(np.diff(crowd[:, 4]) <= 0), "rows sorted by score"
+            assert np.all(crowd[:, DET_CLASS] == 0) and np.all(crowd[:, DET_SCORE] >= 0.3)
+            assert np.all(np.diff(crowd[:, DET_SCORE]) <= 0), "rows sorted by score"
             h, w = frame.shape[:2]
-            assert np.all(crowd[:, [0, 1]] >= 0) and np.all(crowd[:, 2] <= w)
-            assert np.all(crowd[:, 3] <= h)
+            assert np.all(crowd[:, [X1, Y1]] >= 0) and np.all(crowd[:, X2] <= w)
+            assert np.all(crowd[:, Y2] <= h)
             # standing people seen from above: boxes taller than wide, most of them
-            assert np.mean(crowd[:, 3] - crowd[:, 1] > crowd[:, 2] - crowd[:, 0]) >= 0.5
+            assert np.mean(crowd[:, Y2] - crowd[:, Y1] > crowd[:, X2] - crowd[:, X1]) >= 0.5
             counts.append(len(crowd))
             if idx == 0:
                 for person in FRAME0_PEOPLE:
@@ -203,10 +204,10 @@ def test_pre_and_post_processing_match_float64_reference(engine, retail_frames, 
     got = Postprocessor(m, thr, 0.45)({"output": raw}, geo)[0]["all"].astype(np.float64)
     ref = reference_decode(raw[0], r, frame.shape, thr, 0.45)
     assert len(ref) >= 5
-    got = got[np.lexsort((got[:, 0], -got[:, 4]))]
+    got = got[np.lexsort((got[:, X1], -got[:, DET_SCORE]))]
     assert got.shape == ref.shape, (len(got), len(ref))
-    np.testing.assert_array_equal(got[:, 5], ref[:, 5])
-    np.testing.assert_allclose(got[:, :5], ref[:, :5], atol=2e-3, rtol=1e-5)
+    np.testing.assert_array_equal(got[:, DET_CLASS], ref[:, DET_CLASS])
+    np.testing.assert_allclose(got[:, :DET_CLASS], ref[:, :DET_CLASS], atol=2e-3, rtol=1e-5)
 
 
 def test_nms_matches_greedy_loop():

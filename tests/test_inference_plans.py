@@ -166,3 +166,50 @@ def test_tensorrt_backend_unavailable_is_exit_1_not_bad_model(yolox_nano, tmp_pa
             str(tmp_path)]
     assert cli.main(argv) == 1
     assert "cannot run here: TensorRT is not installed" in capsys.readouterr().err
+
+
+# --- provisioning -------------------------------------------------------------------------------
+
+
+def test_build_progress_reaches_a_callback_and_the_terminal_draws_it():
+    from edge_agent.inference.build import BuildProgress, TerminalProgress
+
+    assert BuildProgress("Building engine", 5, 10).fraction == 0.5
+    out = io.StringIO()
+    bar = TerminalProgress("building m", out)
+    for step in range(0, 11, 5):  # TensorRT 10: every step of the phase
+        bar(BuildProgress("Building engine", step, 10))
+    bar(BuildProgress("building m", 1, 1, done=True))
+    text = out.getvalue()
+    assert "[" + "#" * 30 + "] 10/10" in text and text.endswith("\n")
+    out = io.StringIO()
+    spin = TerminalProgress("building m", out)  # TensorRT 8.x: only the start and the end
+    spin(BuildProgress("building m", 0, 1))
+    time.sleep(0.4)
+    spin(BuildProgress("building m", 1, 1, done=True))
+    assert out.getvalue().endswith("building m done in 00:00\n")
+
+
+def test_provisioning_breaks_the_build_trt_import_cycle():
+    import ast
+
+    def imports(name):
+        src = (REPO / "edge_agent" / "inference" / f"{name}.py").read_text()
+        return {n.module for n in ast.walk(ast.parse(src)) if isinstance(n, ast.ImportFrom)}
+
+    assert "edge_agent.inference.trt" not in imports("build")
+    assert "edge_agent.inference.trt" not in imports("provision")
+    assert "edge_agent.inference.build" not in imports("trt")  # only through provision
+    assert "edge_agent.inference.provision" in imports("trt")
+
+
+@pytest.mark.skipif(tensorrt_usable() is None, reason="TensorRT is usable here")
+def test_ensure_plan_without_tensorrt_says_so(yolox_nano, tmp_path):
+    from edge_agent.inference import BackendUnavailableError
+    from edge_agent.inference import manifest as mf
+    from edge_agent.inference.provision import ensure_plan
+
+    m = mf.resolve(yolox_nano, None, str(REPO / "engines"))
+    with pytest.raises(BackendUnavailableError, match="TensorRT is not installed"):
+        ensure_plan(m, yolox_nano, engine_dir=tmp_path)
+    assert not list(tmp_path.rglob("*.plan"))

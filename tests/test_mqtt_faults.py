@@ -16,8 +16,8 @@ from typing import List, Tuple
 import pytest
 from mqtt_helpers import Subscriber, event, make_cfg, wait_persisted
 
+from edge_agent.eventlog import Outbox
 from edge_agent.mqtt.client import AgentMqtt
-from edge_agent.mqtt.outbox import Outbox
 
 BASE = "edge-agent/dev1"
 HERE = Path(__file__).resolve().parent

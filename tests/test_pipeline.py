@@ -26,8 +26,12 @@ import jsonschema
 import pytest
 
 from edge_agent import config as cfgmod
+from edge_agent.delivery import EventDelivery
+from edge_agent.eventlog import MemoryLog
 from edge_agent.inference import open_engine
-from edge_agent.service import Pipeline, SeqCounter
+from edge_agent.metrics import pipeline_stats
+from edge_agent.pipeline import Pipeline
+from edge_agent.tracking.columns import TRACK_ID
 
 SCHEMA = json.loads(
     (Path(__file__).resolve().parent.parent / "edge_agent" / "schemas" / "event.schema.json")
@@ -70,14 +74,14 @@ def run_clip(path: Path, model: Path, camera: Dict[str, Any]) -> Dict[str, Any]:
     def hook(f, tracks, st):
         active = tracks["crowd"].active
         per_frame.append(len(active))
-        for tid in active[:, 4].astype(int):
+        for tid in active[:, TRACK_ID].astype(int):
             frames_of[int(tid)].append(f.index)
 
-    pipe = Pipeline(cfg, engine, SeqCounter(), [sink], on_frame=hook)
+    pipe = Pipeline(cfg, engine, EventDelivery(MemoryLog(), [sink]), on_frame=hook)
     pipe.run()
     engine.close()
     return {"events": sink.events, "frames_of": dict(frames_of), "per_frame": per_frame,
-            "stats": pipe.stats(), "sink": sink}
+            "stats": pipeline_stats(pipe), "sink": sink}
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +168,7 @@ def _first_tracks(cams: List[Dict[str, Any]], model: Path, n: int, max_batch: in
         if all(len(got[c["name"]]) >= n for c in cams):
             pipe.stop()
 
-    pipe = Pipeline(cfg, engine, SeqCounter(), [], on_frame=hook)
+    pipe = Pipeline(cfg, engine, EventDelivery(MemoryLog(), []), on_frame=hook)
     pipe.run()
     engine.close()
     return got, pipe
@@ -175,7 +179,7 @@ def test_batched_cameras_each_get_their_own_results(video_dir, yolox_nano):
     a = {"name": "a", "source": str(video_dir / ONE_BY_ONE)}
     b = {"name": "b", "source": str(video_dir / RETAIL), "detect_every": 2}
     both, pipe = _first_tracks([a, b], yolox_nano, 25, max_batch=4)
-    assert pipe.stats()["inference"]["mean_batch"] > 1.2  # really batched
+    assert pipeline_stats(pipe)["inference"]["mean_batch"] > 1.2  # really batched
     assert not pipe.counters.get("inference_errors")
     alone_a, _ = _first_tracks([a], yolox_nano, 25, max_batch=1)
     alone_b, _ = _first_tracks([b], yolox_nano, 25, max_batch=1)
@@ -189,7 +193,7 @@ def test_batched_cameras_each_get_their_own_results(video_dir, yolox_nano):
 def test_stop_drains_frames_in_chunks_of_max_batch(video_dir, yolox_nano):
     cams = [{"name": f"c{i}", "source": str(video_dir / CAR_CLIP)} for i in range(3)]
     got, pipe = _first_tracks(cams, yolox_nano, 3, max_batch=1)
-    st = pipe.stats()
+    st = pipeline_stats(pipe)
     assert not pipe.counters.get("inference_errors"), st
     assert all(st["cameras"][c["name"]]["processed"] >= 3 for c in cams)
     assert all(not t.is_alive() for t in threading.enumerate()
@@ -205,20 +209,20 @@ def test_fps_limit_drops_newest_only_and_detect_every_predicts_between(video_dir
         "mqtt": {"enabled": False},
     })
     engine = open_engine(cfg.model)
-    pipe = Pipeline(cfg, engine, SeqCounter(), [])
+    pipe = Pipeline(cfg, engine, EventDelivery(MemoryLog(), []))
     timer = threading.Timer(3.0, pipe.stop)
     timer.start()
     t0 = time.monotonic()
     pipe.run()
     elapsed = time.monotonic() - t0
     engine.close()
-    st = pipe.stats()["cameras"]["lot"]
+    st = pipeline_stats(pipe)["cameras"]["lot"]
     assert 3.0 * elapsed <= st["processed"] <= 5.0 * elapsed + 2, st
     assert st["frames_in"] >= 10.0 * elapsed - 5  # the reader kept reading at 12.5 fps ...
     assert st["dropped"] >= st["frames_in"] - st["processed"] - 1  # ... the rest was dropped
     assert st["detected"] == (st["processed"] + 1) // 2  # frames 0, 2, 4, ... detected
     assert st["e2e_latency"]["p50_ms"] is not None
-    assert pipe.stats()["inference"]["p50_ms"] > 0
+    assert pipeline_stats(pipe)["inference"]["p50_ms"] > 0
 
 
 def _manifest_variant(tmp_path: Path, version: str, drop_weapon: bool) -> Path:
@@ -251,7 +255,7 @@ def test_engine_swap_between_batches(tmp_path, video_dir, yolox_nano):
     pipe = None
 
     def hook(f, tracks, st):
-        ids_at[f.index] = set(tracks["crowd"].active[:, 4].astype(int))
+        ids_at[f.index] = set(tracks["crowd"].active[:, TRACK_ID].astype(int))
         if f.index == 10:
             futures["a"] = pipe.run_in_loop(lambda p: p.swap_engine(same_heads))
         if f.index == 20:
@@ -259,7 +263,7 @@ def test_engine_swap_between_batches(tmp_path, video_dir, yolox_nano):
         if f.index == 30:
             pipe.stop()
 
-    pipe = Pipeline(cfg, engine, SeqCounter(), [sink], on_frame=hook)
+    pipe = Pipeline(cfg, engine, EventDelivery(MemoryLog(), [sink]), on_frame=hook)
     pipe.run()
     assert futures["a"].result(0) is engine and futures["b"].result(0) is same_heads
     for e in (engine, same_heads, fewer_heads):
@@ -300,7 +304,7 @@ def test_broken_engine_still_ends_events_and_closes_sinks(video_dir, yolox_nano)
         if f.index == 5:
             engine.close()
 
-    pipe = Pipeline(cfg, engine, SeqCounter(), [sink], on_frame=hook)
+    pipe = Pipeline(cfg, engine, EventDelivery(MemoryLog(), [sink]), on_frame=hook)
     with pytest.raises(RuntimeError, match="engine is closed"):
         pipe.run()
     assert sink.closed

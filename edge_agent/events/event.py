@@ -12,12 +12,72 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, TypedDict
 
 import numpy as np
 
 SCHEMA_VERSION = 1
 PHASES = ("start", "update", "end")
+
+
+class BBox(TypedDict):
+    px: List[float]
+    norm: List[float]
+
+
+class Timestamp(TypedDict):
+    iso: str
+    epoch_ms: int
+
+
+class EngineRef(TypedDict):
+    name: str
+    version: str
+    sha256: str
+
+
+class _EventBase(TypedDict):
+    """The fields every event has (``schemas/event.schema.json`` ``required``)."""
+
+    schema: int
+    event_id: str
+    seq: Optional[int]  # None until the event log assigns it
+    type: str
+    phase: str
+    device_id: str
+    camera: str
+    track_id: Optional[int]
+    label: str
+    score: Optional[float]
+    bbox: Optional[BBox]
+    ts: Timestamp
+    frame: int
+    engine: EngineRef
+    snapshot: Optional[str]
+
+
+class Event(_EventBase, total=False):
+    """One event as published and written to the sinks (a plain dict at run time).
+
+    The optional fields belong to a type or phase: ``reason``/``duration_s`` on every ``end``;
+    weapon ``top_score``, ``person_track_id``; crowd ``zone``, ``count``, ``track_ids``,
+    ``min_count``, ``peak_count``; plate end ``text``, ``text_score``, ``text_status``,
+    ``best_frame``. A test checks these names against the JSON schema.
+    """
+
+    reason: str
+    duration_s: float
+    top_score: float
+    person_track_id: Optional[int]
+    zone: str
+    count: int
+    track_ids: List[int]
+    min_count: int
+    peak_count: int
+    text: Optional[str]
+    text_score: Optional[float]
+    text_status: str
+    best_frame: int
 
 
 @dataclass(frozen=True)
@@ -56,7 +116,7 @@ class Emission:
     (plate OCR); it fills in fields of ``event`` in place.
     """
 
-    event: Dict[str, Any]
+    event: Event
     snapshot: Optional[np.ndarray] = None
     finish: Optional[Any] = None  # Callable[[], None]
 
@@ -96,11 +156,11 @@ class EventFactory:
         score: Optional[float],
         box: Optional[Sequence[float]],
         **extra: Any,
-    ) -> Dict[str, Any]:
-        """A new event; ``seq`` stays None until the outbox assigns it."""
+    ) -> Event:
+        """A new event; ``seq`` stays None until the event log assigns it."""
         if phase not in PHASES:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
-        event: Dict[str, Any] = {
+        event: Event = {
             "schema": SCHEMA_VERSION,
             "event_id": uuid.uuid4().hex,
             "seq": None,
@@ -121,5 +181,5 @@ class EventFactory:
             },
             "snapshot": None,
         }
-        event.update(extra)
+        event.update(extra)  # type: ignore[typeddict-item]
         return event

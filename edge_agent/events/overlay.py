@@ -9,6 +9,7 @@ import numpy as np
 
 from edge_agent.events.rules import HeadTracks
 from edge_agent.events.zones import Zone
+from edge_agent.tracking.columns import BOX, CLASS_ID, TRACK_ID
 
 # BGR per head; unknown heads get white.
 HEAD_COLORS = {"crowd": (60, 200, 60), "weapon": (40, 40, 255), "plate": (0, 200, 255)}
@@ -28,9 +29,9 @@ def draw(image: np.ndarray, tracks: Dict[str, HeadTracks], zones: Sequence[Zone]
     for head, tr in tracks.items():
         color = HEAD_COLORS.get(head, (255, 255, 255))
         for row in tr.active:
-            x1, y1, x2, y2 = (int(round(v)) for v in row[:4])
+            x1, y1, x2, y2 = (int(round(v)) for v in row[BOX])
             cv2.rectangle(image, (x1, y1), (x2, y2), color, thick)
-            label = f"{tr.label(row[6])} #{int(row[4])}"
+            label = f"{tr.label(row[CLASS_ID])} #{int(row[TRACK_ID])}"
             cv2.putText(image, label, (x1, max(int(14 * scale), y1 - 4)), _FONT, 0.6 * scale,
                         color, thick, cv2.LINE_AA)
     lines: List[str] = [f"{name}: {n}" for name, n in counts.items()]

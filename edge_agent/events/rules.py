@@ -18,9 +18,20 @@ import numpy as np
 
 from edge_agent.events.event import Emission, EventFactory, FrameContext
 from edge_agent.events.zones import Zone, anchor_points
+from edge_agent.tracking.columns import (
+    AGE,
+    BOX,
+    CLASS_ID,
+    SCORE,
+    TRACK_COLS,
+    TRACK_ID,
+    X1,
+    X2,
+    Y1,
+    Y2,
+)
 
-X1, Y1, X2, Y2, TID, SCORE, CLS, AGE = range(8)
-EMPTY = np.zeros((0, 8))
+EMPTY = np.zeros((0, TRACK_COLS))
 
 
 @dataclass
@@ -36,7 +47,7 @@ class HeadTracks:
         return self.classes[i] if 0 <= i < len(self.classes) else str(i)
 
     def ids(self) -> set:
-        return {int(t) for t in self.active[:, TID]} | {int(t) for t in self.lost[:, TID]}
+        return {int(t) for t in self.active[:, TRACK_ID]} | {int(t) for t in self.lost[:, TRACK_ID]}
 
 
 Snapshotter = Callable[[FrameContext, Sequence[float], str], Optional[np.ndarray]]
@@ -53,11 +64,11 @@ def nearest_track(box: Sequence[float], others: np.ndarray) -> Optional[int]:
     cx, cy = _centre(box)
     ox = (others[:, X1] + others[:, X2]) / 2.0
     oy = (others[:, Y1] + others[:, Y2]) / 2.0
-    return int(others[int(np.argmin((ox - cx) ** 2 + (oy - cy) ** 2)), TID])
+    return int(others[int(np.argmin((ox - cx) ** 2 + (oy - cy) ** 2)), TRACK_ID])
 
 
 def _ids(rows: np.ndarray) -> Tuple[int, ...]:
-    return tuple(sorted(int(t) for t in rows[:, TID]))
+    return tuple(sorted(int(t) for t in rows[:, TRACK_ID]))
 
 
 def _duration(ctx: FrameContext, start_s: float) -> float:
@@ -106,13 +117,13 @@ class WeaponRule:
         out: List[Emission] = []
         person_rows = persons.active if persons is not None else EMPTY
         for row in weapon.active:
-            tid = int(row[TID])
+            tid = int(row[TRACK_ID])
             st = self.tracks.get(tid)
             if st is None:
                 st = self.tracks[tid] = _WeaponTrack(
-                    weapon.label(row[CLS]), collections.deque(maxlen=self.window), row[:4].copy()
-                )
-            st.box = row[:4].copy()
+                    weapon.label(row[CLASS_ID]), collections.deque(maxlen=self.window),
+                    row[BOX].copy())
+            st.box = row[BOX].copy()
             if row[AGE] == 0:  # scored by a detection this frame, not only predicted
                 st.scores.append(float(row[SCORE]))
                 st.top = max(st.top, float(row[SCORE]))
@@ -298,15 +309,15 @@ class PlateRule:
     def update(self, ctx: FrameContext, plates: HeadTracks) -> List[Emission]:
         out: List[Emission] = []
         for row in plates.active:
-            tid = int(row[TID])
+            tid = int(row[TRACK_ID])
             st = self.tracks.get(tid)
             if st is None:
-                st = self.tracks[tid] = _PlateTrack(plates.label(row[CLS]), ctx.media_s)
-                st.best_box, st.best_score, st.best_frame = row[:4].copy(), float(row[SCORE]), \
+                st = self.tracks[tid] = _PlateTrack(plates.label(row[CLASS_ID]), ctx.media_s)
+                st.best_box, st.best_score, st.best_frame = row[BOX].copy(), float(row[SCORE]), \
                     ctx.frame
-                img = self.snapshot(ctx, row[:4], f"plate #{tid}") if self.snapshot else None
+                img = self.snapshot(ctx, row[BOX], f"plate #{tid}") if self.snapshot else None
                 out.append(Emission(
-                    self.f.make(ctx, "plate", "start", tid, st.label, row[SCORE], row[:4]), img))
+                    self.f.make(ctx, "plate", "start", tid, st.label, row[SCORE], row[BOX]), img))
             if row[AGE] == 0:
                 self._keep(ctx, st, row)
         alive = plates.ids()
@@ -322,12 +333,12 @@ class PlateRule:
     def _keep(self, ctx: FrameContext, st: _PlateTrack, row: np.ndarray) -> None:
         score = float(row[SCORE])
         if score > st.best_score:
-            st.best_score, st.best_box, st.best_frame = score, row[:4].copy(), ctx.frame
+            st.best_score, st.best_box, st.best_frame = score, row[BOX].copy(), ctx.frame
         if ctx.image is None or self.reader is None:
             return
         if len(st.crops) >= self.keep_crops and score <= st.crops[-1][0]:
             return
-        crop = crop_box(ctx.image, row[:4], pad=0.15)
+        crop = crop_box(ctx.image, row[BOX], pad=0.15)
         if crop is None:
             return
         st.crops.append((score, crop))

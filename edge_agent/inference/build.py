@@ -7,8 +7,10 @@
   which this builder refuses with a clear message).
 * The workspace memory pool is limited; the timing cache (one per GPU and TensorRT version) is
   read before and written after every build, so rebuilds take seconds instead of minutes.
-* Progress: TensorRT 10's ``IProgressMonitor`` drives a progress bar per build phase; on 8.x a
-  spinner shows the elapsed time.
+* Progress goes to a callback, ``progress(BuildProgress(phase, step, total))``: TensorRT 10's
+  ``IProgressMonitor`` reports every step of every phase; on 8.x only the start and the end of
+  the one blocking build call. :class:`TerminalProgress` draws it (a bar per phase, or a spinner
+  with the elapsed time); a remote update publishes it instead.
 * The plan is stored by :class:`~edge_agent.inference.plans.PlanStore` under a key of ONNX sha256,
   TensorRT version, GPU name and compute capability, precision and max batch.
 """
@@ -20,13 +22,14 @@ import os
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, TextIO
+from typing import Callable, Dict, List, Optional, TextIO, Union
 
 from edge_agent.inference import manifest as mf
 from edge_agent.inference.errors import ModelError
 from edge_agent.inference.plans import PlanStore, write_atomic
-from edge_agent.inference.trt import device_key, import_trt, make_logger, trt_major
+from edge_agent.inference.trtenv import device_key, import_trt, make_logger, trt_major
 
 log = logging.getLogger(__name__)
 
@@ -73,44 +76,91 @@ def progress_bar(phase: str, step: int, total: int, t0: float, width: int = 30) 
     return f"{phase[:40]:<40} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} {_elapsed(t0)}"
 
 
-def make_progress_monitor(trt, out: TextIO = sys.stderr):
-    """A TensorRT 10 ``IProgressMonitor`` drawing the innermost phase as a progress bar."""
+@dataclass(frozen=True)
+class BuildProgress:
+    """One progress report of a build: ``step`` of ``total`` in ``phase`` (innermost first
+    reported by TensorRT); ``done`` once the build call returned."""
+
+    phase: str
+    step: int
+    total: int
+    done: bool = False
+
+    @property
+    def fraction(self) -> float:
+        return min(1.0, max(0, self.step) / max(self.total, 1))
+
+
+ProgressFn = Callable[[BuildProgress], None]
+
+
+class TerminalProgress:
+    """A :data:`ProgressFn` that draws on a terminal: the innermost phase as a bar, or (without
+    step reports, TensorRT 8.x) a spinner with the elapsed time."""
+
+    def __init__(self, label: str, out: TextIO = sys.stderr):
+        self.label, self.out = label, out
+        self.t0 = time.monotonic()
+        self._spinner: Optional[Spinner] = None
+        self._stepped = False
+
+    def __call__(self, p: BuildProgress) -> None:
+        if p.done:
+            if self._spinner is not None:
+                self._spinner.__exit__(None, None, None)
+            elif self._stepped:
+                self.out.write("\n")
+            return
+        if p.total <= 1 and not self._stepped:  # only start/end known: spin meanwhile
+            if self._spinner is None:
+                self._spinner = Spinner(self.label, self.out).__enter__()
+            return
+        self._stepped = True
+        self.out.write("\r" + progress_bar(p.phase, p.step, p.total, self.t0))
+        self.out.flush()
+
+
+def make_progress_monitor(trt, progress: ProgressFn):
+    """A TensorRT 10 ``IProgressMonitor`` reporting the innermost phase to ``progress``."""
 
     class _Monitor(trt.IProgressMonitor):
         def __init__(self):
             trt.IProgressMonitor.__init__(self)
-            self.t0 = time.monotonic()
             self.phases: Dict[str, List[int]] = {}  # name -> [step, total]
             self.order: List[str] = []
             self.cancelled = False
 
-        def _draw(self) -> None:
+        def _report(self) -> None:
             if self.order:
                 name = self.order[-1]
                 step, total = self.phases[name]
-                out.write("\r" + progress_bar(name, step, total, self.t0))
-                out.flush()
+                progress(BuildProgress(name, step, total))
 
         def phase_start(self, phase_name, parent_phase, num_steps):
             self.phases[phase_name] = [0, int(num_steps)]
             self.order.append(phase_name)
-            self._draw()
+            self._report()
 
         def step_complete(self, phase_name, step):
             if phase_name in self.phases:
                 self.phases[phase_name][0] = int(step) + 1
-            self._draw()
+            self._report()
             return not self.cancelled  # False asks TensorRT to stop the build
 
         def phase_finish(self, phase_name):
             self.phases.pop(phase_name, None)
             if phase_name in self.order:
                 self.order.remove(phase_name)
-            if not self.order:
-                out.write("\n")
-            self._draw()
+            self._report()
 
     return _Monitor()
+
+
+def _progress_fn(progress: Union[bool, ProgressFn, None], label: str,
+                 out: TextIO) -> Optional[ProgressFn]:
+    if progress is True:
+        return TerminalProgress(label, out)
+    return progress or None
 
 
 def _node_names(onnx_path: Path) -> List[str]:
@@ -147,8 +197,12 @@ def parser_errors(parser, onnx_path: Path) -> str:
 
 def build_plan(onnx_path: os.PathLike, manifest: mf.Manifest, *, fp16: bool, max_batch: int,
                workspace_mb: int = 1024, timing_cache: Optional[Path] = None,
-               progress: bool = True, out: TextIO = sys.stderr) -> bytes:
-    """Parse ``onnx_path`` and build a serialised plan; raises :class:`ModelError` on failure."""
+               progress: Union[bool, ProgressFn, None] = True,
+               out: TextIO = sys.stderr) -> bytes:
+    """Parse ``onnx_path`` and build a serialised plan; raises :class:`ModelError` on failure.
+
+    ``progress``: a :data:`ProgressFn`, True for a :class:`TerminalProgress` on ``out``, or
+    False/None for none."""
     trt = import_trt()
     onnx_path = Path(onnx_path)
     if workspace_mb < 16:
@@ -200,17 +254,18 @@ def build_plan(onnx_path: os.PathLike, manifest: mf.Manifest, *, fp16: bool, max
             cache = config.create_timing_cache(b"")
         if cache is not None:
             config.set_timing_cache(cache, False)
-    monitor = None
-    if progress and major >= 10 and hasattr(trt, "IProgressMonitor"):
-        monitor = make_progress_monitor(trt, out)
-        config.progress_monitor = monitor
-    t0 = time.monotonic()
     label = f"building {manifest.name} ({'fp16' if fp16 else 'fp32'}, batch {max_batch})"
-    if progress and monitor is None:
-        with Spinner(label, out):
-            plan = builder.build_serialized_network(network, config)
-    else:
+    report = _progress_fn(progress, label, out)
+    if report is not None and major >= 10 and hasattr(trt, "IProgressMonitor"):
+        config.progress_monitor = make_progress_monitor(trt, report)
+    t0 = time.monotonic()
+    if report is not None:
+        report(BuildProgress(label, 0, 1))
+    try:
         plan = builder.build_serialized_network(network, config)
+    finally:
+        if report is not None:
+            report(BuildProgress(label, 1, 1, done=True))
     if plan is None:
         raise ModelError(f"model {onnx_path}: TensorRT build failed: "
                          + ("; ".join(logger.errors) or "no reason given"))
@@ -223,7 +278,7 @@ def build_plan(onnx_path: os.PathLike, manifest: mf.Manifest, *, fp16: bool, max
 
 def build_and_store(model_path: os.PathLike, manifest: mf.Manifest, engine_dir: os.PathLike, *,
                     precision: str = "fp16", max_batch: int = 1, workspace_mb: int = 1024,
-                    progress: bool = True) -> Path:
+                    progress: Union[bool, ProgressFn, None] = True) -> Path:
     """Build this device's plan for a model and store it; returns the plan's path."""
     key = device_key(manifest.sha256, precision, max_batch)
     store = PlanStore(engine_dir)

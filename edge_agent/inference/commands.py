@@ -98,15 +98,16 @@ def cmd_build(args: argparse.Namespace) -> int:
               "the device that runs it (Jetson: JetPack's TensorRT and pycuda); elsewhere the "
               "model runs on ONNX Runtime.", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    from edge_agent.inference.build import build_and_store
-    from edge_agent.inference.trt import plan_batch
+    from edge_agent.inference.provision import ensure_plan
+    from edge_agent.inference.trtenv import plan_batch
 
     batch = plan_batch(m, args.max_batch)
     if batch != args.max_batch:
         print(f"note: {m.name} has a fixed batch of {batch}; building for that", file=sys.stderr)
-    path = build_and_store(model, m, args.engine_dir, precision="fp16" if args.fp16 else "fp32",
-                           max_batch=batch, workspace_mb=args.workspace_mb,
-                           progress=not getattr(args, "no_progress", False))
+    path = ensure_plan(m, model, engine_dir=args.engine_dir, rebuild=True,
+                       precision="fp16" if args.fp16 else "fp32", max_batch=batch,
+                       workspace_mb=args.workspace_mb,
+                       progress=not getattr(args, "no_progress", False))
     print(f"plan      {path}")
     return 0
 

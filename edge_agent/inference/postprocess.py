@@ -18,8 +18,9 @@ import numpy as np
 from edge_agent.inference.errors import DetectorOutputError
 from edge_agent.inference.manifest import Manifest, OutputSpec
 from edge_agent.inference.preprocess import Letterbox
+from edge_agent.tracking.columns import BOX, DET_CLASS, DET_COLS, DET_SCORE
 
-EMPTY = np.zeros((0, 6), np.float32)
+EMPTY = np.zeros((0, DET_COLS), np.float32)
 
 
 def yolox_grid(height: int, width: int, strides) -> Tuple[np.ndarray, np.ndarray]:
@@ -163,7 +164,8 @@ class Postprocessor:
                 w, h = geo.frame_size[f]
                 np.clip(b[:, 0::2], 0, w, out=b[:, 0::2])
                 np.clip(b[:, 1::2], 0, h, out=b[:, 1::2])
-                det = np.concatenate([b, score[keep, None], cid[keep, None]], 1).astype(np.float32)
+                det = np.empty((len(keep), DET_COLS), np.float32)
+                det[:, BOX], det[:, DET_SCORE], det[:, DET_CLASS] = b, score[keep], cid[keep]
                 for h_i in np.unique(hn[keep]):
                     result[f][heads[h_i].name] = det[hn[keep] == h_i]
         return result

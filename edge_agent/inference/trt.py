@@ -1,4 +1,4 @@
-"""TensorRT backend (pycuda): runs a plan built on this device by :mod:`.build`.
+"""TensorRT backend (pycuda): runs this device's plan (found or built by :mod:`.provision`).
 
 Only the name-based I/O API is used (``num_io_tensors``, ``get_tensor_name``, ``get_tensor_mode``,
 ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``), so the same code runs on
@@ -14,81 +14,18 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 
 from edge_agent.inference import manifest as mf
 from edge_agent.inference.engine import Engine
-from edge_agent.inference.errors import BackendUnavailableError, ModelError
-from edge_agent.inference.plans import PlanKey, PlanStore
+from edge_agent.inference.errors import ModelError
+from edge_agent.inference.plans import PlanStore
+from edge_agent.inference.provision import ensure_plan
+from edge_agent.inference.trtenv import device_key, import_cuda, import_trt, make_logger, plan_batch
 
 log = logging.getLogger(__name__)
-
-
-def import_trt():
-    """The ``tensorrt`` module, or :class:`ModelError` saying how to get it."""
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "TensorRT is not installed (on Jetson it comes with JetPack: create the venv with "
-            "--system-site-packages)") from exc
-    return trt
-
-
-def import_cuda():
-    """``pycuda.driver``, initialised, or :class:`ModelError`."""
-    try:
-        import pycuda.driver as cuda
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            "pycuda is not installed (pip install 'edge-agent[gpu]', or JetPack's "
-            "python3-pycuda)") from exc
-    cuda.init()
-    if cuda.Device.count() == 0:
-        raise BackendUnavailableError("no CUDA device")
-    return cuda
-
-
-def trt_major(trt) -> int:
-    return int(trt.__version__.split(".")[0])
-
-
-def make_logger(trt, keep: int = 20):
-    """A TensorRT logger that forwards to Python logging and remembers the last errors."""
-
-    class _Logger(trt.ILogger):
-        def __init__(self):
-            trt.ILogger.__init__(self)
-            self.errors: List[str] = []
-
-        def log(self, severity, msg):
-            sev = trt.ILogger.Severity
-            if severity in (sev.INTERNAL_ERROR, sev.ERROR):
-                self.errors = (self.errors + [msg])[-keep:]
-                log.error("TensorRT: %s", msg)
-            elif severity == sev.WARNING:
-                log.warning("TensorRT: %s", msg)
-            else:
-                log.debug("TensorRT: %s", msg)
-
-    return _Logger()
-
-
-def device_key(onnx_sha256: str, precision: str, max_batch: int, device: int = 0) -> PlanKey:
-    """The :class:`PlanKey` a plan for this model must have on this device."""
-    trt = import_trt()
-    cuda = import_cuda()
-    dev = cuda.Device(device)
-    major, minor = dev.compute_capability()
-    return PlanKey(onnx_sha256, trt.__version__, dev.name(), f"{major}.{minor}", precision,
-                   int(max_batch))
-
-
-def plan_batch(manifest: mf.Manifest, max_batch: int) -> int:
-    """The batch a plan is built for: the model's fixed batch, else ``max_batch``."""
-    return manifest.input.batch or max_batch
 
 
 class TensorRTEngine(Engine):
@@ -235,19 +172,11 @@ class TensorRTEngine(Engine):
 
 def create(model_cfg, manifest: mf.Manifest, model_path: Path) -> TensorRTEngine:
     """Backend factory: load this device's plan for the model, building it first if missing."""
-    from edge_agent.inference import build
-
     batch = plan_batch(manifest, model_cfg.max_batch)
-    key = device_key(manifest.sha256, model_cfg.precision, batch)
-    store = PlanStore(model_cfg.engine_dir)
-    path = store.find(key, manifest.name)
-    if path is None:
-        log.warning("no TensorRT plan for %s on this device (key %s); building one now, this "
-                    "takes minutes", manifest.name, key.digest())
-        path = build.build_and_store(model_path, manifest, model_cfg.engine_dir,
-                                     precision=model_cfg.precision, max_batch=batch,
-                                     progress=False)
-    plan = store.load(path, key)
+    path = ensure_plan(manifest, model_path, engine_dir=model_cfg.engine_dir,
+                       precision=model_cfg.precision, max_batch=batch)
+    plan = PlanStore(model_cfg.engine_dir).load(path, device_key(manifest.sha256,
+                                                                 model_cfg.precision, batch))
     return TensorRTEngine(manifest, model_path, plan, plan_source=str(path),
                           max_batch=model_cfg.max_batch, score_threshold=model_cfg.score_threshold,
                           nms_iou=model_cfg.nms_iou)

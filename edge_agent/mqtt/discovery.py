@@ -10,15 +10,23 @@ Entities, all bound to the device's ``status`` topic for availability (``online`
 
 Configs go to ``<ha_prefix>/<component>/edge_agent_<device>/<object>/config`` (retained). Cameras
 and zones passed at start are announced on every connect; ones first seen in an event are
-announced when that event is published.
+announced with that event's state.
+
+:class:`HaBridge` is pure (messages in, messages out); :class:`HaSink` feeds it the event objects
+as the pipeline delivers them (an event sink) and publishes what it returns.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import threading
 from typing import Any, Dict, List, Set, Tuple
 
+from edge_agent.mqtt.connection import Connection
 from edge_agent.mqtt.topics import Topics, check_segment
+
+log = logging.getLogger(__name__)
 
 Message = Tuple[str, bytes, bool]  # topic, payload, retain
 
@@ -139,3 +147,43 @@ class HaBridge:
                 active.add(track)
             out.append((self.topics.ha_state("weapon", camera), b"ON" if active else b"OFF", True))
         return out
+
+
+class HaSink:
+    """An event sink that keeps the Home Assistant entities up to date.
+
+    While offline only the newest state of each entity is kept (they are retained, so older
+    ones do not matter); it is published after the discovery configs on the next connect.
+    """
+
+    name = "home_assistant"
+
+    def __init__(self, bridge: HaBridge, conn: Connection):
+        self.bridge = bridge
+        self.conn = conn
+        self._lock = threading.Lock()  # the delivery's thread(s) and the publisher's
+        self._pending: Dict[str, Message] = {}
+
+    def write(self, event: Dict[str, Any]) -> None:
+        with self._lock:
+            try:
+                msgs = self.bridge.on_event(event)
+            except (ValueError, TypeError, KeyError) as exc:
+                log.debug("mqtt: no Home Assistant state for an event: %s", exc)
+                return
+            if not self.conn.connected.is_set():
+                self._pending.update((m[0], m) for m in msgs)
+                return
+            for topic, data, retain in msgs:
+                self.conn.publish(topic, data, qos=1, retain=retain)
+
+    def on_connected(self) -> None:
+        """Every (re)connect: all discovery configs, then states that waited."""
+        with self._lock:
+            msgs = self.bridge.discovery_messages() + list(self._pending.values())
+            self._pending.clear()
+            for topic, data, retain in msgs:
+                self.conn.publish(topic, data, qos=1, retain=retain)
+
+    def close(self) -> None:
+        """Nothing to flush: the states are retained on the broker."""

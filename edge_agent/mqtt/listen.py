@@ -24,6 +24,7 @@ from typing import Any, Dict, Set, TextIO
 import paho.mqtt.client as paho
 
 from edge_agent.mqtt.topics import event_filter, status_filter
+from edge_agent.secrets import mqtt_password
 
 _COLUMNS = [("TIME", 12), ("DEVICE", 12), ("SEQ", 7), ("TYPE", 7), ("PHASE", 6),
             ("CAMERA", 10), ("TRACK", 6), ("LABEL", 10), ("SCORE", 5), ("DETAIL", 22),
@@ -177,8 +178,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"edge-agent listen: --device: {exc}", file=sys.stderr)
         return 2
-    password = args.password if args.password is not None else os.environ.get(
-        "EDGE_AGENT_MQTT_PASSWORD")
+    password = args.password if args.password is not None else mqtt_password()
 
     q: queue.Queue = queue.Queue()
     client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)

@@ -11,7 +11,7 @@ import textwrap
 import pytest
 from mqtt_helpers import event
 
-from edge_agent.mqtt.outbox import Outbox
+from edge_agent.eventlog import Outbox
 
 
 def test_seq_is_assigned_in_order_and_written_into_the_event(tmp_path):
@@ -147,7 +147,7 @@ def test_appends_survive_sigkill_of_the_writer(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal, sys
-        from edge_agent.mqtt.outbox import Outbox
+        from edge_agent.eventlog import Outbox
         ob = Outbox({str(path)!r}, commit_interval_ms=1000)
         for i in range(300):
             ob.append({{"event_id": f"k-{{i}}", "type": "crowd"}})
@@ -178,7 +178,7 @@ def test_from_config_puts_a_relative_path_under_the_state_dir(tmp_path):
 def test_storage_failure_is_a_clear_error_and_the_outbox_recovers(tmp_path):
     """A real I/O failure: SQLite refuses to grow the file past max_page_count (like a full
     disk)."""
-    from edge_agent.mqtt.outbox import OutboxError
+    from edge_agent.eventlog import OutboxError
 
     with Outbox(tmp_path / "ob.sqlite", commit_interval_ms=0) as ob:
         ob._db.execute("PRAGMA max_page_count = 20")
@@ -191,3 +191,24 @@ def test_storage_failure_is_a_clear_error_and_the_outbox_recovers(tmp_path):
         stored = ob.last_seq
         ob.ack(r.seq for r in ob.peek(0, 100))  # space freed: appending works again
         assert ob.append(event(999)) == stored + 1
+
+
+def test_a_snapshot_reference_travels_with_its_row_and_goes_with_it(tmp_path):
+    # The JPEG of an event waits in the outbox with the event (it is published from there),
+    # and leaves with it: acknowledged, evicted, or kept across a reopen.
+    path = tmp_path / "ob.sqlite"
+    with Outbox(path, max_rows=3, commit_interval_ms=0) as ob:
+        plain = ob.append(event(0))
+        with_snap = ob.append({**event(1), "snapshot": "r-1.jpg"})
+        rows = {r.seq: r for r in ob.peek(0, 10)}
+        assert rows[plain].snapshot is None and rows[with_snap].snapshot == ("r-1", "r-1.jpg")
+    with Outbox(path, max_rows=3, commit_interval_ms=0) as ob:
+        assert [r.snapshot for r in ob.peek(0, 10)] == [None, ("r-1", "r-1.jpg")]
+        for i in range(2, 5):  # two more than fit: the two oldest crowd rows are dropped
+            ob.append({**event(i), "snapshot": f"r-{i}.jpg"})
+        assert [r.snapshot for r in ob.peek(0, 10)] == [("r-2", "r-2.jpg"), ("r-3", "r-3.jpg"),
+                                                          ("r-4", "r-4.jpg")]
+        ob.ack([3, 4])
+        assert [r.snapshot for r in ob.peek(0, 10)] == [("r-4", "r-4.jpg")]
+        left = ob._db.execute("SELECT seq FROM snapshots").fetchall()
+        assert left == [(5,)]  # no reference outlives its event

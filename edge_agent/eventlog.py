@@ -1,6 +1,10 @@
-"""Durable event outbox: an SQLite (WAL) queue between the event rules and the MQTT publisher.
+"""The event log: every event is appended here (and gets its ``seq``) before anything else sees it.
 
-Interface (used by the pipeline; stable)::
+:class:`Outbox` is the daemon's durable log, an SQLite (WAL) queue between the event rules and
+the MQTT publisher, used with or without MQTT (it owns the persisted per-device ``seq``);
+:class:`MemoryLog` is the same contract in memory for one-shot runs (``edge-agent track``).
+
+Interface (used by the pipeline's event delivery; stable)::
 
     ob = Outbox(path, max_rows=100_000, max_bytes=256 << 20, commit_interval_ms=50)
     ob = Outbox.from_config(cfg.mqtt.outbox, cfg.state_dir)   # the same from the config
@@ -22,9 +26,9 @@ dropped oldest-first from the lowest-priority type present (the new event includ
 ``PRIORITY``: weapon events are kept longest. Drops are counted per type and persisted; a dropped
 event leaves a gap in ``seq`` that subscribers can see.
 
-Publisher side (used by :class:`edge_agent.mqtt.client.AgentMqtt`): ``peek(after_seq, limit)``
-returns synced rows in ``seq`` order, ``ack(seqs)`` deletes rows once the broker acknowledged
-them (PUBACK), ``add_listener(fn)`` is called whenever new rows become visible.
+Publisher side (used by the MQTT outbox publisher): ``peek(after_seq, limit)`` returns synced
+rows in ``seq`` order (with their snapshot reference), ``ack(seqs)`` deletes rows once the broker
+acknowledged them (PUBACK), ``add_listener(fn)`` is called whenever new rows become visible.
 
 Thread-safety: one connection guarded by a lock; ``append`` (pipeline thread), ``peek``/``ack``
 (publisher thread) and the fsync thread may run concurrently.
@@ -41,7 +45,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,11 @@ CREATE TABLE IF NOT EXISTS meta (
     key   TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS snapshots (
+    seq      INTEGER PRIMARY KEY,
+    event_id TEXT    NOT NULL,
+    file     TEXT    NOT NULL
+);
 """
 
 
@@ -72,15 +81,18 @@ class OutboxError(ValueError):
 
 
 _INSERT = "INSERT INTO events (seq, type, priority, payload, created) VALUES (?,?,?,?,?)"
+_INSERT_SNAPSHOT = "INSERT INTO snapshots (seq, event_id, file) VALUES (?,?,?)"
 
 
 @dataclass(frozen=True)
 class OutboxRow:
-    """One stored event: ``payload`` is the UTF-8 JSON published on ``events/<type>``."""
+    """One stored event: ``payload`` is the UTF-8 JSON published on ``events/<type>``;
+    ``snapshot`` is ``(event_id, file name)`` of its JPEG in the snapshot ring, or None."""
 
     seq: int
     type: str
     payload: bytes
+    snapshot: Optional[Tuple[str, str]] = None
 
 
 class Outbox:
@@ -195,16 +207,19 @@ class Outbox:
                 )
             db = self._db
             row = (seq, etype, priority, payload, time.time())
+            snap = event.get("snapshot")
             rows, nbytes = self._rows + 1, self._bytes + len(payload)
             dropped: Dict[str, int] = {}
             try:
-                if rows <= self.max_rows and nbytes <= self.max_bytes:
+                if rows <= self.max_rows and nbytes <= self.max_bytes and not snap:
                     # The common case: one statement is its own (autocommit) transaction.
                     db.execute(_INSERT, row)
                 else:
                     db.execute("BEGIN IMMEDIATE")
                     try:
                         db.execute(_INSERT, row)
+                        if isinstance(snap, str) and snap:  # published after the event's row
+                            db.execute(_INSERT_SNAPSHOT, (seq, event_id, snap))
                         rows, nbytes, dropped = self._evict(rows, nbytes)
                         self._save_last_seq(seq)
                         db.execute("COMMIT")
@@ -243,7 +258,9 @@ class Outbox:
             ).fetchall()
             if not victims:
                 break
-            self._db.executemany("DELETE FROM events WHERE seq = ?", [(v[0],) for v in victims])
+            gone = [(v[0],) for v in victims]
+            self._db.executemany("DELETE FROM events WHERE seq = ?", gone)
+            self._db.executemany("DELETE FROM snapshots WHERE seq = ?", gone)
             for _, t, size in victims:
                 rows -= 1
                 nbytes -= size
@@ -331,11 +348,12 @@ class Outbox:
             if self._closed:
                 return []
             cur = self._db.execute(
-                "SELECT seq, type, payload FROM events WHERE seq > ? AND seq <= ? "
-                "ORDER BY seq LIMIT ?",
+                "SELECT seq, type, payload, event_id, file FROM events "
+                "LEFT JOIN snapshots USING (seq) WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
                 (after_seq, self._synced_seq, int(limit)),
             )
-            return [OutboxRow(int(s), t, bytes(p)) for s, t, p in cur.fetchall()]
+            return [OutboxRow(int(s), t, bytes(p), None if f is None else (e, f))
+                    for s, t, p, e, f in cur.fetchall()]
 
     def wait(self, after_seq: int, timeout: float) -> bool:
         """Block until a row with ``seq > after_seq`` may be visible (True) or ``timeout``."""
@@ -364,6 +382,7 @@ class Outbox:
                         chunk,
                     ).fetchone()
                     db.execute(f"DELETE FROM events WHERE seq IN ({marks})", chunk)
+                    db.execute(f"DELETE FROM snapshots WHERE seq IN ({marks})", chunk)
                     removed += int(n)
                     freed += int(size)
                 self._save_last_seq(self._last_seq)
@@ -431,3 +450,34 @@ def _restore(event: Dict[str, Any], old_seq: Any) -> None:
         event.pop("seq", None)
     else:
         event["seq"] = old_seq
+
+
+class MemoryLog:
+    """In-memory ``seq`` for one-shot runs (``track``) that have no state directory.
+
+    Same ``append(event) -> seq`` contract as :class:`Outbox`; nothing is stored or persisted.
+    """
+
+    def __init__(self) -> None:
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def append(self, event: Dict[str, Any]) -> int:
+        """Number ``event`` (``event["seq"]``) and return its seq."""
+        with self._lock:
+            self._seq += 1
+            event["seq"] = self._seq
+            return self._seq
+
+    def ack(self, seqs: Iterable[int]) -> int:
+        """Nothing is kept, so nothing is removed."""
+        return 0
+
+    def stats(self) -> Dict[str, Any]:
+        """Counters in the shape of :meth:`Outbox.stats`."""
+        with self._lock:
+            return {"rows": 0, "bytes": 0, "last_seq": self._seq, "synced_seq": self._seq,
+                    "dropped": {}, "dropped_total": 0}
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,363 @@
+"""The daemon (``edge-agent run``): an :class:`Agent` that starts its parts in order and stops
+them in reverse.
+
+``Agent.start()`` runs :attr:`Agent.steps` in order; each step builds one part and returns how
+to undo it. A step that meets bad input raises :class:`StartError` (one line: what and why), and
+:meth:`Agent.stop` undoes what was started, newest first: the same teardown after a full run, a
+failed start or a crash of the pipeline. The steps::
+
+    state_dir -> event_log -> engine -> cameras -> delivery -> pipeline -> reload -> mqtt
+    -> exporter -> notifier
+
+``Agent.run()`` is start, then the inference loop on the calling thread until SIGTERM/SIGINT
+(or every camera ended), then stop. Exit status: 0 after a stop, 2 for bad input, 1 when the
+pipeline failed or every camera failed.
+
+systemd sees the agent through ``supervise.Supervisor`` (READY=1 once every camera delivered a
+frame or failed, STATUS=, the watchdog from the inference loop); SIGHUP and ``cmd/config.reload``
+reload what can change without a restart (``reload.py``).
+
+Where later parts plug in: a step inserted into :attr:`Agent.steps` (its undo runs at stop);
+``agent.pipeline.run_in_loop(fn)`` for work on the inference thread (engine swaps);
+``agent.metrics`` for the stats and state documents; ``agent.mqtt.register_command`` for
+commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from edge_agent import __version__, logsetup, preflight, reload
+from edge_agent import config as cfgmod
+from edge_agent.capture import CaptureError, check_sources
+from edge_agent.delivery import EventDelivery
+from edge_agent.eventlog import Outbox
+from edge_agent.events import ConsoleSink, JsonlSink, SnapshotStore, encode_jpeg
+from edge_agent.metrics import Metrics, pipeline_state, pipeline_stats
+from edge_agent.pipeline import Pipeline
+from edge_agent.sdnotify import Notifier
+from edge_agent.secrets import config_secrets, masked_config
+from edge_agent.supervise import Supervisor, status_line
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT = 0, 1, 2
+
+Undo = Optional[Callable[[], None]]
+
+
+class StartError(Exception):
+    """A step could not start because of its input; the message says what and why."""
+
+
+def resolve_in(base: Path, p: str) -> Path:
+    """``p`` as is when absolute, else under ``base`` (the state directory)."""
+    path = Path(p)
+    return path if path.is_absolute() else base / path
+
+
+class Agent:
+    """The parts of one running daemon and the order they start and stop in (module doc)."""
+
+    def __init__(self, cfg: cfgmod.Config, source: str = "config"):
+        self.cfg = cfg
+        self.source = source  # the config file, for messages
+        self.state_dir = Path(cfg.state_dir)
+        self.metrics = Metrics(cfg.device_id)
+        self.event_log: Optional[Outbox] = None
+        self.engine: Any = None
+        self.delivery: Optional[EventDelivery] = None
+        self.pipeline: Optional[Pipeline] = None
+        self.mqtt: Any = None
+        self.reloader: Any = None
+        self.exporter: Any = None
+        self.supervisor = Supervisor(Notifier(), status_interval_s=5.0)
+        self.steps: List[Tuple[str, Callable[[], Undo]]] = [
+            ("state_dir", self._start_state_dir),
+            ("event_log", self._start_event_log),
+            ("engine", self._start_engine),
+            ("cameras", self._check_cameras),
+            ("delivery", self._start_delivery),
+            ("pipeline", self._start_pipeline),
+            ("reload", self._start_reload),
+            ("mqtt", self._start_mqtt),
+            ("exporter", self._start_exporter),
+            ("notifier", self._start_notifier),
+        ]
+        self._undo: List[Tuple[str, Callable[[], None]]] = []
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the steps in order; on StartError the steps already done stay for :meth:`stop`."""
+        for name, step in self.steps:
+            log.debug("start: %s", name)
+            undo = step()
+            if undo is not None:
+                self._undo.append((name, undo))
+
+    def stop(self) -> None:
+        """Undo the started steps, newest first; safe after a partial start, idempotent."""
+        while self._undo:
+            name, undo = self._undo.pop()
+            try:
+                undo()
+            except Exception:  # one part failing to stop must not keep the others running
+                log.exception("stop: %s failed", name)
+
+    def run(self) -> int:
+        """Start, run the pipeline until stopped, stop; returns the exit status."""
+        if not self.cfg.cameras:
+            log.error("%s: no cameras configured; add at least one under `cameras:`",
+                      self.source)
+            return EXIT_BAD_INPUT
+        try:
+            self.start()
+        except StartError as exc:
+            log.error("%s", exc)
+            self.stop()
+            return EXIT_BAD_INPUT
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        old[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hup)
+        try:
+            rc = self._serve()
+        finally:
+            self.stop()
+            for s, h in old.items():
+                signal.signal(s, h)
+        return self._exit_status(rc)
+
+    def _on_signal(self, signum, _frame) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        if self.pipeline is not None:
+            self.pipeline.stop()
+
+    def _on_hup(self, _signum, _frame) -> None:
+        self.reloader.request("SIGHUP")  # a thread of its own: signal-safe
+
+    def _serve(self) -> int:
+        """The inference loop on this thread; its failure is logged (systemd restarts us)."""
+        assert self.pipeline is not None
+        info = self.pipeline.engine_info
+        log.info("edge-agent %s: %d camera(s), engine %s %s on %s", __version__,
+                 len(self.cfg.cameras), info.name, info.version, self.engine.backend_name)
+        try:
+            self.pipeline.run()
+        except CaptureError as exc:
+            log.error("%s", exc)
+            return EXIT_BAD_INPUT
+        except Exception as exc:  # e.g. the engine failing at run time
+            log.error("pipeline failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
+            return EXIT_RUNTIME
+        return EXIT_OK
+
+    def _exit_status(self, rc: int) -> int:
+        pipe = self.pipeline
+        assert pipe is not None
+        st = pipeline_stats(pipe)
+        log.info("stopped: %s",
+                 {n: (c["processed"], c["dropped"]) for n, c in st["cameras"].items()})
+        failed = [n for n, r in pipe.capture.readers.items() if r.state == "failed"]
+        if rc == EXIT_OK and failed and len(failed) == len(pipe.cams):
+            log.error("every camera failed: %s", ", ".join(failed))
+            return EXIT_RUNTIME
+        return rc
+
+    # --- the steps (each returns its undo) -------------------------------------------------
+
+    def _start_state_dir(self) -> Undo:
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StartError(f"state_dir {self.state_dir} is not writable: {exc}") from None
+        return None
+
+    def _start_event_log(self) -> Undo:
+        # Always the durable outbox: it owns the persisted per-device seq, MQTT or not.
+        try:
+            self.event_log = Outbox.from_config(self.cfg.mqtt.outbox, self.state_dir)
+        except (ValueError, OSError) as exc:
+            raise StartError(f"outbox: {exc}") from None
+        log_ = self.event_log
+        self.metrics.add("outbox", stats=lambda: {"outbox": log_.stats()})
+        return log_.close
+
+    def _start_engine(self) -> Undo:
+        from edge_agent.inference import ModelError, open_engine
+
+        try:
+            with self.supervisor.extend_start("loading the engine"):  # a TensorRT build: minutes
+                self.engine = open_engine(self.cfg.model)
+        except (ModelError, ValueError, FileNotFoundError) as exc:
+            raise StartError(f"model: {exc}") from None
+        return self._close_engines
+
+    def _close_engines(self) -> None:
+        """The engine in use (a remote update may have swapped it) and the first one."""
+        current = self.pipeline.engine if self.pipeline is not None else self.engine
+        current.close()
+        if self.engine is not current:
+            self.engine.close()
+
+    def _check_cameras(self) -> Undo:
+        try:
+            check_sources(self.cfg.cameras)
+        except CaptureError as exc:
+            raise StartError(str(exc)) from None
+        return None
+
+    def _start_delivery(self) -> Undo:
+        ecfg, sc = self.cfg.events, self.cfg.events.snapshots
+        sinks: List[Any] = []
+        try:
+            if ecfg.sinks.jsonl:
+                sinks.append(JsonlSink(resolve_in(self.state_dir, ecfg.sinks.jsonl)))
+            if ecfg.sinks.console:
+                sinks.append(ConsoleSink())
+            snaps = None
+            if sc.enabled:
+                snaps = SnapshotStore(resolve_in(self.state_dir, sc.dir),
+                                      int(sc.max_total_mb * (1 << 20)), sc.max_dim,
+                                      sc.jpeg_quality)
+        except (OSError, ValueError) as exc:  # e.g. a path that is a directory, or not writable
+            for s in sinks:
+                s.close()
+            raise StartError(f"events: {exc}") from None
+        assert self.event_log is not None
+        self.delivery = EventDelivery(self.event_log, sinks, snaps,
+                                      ack_after_sinks=not self.cfg.mqtt.enabled)
+        return self.delivery.close
+
+    def _start_pipeline(self) -> Undo:
+        assert self.delivery is not None
+        try:
+            self.pipeline = Pipeline(self.cfg, self.engine, self.delivery,
+                                     notifier=self.supervisor)
+        except (TypeError, ValueError) as exc:  # e.g. an unknown or out-of-range tracker param
+            raise StartError(f"{self.source}: {exc}") from None
+        pipe = self.pipeline
+        self.metrics.add("pipeline", stats=lambda: pipeline_stats(pipe),
+                         state=lambda: pipeline_state(pipe))
+        return pipe.stop
+
+    def _start_mqtt(self) -> Undo:
+        if not self.cfg.mqtt.enabled:
+            return None
+        from edge_agent.mqtt.client import AgentMqtt
+
+        assert self.pipeline is not None and self.event_log is not None and self.delivery
+        pipe = self.pipeline
+        cams = {n: [z.name for z in st.events.zones] for n, st in pipe.cams.items()}
+        snaps = self.delivery.snapshots
+        try:
+            self.mqtt = AgentMqtt(self.cfg.mqtt, self.cfg.device_id, self.event_log,
+                                  metrics=self.metrics, cameras=cams,
+                                  config_fn=lambda: masked_config(pipe.cfg),
+                                  snapshot_dir=snaps.dir if snaps is not None else None)
+        except ValueError as exc:  # e.g. a TLS file that does not exist
+            raise StartError(f"mqtt: {exc}") from None
+        self.mqtt.register_command("snapshot", self.snapshot_command)
+        self.mqtt.register_command("config.reload", reload.command(self.reloader))
+        if self.mqtt.ha_sink is not None:
+            self.delivery.add_sink(self.mqtt.ha_sink)
+        self.mqtt.start()
+        return self.mqtt.stop
+
+    def _start_reload(self) -> Undo:
+        pipe = self.pipeline
+        assert pipe is not None
+
+        def apply(plan: reload.ReloadPlan) -> None:  # on the inference thread; waits
+            pipe.run_in_loop(lambda p: p.reconfigure(plan.config, plan.cameras, plan.tracker,
+                                                     plan.events)).result(timeout=30)
+
+        self.reloader = reload.Reloader(self.source, lambda: pipe.cfg, apply, self.supervisor)
+        return None
+
+    def _start_exporter(self) -> Undo:
+        """/metrics and /healthz; a port that cannot be bound is logged, not fatal."""
+        mc = self.cfg.metrics
+        if not mc.enabled:
+            return None
+        from edge_agent.exporter import Exporter, Sources
+
+        pipe, ob, mqtt = self.pipeline, self.event_log, self.mqtt
+        assert pipe is not None and ob is not None and self.delivery is not None
+        src = Sources(cameras=list(pipe.cams), stats=self.metrics.stats,  # what MQTT publishes
+                      engine=lambda: pipeline_state(pipe)["engine"],
+                      outbox_rows=lambda: len(ob), outbox_path=ob.path,
+                      mqtt_connected=(lambda: mqtt.connected) if mqtt is not None else None)
+        ex = Exporter(src, mc.max_frame_age_s)
+        try:
+            ex.start(mc.host, mc.port)
+        except OSError as exc:
+            log.error("metrics: cannot listen on %s:%d (%s); running without /metrics and "
+                      "/healthz", mc.host, mc.port, exc.strerror or exc)
+            return None
+        self.exporter = ex
+        pipe.observer = ex.obs
+        self.delivery.add_sink(ex.sink())
+        return ex.stop
+
+    def _start_notifier(self) -> Undo:
+        """READY=1 once every camera settled, then STATUS= lines (from the inference loop)."""
+        pipe, sup = self.pipeline, self.supervisor
+        assert pipe is not None
+        sup.watch(lambda: cameras_settled(pipe), self._status)
+        return sup.stopping
+
+    def _status(self) -> str:
+        pipe = self.pipeline
+        assert pipe is not None
+        e = pipe.engine_info
+        engine = f"{e.name} {e.version} ({getattr(pipe.engine, 'backend_name', '?')})"
+        m = self.mqtt
+        state = "off" if m is None else ("connected" if m.connected else "disconnected")
+        return status_line(pipeline_stats(pipe), engine, state)
+
+    # --- commands --------------------------------------------------------------------------
+
+    def snapshot_command(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        """MQTT ``cmd/snapshot``: publish the newest processed frame of ``camera`` as a JPEG."""
+        assert self.pipeline is not None
+        cams = self.pipeline.cams
+        name = request.get("camera")
+        if name is None and len(cams) == 1:
+            name = next(iter(cams))
+        if not isinstance(name, str) or name not in cams:
+            raise ValueError(f"unknown camera {name!r}; known: {', '.join(cams)}")
+        f = cams[name].last_frame
+        if f is None:
+            raise ValueError(f"camera {name} has no frame yet")
+        sc = self.cfg.events.snapshots
+        jpeg = encode_jpeg(f.image, sc.max_dim, sc.jpeg_quality)
+        snap_id = f"{name}-{f.index}-{int(time.time() * 1000)}"
+        published = self.mqtt.publish_snapshot(snap_id, jpeg) if self.mqtt is not None else False
+        return {"camera": name, "frame": f.index, "snapshot_id": snap_id, "bytes": len(jpeg),
+                "published": bool(published)}
+
+
+def cameras_settled(pipe: Pipeline) -> bool:
+    """Every camera delivered a processed frame or reported an error (READY=1 may go)."""
+    readers = pipe.capture.readers
+    return all(st.processed > 0 or readers[n].last_error is not None
+               or readers[n].state in ("failed", "ended") for n, st in pipe.cams.items())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """`edge-agent run --config FILE`: load the config, then ``Agent(cfg).run()``."""
+    try:
+        cfg = preflight.load_checked(args.config)  # what `config validate` checks
+    except cfgmod.ConfigError as exc:
+        for line in exc.problems:
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    logsetup.setup(getattr(args, "log_level", None) or cfg.log.level, cfg.log.format,
+                   config_secrets(cfg))
+    return Agent(cfg, source=str(args.config)).run()

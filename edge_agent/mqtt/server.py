@@ -1,0 +1,133 @@
+"""The command server: ``cmd/<name>`` requests in, one reply each, on a thread of its own.
+
+paho's thread only queues a request (:meth:`CommandServer.enqueue`; a full queue drops it and
+counts ``commands_dropped``); the worker decodes and runs it through the
+:class:`~edge_agent.mqtt.commands.Dispatcher` and publishes the reply on ``cmd/<name>/reply``,
+or on the MQTT 5 Response Topic with the request's Correlation Data echoed.
+
+Built-in commands: ``ping``, ``state`` (the state document) and ``config.get`` (the config,
+secrets masked).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+from typing import Any, Callable, Dict, Optional
+
+from edge_agent.config import MqttConfig
+from edge_agent.metrics import Metrics
+from edge_agent.mqtt.commands import Dispatcher, Handler, require
+from edge_agent.mqtt.connection import Connection, Request
+from edge_agent.secrets import mask, mqtt_credentials
+
+log = logging.getLogger(__name__)
+
+
+class CommandServer:
+    """Queue + worker thread + built-in commands (module docstring)."""
+
+    def __init__(self, cfg: MqttConfig, metrics: Metrics, counters: Dict[str, int],
+                 config_fn: Optional[Callable[[], Dict[str, Any]]] = None):
+        self.cfg = cfg
+        self.metrics = metrics
+        self.counters = counters
+        self._config_fn = config_fn
+        password = mqtt_credentials(cfg)[1]
+        self._secrets = [password] if password else []
+        self.dispatcher = Dispatcher(cfg.max_command_bytes)
+        self.dispatcher.register("ping", self._cmd_ping)
+        self.dispatcher.register("state", lambda request: metrics.state())
+        self.dispatcher.register("config.get", self._cmd_config_get)
+        self._queue: queue.Queue = queue.Queue(maxsize=1000)
+        self._stopping = False
+        self._thread: Optional[threading.Thread] = None
+        self.conn: Optional[Connection] = None  # set by start()
+
+    def register(self, name: str, fn: Handler) -> None:
+        """Handle ``cmd/<name>``; ``fn(request) -> dict`` runs on the command thread."""
+        self.dispatcher.register(name, fn)
+
+    def enqueue(self, request: Request) -> None:
+        """From paho's thread: queue only."""
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:
+            self.counters["commands_dropped"] += 1
+
+    def start(self, conn: Connection) -> None:
+        self.conn = conn
+        self._thread = threading.Thread(target=self._run, name="mqtt-commands", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the worker to finish (after the request it is serving); see :meth:`join`."""
+        self._stopping = True
+        try:
+            self._queue.put_nowait(None)
+        except queue.Full:
+            pass  # the worker also exits on its own once it sees _stopping
+
+    def join(self, timeout: float) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._queue.get(timeout=0.5)
+            except queue.Empty:
+                if self._stopping:
+                    return
+                continue
+            if item is None:
+                return
+            try:
+                self._serve(*item)
+            except Exception:
+                log.exception("mqtt: command handling failed")
+
+    def _serve(self, name: str, payload: bytes, response_topic: Any, correlation: Any) -> None:
+        assert self.conn is not None
+        reply = self.dispatcher.handle(name, payload)
+        data = json.dumps(reply, default=str).encode()
+        corr = bytes(correlation) if isinstance(correlation, (bytes, bytearray)) else None
+        default_topic = self.conn.topics.reply(name)
+        topic = default_topic
+        if self.cfg.protocol == "5" and valid_topic(response_topic):
+            topic = response_topic
+        try:
+            self.conn.publish(topic, data, qos=1, correlation=corr)
+        except ValueError as exc:  # e.g. a wildcard in the response topic
+            log.info("mqtt: bad response topic for %s (%s); replying on %s", name, exc,
+                     default_topic)
+            self.conn.publish(default_topic, data, qos=1, correlation=corr)
+
+    def _cmd_ping(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        return {"pong": True, "uptime_s": self.metrics.uptime_s()}
+
+    def _cmd_config_get(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        section = require(request, "section", str, default="")
+        if self._config_fn is not None:
+            config = self._config_fn()
+        else:
+            config = {"mqtt": self.cfg.model_dump(mode="json")}
+        config = mask(config, self._secrets)
+        if section:
+            if section not in config:
+                raise ValueError(f"unknown section {section!r}; known: {', '.join(config)}")
+            return {"config": {section: config[section]}}
+        return {"config": config}
+
+
+def valid_topic(topic: Any) -> bool:
+    """A topic the broker will accept from us: a broker drops the connection of a client that
+    publishes to a bad one, so a requester must not be able to make us do that."""
+    if not isinstance(topic, str) or not topic or len(topic.encode("utf-8", "replace")) > 65535:
+        return False
+    if any(c in topic for c in "+#") or topic.startswith("$"):
+        return False
+    return not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F or 0xD800 <= ord(c) <= 0xDFFF
+                   or ord(c) in (0xFFFE, 0xFFFF) for c in topic)

@@ -1,0 +1,389 @@
+"""The inference loop: collect -> infer -> track -> rules, for any number of cameras.
+
+One thread (``Pipeline.run``) owns the engine. Each pass it takes the newest frame of every due
+camera (round-robin, up to ``max_batch``), runs one ``infer`` (only for frames whose camera is on
+a ``detect_every`` frame), updates each camera's per-head trackers and rules, and hands every
+event to the :class:`~edge_agent.delivery.EventDelivery`. Calls from other threads (an engine
+swap, a health check) run between two batches through :meth:`Pipeline.run_in_loop`.
+
+Metrics are read from here by ``edge_agent.metrics``; nothing here publishes anything.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, List, Optional
+
+import numpy as np
+
+from edge_agent import config as cfgmod
+from edge_agent.capture import CaptureGroup, Frame
+from edge_agent.delivery import EventDelivery
+from edge_agent.events import CameraEvents, EngineInfo, EventFactory, FrameContext, HeadTracks
+from edge_agent.events.ocr import load_reader
+from edge_agent.interfaces import Engine, Notifier
+from edge_agent.metrics import Latency, pipeline_stats, stats_line
+from edge_agent.tracking import Tracker
+from edge_agent.tracking.columns import DET_COLS
+
+log = logging.getLogger(__name__)
+
+# Score thresholds of the tracker for detectors whose scores are calibrated 0..1 probabilities
+# (objectness x class, as YOLOX and our multi-head model give): ByteTrack's settings for YOLOX.
+# The Tracker's own defaults are tuned on MOT15's public detections, whose scores sit higher
+# (new_track_thresh 0.85 would start almost no track from YOLOX-nano). The config's `tracker:`
+# section overrides any of these.
+PIPELINE_TRACKER_DEFAULTS: Dict[str, float] = {
+    "high_thresh": 0.5, "low_thresh": 0.1, "new_track_thresh": 0.6,
+}
+
+
+@dataclass
+class CameraState:
+    """Per-camera pipeline state owned by the inference thread."""
+
+    cfg: cfgmod.CameraConfig
+    trackers: Dict[str, Tracker]
+    events: CameraEvents
+    processed: int = 0
+    detected: int = 0
+    last_processed_t: float = 0.0
+    closed: bool = False
+    last_frame: Optional[Frame] = None
+    last_ctx: Optional[FrameContext] = None
+    e2e: Latency = field(default_factory=Latency)
+    fps: float = 0.0  # EMA of processed frames/s
+
+    def carry_over(self, old: CameraState) -> None:
+        """Keep the counters and the last frame of ``old`` (an engine swap rebuilt us)."""
+        self.processed, self.detected, self.closed = old.processed, old.detected, old.closed
+        self.last_processed_t, self.fps, self.e2e = old.last_processed_t, old.fps, old.e2e
+        self.last_frame, self.last_ctx = old.last_frame, old.last_ctx
+
+    def count_frame(self, f: Frame, ctx: FrameContext, detected: bool) -> float:
+        """Processed-frame counters, fps (EMA) and end-to-end latency; returns the time."""
+        now = time.monotonic()
+        if self.last_processed_t:
+            dt = now - self.last_processed_t
+            if dt > 0:
+                self.fps = 1.0 / dt if self.fps == 0 else 0.9 * self.fps + 0.1 / dt
+        self.last_processed_t = now
+        self.processed += 1
+        self.detected += detected
+        self.last_frame, self.last_ctx = f, ctx
+        self.e2e.add((now - f.t_read) * 1000.0)
+        return now
+
+
+FrameHook = Callable[[Frame, Dict[str, HeadTracks], CameraState], None]
+
+
+def tracker_params(cfg: cfgmod.Config) -> Dict[str, Any]:
+    """The Tracker parameters of a config: our defaults for calibrated scores + ``tracker:``."""
+    extra = cfg.tracker.model_extra or {}
+    params: Dict[str, Any] = dict(PIPELINE_TRACKER_DEFAULTS)
+    params.update(extra)
+    if "low_thresh" not in extra:
+        # a config that lowers only high_thresh below our low_thresh must still be valid
+        params["low_thresh"] = min(params["low_thresh"], params["high_thresh"])
+    return params
+
+
+def engine_info(engine: Engine) -> EngineInfo:
+    m = engine.manifest
+    return EngineInfo(str(m.name), str(m.version), str(m.sha256))
+
+
+def engine_heads(engine: Engine) -> Dict[str, List[str]]:
+    return {h: list(c) for h, c in engine.manifest.heads.items()}
+
+
+class Pipeline:
+    """Capture -> inference -> tracking -> rules -> delivery (module docstring).
+
+    ``on_frame(frame, tracks, camera_state)`` runs after each processed frame (the ``track``
+    command draws its video there). ``notifier.watchdog()`` is called every pass.
+    ``observer`` (the exporter's Observations) gets ``inference(s)``, ``tracker(s)`` and
+    ``frame(camera, e2e_s, now)`` as they happen.
+    """
+
+    def __init__(self, cfg: cfgmod.Config, engine: Engine, delivery: EventDelivery,
+                 on_frame: Optional[FrameHook] = None, notifier: Optional[Notifier] = None,
+                 capture_kw: Optional[Dict[str, Any]] = None, observer: Any = None):
+        if not cfg.cameras:
+            raise ValueError("no cameras configured (add at least one under `cameras:`)")
+        self.cfg = cfg
+        self.engine = engine
+        self.delivery = delivery
+        self.on_frame = on_frame
+        self.notifier = notifier  # its watchdog() is called once per loop iteration
+        self.observer = observer
+        self.stop_event = threading.Event()
+        self.capture = CaptureGroup(cfg.cameras, **(capture_kw or {}))
+        self.engine_info = engine_info(engine)
+        self.heads = engine_heads(engine)
+        self.factory = EventFactory(cfg.device_id, self.engine_info)
+        self._ocr: Optional[Any] = None
+        self._ocr_status = "ocr_disabled"
+        self._calls: queue.Queue[tuple] = queue.Queue()
+        self._calls_lock = threading.Lock()  # a call is either queued before `finished` or fails
+        self.cams: Dict[str, CameraState] = {}
+        self._build_cameras()
+        self._order = list(self.cams)
+        self._rr = 0
+        self.infer_ms = Latency()
+        self.batch_sizes: Deque[int] = collections.deque(maxlen=300)
+        self.counters: Dict[str, int] = collections.defaultdict(int)
+        self.started_at = time.time()
+        self.finished = threading.Event()
+        self.stats_log_interval_s = 60.0
+        self.drain = True  # on stop, process frames already read (track --max-frames: False)
+
+    def _build_cameras(self) -> None:
+        """(Re)create each camera's trackers and rules for the current heads."""
+        cfg = self.cfg
+        if cfg.events.plate.enabled and cfg.events.plate.ocr and "plate" in self.heads \
+                and self._ocr is None:
+            self._ocr, self._ocr_status = load_reader()
+        params = tracker_params(cfg)
+        for cam in cfg.cameras:
+            trackers = {h: Tracker(**params) for h in self.heads}
+            ev = CameraEvents(cam, cfg.events, self.factory, self.heads, self._ocr,
+                              self._ocr_status)
+            st = CameraState(cam, trackers, ev)
+            old = self.cams.get(cam.name)
+            if old is not None:
+                st.carry_over(old)
+            self.cams[cam.name] = st
+
+    # --- between batches -------------------------------------------------------------------
+
+    def run_in_loop(self, fn: Callable[[Pipeline], Any]) -> concurrent.futures.Future:
+        """Run ``fn(pipeline)`` on the inference thread between two batches; returns a Future.
+
+        This is how an engine swap (remote update) or a health check reaches the thread that
+        owns the engine. After the pipeline stopped the Future fails with RuntimeError.
+        """
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._calls_lock:
+            if self.finished.is_set():
+                fut.set_exception(RuntimeError("the pipeline has stopped"))
+                return fut
+            self._calls.put((fn, fut))
+        self.capture.new_frame.set()  # wake the loop if it waits for frames
+        return fut
+
+    def _run_calls(self, fail: bool = False) -> None:
+        while True:
+            try:
+                fn, fut = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.set_running_or_notify_cancel():
+                continue
+            if fail:
+                fut.set_exception(RuntimeError("the pipeline has stopped"))
+                continue
+            try:
+                fut.set_result(fn(self))
+            except BaseException as exc:
+                fut.set_exception(exc)
+
+    def swap_engine(self, engine: Engine) -> Engine:
+        """Use ``engine`` from the next batch on; returns the old engine (the caller closes it).
+
+        Call on the inference thread (through :meth:`run_in_loop`). With the same heads the
+        trackers carry on (track IDs stay); with other heads every open event is ended
+        (reason ``engine_swap``) and trackers and rules are rebuilt.
+        """
+        heads = engine_heads(engine)
+        old = self.engine
+        if heads != self.heads:
+            for st in self.cams.values():  # these end events still name the old engine
+                self._close_camera(st, "engine_swap", keep_open=True)
+            self.heads = heads
+            self._build_cameras()  # the rules read factory.engine per event, not now
+        self.engine = engine
+        self.engine_info = self.factory.engine = engine_info(engine)
+        m, om = engine.manifest, old.manifest
+        log.info("engine swapped: %s %s -> %s %s", om.name, om.version, m.name, m.version)
+        return old
+
+    def reconfigure(self, cfg: cfgmod.Config, cameras: List[str], tracker: bool,
+                    events: bool) -> None:
+        """Live reload (on the inference thread, via :meth:`run_in_loop`): new rules, zones,
+        pacing and tracker parameters; capture keeps running. A camera whose rules or tracks
+        are rebuilt ends its open events first (reason ``config_reload``)."""
+        params = tracker_params(cfg)
+        if tracker:
+            Tracker(**params)  # refuse bad parameters before anything changed
+        cams = {c.name: c for c in cfg.cameras}
+        for name, st in self.cams.items():
+            zones_changed = name in cameras and st.cfg.zones != cams[name].zones
+            st.cfg = cams[name]  # detect_every, fps_limit: read per frame, nothing to rebuild
+            if not (events or tracker or zones_changed):
+                continue
+            self._close_camera(st, "config_reload", keep_open=True)
+            st.events = CameraEvents(st.cfg, cfg.events, self.factory, self.heads, self._ocr,
+                                     self._ocr_status)
+            if tracker:
+                for tr in st.trackers.values():
+                    tr.reconfigure(**params)  # IDs keep counting
+        self.cfg = cfg
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask the loop to finish (signal-safe: only sets an event)."""
+        self.stop_event.set()
+
+    def run(self) -> None:
+        """Run until ``stop()`` or until every camera has ended; then drain and close."""
+        self.capture.start()
+        next_log = time.monotonic() + self.stats_log_interval_s
+        try:
+            while not self.stop_event.is_set():
+                self._run_calls()
+                if not self._step() and self.capture.all_done():
+                    log.info("all cameras ended")
+                    break
+                self._close_ended_cameras()
+                if self.notifier is not None:
+                    self.notifier.watchdog()
+                if time.monotonic() >= next_log:  # a heartbeat in the journal, MQTT or not
+                    next_log = time.monotonic() + self.stats_log_interval_s
+                    log.info("stats: %s", stats_line(pipeline_stats(self)))
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        try:
+            self.capture.stop()
+            try:
+                self._drain()
+            except Exception:  # e.g. the engine broke (why run() ends): still end and flush
+                log.exception("processing the frames left at stop failed")
+            for st in self.cams.values():
+                self._close_camera(st, "agent_stop")
+            self.delivery.close()  # pending plate reads deliver their end events first
+        finally:
+            with self._calls_lock:
+                self.finished.set()
+            self._run_calls(fail=True)  # no caller waits forever on a Future
+
+    def _drain(self) -> None:
+        """Process the frames already read, before the final `end` events."""
+        while self.drain:
+            frames = self.capture.take_all()
+            if not frames:
+                break
+            mb = self.engine.max_batch
+            for i in range(0, len(frames), mb):
+                self._process(frames[i:i + mb])
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def _step(self) -> bool:
+        """Take and process one batch; False when there was nothing to do (it waited)."""
+        self.capture.new_frame.clear()
+        frames = self._collect()
+        if not frames:
+            self.capture.new_frame.wait(0.05)
+            return False
+        self._process(frames)
+        return True
+
+    def _collect(self) -> List[Frame]:
+        """Newest frame of each camera that is due (fps limit), round-robin, up to max batch."""
+        now = time.monotonic()
+        out: List[Frame] = []
+        n = len(self._order)
+        for k in range(n):
+            name = self._order[(self._rr + k) % n]
+            st = self.cams[name]
+            limit = st.cfg.fps_limit
+            if limit > 0 and now - st.last_processed_t < 1.0 / limit:
+                continue  # not due: a live reader replaces (and counts) the frame meanwhile
+            f = self.capture.readers[name].take()
+            if f is not None:
+                out.append(f)
+                if len(out) >= self.engine.max_batch:
+                    self._rr = (self._rr + k + 1) % n  # the next batch starts after us
+                    break
+        return out
+
+    def _process(self, frames: List[Frame]) -> None:
+        dets = self._infer(frames)
+        for f, d in zip(frames, dets):
+            try:
+                self._track(f, d)
+            except Exception:  # one camera's bad frame must not stop the others
+                self.counters["frame_errors"] += 1
+                log.exception("camera %s: frame %d failed", f.camera, f.index)
+
+    def _infer(self, frames: List[Frame]) -> List[Optional[Dict[str, np.ndarray]]]:
+        """Detections per frame; None for frames not due for detection (predict only)."""
+        det_idx = [i for i, f in enumerate(frames)
+                   if self.cams[f.camera].processed % self.cams[f.camera].cfg.detect_every == 0]
+        dets: List[Optional[Dict[str, np.ndarray]]] = [None] * len(frames)
+        if not det_idx:
+            return dets
+        t0 = time.monotonic()
+        try:
+            res = self.engine.infer([frames[i].image for i in det_idx])
+            for j, i in enumerate(det_idx):
+                dets[i] = res.detections[j]
+            dt = time.monotonic() - t0
+            self.infer_ms.add(dt * 1000.0)
+            if self.observer is not None:
+                self.observer.inference(dt)
+            self.batch_sizes.append(len(det_idx))
+        except ValueError as exc:  # bad detector output: predict only, keep running
+            self.counters["inference_errors"] += 1
+            log.error("inference failed on %d frame(s): %s", len(det_idx), exc)
+        return dets
+
+    def _track(self, f: Frame, dets: Optional[Dict[str, np.ndarray]]) -> None:
+        """Trackers and rules of one frame's camera; its events go to the delivery."""
+        st = self.cams[f.camera]
+        tracks: Dict[str, HeadTracks] = {}
+        t0 = time.monotonic()
+        for head, tr in st.trackers.items():
+            d = None if dets is None else dets.get(head)
+            if dets is not None and d is None:
+                d = np.zeros((0, DET_COLS), np.float32)  # detected, none found: not predict-only
+            tracks[head] = HeadTracks(tr.update(d), tr.lost(), self.heads[head])
+        if self.observer is not None:
+            self.observer.tracker(time.monotonic() - t0)
+        h, w = f.image.shape[:2]
+        ctx = FrameContext(f.camera, f.index, f.media_s, f.wall, w, h, f.image)
+        emissions = st.events.update(ctx, tracks)
+        now = st.count_frame(f, ctx, dets is not None)
+        if self.observer is not None:
+            self.observer.frame(f.camera, now - f.t_read, now)
+        self.delivery.deliver(emissions)
+        if self.on_frame is not None:
+            self.on_frame(f, tracks, st)
+
+    def _close_ended_cameras(self) -> None:
+        for name, st in self.cams.items():
+            if not st.closed and self.capture.readers[name].exhausted():
+                self._close_camera(st, "camera_ended")
+
+    def _close_camera(self, st: CameraState, reason: str, keep_open: bool = False) -> None:
+        """``end`` every open event of the camera; ``keep_open``: the camera goes on (a swap)."""
+        if st.closed:
+            return
+        st.closed = not keep_open
+        ctx = st.last_ctx
+        if ctx is None:
+            return  # nothing was ever processed, so nothing is open
+        now = FrameContext(ctx.camera, ctx.frame, ctx.media_s, time.time(), ctx.width,
+                           ctx.height, ctx.image)
+        self.delivery.deliver(st.events.close(now, reason))

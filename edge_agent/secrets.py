@@ -1,0 +1,94 @@
+"""Secrets: where they come from and how they are masked, in one place.
+
+Secrets are the MQTT password (config ``mqtt.password`` or the environment variable
+:data:`PASSWORD_ENV`, which wins) and the password of any URL (a camera's
+``rtsp://user:password@host``). They never reach a log line (:func:`redact` in the log
+handler), ``config show`` or an MQTT ``config.get`` reply (:func:`masked_config`,
+:func:`mask`): each shows :data:`MASK` instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import TYPE_CHECKING, Any, Iterable, List, Mapping, Optional, Tuple
+
+if TYPE_CHECKING:  # config imports this module
+    from edge_agent.config import Config, MqttConfig
+
+MASK = "**********"
+PASSWORD_ENV = "EDGE_AGENT_MQTT_PASSWORD"
+# Keys whose value is a secret wherever they appear in a document.
+SECRET_KEYS = ("password", "secret", "token", "private_key")
+# The password of a URL such as a camera's rtsp://user:password@host is a secret too (greedy up
+# to the last '@' before the path: a raw '@' inside a password is common).
+_URL_PASSWORD = re.compile(r"(//[^/@:\s]*:)([^/\s]*)@")
+
+
+def mask_url_passwords(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` in it masked."""
+    return _URL_PASSWORD.sub(rf"\g<1>{MASK}@", text)
+
+
+def url_passwords(text: str) -> List[str]:
+    """The passwords of the URLs in ``text``."""
+    return [m.group(2) for m in _URL_PASSWORD.finditer(text) if m.group(2)]
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every known secret value and URL password masked."""
+    for s in secrets:
+        if s and s in text:
+            text = text.replace(s, MASK)
+    return mask_url_passwords(text)
+
+
+def mask(data: Any, secrets: Iterable[str] = ()) -> Any:
+    """A copy of ``data`` (JSON-like) with secret-named keys, any secret value and the password
+    of any URL replaced by :data:`MASK`."""
+    secrets = list(secrets)
+    if isinstance(data, dict):
+        return {k: MASK if _secret_key(k) and v is not None else mask(v, secrets)
+                for k, v in data.items()}
+    if isinstance(data, list):
+        return [mask(v, secrets) for v in data]
+    if isinstance(data, str):
+        return redact(data, secrets)
+    return data
+
+
+def _secret_key(key: Any) -> bool:
+    return isinstance(key, str) and any(s in key.lower() for s in SECRET_KEYS)
+
+
+def masked_config(cfg: Config) -> Any:
+    """The config as plain data with secrets masked (``config show``, ``config.get``)."""
+    data = cfg.model_dump(mode="json")
+    if cfg.mqtt.password is not None:
+        data["mqtt"]["password"] = MASK
+    for cam in data["cameras"]:
+        cam["source"] = mask_url_passwords(cam["source"])
+    return data
+
+
+def config_secrets(cfg: Config) -> List[str]:
+    """Secret values of a loaded config that must never reach a log line."""
+    out = []
+    if cfg.mqtt.password is not None and cfg.mqtt.password.get_secret_value():
+        out.append(cfg.mqtt.password.get_secret_value())
+    for cam in cfg.cameras:
+        out.extend(url_passwords(cam.source))
+    return out
+
+
+def mqtt_password(given: Optional[str] = None,
+                  environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """The MQTT password: :data:`PASSWORD_ENV` when set, else ``given``."""
+    env = os.environ if environ is None else environ
+    return env.get(PASSWORD_ENV, given)
+
+
+def mqtt_credentials(cfg: MqttConfig) -> Tuple[Optional[str], Optional[str]]:
+    """(username, password) of the agent's connection; the environment wins for the password."""
+    given = cfg.password.get_secret_value() if cfg.password is not None else None
+    return cfg.username, mqtt_password(given)

@@ -1,0 +1,469 @@
+"""The remote update state machine, in its own worker thread.
+
+``cmd/engine.update {request_id, url, sha256, version, signature}`` walks::
+
+    DOWNLOADING -> VERIFYING -> BUILDING -> STAGED -> SWITCHING -> HEALTH_CHECK -> COMMITTED
+                                                                               \\-> ROLLED_BACK
+    (a refusal or failure before SWITCHING)                                   -> FAILED
+
+Every transition is handed to ``publish`` (the service sends it retained on ``engine/update`` and
+as a reply carrying the request ID). Until COMMITTED the old engine stays open and the store's
+``current`` pointer is not touched, so a refusal, a failed health check or a crash leaves the
+running engine as it was. The journal (``models/update.json``) records the state; after a restart
+:meth:`Updater.recover` resumes a download from its byte, resumes a stored-but-unswitched
+version, and turns an update caught while SWITCHING or HEALTH_CHECK into ROLLED_BACK (or
+COMMITTED when the pointer had already moved).
+
+The pipeline side is the :class:`EngineHost` protocol; the updater never touches its internals.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Protocol, Union
+
+from edge_agent.update.download import Downloader, check_url
+from edge_agent.update.errors import UpdateError
+from edge_agent.update.health import HealthPolicy, HealthProbe
+from edge_agent.update.store import ModelStore, VersionInfo, now_utc
+from edge_agent.update.verify import Policy, describe, verify
+
+log = logging.getLogger(__name__)
+
+DOWNLOADING, VERIFYING, BUILDING, STAGED = "DOWNLOADING", "VERIFYING", "BUILDING", "STAGED"
+SWITCHING, HEALTH_CHECK = "SWITCHING", "HEALTH_CHECK"
+COMMITTED, ROLLED_BACK, FAILED, IDLE = "COMMITTED", "ROLLED_BACK", "FAILED", "IDLE"
+STATES = (DOWNLOADING, VERIFYING, BUILDING, STAGED, SWITCHING, HEALTH_CHECK, COMMITTED,
+          ROLLED_BACK, FAILED)
+TERMINAL = (COMMITTED, ROLLED_BACK, FAILED)
+SWITCH_TIMEOUT_S = 60.0  # waiting for the inference thread to reach a batch boundary
+
+Publish = Callable[[Dict[str, Any]], None]
+# (model config of the version, manifest, onnx path, progress(percent)) -> None
+Builder = Callable[[Any, Any, Path, Callable[[float], None]], None]
+
+
+class EngineHost(Protocol):
+    """What the updater needs from the pipeline."""
+
+    def running_engine(self) -> Any:
+        """The engine in use now (has ``manifest`` and ``close()``)."""
+
+    def open_engine(self, model_cfg: Any) -> Any:
+        """Open (and warm up) an engine for ``model_cfg``; raises ``ValueError`` if it cannot."""
+
+    def between_batches(self, fn: Callable[[], Any]) -> Future:
+        """Run ``fn`` on the inference thread between two batches."""
+
+    def swap_engine(self, engine: Any) -> Any:
+        """Use ``engine`` from the next batch on; returns the old one. Only inside
+        :meth:`between_batches`."""
+
+
+@dataclass
+class _Job:
+    request: Dict[str, Any]
+    resume: str = DOWNLOADING  # where to start (after a restart: VERIFYING or BUILDING)
+    note: str = ""
+
+
+def validate_request(request: Dict[str, Any]) -> Dict[str, Any]:
+    """The fields of ``cmd/engine.update``, type-checked (content is checked in VERIFYING)."""
+    out = {"request_id": request.get("request_id")}
+    for key in ("url", "sha256", "version"):
+        if not isinstance(request.get(key), str) or not request[key]:
+            raise UpdateError("bad_request", f"field {key!r} (a non-empty string) is required")
+    out["url"] = check_url(request["url"])
+    out["sha256"] = request["sha256"].strip().lower()
+    out["version"] = request["version"][:128]
+    for key in ("signature", "manifest"):
+        if request.get(key) is not None:
+            out[key] = request[key]
+    return out
+
+
+class Updater:
+    """Runs updates and rollbacks one at a time on its own thread."""
+
+    def __init__(self, store: ModelStore, host: EngineHost,
+                 policy: Union[Policy, Callable[[], Policy]],
+                 downloader: Downloader, health: HealthPolicy, model_cfg: Any,
+                 publish: Publish, builder: Optional[Builder] = None,
+                 extend_timeout: Optional[Callable[[float], Any]] = None):
+        self.store, self.host, self._policy = store, host, policy
+        self.downloader, self.health, self.model_cfg = downloader, health, model_cfg
+        self.publish, self.builder, self.extend_timeout = publish, builder, extend_timeout
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._active: Optional[Dict[str, Any]] = None  # the running job's status doc
+        self._last: Optional[Dict[str, Any]] = None
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def policy(self) -> Policy:
+        """What is accepted now (a callable policy follows config reloads and the heads of the
+        engine that runs)."""
+        return self._policy() if callable(self._policy) else self._policy
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._worker, name="updater", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the current step; a download in progress is left to resume later."""
+        self._stop.set()
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # --- requests (from the command thread) ------------------------------------------------
+
+    def submit(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        """Accept ``cmd/engine.update``; UpdateError ``busy`` while another one runs."""
+        req = validate_request(request)
+        self.store.download_path(req["sha256"])  # the sha256 names a file: check it now
+        doc = self._claim(req["request_id"], "update", req["version"])
+        try:
+            self._write_journal(req, DOWNLOADING)
+        except OSError as exc:  # e.g. a full disk: refuse instead of staying "busy" for good
+            with self._lock:
+                self._active = None
+            raise UpdateError("store_error", f"cannot write the update journal: {exc}") from None
+        self._queue.put(_Job(req))
+        return doc
+
+    def request_rollback(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        """Accept ``cmd/engine.rollback``: back to the previous version, between batches."""
+        prev = self.store.previous
+        if prev is None or self.store.get(prev) is None:
+            raise UpdateError("no_previous", "there is no previous version to roll back to")
+        doc = self._claim(request.get("request_id"), "rollback", prev)
+        self._queue.put(("rollback", request.get("request_id")))
+        return doc
+
+    def _claim(self, request_id: Any, kind: str, version: str) -> Dict[str, Any]:
+        with self._lock:
+            if self._active is not None:
+                raise UpdateError("busy", f"{self._active['kind']} {self._active['request_id']!r}"
+                                  f" is running ({self._active['state']}); one at a time")
+            self._active = {"request_id": request_id, "kind": kind, "state": "ACCEPTED",
+                            "version": version, "from_version": self._running_version(),
+                            "history": [], "ts": now_utc()}
+            return dict(self._active)
+
+    def status(self) -> Dict[str, Any]:
+        """``cmd/engine.status``: the running update (or the last one) and the store's pointers."""
+        with self._lock:
+            active = dict(self._active) if self._active else None
+            last = dict(self._last) if self._last else None
+        return {"state": active["state"] if active else IDLE, "active": active, "last": last,
+                "current": self.store.current, "previous": self.store.previous,
+                "running": self._running_version(),
+                "allow_unsigned": self.policy.allow_unsigned}
+
+    def state_name(self) -> str:
+        """The state in lower case (``idle``, ``downloading``, ...), e.g. for the exporter."""
+        with self._lock:
+            return (self._active["state"] if self._active else IDLE).lower()
+
+    def state_getter(self) -> Dict[str, Any]:
+        """A small summary for ``state`` and metrics: state, versions, unsigned warning."""
+        st = self.status()
+        out = {"state": st["state"], "current": st["current"], "previous": st["previous"]}
+        if st["last"]:
+            out["last"] = {k: st["last"].get(k) for k in ("request_id", "state", "version")}
+        if self.policy.allow_unsigned:
+            out["warning"] = "update.allow_unsigned is on: unsigned models are accepted " \
+                             "(development only)"
+        return out
+
+    def list_versions(self) -> Dict[str, Any]:
+        """``cmd/engine.list``."""
+        return {"versions": [{"version": v.version, "name": v.name, "sha256": v.sha256,
+                              "installed": v.installed, "source": v.source, "signer": v.signer}
+                             for v in self.store.stored()],
+                "current": self.store.current, "previous": self.store.previous,
+                "running": self._running_version(), "failed": self.store.failed()}
+
+    def _running_version(self) -> Optional[str]:
+        try:
+            return str(self.host.running_engine().manifest.version)
+        except Exception:
+            return self.store.current
+
+    # --- the worker -----------------------------------------------------------------------
+
+    def _worker(self) -> None:
+        while not self._stop.is_set():
+            job = self._queue.get()
+            if job is None:
+                return
+            try:
+                if isinstance(job, tuple):
+                    self._run_rollback(job[1])
+                else:
+                    self._run_update(job)
+            except Exception:  # a bug must not kill the worker; the engine is restored below
+                log.exception("updater: unexpected failure")
+                self._finish(FAILED, error=UpdateError("internal", "unexpected failure; see log"))
+
+    def _transition(self, state: str, message: str = "", progress: Optional[float] = None,
+                    error: Optional[UpdateError] = None, final: bool = False,
+                    **extra: Any) -> None:
+        with self._lock:
+            doc = self._active
+            if doc is None:
+                return
+            doc["state"] = state
+            doc["ts"] = now_utc()
+            if not doc["history"] or doc["history"][-1] != state:
+                doc["history"].append(state)
+            doc["progress"] = progress
+            doc["message"] = message
+            if error is not None:
+                doc["error"] = {"code": error.code, "message": error.message}
+            doc.update(extra)
+            out = dict(doc, history=list(doc["history"]))
+            if final:  # before publishing: a state published with it must say IDLE
+                self._last, self._active = self._active, None
+        if out.get("kind") == "update" and state not in TERMINAL:
+            self._write_journal(None, state)
+        log.info("update %s: %s%s", out["request_id"], state, f" ({message})" if message else "")
+        try:
+            self.publish(out)
+        except Exception:
+            log.exception("updater: publishing the %s transition failed", state)
+
+    def _finish(self, state: str, message: str = "", error: Optional[UpdateError] = None,
+                **extra: Any) -> None:
+        self.store.clear_journal()
+        self._transition(state, message, error=error, final=True, **extra)
+
+    def _write_journal(self, request: Optional[Dict[str, Any]], state: str) -> None:
+        j = self.store.journal() or {}
+        if request is not None:
+            j = {"request": request, "started": now_utc()}
+        j["state"] = state
+        j["ts"] = now_utc()
+        self.store.write_journal(j)
+
+    # --- one update -----------------------------------------------------------------------
+
+    def _run_update(self, job: _Job) -> None:
+        req = job.request
+        try:
+            info = self._fetch_and_verify(job)
+        except UpdateError as exc:
+            if exc.code == "cancelled":
+                return  # stopping: the journal stays, the next start resumes
+            if exc.code not in ("timeout", "connection"):
+                self.store.download_path(req["sha256"]).unlink(missing_ok=True)
+            self._finish(FAILED, exc.message, error=exc)
+            return
+        self._switch_and_check(info)
+
+    def _fetch_and_verify(self, job: _Job) -> VersionInfo:
+        req = job.request
+        existing = self.store.get(req["version"]) if job.resume == BUILDING else None
+        if existing is not None and existing.sha256 == req["sha256"]:
+            info = existing
+        else:
+            part = self.store.download_path(req["sha256"])
+            self._download(req, part, job.note)
+            self._transition(VERIFYING, "sha256, signature, version, heads, graph")
+            v = verify(part, req, self.policy, self.store.floor_version())
+            info = self.store.add(v.manifest.version, part, v.manifest_bytes, v.envelope,
+                                  name=v.manifest.name, sha256=v.manifest.sha256,
+                                  source="update", move=True)
+        self._build(info)
+        return info
+
+    def _download(self, req: Dict[str, Any], part: Path, note: str) -> None:
+        have = part.stat().st_size if part.exists() else 0
+        msg = note or (f"resuming at byte {have}" if have else "")
+        self._transition(DOWNLOADING, msg, progress=0.0, resumed_from=have)
+        last = [0.0, -1.0]
+
+        def progress(got: int, total: Optional[int]) -> None:
+            pct = round(100.0 * got / total, 1) if total else None
+            now = time.monotonic()
+            if pct is not None and (pct - last[1] >= 5 or now - last[0] >= 1.0) and pct < 100:
+                last[0], last[1] = now, pct
+                self._transition(DOWNLOADING, msg, progress=pct, bytes=got, total=total)
+
+        res = self.downloader.fetch(req["url"], part, progress, self._stop.is_set)
+        self._transition(DOWNLOADING, msg, progress=100.0, bytes=res.size, total=res.size)
+
+    def _version_cfg(self, info: VersionInfo) -> Any:
+        return self.model_cfg.model_copy(update={
+            "path": str(info.model), "manifest": str(info.manifest),
+            "engine_dir": str(info.path)})
+
+    def _build(self, info: VersionInfo) -> None:
+        if self.builder is None:
+            self._transition(BUILDING, "skipped: ONNX Runtime builds nothing ahead", progress=None)
+            return
+        self._transition(BUILDING, "building the engine for this device", progress=0.0)
+        from edge_agent.inference import manifest as mf
+
+        m = mf.load(info.manifest)
+
+        def progress(pct: float) -> None:
+            self._transition(BUILDING, "building", progress=round(pct, 1))
+
+        building = threading.Event()
+        ticker = threading.Thread(target=self._extend_while, args=(building,), daemon=True)
+        ticker.start()
+        try:
+            self.builder(self._version_cfg(info), m, info.model, progress)
+        except (ValueError, RuntimeError, OSError) as exc:
+            self.store.mark_failed(info.version, f"build failed: {exc}")
+            raise UpdateError("build_failed", f"building the engine failed: {exc}") from None
+        finally:
+            building.set()
+
+    def _extend_while(self, done: threading.Event, every_s: float = 30.0) -> None:
+        """EXTEND_TIMEOUT_USEC to systemd while a build runs (TensorRT 8 reports no progress;
+        a build of minutes must not be taken for a hang)."""
+        while self.extend_timeout is not None and not done.is_set():
+            self.extend_timeout(3 * every_s)
+            done.wait(every_s)
+
+    def _switch_and_check(self, info: VersionInfo) -> None:
+        old = self.host.running_engine()
+        try:
+            new = self.host.open_engine(self._version_cfg(info))
+        except Exception as exc:  # ModelError, BackendUnavailableError, ORT errors
+            self.store.mark_failed(info.version, f"cannot open: {exc}")
+            self._finish(FAILED, f"the new engine cannot be opened: {exc}",
+                         error=UpdateError("open_failed", str(exc)[:300]))
+            return
+        self._transition(STAGED, f"{info.name} {info.version} opened and warmed up",
+                         manifest=describe(new.manifest))
+        probe = HealthProbe(new, old, self.health)
+        self._transition(SWITCHING, "between batches; the old engine stays open")
+        try:
+            self._swap(probe)
+        except UpdateError as exc:
+            new.close()
+            self.store.mark_failed(info.version, exc.message)
+            self._finish(FAILED, exc.message, error=exc)
+            return
+        self._transition(HEALTH_CHECK, f"{self.health.batches} batches", progress=0.0)
+        self._wait_health(probe)
+        if self._stop.is_set() and not probe.done.is_set():
+            return  # the agent stops: the journal says HEALTH_CHECK, the next start reports it
+        why = probe.verdict()
+        health = probe.report.summary()
+        if why is None:
+            self._swap(new)
+            self.store.set_current(info.version)
+            self.store.set_running(info.version, info.sha256)
+            old.close()
+            self._finish(COMMITTED, f"{info.name} {info.version} is running", health=health)
+        else:
+            self._swap(old)
+            new.close()
+            self.store.mark_failed(info.version, why)
+            self._finish(ROLLED_BACK, why, error=UpdateError("health_check", why), health=health)
+
+    def _wait_health(self, probe: HealthProbe) -> None:
+        deadline = time.monotonic() + self.health.timeout_s
+        last = -1
+        while not probe.done.wait(0.25):
+            n = probe.report.batches
+            if n != last:
+                last = n
+                self._transition(HEALTH_CHECK, f"{n} of {self.health.batches} batches",
+                                 progress=round(100.0 * n / self.health.batches, 1))
+            if time.monotonic() > deadline or self._stop.is_set():
+                return
+
+    def _swap(self, engine: Any) -> Any:
+        fut = self.host.between_batches(lambda: self.host.swap_engine(engine))
+        try:
+            return fut.result(SWITCH_TIMEOUT_S)
+        except Exception as exc:
+            raise UpdateError("switch_failed", f"the inference thread did not switch: "
+                              f"{exc or type(exc).__name__}") from None
+
+    # --- rollback on request --------------------------------------------------------------
+
+    def _run_rollback(self, request_id: Any) -> None:
+        prev = self.store.previous
+        info = self.store.get(prev) if prev else None
+        if info is None:
+            self._finish(FAILED, "no previous version", error=UpdateError("no_previous",
+                                                                          "nothing to roll back"))
+            return
+        self._transition(SWITCHING, f"back to {info.version}")
+        try:
+            eng = self.host.open_engine(self._version_cfg(info))
+        except Exception as exc:
+            self._finish(FAILED, f"the previous engine cannot be opened: {exc}",
+                         error=UpdateError("open_failed", str(exc)[:300]))
+            return
+        try:
+            old = self._swap(eng)
+        except UpdateError as exc:
+            eng.close()
+            self._finish(FAILED, exc.message, error=exc)
+            return
+        self.store.rollback()
+        self.store.set_running(info.version, info.sha256)
+        old.close()
+        self._finish(ROLLED_BACK, f"rolled back on request to {info.version}")
+
+    # --- after a restart ------------------------------------------------------------------
+
+    def recover(self) -> Optional[str]:
+        """Resume or clean up an update the last run left (call once, after :meth:`start`).
+
+        Returns what was done, in words (also published), or None when there was nothing.
+        """
+        j = self.store.journal()
+        if not j:
+            return None
+        req, state = j.get("request"), j.get("state")
+        if not isinstance(req, dict) or state not in STATES:
+            self.store.clear_journal()
+            return "discarded an unreadable update journal"
+        try:
+            req = validate_request(req)
+        except UpdateError:
+            self.store.clear_journal()
+            return "discarded an update journal with a bad request"
+        self._claim(req["request_id"], "update", req["version"])
+        if state in (DOWNLOADING, VERIFYING):
+            part = self.store.download_path(req["sha256"])
+            have = part.stat().st_size if part.exists() else 0
+            note = f"resumed after a restart at byte {have}"
+            self._queue.put(_Job(req, DOWNLOADING, note))
+            return note
+        if state in (BUILDING, STAGED):
+            note = f"resumed after a restart in {state}"
+            self._queue.put(_Job(req, BUILDING, note))
+            return note
+        version = req["version"]
+        if state in (SWITCHING, HEALTH_CHECK) and self.store.current != version:
+            why = (f"the agent restarted during {state}; the previous engine "
+                   f"{self._running_version()} is running")
+            try:
+                self.store.mark_failed(version, why)
+            except UpdateError:
+                pass
+            self._finish(ROLLED_BACK, why, error=UpdateError("restarted", why))
+            return why
+        note = f"the agent restarted after {state}; {self.store.current} is running"
+        self._finish(COMMITTED if self.store.current == version else FAILED, note)
+        return note
+
