@@ -26,7 +26,8 @@ MODEL_ONNX   := $(if $(filter 1,$(NC)),out/model/edge_multihead_nc.onnx,engines/
 
 .PHONY: venv system-deps test test-debug lint demo clean bench-tracker model model-smoke
 
-$(VENV)/.stamp: setup.cfg setup.py pyproject.toml edge_agent/tracking/_tracker.c
+$(VENV)/.stamp: setup.cfg setup.py pyproject.toml edge_agent/tracking/_tracker.c \
+               edge_agent/tracking/trackmath.c edge_agent/tracking/trackmath.h
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[cpu,dev]'
@@ -53,9 +54,9 @@ test: venv system-deps lint
 
 # The C tracker built unoptimised with asserts, then its tests again.
 test-debug: venv
-	EDGE_AGENT_DEBUG=1 $(PY) -m pip install -q --no-build-isolation -e .
+	EDGE_AGENT_DEBUG=1 $(PY) setup.py -q build_ext --inplace --force
 	$(PY) -m pytest tests -k tracker
-	$(PY) -m pip install -q --no-build-isolation -e .
+	$(PY) setup.py -q build_ext --inplace --force
 
 # Tracker vs peers, scored by TrackEval, in its own venv: trackeval and roboflow trackers pull
 # opencv-python, which collides with the project's headless OpenCV. norfair --no-deps: its

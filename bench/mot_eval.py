@@ -8,6 +8,7 @@ update() throughput (time inside the update call only; input conversion is done 
 Needs the peers venv (trackeval pulls opencv-python, which collides with the project's headless
 OpenCV):  ``make bench-tracker``  or
     .venv-bench/bin/python bench/mot_eval.py [--mot-dir ../shared/data/mot] [--only ours,sort]
+    .venv-bench/bin/python bench/mot_eval.py --cv     # leave-one-sequence-out (tracker_cv.py)
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class Runner(NamedTuple):
 
 
 def ours(seq: Sequence, **params: Any) -> Runner:
-    t = Tracker(**params)
+    t = Tracker(**{"frame_rate": seq.frame_rate, **params})
     return Runner(lambda d: d, t.update, lambda out: out[:, :5])
 
 
@@ -107,7 +108,7 @@ def sort_ref_runner(seq: Sequence) -> Runner:
 
 
 TRACKERS: Dict[str, Tuple[str, Callable[[Sequence], Runner]]] = {
-    "ours": ("edge-agent (C, defaults)", ours),
+    "ours": ("edge-agent (C, defaults, the sequence's frame rate)", ours),
     "sort_ref": ("SORT: our clean re-implementation of sort.py (labelled peer)", sort_ref_runner),
     "sort": ("roboflow trackers 2.6.1 SORT", _roboflow("SORTTracker")),
     "bytetrack": ("roboflow trackers 2.6.1 ByteTrack", _roboflow("ByteTrackTracker")),
@@ -174,12 +175,16 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--only", default=",".join(TRACKERS), help="comma list of trackers")
     ap.add_argument("--per-seq", action="store_true", help="also print per-sequence rows")
     ap.add_argument("--keep", help="write result files here instead of a temp folder")
+    ap.add_argument("--cv", action="store_true",
+                    help="leave-one-sequence-out over det.txt and det_acf.txt (tracker_cv.py)")
     args = ap.parse_args(argv)
     mot_dir = Path(args.mot_dir)
     seqs = mot15_sequences(mot_dir)
     if not seqs:
         print(f"no MOT15 sequences with det/det.txt under {mot_dir}", file=sys.stderr)
         return 2
+    if args.cv:
+        return cv_main(mot_dir, seqs, [n for n in args.only.split(",") if n and n != "ours"])
     names = [n for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in TRACKERS]
     if unknown:
@@ -231,6 +236,82 @@ def main(argv: List[str] = None) -> int:
                 d = c["MOTA"] - scores[ref]["COMBINED_SEQ"]["MOTA"]
                 print(f"MOTA vs {TRACKERS[ref][0]}: {d:+.1f}")
     return 0
+
+
+def _fmt(c: Dict[str, float]) -> str:
+    return f"{c['HOTA']:.1f} | {c['MOTA']:.1f} | {c['IDF1']:.1f} | {c['IDSW']}"
+
+
+def cv_main(mot_dir: Path, seqs: List[Sequence], peers: List[str]) -> int:
+    """``--cv``: the search, the out-of-fold tables next to the peers', the shipped defaults."""
+    import tracker_cv as cv
+
+    from edge_agent.tracking import PARAMS
+
+    unknown = [n for n in peers if n not in TRACKERS]
+    if unknown:
+        print(f"unknown tracker(s) {unknown}; choose from {list(TRACKERS)}", file=sys.stderr)
+        return 2
+    log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    cands = cv.candidates()
+    t0 = time.perf_counter()
+    us, evals, table = cv.run_search(mot_dir, seqs, cands, log)
+    log(f"search: {len(cands)} candidates x {len(us)} runs in {time.perf_counter() - t0:.0f} s")
+    peer_res = {n: cv.peer_results(TRACKERS[n][1], us, evals) for n in peers}
+    res = cv.cross_validate(us, table)
+    print("Leave-one-sequence-out over the visible MOT15 train sequences; TrackEval 1.3.0 "
+          "(BENCHMARK=MOT15).")
+    print(f"Search: {len(cands)} candidates ({', '.join(f'{k} {v}' for k, v in cv.SEARCH.items())}"
+          "); each fold picks the best HOTA + IDF1/2 + MOTA/4 (mean over both detection sets) "
+          "on the other sequences, one parameter set for both sets. Ours gets raw scores, "
+          "peers their defaults (ACF scores mapped x = s/100, x/(1+x)).\n")
+    ok = True
+    for det_set in cv.DET_SETS:
+        sel = [u for u in us if u.det_set == det_set]
+        if not sel:
+            continue
+        print(f"### {det_set} ({cv.DET_SETS[det_set]}), {len(sel)} sequences, combined\n")
+        print("| tracker | HOTA | MOTA | IDF1 | ID sw |")
+        print("|---|---:|---:|---:|---:|")
+        ours = cv.combine(res.oof[u] for u in sel)
+        print(f"| **edge-agent, out-of-fold** | {_fmt(ours)} |")
+        comb = {n: cv.combine(peer_res[n][u] for u in sel) for n in peers}
+        for n in peers:
+            print(f"| {TRACKERS[n][0]} | {_fmt(comb[n])} |")
+        print("\n| sequence | fold's choice | ours HOTA/MOTA/IDF1 | best peer | its HOTA "
+              "| ours - best |")
+        print("|---|---:|---:|---|---:|---:|")
+        worst = 0.0
+        for u in sel:
+            o = cv.combine([res.oof[u]])
+            per = {n: cv.combine([peer_res[n][u]]) for n in peers}
+            best = max(per, key=lambda n: per[n]["HOTA"])
+            d = o["HOTA"] - per[best]["HOTA"]
+            worst = min(worst, d)
+            print(f"| {u.seq.name} | #{res.choices[u.seq.name]} | {o['HOTA']:.1f}/{o['MOTA']:.1f}/"
+                  f"{o['IDF1']:.1f} | {best} | {per[best]['HOTA']:.1f} | {d:+.1f} |")
+        if peers:
+            bh = max(comb[n]["HOTA"] for n in peers)
+            bi = max(comb[n]["IDF1"] for n in peers)
+            sort_mota = max([comb[n]["MOTA"] for n in ("sort", "sort_ref") if n in comb],
+                            default=float("nan"))
+            checks = {"HOTA >= best peer + 1.0": ours["HOTA"] >= bh + 1.0,
+                      "IDF1 >= best peer + 2.0": ours["IDF1"] >= bi + 2.0,
+                      "MOTA >= SORT's": ours["MOTA"] >= sort_mota,
+                      "no sequence > 3 HOTA below its best peer": worst >= -3.0}
+            ok &= all(checks.values())
+            print(f"\n{det_set}: HOTA {ours['HOTA'] - bh:+.1f}, IDF1 {ours['IDF1'] - bi:+.1f} vs "
+                  f"the best peer; MOTA {ours['MOTA'] - sort_mota:+.1f} vs SORT; worst sequence "
+                  f"{worst:+.1f} HOTA. " + "; ".join(f"{k}: {'yes' if v else 'NO'}"
+                                                    for k, v in checks.items()) + "\n")
+    shipped = cands[res.shipped]
+    votes = sum(1 for c in res.choices.values() if c == res.shipped)
+    print("Per-fold choices: " + ", ".join(f"{k} #{v}" for k, v in res.choices.items()))
+    print(f"Shipped-defaults rule (the choice of the most folds): #{res.shipped} "
+          f"({votes}/{len(res.choices)} folds) = {shipped}")
+    differ = {k: (v, PARAMS[k].default) for k, v in shipped.items() if PARAMS[k].default != v}
+    print("PARAMS defaults " + ("match it." if not differ else f"differ: {differ}"))
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

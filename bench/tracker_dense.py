@@ -24,27 +24,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from mot_eval import TRACKERS, ours  # noqa: E402
+from mot_eval import TRACKERS  # noqa: E402
 from tracker_metrics import score  # noqa: E402
 
 from edge_agent.tracking.motdata import load_gt, read_seqinfo, synthetic_dets  # noqa: E402
 
 SEQUENCES = ("MOT17-04-FRCNN", "MOT20-01")
 
-# The default score thresholds are calibrated on SORT's Faster R-CNN scores (all >= 0.5, most
-# >= 0.9); this noise model scores true boxes lower, so a row with thresholds set for it is
-# shown too (see docs/tracker.md "Thresholds and your detector").
-DENSE_TRACKERS = dict(TRACKERS)
-DENSE_TRACKERS["ours_thr"] = (
-    "edge-agent (C, high_thresh=0.5, new_track_thresh=0.6)",
-    lambda seq: ours(seq, high_thresh=0.5, new_track_thresh=0.6),
-)
-
-
 def main(argv: List[str] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mot-dir", default=str(REPO.parent / "shared" / "data" / "mot"))
-    ap.add_argument("--only", default=",".join(["ours", "ours_thr"] + list(TRACKERS)[1:]))
+    ap.add_argument("--only", default=",".join(TRACKERS))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
@@ -59,7 +49,7 @@ def main(argv: List[str] = None) -> int:
         boxes = np.mean([len(d) for d in dets])
         for name in names:
             try:
-                runner = DENSE_TRACKERS[name][1](seq)
+                runner = TRACKERS[name][1](seq)
             except ImportError as exc:
                 print(f"skip {name}: {exc}", file=sys.stderr)
                 continue
@@ -72,7 +62,7 @@ def main(argv: List[str] = None) -> int:
                 for r in runner.rows(out):
                     rows.append((f, r[4], r[0], r[1], r[2], r[3]))
             s = score(gt, np.array(rows).reshape(-1, 6))
-            print(f"| {seq_name} | {boxes:.1f} | {DENSE_TRACKERS[name][0]} | {100 * s.mota:.1f} | "
+            print(f"| {seq_name} | {boxes:.1f} | {TRACKERS[name][0]} | {100 * s.mota:.1f} | "
                   f"{100 * s.idf1:.1f} | {s.idsw} | {len(dets) / elapsed:,.0f} |", flush=True)
     return 0
 

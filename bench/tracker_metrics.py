@@ -104,3 +104,53 @@ def score(gt: np.ndarray, hyp: np.ndarray, thresh: float = 0.5) -> Scores:
         idtp = int(m[r, c].sum())
     idf1 = 2 * idtp / max(num_gt + len(hyp), 1)
     return Scores(mota, idf1, idsw, fp, fn, num_gt)
+
+
+def hota(gt: np.ndarray, hyp: np.ndarray) -> float:
+    """HOTA (Luiten et al. 2021) averaged over IoU thresholds 0.05..0.95, following TrackEval's
+    algorithm: a global alignment score per (gt id, track id) pair weights each frame's
+    matching, then detection and association accuracy per threshold. gt, hyp: rows frame, id,
+    x1, y1, x2, y2. Returns 0..1."""
+    alphas = np.arange(0.05, 0.99, 0.05)
+    gids, g_idx = np.unique(gt[:, 1], return_inverse=True)
+    hids, h_idx = (np.unique(hyp[:, 1], return_inverse=True) if len(hyp)
+                   else (np.zeros(0), np.zeros(0, int)))
+    frames = np.unique(gt[:, 0]) if not len(hyp) else np.union1d(gt[:, 0], hyp[:, 0])
+    per_frame = []
+    potential = np.zeros((len(gids), len(hids)))
+    g_count, h_count = np.zeros(len(gids)), np.zeros(len(hids))
+    for f in frames:
+        gm, hm = gt[:, 0] == f, (hyp[:, 0] == f) if len(hyp) else np.zeros(0, bool)
+        gi, hi = g_idx[gm], h_idx[hm]
+        sim = iou_matrix(gt[gm, 2:6], hyp[hm, 2:6]) if len(gi) and len(hi) else \
+            np.zeros((len(gi), len(hi)))
+        denom = sim.sum(0)[None, :] + sim.sum(1)[:, None] - sim
+        sim_iou = np.where(denom > 1e-10, sim / np.where(denom > 1e-10, denom, 1), 0)
+        potential[gi[:, None], hi[None, :]] += sim_iou
+        g_count[gi] += 1
+        h_count[hi] += 1
+        per_frame.append((gi, hi, sim))
+    align = potential / np.maximum(g_count[:, None] + h_count[None, :] - potential, 1e-10)
+    tp, fn, fp = np.zeros(len(alphas)), np.zeros(len(alphas)), np.zeros(len(alphas))
+    matches = np.zeros((len(alphas), len(gids), len(hids)))
+    for gi, hi, sim in per_frame:
+        if not len(hi) or not len(gi):
+            fn += len(gi)
+            fp += len(hi)
+            continue
+        r, c = linear_sum_assignment(-(align[gi[:, None], hi[None, :]] * sim))
+        for a, alpha in enumerate(alphas):
+            ok = sim[r, c] >= alpha - np.finfo(float).eps
+            n = int(ok.sum())
+            tp[a] += n
+            fn[a] += len(gi) - n
+            fp[a] += len(hi) - n
+            matches[a, gi[r[ok]], hi[c[ok]]] += 1
+    scores = []
+    for a in range(len(alphas)):
+        m = matches[a]
+        ass = m / np.maximum(1, g_count[:, None] + h_count[None, :] - m)
+        ass_a = (m * ass).sum() / max(1.0, tp[a])
+        det_a = tp[a] / max(1.0, tp[a] + fn[a] + fp[a])
+        scores.append(np.sqrt(det_a * ass_a))
+    return float(np.mean(scores))

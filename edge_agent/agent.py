@@ -6,8 +6,12 @@ to undo it. A step that meets bad input raises :class:`StartError` (one line: wh
 :meth:`Agent.stop` undoes what was started, newest first: the same teardown after a full run, a
 failed start or a crash of the pipeline. The steps::
 
-    state_dir -> event_log -> engine -> cameras -> delivery -> pipeline -> reload -> mqtt
-    -> exporter -> notifier
+    state_dir -> event_log -> engine -> cameras -> delivery -> pipeline -> update -> reload
+    -> mqtt -> update_recovery -> exporter -> notifier
+
+The engine is the model store's current version (``update/wiring.py``); ``update`` starts the
+remote-update worker, whose ``cmd/engine.*`` commands the mqtt step registers, and
+``update_recovery`` resumes or reports an update a crash interrupted (docs/update.md).
 
 ``Agent.run()`` is start, then the inference loop on the calling thread until SIGTERM/SIGINT
 (or every camera ended), then stop. Exit status: 0 after a stop, 2 for bad input, 1 when the
@@ -44,6 +48,7 @@ from edge_agent.pipeline import Pipeline
 from edge_agent.sdnotify import Notifier
 from edge_agent.secrets import config_secrets, masked_config
 from edge_agent.supervise import Supervisor, status_line
+from edge_agent.update import wiring as update_wiring
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +80,8 @@ class Agent:
         self.delivery: Optional[EventDelivery] = None
         self.pipeline: Optional[Pipeline] = None
         self.mqtt: Any = None
+        self.store: Any = None  # the model store (update.enabled)
+        self.updater: Any = None
         self.reloader: Any = None
         self.exporter: Any = None
         self.supervisor = Supervisor(Notifier(), status_interval_s=5.0)
@@ -85,8 +92,10 @@ class Agent:
             ("cameras", self._check_cameras),
             ("delivery", self._start_delivery),
             ("pipeline", self._start_pipeline),
+            ("update", self._start_update),
             ("reload", self._start_reload),
             ("mqtt", self._start_mqtt),
+            ("update_recovery", self._recover_update),
             ("exporter", self._start_exporter),
             ("notifier", self._start_notifier),
         ]
@@ -193,8 +202,10 @@ class Agent:
 
         try:
             with self.supervisor.extend_start("loading the engine"):  # a TensorRT build: minutes
-                self.engine = open_engine(self.cfg.model)
-        except (ModelError, ValueError, FileNotFoundError) as exc:
+                # the model store's current version (seeded from model.path on first start)
+                self.store = update_wiring.open_store(self.cfg)
+                self.engine = update_wiring.open_running(self.cfg, self.store, open_engine)
+        except (ModelError, ValueError, OSError) as exc:
             raise StartError(f"model: {exc}") from None
         return self._close_engines
 
@@ -264,10 +275,39 @@ class Agent:
             raise StartError(f"mqtt: {exc}") from None
         self.mqtt.register_command("snapshot", self.snapshot_command)
         self.mqtt.register_command("config.reload", reload.command(self.reloader))
+        if self.updater is not None:
+            from edge_agent.mqtt.commands import CommandError
+
+            for name, fn in update_wiring.command_handlers(self.updater, CommandError).items():
+                self.mqtt.register_command(name, fn)
         if self.mqtt.ha_sink is not None:
             self.delivery.add_sink(self.mqtt.ha_sink)
         self.mqtt.start()
         return self.mqtt.stop
+
+    def _start_update(self) -> Undo:
+        """The remote-update worker (docs/update.md); its commands come with the mqtt step."""
+        if self.store is None:
+            return None
+        assert self.pipeline is not None
+        try:
+            up = update_wiring.make_updater(
+                self.cfg, self.store, update_wiring.PipelineHost(self.pipeline),
+                update_wiring.mqtt_publisher(lambda: self.mqtt), self.supervisor)
+        except ValueError as exc:  # e.g. a trusted key that is not a key
+            raise StartError(f"update: {exc}") from None
+        self.updater = up
+        self.metrics.add("update", state=lambda: {"update": up.state_getter()})
+        up.start()
+        return up.stop
+
+    def _recover_update(self) -> Undo:
+        """An update the last run left in the middle: resumed, or reported (once MQTT is up)."""
+        if self.updater is not None:
+            note = self.updater.recover()
+            if note:
+                log.warning("update: %s", note)
+        return None
 
     def _start_reload(self) -> Undo:
         pipe = self.pipeline
@@ -292,7 +332,8 @@ class Agent:
         src = Sources(cameras=list(pipe.cams), stats=self.metrics.stats,  # what MQTT publishes
                       engine=lambda: pipeline_state(pipe)["engine"],
                       outbox_rows=lambda: len(ob), outbox_path=ob.path,
-                      mqtt_connected=(lambda: mqtt.connected) if mqtt is not None else None)
+                      mqtt_connected=(lambda: mqtt.connected) if mqtt is not None else None,
+                      **({"update_state": self.updater.state_name} if self.updater else {}))
         ex = Exporter(src, mc.max_frame_age_s)
         try:
             ex.start(mc.host, mc.port)

@@ -21,7 +21,10 @@ from pydantic import (
     Field,
     PrivateAttr,
     SecretStr,
+    StrictBool,
+    StrictInt,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -29,6 +32,8 @@ from pydantic import (
 from edge_agent import yamlsafe
 from edge_agent.mqtt.topics import topic_problem
 from edge_agent.secrets import PASSWORD_ENV
+from edge_agent.tracking import PARAMS as TRACKER_PARAMS
+from edge_agent.tracking import check_params as check_tracker_params
 
 # Environment variables that override config values, so secrets need not sit in the file.
 ENV_OVERRIDES: Dict[str, Tuple[str, ...]] = {
@@ -153,10 +158,60 @@ class ModelConfig(_Model):
     engine_dir: str = Field("engines", description="engine store: built plans and timing cache")
 
 
-class TrackerConfig(_Model):
-    """Tracker parameters; names and meaning match ``edge_agent.tracking.Tracker``."""
+# Tracker parameters the config may set, derived from the tracker's own PARAMS table (one source
+# of truth: tests/test_config_tracker.py and the stub check in tests/test_tracker_adaptive.py).
+# frame_rate is not among them: the daemon takes it from each camera.
+_TRACKER_TYPES = {bool: StrictBool, int: StrictInt, float: float}
+TRACKER_CONFIG_PARAMS = tuple(n for n in TRACKER_PARAMS if n != "frame_rate")
 
-    model_config = ConfigDict(extra="allow")  # forwarded to Tracker(), which rejects unknown names
+TrackerParams = create_model(
+    "TrackerParams",
+    __base__=_Model,
+    __doc__="One head's tracker parameters; unset ones come from `default`, then the head's "
+            "built-in defaults (HEAD_TRACKER_DEFAULTS), then the tracker's PARAMS.",
+    **{n: (Optional[_TRACKER_TYPES[TRACKER_PARAMS[n].kind]],
+           Field(None, description=TRACKER_PARAMS[n].doc,
+                 **({} if TRACKER_PARAMS[n].kind is bool
+                    else {"ge": TRACKER_PARAMS[n].lo, "le": TRACKER_PARAMS[n].hi})))
+       for n in TRACKER_CONFIG_PARAMS},
+)
+
+# Per-head defaults for the shipped model, on top of the tracker's PARAMS: weapons and plates
+# are few and seen in short glimpses, so they are confirmed after two hits; a weapon track is
+# kept longer through occlusion (a hand, a bag) so that one weapon stays one event.
+HEAD_TRACKER_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "weapon": {"probation_age": 2, "max_shadow_s": 2.0},
+    "plate": {"probation_age": 2},
+}
+
+
+class TrackerConfig(_Model):
+    """``tracker: {default: {...}, crowd: {...}, weapon: {...}, plate: {...}}``."""
+
+    default: TrackerParams = Field(default_factory=TrackerParams,
+                                   description="every head, unless its own section says otherwise")
+    crowd: TrackerParams = Field(default_factory=TrackerParams)
+    weapon: TrackerParams = Field(default_factory=TrackerParams)
+    plate: TrackerParams = Field(default_factory=TrackerParams)
+
+    def params_for(self, head: str) -> Dict[str, Any]:
+        """The parameters set for ``head`` (a head of another name gets ``default``'s)."""
+        out = dict(HEAD_TRACKER_DEFAULTS.get(head, {}))
+        out.update(self.default.model_dump(exclude_none=True))
+        section = getattr(self, head, None) if head in type(self).model_fields else None
+        if section is not None and head != "default":
+            out.update(section.model_dump(exclude_none=True))
+        return out
+
+    @model_validator(mode="after")
+    def _each_head_valid(self) -> TrackerConfig:
+        # Rules across parameters (low_thresh <= high_thresh, ...) on each head's merged set.
+        for head in type(self).model_fields:
+            try:
+                check_tracker_params(self.params_for(head))
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"{head}: {exc}") from None
+        return self
 
 
 class WeaponRuleConfig(_Model):

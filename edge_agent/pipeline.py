@@ -29,20 +29,10 @@ from edge_agent.events import CameraEvents, EngineInfo, EventFactory, FrameConte
 from edge_agent.events.ocr import load_reader
 from edge_agent.interfaces import Engine, Notifier
 from edge_agent.metrics import Latency, pipeline_stats, stats_line
-from edge_agent.tracking import Tracker
+from edge_agent.tracking import PARAMS, Tracker
 from edge_agent.tracking.columns import DET_COLS
 
 log = logging.getLogger(__name__)
-
-# Score thresholds of the tracker for detectors whose scores are calibrated 0..1 probabilities
-# (objectness x class, as YOLOX and our multi-head model give): ByteTrack's settings for YOLOX.
-# The Tracker's own defaults are tuned on MOT15's public detections, whose scores sit higher
-# (new_track_thresh 0.85 would start almost no track from YOLOX-nano). The config's `tracker:`
-# section overrides any of these.
-PIPELINE_TRACKER_DEFAULTS: Dict[str, float] = {
-    "high_thresh": 0.5, "low_thresh": 0.1, "new_track_thresh": 0.6,
-}
-
 
 @dataclass
 class CameraState:
@@ -82,17 +72,6 @@ class CameraState:
 
 
 FrameHook = Callable[[Frame, Dict[str, HeadTracks], CameraState], None]
-
-
-def tracker_params(cfg: cfgmod.Config) -> Dict[str, Any]:
-    """The Tracker parameters of a config: our defaults for calibrated scores + ``tracker:``."""
-    extra = cfg.tracker.model_extra or {}
-    params: Dict[str, Any] = dict(PIPELINE_TRACKER_DEFAULTS)
-    params.update(extra)
-    if "low_thresh" not in extra:
-        # a config that lowers only high_thresh below our low_thresh must still be valid
-        params["low_thresh"] = min(params["low_thresh"], params["high_thresh"])
-    return params
 
 
 def engine_info(engine: Engine) -> EngineInfo:
@@ -151,9 +130,10 @@ class Pipeline:
         if cfg.events.plate.enabled and cfg.events.plate.ocr and "plate" in self.heads \
                 and self._ocr is None:
             self._ocr, self._ocr_status = load_reader()
-        params = tracker_params(cfg)
         for cam in cfg.cameras:
-            trackers = {h: Tracker(**params) for h in self.heads}
+            # The source's own fps is known once it is open: _track re-times then.
+            trackers = {h: Tracker(frame_rate=self._frame_rate(cam), **cfg.tracker.params_for(h))
+                        for h in self.heads}
             ev = CameraEvents(cam, cfg.events, self.factory, self.heads, self._ocr,
                               self._ocr_status)
             st = CameraState(cam, trackers, ev)
@@ -220,9 +200,9 @@ class Pipeline:
         """Live reload (on the inference thread, via :meth:`run_in_loop`): new rules, zones,
         pacing and tracker parameters; capture keeps running. A camera whose rules or tracks
         are rebuilt ends its open events first (reason ``config_reload``)."""
-        params = tracker_params(cfg)
-        if tracker:
-            Tracker(**params)  # refuse bad parameters before anything changed
+        if tracker:  # refuse bad parameters before anything changed
+            for head in self.heads:
+                Tracker(**cfg.tracker.params_for(head))
         cams = {c.name: c for c in cfg.cameras}
         for name, st in self.cams.items():
             zones_changed = name in cameras and st.cfg.zones != cams[name].zones
@@ -233,8 +213,9 @@ class Pipeline:
             st.events = CameraEvents(st.cfg, cfg.events, self.factory, self.heads, self._ocr,
                                      self._ocr_status)
             if tracker:
-                for tr in st.trackers.values():
-                    tr.reconfigure(**params)  # IDs keep counting
+                for head, tr in st.trackers.items():  # IDs keep counting
+                    tr.reconfigure(frame_rate=tr.params["frame_rate"],
+                                   **cfg.tracker.params_for(head))
         self.cfg = cfg
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -349,9 +330,28 @@ class Pipeline:
             log.error("inference failed on %d frame(s): %s", len(det_idx), exc)
         return dets
 
+    def _frame_rate(self, cam: cfgmod.CameraConfig) -> float:
+        """Frames/s the camera's trackers are updated at: the source's fps (once open), capped
+        by fps_limit; 30 while neither is known."""
+        info = self.capture.readers[cam.name].info
+        fps = info.fps if info is not None else 0.0
+        limit = cam.fps_limit
+        rate = min(fps, limit) if fps > 0 and limit > 0 else (fps or limit)
+        spec = PARAMS["frame_rate"]
+        return min(max(rate, spec.lo), spec.hi) if rate > 0 else spec.default
+
+    def _retime_trackers(self, st: CameraState) -> None:
+        """Trackers count time in frames: tell them the rate frames really come at."""
+        rate = self._frame_rate(st.cfg)
+        for tr in st.trackers.values():
+            if tr.params["frame_rate"] != rate:
+                tr.set_frame_rate(rate)
+
     def _track(self, f: Frame, dets: Optional[Dict[str, np.ndarray]]) -> None:
         """Trackers and rules of one frame's camera; its events go to the delivery."""
         st = self.cams[f.camera]
+        if st.processed == 0:
+            self._retime_trackers(st)
         tracks: Dict[str, HeadTracks] = {}
         t0 = time.monotonic()
         for head, tr in st.trackers.items():

@@ -6,8 +6,8 @@ loop :class:`edge_agent.pipeline.Pipeline`, event delivery :mod:`edge_agent.deli
 """
 
 from edge_agent.agent import EXIT_BAD_INPUT, EXIT_OK, EXIT_RUNTIME, Agent, cmd_run
-from edge_agent.pipeline import PIPELINE_TRACKER_DEFAULTS, CameraState, Pipeline
+from edge_agent.pipeline import CameraState, Pipeline
 from edge_agent.track import cmd_track, track_config
 
 __all__ = ["Agent", "CameraState", "EXIT_BAD_INPUT", "EXIT_OK", "EXIT_RUNTIME",
-           "PIPELINE_TRACKER_DEFAULTS", "Pipeline", "cmd_run", "cmd_track", "track_config"]
+           "Pipeline", "cmd_run", "cmd_track", "track_config"]

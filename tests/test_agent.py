@@ -25,8 +25,8 @@ from edge_agent.sdnotify import Notifier
 from edge_agent.supervise import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = ["state_dir", "event_log", "engine", "cameras", "delivery", "pipeline", "reload", "mqtt",
-         "exporter", "notifier"]
+STEPS = ["state_dir", "event_log", "engine", "cameras", "delivery", "pipeline", "update", "reload",
+         "mqtt", "update_recovery", "exporter", "notifier"]
 
 
 def _config(tmp_path: Path, model: Path, source: Path, **extra: Any) -> cfgmod.Config:
@@ -90,8 +90,9 @@ def test_steps_run_in_order_and_a_full_run_stops_them_in_reverse(tmp_path, short
     started = [n for what, n in seen if what == "start"]
     stopped = [n for what, n in seen if what == "stop"]
     assert started == STEPS
-    # mqtt (disabled), reload, state_dir and cameras have nothing to undo
-    assert stopped == ["notifier", "exporter", "pipeline", "delivery", "engine", "event_log"]
+    # mqtt (disabled), update_recovery, reload, state_dir and cameras have nothing to undo
+    assert stopped == ["notifier", "exporter", "update", "pipeline", "delivery", "engine",
+                       "event_log"]
     assert agent.event_log._closed and agent.delivery._closed
     assert agent.pipeline.finished.is_set() and agent.pipeline.cams["lot"].processed == 20
     agent.stop()  # idempotent: nothing left to undo
@@ -104,8 +105,8 @@ def test_a_failed_step_undoes_only_what_started_newest_first(tmp_path, video_dir
     seen = _instrument(agent)
     assert agent.run() == EXIT_BAD_INPUT
     assert [n for what, n in seen if what == "start"] == STEPS[:STEPS.index("mqtt") + 1]
-    assert [n for what, n in seen if what == "stop"] == ["pipeline", "delivery", "engine",
-                                                         "event_log"]
+    assert [n for what, n in seen if what == "stop"] == ["update", "pipeline", "delivery",
+                                                         "engine", "event_log"]
     assert agent.event_log._closed and agent.delivery._closed
     assert not agent.pipeline.finished.is_set()  # it never ran
     with pytest.raises(RuntimeError, match="closed"):

@@ -216,9 +216,9 @@ def test_run_bad_config_and_gstreamer_without_gstreamer(tmp_path, yolox_nano, vi
         assert cli.main(["run", "--config", str(config)]) == 2
         assert "JetPack" in capsys.readouterr().err
     config = write_config(tmp_path, yolox_nano, [{"name": "c", "source": video}],
-                          tracker={"max_shadow_ages": 3})
+                          tracker={"default": {"max_shadow_ages": 3}})
     assert cli.main(["run", "--config", str(config)]) == 2
-    assert "unknown parameter(s) max_shadow_ages" in capsys.readouterr().err
+    assert "tracker.default.max_shadow_ages: unknown key" in capsys.readouterr().err
     config = write_config(tmp_path, yolox_nano, [{"name": "c", "source": video}],
                           mqtt={"tls": {"ca_file": str(tmp_path / "no-such-ca.pem")}})
     assert cli.main(["run", "--config", str(config)]) == 2
@@ -296,7 +296,7 @@ def test_track_config_tracker_section_overrides_pipeline_defaults(tmp_path, vide
     # Same 8 frames as above but no detection may start a track: no person, no crowd event.
     conf = tmp_path / "z.yaml"
     conf.write_text(yaml.safe_dump({
-        "tracker": {"new_track_thresh": 0.99},
+        "tracker": {"default": {"adaptive": False, "new_track_thresh": 0.99}},
         "cameras": [{"name": "c", "source": "x", "zones": [
             {"name": "all", "min_count": 1, "hold_s": 0}]}]}))
     rc = cli.main(["track", "-i", str(video_dir / RETAIL), "--model", str(yolox_nano),

@@ -18,7 +18,7 @@ from edge_agent.supervise import Supervisor
 
 BASE = """
 mqtt: {username: cam, password: s3cret}
-tracker: {high_thresh: 0.5}
+tracker: {default: {high_thresh: 0.5}}
 cameras:
   - name: door
     source: rtsp://10.0.0.5/s

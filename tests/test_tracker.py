@@ -176,7 +176,7 @@ def test_class_separation():
 
 
 def test_probation_early_termination_and_shadow_expiry():
-    t = Tracker(probation_age=3, max_tentative_misses=0, max_shadow_age=5)
+    t = Tracker(probation_age=3, max_tentative_misses=0, frame_rate=10, max_shadow_s=0.5)
     t.update(np.empty((0, 6)))  # frame 1 confirms immediately; start later
     assert len(t.update(np.array([_det(10, 10)]))) == 0
     assert len(t.update(np.array([_det(11, 10)]))) == 0
@@ -197,7 +197,7 @@ def test_probation_early_termination_and_shadow_expiry():
 
 
 def test_low_score_detections_extend_but_do_not_start_tracks():
-    t = Tracker(probation_age=2, low_thresh=0.2, high_thresh=0.6)
+    t = Tracker(probation_age=2, low_thresh=0.2, high_thresh=0.6, adaptive=False)
     assert len(t.update(np.array([_det(10, 10, score=0.3)]))) == 0
     assert t.num_tracks == 0
     t.update(np.array([_det(10, 10, score=0.9)]))
@@ -300,21 +300,24 @@ def test_params_unknown_and_out_of_range():
         Tracker(bogus=1)
     with pytest.raises(ValueError, match=r"probation_age must be in \[1, "):
         Tracker(probation_age=0)
-    with pytest.raises(ValueError, match="max_shadow_age must be an integer"):
-        Tracker(max_shadow_age=2.5)
+    with pytest.raises(ValueError, match="probation_age must be an integer"):
+        Tracker(probation_age=2.5)
     with pytest.raises(ValueError, match="match_thresh must be in"):
         Tracker(match_thresh=float("nan"))
     with pytest.raises(ValueError, match="fuse_score must be true or false"):
         Tracker(fuse_score=1)
     with pytest.raises(ValueError, match="low_thresh .* must not exceed high_thresh"):
         Tracker(low_thresh=0.7, high_thresh=0.5)
-    t = Tracker(max_shadow_age=10)
-    assert t.params["max_shadow_age"] == 10 and set(t.params) == set(PARAMS)
-    assert "max_shadow_age=10" in repr(t)
+    with pytest.raises(ValueError, match="high_thresh is on the normalised range"):
+        Tracker(high_thresh=2.0)
+    assert Tracker(high_thresh=2.0, new_track_thresh=3.0, adaptive=False).params["high_thresh"] == 2
+    t = Tracker(max_shadow_s=10.0)
+    assert t.params["max_shadow_s"] == 10 and set(t.params) == set(PARAMS)
+    assert "max_shadow_s=10.0" in repr(t)
 
 
 def test_coast_frames_report_predictions_then_shadow():
-    t = Tracker(probation_age=1, coast_frames=2, max_shadow_age=10)
+    t = Tracker(probation_age=1, frame_rate=10, coast_s=0.2, max_shadow_s=1.0)
     for f in range(5):
         t.update(np.array([_det(10 + 5 * f, 10)]))
     for miss in (1, 2):

@@ -43,7 +43,7 @@ def test_mot15_sequence_scores_above_floor(mot_dir):
     SORT 0.705 / 0.758 by TrackEval). The floor catches a broken tracker, not a 1-point slip."""
     seq = read_seqinfo(mot_dir / "TUD-Stadtmitte")
     gt = load_gt(seq)[:, :6]
-    hyp = _track(seq, load_dets(seq))
+    hyp = _track(seq, load_dets(seq), frame_rate=seq.frame_rate)
     s = score(gt, hyp)
     assert s.mota >= 0.65, s
     assert s.idf1 >= 0.70, s

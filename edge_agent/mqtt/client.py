@@ -33,6 +33,7 @@ every connect, ``stopped`` on ``stop()``. After every (re)connect: subscribe ``c
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import threading
 import time
@@ -167,6 +168,14 @@ class AgentMqtt:
     def publish_engine_update(self, progress: Dict[str, Any]) -> None:
         """Retained ``engine/update`` progress of the remote-update state machine."""
         self.status.publish_engine_update(progress)
+
+    def publish_reply(self, name: str, reply: Dict[str, Any]) -> None:
+        """A further reply on ``cmd/<name>/reply`` after the command's own (the remote update
+        sends one per transition). Dropped while offline: ``engine/update`` keeps the latest
+        transition retained and is sent again after the reconnect."""
+        if self.connected:
+            self.connection.publish(self.topics.reply(name),
+                                    json.dumps(reply, default=str).encode(), qos=1)
 
     def publish_snapshot(self, event_id: str, jpeg: bytes) -> bool:
         """Publish a JPEG on ``snapshots/<event_id>`` (QoS 1). Not durable: returns False and

@@ -12,7 +12,9 @@ col   name                   meaning
 7     frames_since_update    0 when a detection was matched this frame
 ====  =====================  ==========================================================
 
-Parameters are in frames and documented in ``docs/tracker.md`` and :data:`PARAMS`.
+Parameters are documented in ``docs/tracker.md`` and :data:`PARAMS`. Durations are in seconds
+and turned into frames at ``frame_rate``; score thresholds apply to scores placed on the range of
+each class's recent scores (``adaptive``), so the same values serve any detector's score scale.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 
 from edge_agent.tracking import _tracker
 
-__all__ = ["Tracker", "PARAMS", "COLUMNS"]
+__all__ = ["Tracker", "PARAMS", "COLUMNS", "check_params"]
 
 COLUMNS: Tuple[str, ...] = (
     "x1", "y1", "x2", "y2", "track_id", "score", "class_id", "frames_since_update",
@@ -38,16 +40,23 @@ class _Param(NamedTuple):
     doc: str
 
 
-# name -> (type, default, inclusive range, meaning). Defaults were tuned on all MOT15 train
-# sequences together (see docs/tracker.md), never on a single sequence.
+# name -> (type, default, inclusive range, meaning). The defaults come from the out-of-fold
+# procedure in docs/tracker.md ("How the defaults were chosen"), never from scoring on the
+# sequences they are reported on.
 PARAMS: Dict[str, _Param] = {
-    "high_thresh": _Param(float, 0.65, 0.0, 1e9,
+    "adaptive": _Param(bool, True, 0, 1,
+                       "score thresholds apply to the score placed on the range of its "
+                       "class's last score_window scores (2nd to 90th percentile -> 0..1), so "
+                       "they hold for any detector's scale; false: to the raw score"),
+    "score_window": _Param(int, 500, 1, 1_000_000,
+                           "detections per class in the running score distribution (adaptive)"),
+    "high_thresh": _Param(float, 0.3, 0.0, 1e6,
                           "detections scoring at least this are 'high' (stages 1 and 3)"),
-    "low_thresh": _Param(float, 0.2, 0.0, 1e9,
+    "low_thresh": _Param(float, 0.0, 0.0, 1e6,
                          "detections in [low_thresh, high_thresh) only extend active tracks"),
-    "new_track_thresh": _Param(float, 0.85, 0.0, 1e9,
+    "new_track_thresh": _Param(float, 0.5, 0.0, 1e6,
                                "an unmatched high detection starts a track from this score"),
-    "match_thresh": _Param(float, 0.15, 0.0, 1.0,
+    "match_thresh": _Param(float, 0.1, 0.0, 1.0,
                            "stage 1 minimum similarity (IoU, times score if fuse_score)"),
     "low_match_thresh": _Param(float, 0.6, 0.0, 1.0, "stage 2 minimum IoU for low detections"),
     "tentative_match_thresh": _Param(float, 0.2, 0.0, 1.0,
@@ -55,7 +64,7 @@ PARAMS: Dict[str, _Param] = {
     "recovery_thresh": _Param(float, 0.4, 0.0, 1.0,
                               "OC-SORT recovery: minimum IoU against a track's last observed "
                               "box for leftovers after stage 1 (0 = off)"),
-    "iou_buffer": _Param(float, 0.0, 0.0, 2.0,
+    "iou_buffer": _Param(float, 0.1, 0.0, 2.0,
                          "stage 1 boxes are enlarged by this fraction of their size on each side "
                          "before IoU (C-BIoU), for fast motion and low frame rates"),
     "shadow_buffer": _Param(float, 0.0, 0.0, 1.0,
@@ -77,25 +86,38 @@ PARAMS: Dict[str, _Param] = {
                             "hits before a tentative track becomes active (reported)"),
     "max_tentative_misses": _Param(int, 0, 0, 10_000,
                                    "early termination: misses a tentative track survives"),
-    "max_shadow_age": _Param(int, 30, 0, 1_000_000,
-                             "frames a lost (shadow) track is kept for re-matching"),
-    "coast_frames": _Param(int, 0, 0, 1_000_000,
-                           "an unmatched active track stays reported (predicted box, "
-                           "frames_since_update > 0) this many frames before it goes shadow"),
+    "frame_rate": _Param(float, 30.0, 0.1, 1000.0,
+                         "frames per second that update() is called at (the camera's "
+                         "processed rate); turns the *_s parameters into frames"),
+    "max_shadow_s": _Param(float, 1.0, 0.0, 36_000.0,
+                           "seconds a lost (shadow) track is kept for re-matching"),
+    "coast_s": _Param(float, 0.0, 0.0, 36_000.0,
+                      "seconds an unmatched active track stays reported (predicted box, "
+                      "frames_since_update > 0) before it goes shadow"),
     "std_weight_position": _Param(float, 0.1, 1e-6, 10.0,
                                   "Kalman process noise std (position) as a fraction of box "
-                                  "height"),
+                                  "height, per frame at 30 fps"),
     "std_weight_measurement": _Param(float, 0.1, 1e-6, 10.0,
                                      "Kalman measurement noise std as a fraction of box height "
                                      "(lower: boxes follow detections more closely)"),
     "std_weight_velocity": _Param(float, 1.0 / 160, 1e-6, 10.0,
-                                  "Kalman velocity noise std as a fraction of box height"),
+                                  "Kalman velocity noise std as a fraction of box height, per "
+                                  "frame at 30 fps"),
 }
+
+# Score thresholds: on the normalised 0..1 range when adaptive, raw scores otherwise.
+_SCORE_THRESHOLDS = ("high_thresh", "low_thresh", "new_track_thresh")
+# The Kalman weights are stated per frame at this rate (ByteTrack's, for 30 fps video).
+_REFERENCE_RATE = 30.0
+# Python-only parameters; the C core gets frame counts and per-frame weights instead.
+_WRAPPER_ONLY = ("frame_rate", "max_shadow_s", "coast_s")
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
-def _check_params(params: Dict[str, Any]) -> Dict[str, Any]:
+def check_params(params: Dict[str, Any]) -> Dict[str, Any]:
+    """Every parameter's effective value (defaults filled in), or ``TypeError`` for an unknown
+    name and ``ValueError`` naming the parameter and its range."""
     unknown = sorted(set(params) - set(PARAMS))
     if unknown:
         raise TypeError(
@@ -124,12 +146,31 @@ def _check_params(params: Dict[str, Any]) -> Dict[str, Any]:
         if not (spec.lo <= value <= spec.hi):  # also rejects NaN
             raise ValueError(f"{name} must be in [{spec.lo}, {spec.hi}], got {value!r}")
         values[name] = value
+    if values["adaptive"]:
+        for name in _SCORE_THRESHOLDS:
+            if values[name] > 1.0:
+                raise ValueError(f"{name} is on the normalised range [0, 1] when adaptive is "
+                                 f"true, got {values[name]!r} (set adaptive: false for raw "
+                                 "scores)")
     if values["low_thresh"] > values["high_thresh"]:
         raise ValueError(
             f"low_thresh ({values['low_thresh']}) must not exceed high_thresh "
             f"({values['high_thresh']})"
         )
     return values
+
+
+def _core_params(values: Dict[str, Any]) -> Dict[str, Any]:
+    """The C core's parameters: seconds turned into frames at ``frame_rate``, Kalman process
+    noise rescaled from 30 fps to it (a frame at 10 fps spans three at 30)."""
+    core = {k: v for k, v in values.items() if k not in _WRAPPER_ONLY}
+    rate = values["frame_rate"]
+    core["max_shadow_age"] = int(round(values["max_shadow_s"] * rate))
+    core["coast_frames"] = int(round(values["coast_s"] * rate))
+    scale = _REFERENCE_RATE / rate
+    core["std_weight_position"] = values["std_weight_position"] * scale
+    core["std_weight_velocity"] = values["std_weight_velocity"] * scale
+    return core
 
 
 _F64 = np.dtype(np.float64)
@@ -149,8 +190,8 @@ class Tracker:
     __slots__ = ("_core", "_params")
 
     def __init__(self, **params: Any) -> None:
-        self._params = _check_params(params)
-        self._core = _tracker.Core(**self._params)
+        self._params = check_params(params)
+        self._core = _tracker.Core(**_core_params(self._params))
 
     def update(self, dets: Optional[np.ndarray]) -> np.ndarray:
         """Advance one frame.
@@ -184,6 +225,13 @@ class Tracker:
         """Drop all tracks and restart the frame count. IDs are never reused afterwards."""
         self._core.reset()
 
+    def set_frame_rate(self, frame_rate: float) -> None:
+        """Re-time the tracker for a new ``frame_rate`` (frames/s), keeping its tracks: the
+        camera's rate is often known only once it delivers frames."""
+        values = check_params({**self._params, "frame_rate": frame_rate})
+        self._core.configure(**_core_params(values))
+        self._params = values
+
     def reconfigure(self, **params: Any) -> None:
         """New parameters (as for the constructor; unset ones take their defaults).
 
@@ -191,8 +239,8 @@ class Tracker:
         not hand out an ID a consumer has already seen in this run. Bad parameters raise as in
         the constructor and leave the tracker as it was.
         """
-        checked = _check_params(params)
-        self._core.__init__(**checked)  # the C init keeps the ID counter of this instance
+        checked = check_params(params)
+        self._core.__init__(**_core_params(checked))  # the C init keeps the ID counter
         self._params = checked
 
     @property

@@ -6,12 +6,13 @@
  * with an optimal assignment (Jonker-Volgenant) solved per connected component of the gated
  * IoU graph; then run the lifecycle (tentative -> active -> lost/shadow -> removed).
  *
- * The Python wrapper (edge_agent/tracking/__init__.py) validates parameters and turns the
- * returned bytearray into a NumPy array; this file validates the detection buffer itself.
+ * Score thresholds apply to each detection's "association score": with `adaptive` on, its score
+ * placed on the range of its class's recent scores (trackmath.h ScoreWindow), so the same
+ * thresholds serve detectors whose scores live on different scales; otherwise the raw score.
  *
- * Kalman note: with F = [[I, I], [0, I]], H = [I, 0] and diagonal Q, R, P0, the 8x8 covariance
- * never couples different coordinates, so each coordinate is an independent 2-state filter whose
- * covariance is kept as three numbers (pp, pv, vv). This is exactly the 8x8 filter, only cheaper.
+ * The Python wrapper (edge_agent/tracking/__init__.py) validates parameters, turns seconds into
+ * frames and the returned bytearray into a NumPy array; this file validates the detection buffer
+ * itself. The Kalman filter, LAPJV and the score window are in trackmath.c (no Python).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -20,6 +21,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "trackmath.h"
 
 #define ST_TENTATIVE 0
 #define ST_ACTIVE 1
@@ -30,257 +33,14 @@
 #define DET_COLS 6
 #define LAP_BIG 1e6
 #define PI_D 3.14159265358979323846
+/* Distinct class ids with a score window each: the heads of a detector have a few classes. */
+#define MAX_CLASSES 1024
 #define HIST 4 /* observation centres kept per track, for the motion direction */
 #define ORU_MAX_GAP 300
 /* Largest number of detections accepted per frame: keeps scratch sizes sane. */
 #define MAX_DETS 100000
 /* Coordinates beyond this are an upstream bug, and would overflow the Kalman variances. */
 #define MAX_COORD 1e7
-
-/* ------------------------------------------------------------------------------------------ */
-/* Kalman filter                                                                               */
-
-typedef struct {
-    double m[8];    /* cx, cy, a, h, vcx, vcy, va, vh */
-    double P[4][3]; /* per coordinate k: var(pos), cov(pos, vel), var(vel) */
-} KF;
-
-typedef struct {
-    double w_pos, w_vel; /* process noise std as a fraction of box height */
-    double w_meas;       /* measurement noise std as a fraction of box height */
-} KFParams;
-
-static void kf_initiate(KF *kf, const double z[4], const KFParams *kp)
-{
-    double h = z[3];
-    double sp[4] = {2 * kp->w_pos * h, 2 * kp->w_pos * h, 1e-2, 2 * kp->w_pos * h};
-    double sv[4] = {10 * kp->w_vel * h, 10 * kp->w_vel * h, 1e-5, 10 * kp->w_vel * h};
-    for (int k = 0; k < 4; k++) {
-        kf->m[k] = z[k];
-        kf->m[4 + k] = 0.0;
-        kf->P[k][0] = sp[k] * sp[k];
-        kf->P[k][1] = 0.0;
-        kf->P[k][2] = sv[k] * sv[k];
-    }
-}
-
-static void kf_predict(KF *kf, const KFParams *kp)
-{
-    double h = kf->m[3];
-    double sp[4] = {kp->w_pos * h, kp->w_pos * h, 1e-2, kp->w_pos * h};
-    double sv[4] = {kp->w_vel * h, kp->w_vel * h, 1e-5, kp->w_vel * h};
-    for (int k = 0; k < 4; k++) {
-        double pp = kf->P[k][0], pv = kf->P[k][1], vv = kf->P[k][2];
-        kf->m[k] += kf->m[4 + k];
-        kf->P[k][0] = pp + 2 * pv + vv + sp[k] * sp[k];
-        kf->P[k][1] = pv + vv;
-        kf->P[k][2] = vv + sv[k] * sv[k];
-    }
-}
-
-static void kf_update(KF *kf, const double z[4], const KFParams *kp)
-{
-    double h = kf->m[3];
-    double sr[4] = {kp->w_meas * h, kp->w_meas * h, 1e-1, kp->w_meas * h};
-    for (int k = 0; k < 4; k++) {
-        double pp = kf->P[k][0], pv = kf->P[k][1], vv = kf->P[k][2];
-        double s = pp + sr[k] * sr[k];
-        double kpos = pp / s, kvel = pv / s;
-        double y = z[k] - kf->m[k];
-        kf->m[k] += kpos * y;
-        kf->m[4 + k] += kvel * y;
-        kf->P[k][0] = pp - kpos * pp;
-        kf->P[k][1] = pv - kpos * pv;
-        kf->P[k][2] = vv - kvel * pv;
-    }
-}
-
-/* (x1, y1, x2, y2) -> (cx, cy, w/h, h); callers guarantee w > 0 and h > 0. */
-static void box_to_z(const double *b, double z[4])
-{
-    double w = b[2] - b[0], h = b[3] - b[1];
-    z[0] = b[0] + 0.5 * w;
-    z[1] = b[1] + 0.5 * h;
-    z[2] = w / h;
-    z[3] = h;
-}
-
-static void z_to_box(const double *z, double b[4])
-{
-    double h = z[3], w = z[2] * h;
-    b[0] = z[0] - 0.5 * w;
-    b[1] = z[1] - 0.5 * h;
-    b[2] = z[0] + 0.5 * w;
-    b[3] = z[1] + 0.5 * h;
-}
-
-static double iou(const double *a, const double *b)
-{
-    double iw = fmin(a[2], b[2]) - fmax(a[0], b[0]);
-    if (iw <= 0) return 0.0;
-    double ih = fmin(a[3], b[3]) - fmax(a[1], b[1]);
-    if (ih <= 0) return 0.0;
-    double inter = iw * ih;
-    double ua = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
-    return ua > 0 ? inter / ua : 0.0;
-}
-
-/* ------------------------------------------------------------------------------------------ */
-/* LAPJV: Jonker & Volgenant (1987), dense square version. Minimises sum cost[i][rowsol[i]].   */
-
-typedef struct {
-    int *rowsol, *colsol, *freerows, *collist, *pred, *matches;
-    double *v, *d;
-} LapWork;
-
-static void lapjv(int dim, const double *cost, LapWork *w)
-{
-    int *rowsol = w->rowsol, *colsol = w->colsol, *freerows = w->freerows;
-    int *collist = w->collist, *pred = w->pred, *matches = w->matches;
-    double *v = w->v, *d = w->d;
-    int numfree = 0;
-#define C(i, j) cost[(size_t)(i) * (size_t)dim + (size_t)(j)]
-
-    for (int i = 0; i < dim; i++) matches[i] = 0;
-    /* Column reduction: each column's cheapest row takes it if still free. */
-    for (int j = dim - 1; j >= 0; j--) {
-        double mn = C(0, j);
-        int imin = 0;
-        for (int i = 1; i < dim; i++)
-            if (C(i, j) < mn) { mn = C(i, j); imin = i; }
-        v[j] = mn;
-        if (++matches[imin] == 1) {
-            rowsol[imin] = j;
-            colsol[j] = imin;
-        } else if (v[j] < v[rowsol[imin]]) {
-            int j1 = rowsol[imin];
-            rowsol[imin] = j;
-            colsol[j] = imin;
-            colsol[j1] = -1;
-        } else {
-            colsol[j] = -1;
-        }
-    }
-    /* Reduction transfer from assigned rows; collect unassigned rows. */
-    for (int i = 0; i < dim; i++) {
-        if (matches[i] == 0) {
-            freerows[numfree++] = i;
-        } else if (matches[i] == 1) {
-            int j1 = rowsol[i];
-            double mn = HUGE_VAL;
-            for (int j = 0; j < dim; j++)
-                if (j != j1 && C(i, j) - v[j] < mn) mn = C(i, j) - v[j];
-            if (mn < HUGE_VAL) v[j1] -= mn;
-        }
-    }
-    /* Augmenting row reduction, two passes; a step budget guards against float ties cycling
-     * (rows that exhaust it simply go on to the augmentation phase). */
-    long budget = 64L * dim + 64;
-    for (int loop = 0; loop < 2; loop++) {
-        int k = 0, prvnumfree = numfree;
-        numfree = 0;
-        while (k < prvnumfree) {
-            int i = freerows[k++];
-            double umin = C(i, 0) - v[0], usubmin = HUGE_VAL;
-            int j1 = 0, j2 = 0;
-            for (int j = 1; j < dim; j++) {
-                double h = C(i, j) - v[j];
-                if (h < usubmin) {
-                    if (h >= umin) {
-                        usubmin = h;
-                        j2 = j;
-                    } else {
-                        usubmin = umin;
-                        umin = h;
-                        j2 = j1;
-                        j1 = j;
-                    }
-                }
-            }
-            int i0 = colsol[j1];
-            int strict = umin < usubmin && usubmin < HUGE_VAL;
-            if (strict) {
-                v[j1] -= usubmin - umin;
-            } else if (i0 > -1 && dim > 1) {
-                j1 = j2;
-                i0 = colsol[j2];
-            }
-            rowsol[i] = j1;
-            colsol[j1] = i;
-            if (i0 > -1) {
-                if (strict && --budget > 0) freerows[--k] = i0;
-                else freerows[numfree++] = i0;
-            }
-        }
-    }
-    /* Augmentation: shortest augmenting path (Dijkstra on reduced costs) per free row. */
-    for (int f = 0; f < numfree; f++) {
-        int freerow = freerows[f];
-        int low = 0, up = 0, last = 0, endofpath = -1, found = 0;
-        double mn = 0.0;
-        for (int j = 0; j < dim; j++) {
-            d[j] = C(freerow, j) - v[j];
-            pred[j] = freerow;
-            collist[j] = j;
-        }
-        while (!found) {
-            if (up == low) {
-                last = low - 1;
-                mn = d[collist[up++]];
-                for (int k = up; k < dim; k++) {
-                    int j = collist[k];
-                    double h = d[j];
-                    if (h <= mn) {
-                        if (h < mn) { up = low; mn = h; }
-                        collist[k] = collist[up];
-                        collist[up++] = j;
-                    }
-                }
-                for (int k = low; k < up; k++)
-                    if (colsol[collist[k]] < 0) {
-                        endofpath = collist[k];
-                        found = 1;
-                        break;
-                    }
-            }
-            if (!found) {
-                int j1 = collist[low++];
-                int i = colsol[j1];
-                double h = C(i, j1) - v[j1] - mn;
-                for (int k = up; k < dim; k++) {
-                    int j = collist[k];
-                    double v2 = C(i, j) - v[j] - h;
-                    if (v2 < d[j]) {
-                        pred[j] = i;
-                        if (v2 == mn) {
-                            if (colsol[j] < 0) {
-                                endofpath = j;
-                                found = 1;
-                                break;
-                            }
-                            collist[k] = collist[up];
-                            collist[up++] = j;
-                        }
-                        d[j] = v2;
-                    }
-                }
-            }
-        }
-        for (int k = 0; k <= last; k++) {
-            int j1 = collist[k];
-            v[j1] += d[j1] - mn;
-        }
-        for (;;) {
-            int i = pred[endofpath];
-            colsol[endofpath] = i;
-            int j1 = endofpath;
-            endofpath = rowsol[i];
-            rowsol[i] = j1;
-            if (i == freerow) break;
-        }
-    }
-#undef C
-}
 
 /* ------------------------------------------------------------------------------------------ */
 /* Tracker object                                                                              */
@@ -303,7 +63,8 @@ typedef struct {
     double match_thresh, low_match_thresh, tentative_match_thresh, recovery_thresh;
     double iou_buffer, shadow_buffer, direction_weight;
     long direction_delta;
-    int fuse_score, observation_centric, active_first;
+    int fuse_score, observation_centric, active_first, adaptive;
+    long score_window;
     long probation_age, max_tentative_misses, max_shadow_age, coast_frames;
     KFParams kfp;
 } Params;
@@ -328,6 +89,8 @@ typedef struct {
     long long frame_count;
     /* scratch, grown on demand and kept between frames */
     double *dets;          size_t cap_dets;      /* N x 6 */
+    double *dscore;        size_t cap_dscore;    /* per detection: association score */
+    int *dwin;             size_t cap_dwin;      /* per detection: its class's score window */
     int *dmatch;           size_t cap_dmatch;    /* per detection: matched track or -1 */
     unsigned char *tmatched; size_t cap_tmatched; /* per track: matched this frame */
     int *ilist_a;          size_t cap_ilist_a;   /* index lists (tracks) */
@@ -345,6 +108,8 @@ typedef struct {
     double *lapcost;       size_t cap_lapcost;
     int *lapi;             size_t cap_lapi;      /* 6 int arrays of dim */
     double *lapd;          size_t cap_lapd;      /* 2 double arrays of dim */
+    ScoreWindow *wins;     size_t cap_wins;      /* one per class seen (adaptive) */
+    int nwins;
 } CoreObject;
 
 /* Grow *buf to hold `need` elements of `elem` bytes; -1 with MemoryError on failure. */
@@ -406,15 +171,6 @@ static int track_direction(const Track *t, long delta, double *ux, double *uy)
     return 1;
 }
 
-static void expand(const double *b, double buf, double *o)
-{
-    double w = b[2] - b[0], h = b[3] - b[1];
-    o[0] = b[0] - buf * w;
-    o[1] = b[1] - buf * h;
-    o[2] = b[2] + buf * w;
-    o[3] = b[3] + buf * h;
-}
-
 static void associate(CoreObject *self, const int *tl, int nt, const int *dl, int nd,
                       int use_obs, int fuse, double min_sim, double buf, double dir_w)
 {
@@ -444,7 +200,7 @@ static void associate(CoreObject *self, const int *tl, int nt, const int *dl, in
         double bt = buf;
         if (t->state == ST_LOST && self->p.shadow_buffer > 0)
             bt += fmin(self->p.shadow_buffer * (double)(t->fsu - 1), 1.0);
-        expand(use_obs ? t->obs : t->box, bt, tb);
+        box_expand(use_obs ? t->obs : t->box, bt, tb);
         double ux = 0.0, uy = 0.0;
         int has_dir = dir_w > 0 && track_direction(t, self->p.direction_delta, &ux, &uy);
         double lo = tb[0] - maxw * (1 + bt);
@@ -458,10 +214,11 @@ static void associate(CoreObject *self, const int *tl, int nt, const int *dl, in
             int b = keys[k].idx;
             const double *draw = dets + (size_t)dl[b] * DET_COLS;
             if (draw[5] != t->cls) continue;
-            expand(draw, bt, db);
-            double s = iou(tb, db);
+            box_expand(draw, bt, db);
+            double s = box_iou(tb, db);
             if (!(s > 0.0)) continue; /* also drops NaN */
-            if (fuse) s *= draw[4];
+            double ascore = self->dscore[dl[b]];
+            if (fuse) s *= ascore;
             if (!(s >= min_sim)) continue;
             double cost = 1.0 - s;
             if (has_dir) {
@@ -474,7 +231,7 @@ static void associate(CoreObject *self, const int *tl, int nt, const int *dl, in
                 if (n > 1e-6) {
                     double c = (ux * dx + uy * dy) / n;
                     c = c > 1 ? 1 : (c < -1 ? -1 : c);
-                    cost -= dir_w * draw[4] * (0.5 * PI_D - acos(c)) / PI_D;
+                    cost -= dir_w * ascore * (0.5 * PI_D - acos(c)) / PI_D;
                 }
             }
             edges[ne].t = a;
@@ -571,6 +328,57 @@ static int reserve_scratch(CoreObject *self, Py_ssize_t n)
 /* ------------------------------------------------------------------------------------------ */
 /* Input                                                                                       */
 
+/* Index of the score window of class `cls`, created when new; -1 with an exception set. */
+static int find_window(CoreObject *self, double cls, int hint)
+{
+    if (hint >= 0 && hint < self->nwins && self->wins[hint].cls == cls) return hint;
+    for (int k = 0; k < self->nwins; k++)
+        if (self->wins[k].cls == cls) return k;
+    if (self->nwins >= MAX_CLASSES) {
+        PyErr_Format(PyExc_ValueError, "more than %d distinct class ids in one tracker",
+                     MAX_CLASSES);
+        return -1;
+    }
+    if (ENSURE(self, wins, (size_t)self->nwins + 1) < 0) return -1;
+    if (score_window_init(&self->wins[self->nwins], cls, (int)self->p.score_window) < 0) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    return self->nwins++;
+}
+
+/* self->dwin[j]: the window of each detection's class. A new class's empty window is all that
+ * a failure here leaves behind (tracks are untouched). */
+static int assign_windows(CoreObject *self, Py_ssize_t n)
+{
+    int hint = -1;
+    for (Py_ssize_t j = 0; j < n; j++) {
+        hint = find_window(self, self->dets[(size_t)j * DET_COLS + 5], hint);
+        if (hint < 0) return -1;
+        self->dwin[j] = hint;
+    }
+    return 0;
+}
+
+/* Association scores of this frame's detections: raw, or (adaptive) each score placed between
+ * the low and high quantiles of its class's window (this frame included) and clipped to 0..1. */
+static void score_dets(CoreObject *self, Py_ssize_t n)
+{
+    const double *d = self->dets;
+    if (!self->p.adaptive) {
+        for (Py_ssize_t j = 0; j < n; j++) self->dscore[j] = d[(size_t)j * DET_COLS + 4];
+        return;
+    }
+    for (Py_ssize_t j = 0; j < n; j++) {
+        const double *b = d + (size_t)j * DET_COLS;
+        if (b[2] > b[0] && b[3] > b[1]) score_window_push(&self->wins[self->dwin[j]], b[4]);
+    }
+    for (int k = 0; k < self->nwins; k++) score_window_refresh(&self->wins[k]);
+    for (Py_ssize_t j = 0; j < n; j++)
+        self->dscore[j] = score_window_normalise(&self->wins[self->dwin[j]],
+                                                 d[(size_t)j * DET_COLS + 4]);
+}
+
 /* A buffer's item format without its native/little-endian prefix ("d", "f", ...). */
 static const char *item_format(const Py_buffer *view)
 {
@@ -615,7 +423,8 @@ static Py_ssize_t read_dets(CoreObject *self, PyObject *obj)
         goto done;
     }
     Py_ssize_t rows = view.shape[0];
-    if (reserve_scratch(self, rows) < 0 || ENSURE(self, dets, (size_t)rows * DET_COLS) < 0)
+    if (reserve_scratch(self, rows) < 0 || ENSURE(self, dets, (size_t)rows * DET_COLS) < 0 ||
+        ENSURE(self, dscore, (size_t)rows) < 0 || ENSURE(self, dwin, (size_t)rows) < 0)
         goto done;
     static const char *names[DET_COLS] = {"x1", "y1", "x2", "y2", "score", "class_id"};
     const char *base = (const char *)view.buf;
@@ -656,6 +465,7 @@ static Py_ssize_t read_dets(CoreObject *self, PyObject *obj)
         PyErr_Format(PyExc_ValueError, "dets row %zd: %s", i, msg);
         goto done;
     }
+    if (self->p.adaptive && assign_windows(self, rows) < 0) goto done;
     n = rows;
 done:
     PyBuffer_Release(&view);
@@ -755,7 +565,7 @@ static void stage(CoreObject *self, Py_ssize_t n, int st1, int st2, double dlo, 
         if (!tmatched[i] && (t->state == st1 || t->state == st2)) tl[nt++] = (int)i;
     }
     for (Py_ssize_t j = 0; j < n; j++) {
-        double s = self->dets[(size_t)j * DET_COLS + 4];
+        double s = self->dscore[j];
         const double *b = self->dets + (size_t)j * DET_COLS;
         if (self->dmatch[j] < 0 && s >= dlo && s < dhi && b[2] > b[0] && b[3] > b[1])
             dl[nd++] = (int)j;
@@ -820,6 +630,7 @@ static PyObject *Core_update(CoreObject *self, PyObject *arg)
 
     self->frame_count++;
     predict_all(self);
+    score_dets(self, n);
     for (Py_ssize_t j = 0; j < n; j++) self->dmatch[j] = -1;
 
     /* 1: high-score detections vs active and lost tracks (predicted boxes); with
@@ -860,7 +671,8 @@ static PyObject *Core_update(CoreObject *self, PyObject *arg)
     /* New tentative tracks from unmatched confident detections. */
     for (Py_ssize_t j = 0; j < n; j++) {
         const double *det = self->dets + (size_t)j * DET_COLS;
-        if (self->dmatch[j] >= 0 || det[4] < p->new_track_thresh || det[4] < p->high_thresh)
+        double ascore = self->dscore[j];
+        if (self->dmatch[j] >= 0 || ascore < p->new_track_thresh || ascore < p->high_thresh)
             continue;
         if (!(det[2] > det[0] && det[3] > det[1])) continue;
         assert(self->ntracks < (Py_ssize_t)self->cap_tracks);
@@ -884,10 +696,13 @@ static PyObject *Core_lost(CoreObject *self, PyObject *Py_UNUSED(ignored))
     return write_rows(self, ST_LOST);
 }
 
+static void free_windows(CoreObject *self);
+
 static PyObject *Core_reset(CoreObject *self, PyObject *Py_UNUSED(ignored))
 {
     self->ntracks = 0;
     self->frame_count = 0; /* next_id is kept: IDs are never reused in a tracker's life */
+    free_windows(self);    /* a new scene: its scores are learnt afresh */
     Py_RETURN_NONE;
 }
 
@@ -901,41 +716,69 @@ static PyObject *Core_get_num_tracks(CoreObject *self, void *Py_UNUSED(c))
     return PyLong_FromSsize_t(self->ntracks);
 }
 
-static int Core_init(CoreObject *self, PyObject *args, PyObject *kwds)
+/* Parse and check keyword-only parameters into *p; 0, or -1 with an exception set. */
+static int parse_params(PyObject *args, PyObject *kwds, Params *p)
 {
     static char *kwlist[] = {"high_thresh", "low_thresh", "new_track_thresh", "match_thresh",
                              "low_match_thresh", "tentative_match_thresh", "recovery_thresh",
                              "iou_buffer", "shadow_buffer", "direction_weight",
-                             "direction_delta",
-                             "fuse_score", "observation_centric", "active_first",
-                             "probation_age",
+                             "direction_delta", "fuse_score", "observation_centric",
+                             "active_first", "adaptive", "score_window", "probation_age",
                              "max_tentative_misses", "max_shadow_age", "coast_frames",
                              "std_weight_position", "std_weight_measurement",
                              "std_weight_velocity", NULL};
-    Params p;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$ddddddddddlpppllllddd", kwlist,
-                                     &p.high_thresh, &p.low_thresh, &p.new_track_thresh,
-                                     &p.match_thresh, &p.low_match_thresh,
-                                     &p.tentative_match_thresh, &p.recovery_thresh, &p.iou_buffer,
-                                     &p.shadow_buffer, &p.direction_weight, &p.direction_delta,
-                                     &p.fuse_score, &p.observation_centric, &p.active_first,
-                                     &p.probation_age, &p.max_tentative_misses,
-                                     &p.max_shadow_age, &p.coast_frames, &p.kfp.w_pos,
-                                     &p.kfp.w_meas, &p.kfp.w_vel))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$ddddddddddlpppplllllddd", kwlist,
+                                     &p->high_thresh, &p->low_thresh, &p->new_track_thresh,
+                                     &p->match_thresh, &p->low_match_thresh,
+                                     &p->tentative_match_thresh, &p->recovery_thresh,
+                                     &p->iou_buffer, &p->shadow_buffer, &p->direction_weight,
+                                     &p->direction_delta, &p->fuse_score,
+                                     &p->observation_centric, &p->active_first, &p->adaptive,
+                                     &p->score_window, &p->probation_age,
+                                     &p->max_tentative_misses, &p->max_shadow_age,
+                                     &p->coast_frames, &p->kfp.w_pos, &p->kfp.w_meas,
+                                     &p->kfp.w_vel))
         return -1;
     /* The wrapper checks ranges with friendlier messages; this guards the C invariants. */
-    if (p.probation_age < 1 || p.direction_delta < 1 || !(p.iou_buffer >= 0) || !(p.shadow_buffer >= 0) ||
-        p.max_tentative_misses < 0 || p.max_shadow_age < 0 || p.coast_frames < 0 ||
-        !(p.kfp.w_pos > 0) || !(p.kfp.w_vel > 0) || !(p.kfp.w_meas > 0) ||
-        !isfinite(p.kfp.w_pos) || !isfinite(p.kfp.w_vel) || !isfinite(p.kfp.w_meas)) {
+    if (p->probation_age < 1 || p->direction_delta < 1 || !(p->iou_buffer >= 0) ||
+        !(p->shadow_buffer >= 0) || p->max_tentative_misses < 0 || p->max_shadow_age < 0 ||
+        p->coast_frames < 0 || p->score_window < 1 || p->score_window > 1000000 ||
+        !(p->kfp.w_pos > 0) || !(p->kfp.w_vel > 0) || !(p->kfp.w_meas > 0) ||
+        !isfinite(p->kfp.w_pos) || !isfinite(p->kfp.w_vel) || !isfinite(p->kfp.w_meas)) {
         PyErr_SetString(PyExc_ValueError, "invalid tracker parameters");
         return -1;
     }
+    return 0;
+}
+
+static void free_windows(CoreObject *self)
+{
+    for (int k = 0; k < self->nwins; k++) score_window_free(&self->wins[k]);
+    self->nwins = 0;
+}
+
+static int Core_init(CoreObject *self, PyObject *args, PyObject *kwds)
+{
+    Params p;
+    if (parse_params(args, kwds, &p) < 0) return -1;
+    free_windows(self);
     self->p = p;
     self->ntracks = 0;
     self->frame_count = 0;
     if (self->next_id < 1) self->next_id = 1;
     return 0;
+}
+
+/* configure(**params): new parameters, tracks kept (e.g. the camera's frame rate became
+ * known). A new score_window size or mode restarts the score windows. */
+static PyObject *Core_configure(CoreObject *self, PyObject *args, PyObject *kwds)
+{
+    Params p;
+    if (parse_params(args, kwds, &p) < 0) return NULL;
+    if (p.score_window != self->p.score_window || p.adaptive != self->p.adaptive)
+        free_windows(self);
+    self->p = p;
+    Py_RETURN_NONE;
 }
 
 static void Core_dealloc(CoreObject *self)
@@ -959,6 +802,10 @@ static void Core_dealloc(CoreObject *self)
     free(self->lapcost);
     free(self->lapi);
     free(self->lapd);
+    free(self->dscore);
+    free(self->dwin);
+    free_windows(self);
+    free(self->wins);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -967,6 +814,8 @@ static PyMethodDef Core_methods[] = {
      "update(dets or None) -> bytearray of float64 rows (8 columns), active tracks"},
     {"lost", (PyCFunction)Core_lost, METH_NOARGS, "lost() -> bytearray of shadow-track rows"},
     {"reset", (PyCFunction)Core_reset, METH_NOARGS, "drop all tracks; IDs are not reused"},
+    {"configure", (PyCFunction)(void (*)(void))Core_configure, METH_VARARGS | METH_KEYWORDS,
+     "configure(**params): replace the parameters, keep the tracks"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1063,21 +912,27 @@ static PyMethodDef module_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef tracker_module = {
-    PyModuleDef_HEAD_INIT, "_tracker", "IOU/Kalman multi-object tracker core (C99).", -1,
-    module_methods, NULL, NULL, NULL, NULL,
-};
-
-PyMODINIT_FUNC PyInit__tracker(void)
+/* Multi-phase init (PEP 489): the module object is made by the import system, this fills it. */
+static int tracker_exec(PyObject *m)
 {
-    if (PyType_Ready(&CoreType) < 0) return NULL;
-    PyObject *m = PyModule_Create(&tracker_module);
-    if (!m) return NULL;
+    if (PyType_Ready(&CoreType) < 0) return -1;
     Py_INCREF(&CoreType);
+    /* PyModule_AddObject steals the reference only on success. */
     if (PyModule_AddObject(m, "Core", (PyObject *)&CoreType) < 0) {
         Py_DECREF(&CoreType);
-        Py_DECREF(m);
-        return NULL;
+        return -1;
     }
-    return m;
+    return 0;
 }
+
+static PyModuleDef_Slot tracker_slots[] = {
+    {Py_mod_exec, (void *)tracker_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef tracker_module = {
+    PyModuleDef_HEAD_INIT, "_tracker", "IOU/Kalman multi-object tracker core (C99).", 0,
+    module_methods, tracker_slots, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__tracker(void) { return PyModuleDef_Init(&tracker_module); }

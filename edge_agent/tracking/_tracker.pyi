@@ -22,6 +22,8 @@ class Core:
         fuse_score: bool,
         observation_centric: bool,
         active_first: bool,
+        adaptive: bool,
+        score_window: int,
         probation_age: int,
         max_tentative_misses: int,
         max_shadow_age: int,
@@ -34,6 +36,8 @@ class Core:
         """float64 rows of 8 columns (active tracks) as raw bytes."""
     def lost(self) -> bytearray: ...
     def reset(self) -> None: ...
+    def configure(self, **params: Any) -> None:
+        """Replace the parameters (same keywords as __init__), keeping the tracks."""
     @property
     def frame_count(self) -> int: ...
     @property

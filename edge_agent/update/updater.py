@@ -317,8 +317,13 @@ class Updater:
 
         m = mf.load(info.manifest)
 
-        def progress(pct: float) -> None:
-            self._transition(BUILDING, "building", progress=round(pct, 1))
+        last = [-1.0, 0.0]
+
+        def progress(pct: float) -> None:  # a builder may report often: publish >= 1 % steps
+            now = time.monotonic()
+            if pct - last[0] >= 1.0 or now - last[1] >= 5.0:
+                last[0], last[1] = pct, now
+                self._transition(BUILDING, "building", progress=round(pct, 1))
 
         building = threading.Event()
         ticker = threading.Thread(target=self._extend_while, args=(building,), daemon=True)

@@ -114,17 +114,30 @@ def policy(cfg, running_heads: Dict[str, Any]) -> Policy:
 
 
 def _trt_builder(model_cfg, manifest, onnx_path: Path, progress: Callable[[float], None]) -> None:
-    """BUILDING on TensorRT: a plan for this device, unless one is stored already."""
-    from edge_agent.inference import build
-    from edge_agent.inference.plans import PlanStore
-    from edge_agent.inference.trt import device_key, plan_batch
+    """BUILDING on TensorRT: this device's plan (in the version's folder) through the
+    provisioning module, unless one is stored already."""
+    try:
+        from edge_agent.inference.provision import ensure_plan
+    except ImportError:  # before the provisioning module existed
+        ensure_plan = None
+    if ensure_plan is None:
+        from edge_agent.inference import build
+        from edge_agent.inference.plans import PlanStore
+        from edge_agent.inference.trt import device_key, plan_batch
 
-    batch = plan_batch(manifest, model_cfg.max_batch)
-    key = device_key(manifest.sha256, model_cfg.precision, batch)
-    if PlanStore(model_cfg.engine_dir).find(key, manifest.name) is None:
-        progress(0.0)
-        build.build_and_store(onnx_path, manifest, model_cfg.engine_dir,
-                              precision=model_cfg.precision, max_batch=batch, progress=False)
+        batch = plan_batch(manifest, model_cfg.max_batch)
+        key = device_key(manifest.sha256, model_cfg.precision, batch)
+        if PlanStore(model_cfg.engine_dir).find(key, manifest.name) is None:
+            build.build_and_store(onnx_path, manifest, model_cfg.engine_dir,
+                                  precision=model_cfg.precision, max_batch=batch, progress=False)
+        progress(100.0)
+        return
+
+    def report(p) -> None:  # a BuildProgress: step of total in the innermost phase
+        progress(100.0 if p.done else 100.0 * p.step / p.total if p.total else 0.0)
+
+    ensure_plan(manifest, onnx_path, engine_dir=model_cfg.engine_dir,
+                precision=model_cfg.precision, max_batch=model_cfg.max_batch, progress=report)
     progress(100.0)
 
 

@@ -1,0 +1,264 @@
+"""Remote updates end to end: `edge-agent run` processes, the real broker, a real HTTP server,
+and `edge-agent engine push` from the operator's side; SIGKILL in the middle of an update."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pytest
+import yaml
+from conftest import wait_for
+from mqtt_helpers import Subscriber
+from update_helpers import ModelServer, make_model, request, signed, write_clip
+
+from edge_agent import cli
+from edge_agent.update import signing
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Agent:
+    """One `edge-agent run` process with its own state dir, on the test broker."""
+
+    def __init__(self, tmp: Path, device: str, broker, model: Path, clip: Path, pub: str,
+                 **update: Any):
+        self.dir = tmp / device
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.device = device
+        upd = {"trusted_keys": [pub], "health_check_batches": 10, "download_timeout_s": 5,
+               "health_timeout_s": 60}
+        upd.update(update)
+        self.config = self.dir / "agent.yaml"
+        self.config.write_text(yaml.safe_dump({
+            "device_id": device, "state_dir": str(self.dir / "state"),
+            "log": {"format": "human", "level": "info"}, "model": {"path": str(model)},
+            "cameras": [{"name": "cam", "source": str(clip), "loop": True}],
+            "events": {"snapshots": {"enabled": False}},
+            "mqtt": {"host": broker.host, "port": broker.port, "reconnect_min_s": 0.1,
+                     "reconnect_max_s": 0.5, "stats_interval_s": 1},
+            "update": upd}))
+        self.proc: Optional[subprocess.Popen] = None
+        self.runs = 0
+
+    def start(self) -> Agent:
+        self.runs += 1
+        log = open(self.dir / f"agent{self.runs}.log", "w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(self.config)],
+            stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
+        return self
+
+    def log(self) -> str:
+        return "".join(p.read_text() for p in sorted(self.dir.glob("agent*.log")))
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return -9
+
+
+def docs(sub: Subscriber, device: str, suffix: str) -> List[Dict[str, Any]]:
+    return [json.loads(p) for t, p, _ in sub.snapshot()
+            if t == f"edge-agent/{device}/{suffix}"]
+
+
+def last_state(sub: Subscriber, device: str) -> Dict[str, Any]:
+    states = docs(sub, device, "state")
+    return states[-1] if states else {}
+
+
+def engine_version(sub: Subscriber, device: str) -> Optional[str]:
+    return last_state(sub, device).get("engine", {}).get("version")
+
+
+def final(sub: Subscriber, device: str, rid: str, timeout: float = 60) -> Dict[str, Any]:
+    def done():
+        return [d for d in docs(sub, device, "engine/update")
+                if d.get("request_id") == rid and d["state"] in ("COMMITTED", "ROLLED_BACK",
+                                                                 "FAILED")]
+    seen = lambda: [d["state"] for d in docs(sub, device, "engine/update")]  # noqa: E731
+    assert wait_for(lambda: bool(done()), timeout), f"{device}: no final state for {rid}: {seen()}"
+    return done()[-1]
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    d = tmp_path_factory.mktemp("agents")
+    priv, pub, _ = signing.keygen(d / "ops")
+    base = d / "base.onnx"
+    man = make_model(base)
+    base.with_suffix(".json").write_text(json.dumps(dict(man, version="1")))
+    server = ModelServer()
+    yield {"dir": d, "key": priv, "pub": pub.read_text().strip(), "base": base, "manifest": man,
+           "clip": write_clip(d / "clip.mp4", frames=60), "server": server}
+    server.close()
+
+
+@pytest.fixture
+def sub(broker):
+    s = Subscriber(broker, ["edge-agent/+/engine/update", "edge-agent/+/state",
+                            "edge-agent/+/cmd/+/reply"]).ready()
+    yield s
+    s.close()
+
+
+def _push(broker, url: str, sig: Path, version: str, *devices: str, canary: int = 0) -> int:
+    args = ["engine", "push", "--url", url, "--sig", str(sig), "--version", version,
+            "--host", broker.host, "--port", str(broker.port), "--timeout", "90"]
+    if len(devices) == 1:
+        args += ["--device", devices[0]]
+    else:
+        args += ["--devices", ",".join(devices), "--canary", str(canary)]
+    return cli.main(args)
+
+
+def test_default_model_update_pushed_committed_and_kept_after_restart(
+        tmp_path, broker, sub, kit, yolox_nano, video_dir, capsys):
+    """The default model (YOLOX-nano), re-versioned and signed, pushed while a clip loops."""
+    a = Agent(tmp_path, "cam-a", broker, yolox_nano, video_dir / "intel_car-detection.mp4",
+              kit["pub"], health_check_batches=5).start()
+    try:
+        assert wait_for(lambda: engine_version(sub, "cam-a") == "0.1.1rc0", 60), a.log()
+        copy = tmp_path / "yolox.onnx"
+        copy.write_bytes(yolox_nano.read_bytes())
+        assert cli.main(["engine", "sign", str(copy), "--key", str(kit["key"]),
+                         "--version", "0.2.0"]) == 0
+        url = kit["server"].add("yolox-0.2.0.onnx", copy.read_bytes())
+        assert _push(broker, url, tmp_path / "yolox-0.2.0.sig", "0.2.0", "cam-a") == 0
+        out = capsys.readouterr()
+        assert "cam-a: COMMITTED" in out.out and "HEALTH_CHECK" in out.err
+        assert wait_for(lambda: engine_version(sub, "cam-a") == "0.2.0", 10)
+        assert last_state(sub, "cam-a")["update"]["current"] == "0.2.0"
+        assert a.stop() == 0
+        n = len(docs(sub, "cam-a", "state"))
+        a.start()  # a restart keeps the committed version
+        assert wait_for(lambda: len(docs(sub, "cam-a", "state")) > n, 60), a.log()
+        assert engine_version(sub, "cam-a") == "0.2.0"
+        # the device answers the list/status commands too
+        sub.request("edge-agent/cam-a/cmd/engine.list", b'{"request_id": "l1"}')
+        assert wait_for(lambda: docs(sub, "cam-a", "cmd/engine.list/reply"), 10)
+        listing = docs(sub, "cam-a", "cmd/engine.list/reply")[-1]["result"]
+        assert listing["current"] == "0.2.0" and listing["previous"] == "0.1.1rc0"
+    finally:
+        a.stop()
+
+
+def test_sigkill_while_downloading_resumes_from_its_byte(tmp_path, broker, sub, kit):
+    srv = kit["server"]
+    a = Agent(tmp_path, "cam-k", broker, kit["base"], kit["clip"], kit["pub"]).start()
+    try:
+        assert wait_for(lambda: engine_version(sub, "cam-k") == "1", 60), a.log()
+        big = tmp_path / "big.onnx"
+        m = make_model(big, pad_kb=256)
+        data = big.read_bytes()
+        srv.drip_bytes, srv.drip_s = len(data) // 40, 0.1  # ~4 s in all
+        url = srv.add("drip.onnx", data, "drip")
+        req = request(url, data, "2", signed(m, data, "2", kit["key"]), rid="k1")
+        sub.request("edge-agent/cam-k/cmd/engine.update", json.dumps(req).encode())
+        assert wait_for(lambda: any(d.get("request_id") == "k1" and (d.get("progress") or 0) >= 20
+                                    for d in docs(sub, "cam-k", "engine/update")), 30)
+        a.kill()
+        part = next((a.dir / "state" / "models" / "downloads").glob("*.part"))
+        have = part.stat().st_size
+        assert 0 < have < len(data)
+        a.start()
+        done = final(sub, "cam-k", "k1")
+        assert done["state"] == "COMMITTED", done
+        resumed = [r for p, r in srv.requests if p == "/drip.onnx"][-1]
+        assert resumed is not None and int(resumed.split("=")[1].rstrip("-")) >= have
+        assert any("resumed after a restart at byte" in (d.get("message") or "")
+                   for d in docs(sub, "cam-k", "engine/update"))
+        assert wait_for(lambda: engine_version(sub, "cam-k") == "2", 10)
+    finally:
+        a.stop()
+
+
+def test_sigkill_during_health_check_restarts_on_the_old_engine(tmp_path, broker, sub, kit):
+    a = Agent(tmp_path, "cam-h", broker, kit["base"], kit["clip"], kit["pub"],
+              health_check_batches=100000, health_timeout_s=600).start()
+    try:
+        assert wait_for(lambda: engine_version(sub, "cam-h") == "1", 60), a.log()
+        data = kit["base"].read_bytes()
+        url = kit["server"].add("hc.onnx", data)
+        req = request(url, data, "2", signed(kit["manifest"], data, "2", kit["key"]), rid="h1")
+        sub.request("edge-agent/cam-h/cmd/engine.update", json.dumps(req).encode())
+        assert wait_for(lambda: any(d.get("request_id") == "h1" and d["state"] == "HEALTH_CHECK"
+                                    for d in docs(sub, "cam-h", "engine/update")), 30)
+        a.kill()
+        a.start()
+        done = final(sub, "cam-h", "h1")
+        assert done["state"] == "ROLLED_BACK" and done["error"]["code"] == "restarted"
+        assert "restarted during HEALTH_CHECK" in done["message"]
+        idle = lambda: last_state(sub, "cam-h").get("update", {}).get("state") == "IDLE"  # noqa
+        assert wait_for(lambda: engine_version(sub, "cam-h") == "1" and idle(), 20), \
+            json.dumps(last_state(sub, "cam-h"))
+        models = a.dir / "state" / "models"
+        assert json.loads((models / "current").read_text())["version"] == "1"
+        assert [p.name for p in (models / "failed").iterdir()][0].startswith("2-")
+    finally:
+        a.stop()
+
+
+def test_canary_rollout_good_model_commits_everywhere_bad_one_stops_at_the_canary(
+        tmp_path, broker, sub, kit, capsys):
+    srv, key, man = kit["server"], kit["key"], kit["manifest"]
+    agents = [Agent(tmp_path, d, broker, kit["base"], kit["clip"], kit["pub"],
+                    health_check_batches=6).start() for d in ("fleet-1", "fleet-2")]
+    try:
+        for ag in agents:
+            assert wait_for(lambda d=ag.device: engine_version(sub, d) == "1", 60), ag.log()
+        data = kit["base"].read_bytes()
+        good = tmp_path / "good.sig"
+        good.write_text(json.dumps(signed(man, data, "2", key)))
+        assert _push(broker, srv.add("good.onnx", data), good, "2", "fleet-1", "fleet-2",
+                     canary=1) == 0
+        assert "fleet-1 (canary): COMMITTED" in capsys.readouterr().out
+        for ag in agents:
+            assert wait_for(lambda d=ag.device: engine_version(sub, d) == "2", 10)
+
+        nan = tmp_path / "nan.onnx"
+        m = make_model(nan, nan=True)
+        bad = tmp_path / "bad.sig"
+        bad.write_text(json.dumps(signed(m, nan.read_bytes(), "3", key)))
+        before = len(docs(sub, "fleet-2", "engine/update"))
+        assert _push(broker, srv.add("nan.onnx", nan.read_bytes()), bad, "3", "fleet-1",
+                     "fleet-2", canary=1) == 1
+        out = capsys.readouterr().out
+        assert "fleet-1 (canary): ROLLED_BACK" in out and "fleet-2: SKIPPED" in out
+        assert wait_for(lambda: engine_version(sub, "fleet-1") == "2", 10)
+        time.sleep(0.5)
+        assert len(docs(sub, "fleet-2", "engine/update")) == before  # never asked
+        assert engine_version(sub, "fleet-2") == "2"
+    finally:
+        for ag in agents:
+            ag.stop()
+
+
+def test_push_exits_non_zero_with_the_reason(tmp_path, broker, sub, kit, capsys):
+    a = Agent(tmp_path, "cam-r", broker, kit["base"], kit["clip"], kit["pub"]).start()
+    try:
+        assert wait_for(lambda: engine_version(sub, "cam-r") == "1", 60), a.log()
+        data = kit["base"].read_bytes()
+        sig = tmp_path / "low.sig"
+        sig.write_text(json.dumps(signed(kit["manifest"], data, "0.9", kit["key"])))
+        assert _push(broker, kit["server"].add("low.onnx", data), sig, "0.9", "cam-r") == 1
+        out = capsys.readouterr().out
+        assert "cam-r: FAILED: version_not_newer" in out
+        assert _push(broker, "http://x/y", sig, "1.5", "cam-r") == 2  # --version != signed one
+    finally:
+        a.stop()
