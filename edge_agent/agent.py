@@ -132,6 +132,9 @@ class Agent:
             log.error("%s", exc)
             self.stop()
             return EXIT_BAD_INPUT
+        except BaseException:  # a bug in a step: still undo what started, then fail loudly
+            self.stop()
+            raise
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         old[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hup)
         try:

@@ -164,3 +164,18 @@ def test_track_columns_match_the_tracker_and_its_stub():
     assert out.shape == (1, columns.TRACK_COLS)
     assert out[0, columns.CLASS_ID] == 2 and out[0, columns.AGE] == 0
     assert out[0, columns.TRACK_ID] >= 1 and abs(out[0, columns.SCORE] - 0.95) < 1e-6
+
+
+def test_a_bug_in_a_step_still_undoes_what_started(tmp_path, short_clip, yolox_nano):
+    agent = Agent(_config(tmp_path, yolox_nano, short_clip))
+
+    def broken():
+        raise RuntimeError("a bug, not bad input")
+
+    at = [n for n, _ in agent.steps].index("pipeline")
+    agent.steps.insert(at, ("broken", broken))
+    seen = _instrument(agent)
+    with pytest.raises(RuntimeError, match="a bug"):
+        agent.run()
+    assert [n for what, n in seen if what == "stop"] == ["delivery", "engine", "event_log"]
+    assert agent.event_log._closed and agent.delivery._closed

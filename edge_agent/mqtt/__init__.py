@@ -1,6 +1,7 @@
-"""MQTT stage: durable outbox, client, topics, commands, Home Assistant discovery, listener.
+"""MQTT stage: the client and its parts, topics, commands, Home Assistant discovery, listener.
 
-``Outbox`` (outbox.py) stores events durably and assigns ``seq``; ``AgentMqtt`` (client.py)
-publishes them and everything else of the topic contract (docs/mqtt.md). paho is imported only in
-this package. The submodules are imported on demand so ``edge_agent.eventlog`` stays light.
+``AgentMqtt`` (client.py) publishes what the event log (``edge_agent.eventlog.Outbox``) holds and
+everything else of the topic contract (docs/mqtt.md), through one part per job: connection.py,
+publisher.py, server.py, status.py, discovery.py. paho is imported only in this package; the
+submodules are imported on demand.
 """
