@@ -12,10 +12,10 @@ import signal
 import sys
 import time
 
-from edge_agent import cli, service
+from edge_agent import cli, pipeline
 
 _pipes = []
-_init = service.Pipeline.__init__
+_init = pipeline.Pipeline.__init__
 
 
 def _remember(self, *args, **kwargs):
@@ -30,6 +30,6 @@ def _hang(_signum, _frame) -> None:
 
 
 if __name__ == "__main__":
-    service.Pipeline.__init__ = _remember
+    pipeline.Pipeline.__init__ = _remember
     signal.signal(signal.SIGUSR1, _hang)
     sys.exit(cli.main(sys.argv[1:]))

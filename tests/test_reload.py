@@ -128,3 +128,22 @@ def test_supervisor_extends_the_start_timeout_while_the_engine_loads(notify):
         pass
     assert len(msgs) >= 2 and all(m.startswith(b"EXTEND_TIMEOUT_USEC=400000\n") for m in msgs)
     assert b"building the TensorRT engine" in msgs[0]
+
+
+def test_tracker_reconfigure_keeps_ids_counting_and_refuses_bad_params():
+    import numpy as np
+
+    from edge_agent.tracking import Tracker
+
+    tr = Tracker(probation_age=1)
+    det = np.array([[10, 10, 50, 90, 0.9, 0]], np.float32)
+    for _ in range(3):
+        first = tr.update(det)
+    tr.reconfigure(probation_age=1, high_thresh=0.5)
+    assert tr.num_tracks == 0 and tr.params["high_thresh"] == 0.5
+    for _ in range(3):
+        again = tr.update(det)
+    assert again[0, 4] > first[0, 4]  # a new ID, never one seen before the reload
+    with pytest.raises(ValueError, match="probation_age"):
+        tr.reconfigure(probation_age=0)
+    assert tr.params["high_thresh"] == 0.5 and len(tr.update(det)) == 1  # unchanged, working

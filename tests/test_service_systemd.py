@@ -161,6 +161,7 @@ def test_notify_watchdog_metrics_and_reload_on_a_real_clip(tmp_path, video_dir, 
         assert scrape(port, "edge_agent_inference_seconds_count") > inferred
         assert scrape(port, "edge_agent_end_to_end_seconds_count", camera="door") > 0
         assert scrape(port, "edge_agent_mqtt_connected") == 1
+        assert scrape(port, "edge_agent_update_state", edge_agent_update_state="idle") == 1
         assert get(port, "/healthz")[0] == 200
 
         # Watchdog: periodic pings from the loop, none while the loop is blocked (3 s).

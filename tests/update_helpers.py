@@ -242,8 +242,9 @@ class LocalAgent:
         from edge_agent.inference import open_engine
         from edge_agent.update import wiring
 
+        # latency factor 10: a loaded test machine is noisy; the slow model is ~100x slower
         upd = {"trusted_keys": keys, "health_check_batches": 8, "download_timeout_s": 2,
-               "download_retries": 0, "health_timeout_s": 20}
+               "download_retries": 0, "health_timeout_s": 20, "health_latency_factor": 10}
         upd.update(update)
         self.cfg = cfgmod.Config.model_validate({
             "device_id": "dev", "state_dir": str(state_dir), "model": {"path": str(model)},

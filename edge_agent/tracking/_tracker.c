@@ -31,7 +31,6 @@
 
 #define OUT_COLS 8
 #define DET_COLS 6
-#define LAP_BIG 1e6
 #define PI_D 3.14159265358979323846
 /* Distinct class ids with a score window each: the heads of a detector have a few classes. */
 #define MAX_CLASSES 1024
@@ -279,26 +278,24 @@ static void associate(CoreObject *self, const int *tl, int nt, const int *dl, in
             if (rowmap[e->t] < 0) { rowmap[e->t] = nr; rows[nr++] = e->t; }
             if (colmap[e->d] < 0) { colmap[e->d] = nc; cols[nc++] = e->d; }
         }
-        /* Extended square matrix: leaving a row and a column unmatched costs `limit`. */
-        int dim = nr + nc;
+        /* Square matrix of side max(nr, nc), costs clipped at `limit`, padded with `limit`: a
+         * pair at `limit` means "both unmatched", which makes the optimum the same as leaving
+         * each unmatched row and column at limit / 2 (the totals differ by a constant), at a
+         * quarter of the cells of the (nr + nc) square. */
+        int dim = nr > nc ? nr : nc;
         double *c = self->lapcost;
-        for (int i = 0; i < dim; i++) {
-            double *rowp = c + (size_t)i * dim;
-            for (int j = 0; j < dim; j++) {
-                if (i < nr) rowp[j] = j < nc ? LAP_BIG : 0.5 * limit;
-                else rowp[j] = j < nc ? 0.5 * limit : 0.0;
-            }
-        }
+        for (size_t q = 0; q < (size_t)dim * (size_t)dim; q++) c[q] = limit;
         for (int q = start; q < end; q++) {
             const Edge *e = &edges[order[q]];
-            c[(size_t)rowmap[e->t] * dim + colmap[e->d]] = e->cost;
+            double *cell = &c[(size_t)rowmap[e->t] * dim + colmap[e->d]];
+            *cell = e->cost < limit ? e->cost : limit;
         }
         LapWork w = {self->lapi, self->lapi + dim, self->lapi + 2 * dim, self->lapi + 3 * dim,
                      self->lapi + 4 * dim, self->lapi + 5 * dim, self->lapd, self->lapd + dim};
         lapjv(dim, c, &w);
         for (int i = 0; i < nr; i++) {
             int j = w.rowsol[i];
-            if (j < nc && c[(size_t)i * dim + j] < LAP_BIG) tassign[rows[i]] = cols[j];
+            if (j < nc && c[(size_t)i * dim + j] < limit) tassign[rows[i]] = cols[j];
         }
         for (int i = 0; i < nr; i++) rowmap[rows[i]] = -1;
         for (int j = 0; j < nc; j++) colmap[cols[j]] = -1;

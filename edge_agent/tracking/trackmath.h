@@ -89,7 +89,7 @@ void lapjv(int dim, const double *cost, LapWork *w);
 
 /*
  * The last `cap` detection scores of one class. At each refresh (when a quarter of the samples
- * is new) a sorted copy gives the window's low and high quantiles (SCORE_Q_LO, SCORE_Q_HI), and
+ * is new) a copy of the window gives the window's low and high quantiles (SCORE_Q_LO, SCORE_Q_HI), and
  * score_window_normalise() places a score on that range: (s - lo) / (hi - lo) clipped to 0..1.
  * A positive affine map of all scores (x 0.5, + 0.1) leaves the result unchanged.
  */
@@ -99,7 +99,7 @@ void lapjv(int dim, const double *cost, LapWork *w);
 typedef struct {
     double cls;
     double *ring;   /* cap scores, oldest overwritten first */
-    double *sorted; /* scratch for the refresh */
+    double *sorted; /* scratch for the refresh (partially ordered by the quantile search) */
     double lo, hi;  /* quantiles as of the last refresh */
     int cap, n, pos, fresh, ready;
 } ScoreWindow;

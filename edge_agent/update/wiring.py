@@ -13,7 +13,7 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from edge_agent.update import signing
+from edge_agent.update import signing, versions
 from edge_agent.update.download import Downloader
 from edge_agent.update.errors import UpdateError
 from edge_agent.update.health import HealthPolicy
@@ -35,22 +35,49 @@ def open_store(cfg) -> Optional[ModelStore]:
 
 
 def model_config(cfg, store: Optional[ModelStore]):
-    """The model config the agent opens: the store's current version (seeded on first start
-    from ``model.path``), else ``model`` as configured."""
+    """The model config the agent opens: the store's current version, else ``model`` as
+    configured.
+
+    ``model.path`` seeds the store on first start, and later joins it as the new current version
+    when its manifest's version is above the current one (a package upgrade that ships a newer
+    default model); an older or known configured model leaves the store as it is.
+    """
     if store is None:
         return cfg.model
-    from edge_agent.inference import manifest as mf
-
     if store.current is None or store.get(store.current) is None:
-        path = mf.check_model_file(cfg.model.path)
-        m = mf.resolve(path, cfg.model.manifest, cfg.model.engine_dir)
-        data = Path(m.source).read_bytes() if m.source and Path(m.source).is_file() else \
-            signing_json(m.to_dict())
-        store.seed(path, data, m.version, m.name, m.sha256)
+        _take_configured(cfg, store, seed=True)
+    else:
+        _take_configured(cfg, store, seed=False)
     info = store.get(store.current)  # type: ignore[arg-type]
     assert info is not None
     return cfg.model.model_copy(update={"path": str(info.model), "manifest": str(info.manifest),
                                         "engine_dir": str(info.path)})
+
+
+def _take_configured(cfg, store: ModelStore, seed: bool) -> None:
+    from edge_agent.inference import manifest as mf
+
+    if not seed and not Path(cfg.model.path).is_file():
+        return  # the store runs without the configured file (e.g. removed after seeding)
+    path = mf.check_model_file(cfg.model.path)
+    m = mf.resolve(path, cfg.model.manifest, cfg.model.engine_dir)
+    data = Path(m.source).read_bytes() if m.source and Path(m.source).is_file() else \
+        signing_json(m.to_dict())
+    if seed:
+        store.seed(path, data, m.version, m.name, m.sha256)
+        return
+    cur = store.get(store.current)  # type: ignore[arg-type]
+    if any(v.sha256 == m.sha256 for v in store.stored()) or cur is None:
+        return
+    try:
+        newer = versions.newer(m.version, cur.version)
+    except UpdateError:
+        newer = False  # a version we cannot order is not taken over the store's choice
+    if newer:
+        store.add(m.version, path, data, None, name=m.name, sha256=m.sha256, source="config")
+        store.set_current(m.version)
+        log.info("model store: the configured model %s %s is newer than %s; it is current now",
+                 m.name, m.version, cur.version)
 
 
 def open_running(cfg, store: Optional[ModelStore], open_fn: Callable[[Any], Any]) -> Any:
