@@ -15,7 +15,7 @@ import json
 import logging
 import queue
 import threading
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from edge_agent.config import MqttConfig
 from edge_agent.metrics import Metrics
@@ -45,6 +45,9 @@ class CommandServer:
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
         self.conn: Optional[Connection] = None  # set by start()
+        # (response topic, correlation data) of the request being served, for handlers that
+        # reply again later (the remote update: one reply per transition)
+        self.route: Optional[Tuple[Optional[str], Optional[bytes]]] = None
 
     def register(self, name: str, fn: Handler) -> None:
         """Handle ``cmd/<name>``; ``fn(request) -> dict`` runs on the command thread."""
@@ -91,9 +94,13 @@ class CommandServer:
 
     def _serve(self, name: str, payload: bytes, response_topic: Any, correlation: Any) -> None:
         assert self.conn is not None
-        reply = self.dispatcher.handle(name, payload)
-        data = json.dumps(reply, default=str).encode()
         corr = bytes(correlation) if isinstance(correlation, (bytes, bytearray)) else None
+        self.route = (response_topic if valid_topic(response_topic) else None, corr)
+        try:
+            reply = self.dispatcher.handle(name, payload)
+        finally:
+            self.route = None
+        data = json.dumps(reply, default=str).encode()
         default_topic = self.conn.topics.reply(name)
         topic = default_topic
         if self.cfg.protocol == "5" and valid_topic(response_topic):
