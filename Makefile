@@ -16,7 +16,15 @@ SYSTEM_PACKAGES := mosquitto openssl systemd python3-gi gir1.2-gst-rtsp-server-1
 OCR_PACKAGES := rapidocr-onnxruntime==1.4.4
 OCR_DEPS     := pyclipper shapely pillow six tqdm
 
-.PHONY: venv system-deps test test-debug lint demo clean bench-tracker
+# The multi-head model ([train] extra: PyTorch CPU). `make model NC=1` trains the variant that also
+# learns from the CC BY-NC 4.0 CCTV frames (never the shipped default).
+TORCH        := torch==2.13.0
+NC           ?= 0
+MODEL_CFG    := $(if $(filter 1,$(NC)),configs/train-nc.yaml,configs/train.yaml)
+MODEL_RUN    := $(if $(filter 1,$(NC)),out/model/nc,out/model/default)
+MODEL_ONNX   := $(if $(filter 1,$(NC)),out/model/edge_multihead_nc.onnx,engines/models/edge_multihead.onnx)
+
+.PHONY: venv system-deps test test-debug lint demo clean bench-tracker model model-smoke
 
 $(VENV)/.stamp: setup.cfg setup.py pyproject.toml edge_agent/tracking/_tracker.c \
                edge_agent/tracking/trackmath.c edge_agent/tracking/trackmath.h
@@ -25,6 +33,7 @@ $(VENV)/.stamp: setup.cfg setup.py pyproject.toml edge_agent/tracking/_tracker.c
 	$(PY) -m pip install -q -e '.[cpu,dev]'
 	$(PY) -m pip install -q $(OCR_DEPS)
 	$(PY) -m pip install -q --no-deps $(OCR_PACKAGES)
+	$(PY) -m pip install -q $(TORCH)
 	touch $@
 
 venv: $(VENV)/.stamp
@@ -58,6 +67,18 @@ bench-tracker: venv
 	.venv-bench/bin/pip install -q --no-deps norfair==2.1.1 filterpy==1.4.5
 	.venv-bench/bin/python bench/mot_eval.py --mot-dir $(SHARED)/data/mot --per-seq
 	$(VENV)/bin/edge-agent bench tracker --mot-dir $(SHARED)/data/mot
+
+# Train (resumes from $(MODEL_RUN)/last.pt when interrupted), then export with the checks.
+model: venv
+	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent train --config $(MODEL_CFG) --resume
+	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent export $(MODEL_RUN)/best.pt -o $(MODEL_ONNX) \
+	  --config $(MODEL_CFG)
+
+# A few steps on a few images of each source, then export (about a minute).
+model-smoke: venv
+	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent train --config configs/train.yaml --smoke
+	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent export out/model/default-smoke/last.pt \
+	  -o out/model/smoke.onnx --val-limit 4
 
 demo: venv
 	$(PY) -m edge_agent.demo --shared $(SHARED)

@@ -148,9 +148,11 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", type=int, default=150, help="frames per measurement")
     ap.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (0 = default)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds of the 4-camera runs")
+    ap.add_argument("--model", help="ONNX model (default: the COCO YOLOX-nano in --shared)")
     args = ap.parse_args(argv)
     shared = Path(args.shared)
-    clip, model = shared.joinpath(*CLIP), shared.joinpath(*MODEL)
+    clip = shared.joinpath(*CLIP)
+    model = Path(args.model) if args.model else shared.joinpath(*MODEL)
     for p in (clip, model):
         if not p.exists():
             print(f"missing {p}", file=sys.stderr)

@@ -290,7 +290,9 @@ class Agent:
         if self.updater is not None:
             from edge_agent.mqtt.commands import CommandError
 
-            for name, fn in update_wiring.command_handlers(self.updater, CommandError).items():
+            handlers = update_wiring.command_handlers(self.updater, CommandError,
+                                                      self.mqtt.reply_route)
+            for name, fn in handlers.items():
                 self.mqtt.register_command(name, fn)
         if self.mqtt.ha_sink is not None:
             self.delivery.add_sink(self.mqtt.ha_sink)

@@ -23,6 +23,7 @@ HANDLERS: Dict[str, str] = {
     "track": "edge_agent.track:cmd_track",
     "engine": "edge_agent.inference.commands:main",
     "train": "edge_agent.model.train:main",
+    "export": "edge_agent.model.export:main",
     "listen": "edge_agent.mqtt.listen:main",
     "bench": "edge_agent.bench_cmd:main",
     "service": "edge_agent.install_cmd:main",
@@ -32,6 +33,7 @@ _ISSUE = {
     "track": "daemon pipeline",
     "engine": "inference backends",
     "train": "multi-head model",
+    "export": "multi-head model",
     "listen": "MQTT",
     "bench": "tracker",
     "service": "service",
@@ -100,7 +102,20 @@ def _add_engine(sub) -> None:
 
 def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train the multi-head model (extra [train])")
-    p.add_argument("--config", "-C")
+    p.add_argument("--config", "-C", help="training YAML (e.g. configs/train.yaml)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+    p.add_argument("--smoke", action="store_true", help="a few steps on a few images per source")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export a training checkpoint to ONNX + manifest ([train])")
+    p.add_argument("checkpoint", help="checkpoint .pt written by `edge-agent train`")
+    p.add_argument("-o", "--output", required=True, help="ONNX file to write (manifest beside it)")
+    p.add_argument("--no-check", action="store_true",
+                   help="skip the ONNX Runtime and FP16 checks (and the validation metrics)")
+    p.add_argument("--val-limit", type=int, default=0, help="validate on N images per source")
+    p.add_argument("--config", "-C", help="training YAML (default: the one saved in CKPT)")
 
 
 def _add_listen(sub) -> None:
@@ -151,8 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_run, _add_track, _add_config, _add_engine, _add_train, _add_listen,
-                _add_bench, _add_service):
+    for add in (_add_run, _add_track, _add_config, _add_engine, _add_train, _add_export,
+                _add_listen, _add_bench, _add_service):
         add(sub)
     return parser
 

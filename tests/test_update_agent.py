@@ -265,5 +265,20 @@ def test_push_exits_non_zero_with_the_reason(tmp_path, broker, sub, kit, capsys)
         out = capsys.readouterr().out
         assert "cam-r: FAILED: version_not_newer" in out
         assert _push(broker, "http://x/y", sig, "1.5", "cam-r") == 2  # --version != signed one
+        # an MQTT 5 requester gets every transition on its response topic, correlated
+        v5 = Subscriber(broker, ["my/replies"], v5=True).ready()
+        try:
+            req = request(kit["server"].add("gone.onnx", data, "404"), data, "3",
+                          signed(kit["manifest"], data, "3", kit["key"]), rid="v5")
+            v5.request("edge-agent/cam-r/cmd/engine.update", json.dumps(req).encode(),
+                       response_topic="my/replies", correlation=b"corr-1")
+            states = lambda: [json.loads(p)["result"].get("state")  # noqa: E731
+                              for _, p, _ in v5.snapshot()]
+            assert v5.wait_for(lambda: "FAILED" in states(), 20), states()
+            assert states()[0] == "ACCEPTED" and "DOWNLOADING" in states()
+            assert all(getattr(props, "CorrelationData", None) == b"corr-1"
+                       for _, _, props in v5.snapshot())
+        finally:
+            v5.close()
     finally:
         a.stop()

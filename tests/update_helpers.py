@@ -257,7 +257,7 @@ class LocalAgent:
         self.docs: List[Dict[str, Any]] = []
         self.pipe = _pipeline(self.cfg, engine, self._hook)
         self.updater = wiring.make_updater(self.cfg, self.store, wiring.PipelineHost(self.pipe),
-                                           self.docs.append)
+                                           lambda doc, route=None: self.docs.append(doc))
         self._thread = threading.Thread(target=self.pipe.run, daemon=True)
         self._thread.start()
         self.updater.start()

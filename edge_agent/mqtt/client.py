@@ -38,7 +38,7 @@ import logging
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, List, Optional
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from edge_agent import __version__
 from edge_agent.config import MqttConfig
@@ -169,13 +169,25 @@ class AgentMqtt:
         """Retained ``engine/update`` progress of the remote-update state machine."""
         self.status.publish_engine_update(progress)
 
-    def publish_reply(self, name: str, reply: Dict[str, Any]) -> None:
-        """A further reply on ``cmd/<name>/reply`` after the command's own (the remote update
-        sends one per transition). Dropped while offline: ``engine/update`` keeps the latest
+    def reply_route(self) -> Optional[Tuple[Optional[str], Optional[bytes]]]:
+        """Inside a command handler: the request's MQTT 5 response topic and correlation data
+        (for :meth:`publish_reply` later)."""
+        return self.commands.route
+
+    def publish_reply(self, name: str, reply: Dict[str, Any],
+                      route: Optional[Tuple[Optional[str], Optional[bytes]]] = None) -> None:
+        """A further reply after the command's own (the remote update sends one per
+        transition): on the request's response topic with its correlation data when ``route``
+        (from :meth:`reply_route`) has them and the protocol is MQTT 5, else on
+        ``cmd/<name>/reply``. Dropped while offline: ``engine/update`` keeps the latest
         transition retained and is sent again after the reconnect."""
-        if self.connected:
-            self.connection.publish(self.topics.reply(name),
-                                    json.dumps(reply, default=str).encode(), qos=1)
+        if not self.connected:
+            return
+        topic, corr = route if route is not None else (None, None)
+        if self.cfg.protocol != "5" or not topic:
+            topic = self.topics.reply(name)
+        self.connection.publish(topic, json.dumps(reply, default=str).encode(), qos=1,
+                                correlation=corr)
 
     def publish_snapshot(self, event_id: str, jpeg: bytes) -> bool:
         """Publish a JPEG on ``snapshots/<event_id>`` (QoS 1). Not durable: returns False and

@@ -17,7 +17,7 @@ import json
 import logging
 import queue
 import threading
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from edge_agent.config import MqttConfig
 from edge_agent.metrics import Metrics
@@ -47,6 +47,9 @@ class CommandServer:
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
         self.conn: Optional[Connection] = None  # set by start()
+        # (response topic, correlation data) of the request being served, for handlers that
+        # reply again later (the remote update: one reply per transition)
+        self.route: Optional[Tuple[Optional[str], Optional[bytes]]] = None
 
     def register(self, name: str, fn: Handler) -> None:
         """Handle ``cmd/<name>``; ``fn(request) -> dict`` runs on the command thread."""
@@ -94,17 +97,21 @@ class CommandServer:
     def _serve(self, name: str, payload: bytes, response_topic: Any, correlation: Any) -> None:
         assert self.conn is not None
         v5 = self.cfg.protocol == "5"
+        corr = bytes(correlation) if isinstance(correlation, (bytes, bytearray)) else None
         # Where the reply may go decides whether the request runs (docs/mqtt.md, the rule).
         route = self.conn.topics.route_reply(name, response_topic if v5 else None)
         if route.refusal is None:
-            reply = self.dispatcher.handle(name, payload)
+            self.route = (route.topic, corr)  # later replies of the handler go there too
+            try:
+                reply = self.dispatcher.handle(name, payload)
+            finally:
+                self.route = None
         else:
             log.warning("mqtt: command %r refused: %s", name[:64], route.refusal)
             if route.topic is None:
                 return
             reply = self.dispatcher.refuse(name, payload, "bad_response_topic", route.refusal)
         data = json.dumps(reply, default=str).encode()
-        corr = bytes(correlation) if isinstance(correlation, (bytes, bytearray)) else None
         try:
             self.conn.publish(route.topic, data, qos=1, correlation=corr)
         except ValueError as exc:  # paho refused it after all: one line, no traceback

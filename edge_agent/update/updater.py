@@ -44,7 +44,8 @@ STATES = (DOWNLOADING, VERIFYING, BUILDING, STAGED, SWITCHING, HEALTH_CHECK, COM
 TERMINAL = (COMMITTED, ROLLED_BACK, FAILED)
 SWITCH_TIMEOUT_S = 60.0  # waiting for the inference thread to reach a batch boundary
 
-Publish = Callable[[Dict[str, Any]], None]
+# (transition document, the request's reply route or None)
+Publish = Callable[[Dict[str, Any], Any], None]
 # (model config of the version, manifest, onnx path, progress(percent)) -> None
 Builder = Callable[[Any, Any, Path, Callable[[float], None]], None]
 
@@ -103,6 +104,7 @@ class Updater:
         self._lock = threading.Lock()
         self._active: Optional[Dict[str, Any]] = None  # the running job's status doc
         self._last: Optional[Dict[str, Any]] = None
+        self._route: Any = None  # where the running request wants its replies (MQTT 5)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -127,11 +129,12 @@ class Updater:
 
     # --- requests (from the command thread) ------------------------------------------------
 
-    def submit(self, request: Dict[str, Any]) -> Dict[str, Any]:
-        """Accept ``cmd/engine.update``; UpdateError ``busy`` while another one runs."""
+    def submit(self, request: Dict[str, Any], route: Any = None) -> Dict[str, Any]:
+        """Accept ``cmd/engine.update``; UpdateError ``busy`` while another one runs.
+        ``route``: where the transitions' replies go (handed to ``publish``)."""
         req = validate_request(request)
         self.store.download_path(req["sha256"])  # the sha256 names a file: check it now
-        doc = self._claim(req["request_id"], "update", req["version"])
+        doc = self._claim(req["request_id"], "update", req["version"], route)
         try:
             self._write_journal(req, DOWNLOADING)
         except OSError as exc:  # e.g. a full disk: refuse instead of staying "busy" for good
@@ -141,16 +144,17 @@ class Updater:
         self._queue.put(_Job(req))
         return doc
 
-    def request_rollback(self, request: Dict[str, Any]) -> Dict[str, Any]:
+    def request_rollback(self, request: Dict[str, Any], route: Any = None) -> Dict[str, Any]:
         """Accept ``cmd/engine.rollback``: back to the previous version, between batches."""
         prev = self.store.previous
         if prev is None or self.store.get(prev) is None:
             raise UpdateError("no_previous", "there is no previous version to roll back to")
-        doc = self._claim(request.get("request_id"), "rollback", prev)
+        doc = self._claim(request.get("request_id"), "rollback", prev, route)
         self._queue.put(("rollback", request.get("request_id")))
         return doc
 
-    def _claim(self, request_id: Any, kind: str, version: str) -> Dict[str, Any]:
+    def _claim(self, request_id: Any, kind: str, version: str, route: Any = None
+               ) -> Dict[str, Any]:
         with self._lock:
             if self._active is not None:
                 raise UpdateError("busy", f"{self._active['kind']} {self._active['request_id']!r}"
@@ -158,6 +162,7 @@ class Updater:
             self._active = {"request_id": request_id, "kind": kind, "state": "ACCEPTED",
                             "version": version, "from_version": self._running_version(),
                             "history": [], "ts": now_utc()}
+            self._route = route
             return dict(self._active)
 
     def status(self) -> Dict[str, Any]:
@@ -233,13 +238,14 @@ class Updater:
                 doc["error"] = {"code": error.code, "message": error.message}
             doc.update(extra)
             out = dict(doc, history=list(doc["history"]))
+            route = self._route
             if final:  # before publishing: a state published with it must say IDLE
                 self._last, self._active = self._active, None
         if out.get("kind") == "update" and state not in TERMINAL:
             self._write_journal(None, state)
         log.info("update %s: %s%s", out["request_id"], state, f" ({message})" if message else "")
         try:
-            self.publish(out)
+            self.publish(out, route)
         except Exception:
             log.exception("updater: publishing the %s transition failed", state)
 

@@ -200,10 +200,15 @@ def make_updater(cfg, store: ModelStore, host, publish: Publish, notifier=None) 
         extend_timeout=getattr(notify, "extend_timeout", None))
 
 
-def command_handlers(updater: Updater, error_type: Callable[[str, str], Exception]
+def command_handlers(updater: Updater, error_type: Callable[[str, str], Exception],
+                     route_fn: Optional[Callable[[], Any]] = None
                      ) -> Dict[str, Callable[[Dict[str, Any]], Dict[str, Any]]]:
     """``cmd/engine.*`` handlers; an :class:`UpdateError` becomes ``error_type(code, message)``
-    (the command server's error, so the reply carries the code)."""
+    (the command server's error, so the reply carries the code). ``route_fn()`` (inside a
+    handler) gives the request's reply route, which the later transitions' replies follow."""
+
+    def route() -> Any:
+        return route_fn() if route_fn is not None else None
 
     def wrap(fn: Callable[[Dict[str, Any]], Dict[str, Any]]):
         def handler(request: Dict[str, Any]) -> Dict[str, Any]:
@@ -214,8 +219,8 @@ def command_handlers(updater: Updater, error_type: Callable[[str, str], Exceptio
         return handler
 
     return {
-        "engine.update": wrap(updater.submit),
-        "engine.rollback": wrap(updater.request_rollback),
+        "engine.update": wrap(lambda r: updater.submit(r, route())),
+        "engine.rollback": wrap(lambda r: updater.request_rollback(r, route())),
         "engine.status": wrap(lambda _r: updater.status()),
         "engine.list": wrap(lambda _r: updater.list_versions()),
     }
@@ -238,12 +243,12 @@ def reply_doc(doc: Dict[str, Any]) -> Dict[str, Any]:
 def mqtt_publisher(get_mqtt: Callable[[], Any]) -> Publish:
     """``publish`` for the updater: retained ``engine/update`` and a reply per transition."""
 
-    def publish(doc: Dict[str, Any]) -> None:
+    def publish(doc: Dict[str, Any], route: Any = None) -> None:
         mqtt = get_mqtt()
         if mqtt is None:
             return
         mqtt.publish_engine_update(doc)
-        mqtt.publish_reply(f"engine.{doc.get('kind', 'update')}", reply_doc(doc))
+        mqtt.publish_reply(f"engine.{doc.get('kind', 'update')}", reply_doc(doc), route)
         if doc.get("state") in TERMINAL:  # the retained state names the engine that runs
             mqtt.publish_state()
 

@@ -1,0 +1,413 @@
+"""``edge-agent train --config train.yaml``: train the multi-head detector.
+
+Stage A trains the new heads with the backbone, neck and the listed heads frozen (frozen modules
+in eval mode); stage B unfreezes everything at a low learning rate. Each epoch ends with a
+checkpoint (``last.pt``, and ``best.pt`` when the validation score improved) and per-head
+validation AP; ``--resume`` continues from ``last.pt``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import yaml
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Stage:
+    epochs: int = 1
+    iters: int = 100  # batches per epoch
+    lr: float = 2e-3
+    freeze: List[str] = field(default_factory=list)  # module name prefixes, e.g. body
+
+
+@dataclass
+class TrainConfig:
+    """The training YAML (see ``configs/train.yaml``); paths are relative to the working dir."""
+
+    name: str
+    version: str
+    heads: Dict[str, List[str]]
+    train: List[Dict[str, Any]]
+    val: List[Dict[str, Any]]
+    input: Dict[str, int] = field(default_factory=lambda: {"height": 288, "width": 512})
+    init: Dict[str, Any] = field(default_factory=dict)
+    teacher: Optional[Dict[str, Any]] = None
+    out_dir: str = "out/model/default"
+    threads: int = 2
+    batch: int = 8
+    seed: int = 0
+    weight_decay: float = 5e-4
+    source_weights: Dict[str, float] = field(default_factory=dict)
+    augment: Dict[str, Any] = field(default_factory=dict)
+    eval: Dict[str, Any] = field(default_factory=dict)
+    stage_a: Stage = field(default_factory=Stage)
+    stage_b: Stage = field(default_factory=lambda: Stage(epochs=0, lr=2e-4))
+    # {head: crowd, weight: 1.0}: while the body trains, keep that head's maps close to the
+    # starting (COCO) model's, run on the same batch (loss.distill_loss)
+    distill: Optional[Dict[str, Any]] = None
+    description: str = ""
+    licence: str = ""
+
+    @classmethod
+    def load(cls, path: Path) -> TrainConfig:
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise SystemExit(f"train config {path}: cannot read: {exc.strerror or exc}") from None
+        except yaml.YAMLError as exc:
+            raise SystemExit(f"train config {path}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise SystemExit(f"train config {path}: expected a mapping")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise SystemExit(f"train config {path}: unknown keys {unknown}")
+        for k in ("stage_a", "stage_b"):
+            if k in data:
+                data[k] = Stage(**data[k])
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise SystemExit(f"train config {path}: {exc}") from None
+
+    @property
+    def hw(self):
+        return int(self.input["height"]), int(self.input["width"])
+
+
+def _limit(samples, specs):
+    """Apply each source's optional ``limit`` (first N samples)."""
+    out = []
+    for spec in specs:
+        mine = [s for s in samples if s.source == spec["name"]]
+        lim = spec.get("limit")
+        out.extend(mine[:lim] if lim else mine)
+    return out
+
+
+def build_data(cfg: TrainConfig):
+    """Train and validation samples, with teacher pseudo-labels added."""
+    from edge_agent.model import sources, teacher
+
+    out = Path(cfg.out_dir)
+    tr = _limit(sources.build(cfg.train, cfg.heads, cache=out.parent / "frames"), cfg.train)
+    va = _limit(sources.build(cfg.val, cfg.heads, cache=out.parent / "frames"), cfg.val)
+    if cfg.teacher:
+        tc = teacher.TeacherConfig(**cfg.teacher)
+        n = teacher.label(tr + va, tc, out.parent / "teacher.json")
+        log.info("teacher: %d new images labelled", n)
+    return tr, va
+
+
+def build_net(cfg: TrainConfig, load_weights: bool = True):
+    from edge_agent.model import net as N
+
+    model = N.MultiHeadNet(cfg.heads)
+    if load_weights and cfg.init.get("weights"):
+        rep = N.load_coco(model, Path(cfg.init["weights"]), cfg.init.get("classes", {}))
+        print(rep.summary(), file=sys.stderr)
+    return model
+
+
+# --- prediction and evaluation ------------------------------------------------------------------
+
+
+def predict(model, imgs: np.ndarray, score_thr: float, nms_iou: float, half: bool = False):
+    """Per image, per head (K, 6) detections in input pixels (torch forward, numpy NMS)."""
+    import torch
+
+    from edge_agent.inference.postprocess import nms
+    from edge_agent.model import net as N
+
+    x = torch.from_numpy(imgs)
+    pts, steps = N.grid(imgs.shape[2], imgs.shape[3])
+    with torch.no_grad():
+        maps = model(x.half() if half else x)
+    res: List[Dict[str, np.ndarray]] = [{} for _ in range(len(imgs))]
+    for h, m in maps.items():
+        dec = N.decode(N.flatten([t.float() for t in m]), pts, steps).numpy()
+        for i in range(len(imgs)):
+            res[i][h] = postprocess_rows(dec[i], score_thr, nms_iou, nms)
+    return res
+
+
+def postprocess_rows(d: np.ndarray, score_thr: float, nms_iou: float, nms) -> np.ndarray:
+    """Decoded rows (A, 5+C) -> (K, 6) x1, y1, x2, y2, score, class after threshold and NMS."""
+    cls = d[:, 5:].argmax(1)
+    score = d[:, 4] * d[np.arange(len(d)), 5 + cls]
+    ok = score >= score_thr
+    if ok.sum() > 1000:
+        ok[np.argsort(-score)[1000:]] = False
+    boxes, score, cls = d[ok, :4].astype(np.float64), score[ok], cls[ok]
+    keep = nms(boxes, score, cls, nms_iou)
+    return np.concatenate([boxes[keep], score[keep, None], cls[keep, None]], 1).astype(np.float32)
+
+
+def validate(model, samples, cfg: TrainConfig, half: bool = False) -> Dict[str, Any]:
+    """Per head (and per source for each head): AP@0.5, AP@0.5:0.95 on samples labelling it."""
+    from edge_agent.model.data import CombinedDataset, collate
+    from edge_agent.model.evaluate import evaluate
+
+    ds = CombinedDataset(samples, list(cfg.heads), cfg.hw)
+    thr = float(cfg.eval.get("score_threshold", 0.01))
+    iou = float(cfg.eval.get("nms_iou", 0.6))
+    dets: List[Dict[str, np.ndarray]] = []
+    gts: List[Dict[str, Optional[np.ndarray]]] = []
+    bs = 8
+    model.eval()
+    for s in range(0, len(ds), bs):
+        imgs, boxes, _ = collate(ds[i] for i in range(s, min(s + bs, len(ds))))
+        dets.extend(predict(model.half() if half else model, imgs.astype(np.float32), thr, iou,
+                            half))
+        for j in range(len(imgs)):
+            gts.append({h: boxes[h][j] for h in cfg.heads})
+    if half:
+        model.float()
+    out: Dict[str, Any] = {}
+    for h, classes in cfg.heads.items():
+        idx = [i for i, g in enumerate(gts) if g[h] is not None]
+        if not idx:
+            continue
+        res = evaluate([dets[i][h] for i in idx], [gts[i][h] for i in idx], len(classes))
+        per = {}
+        for src in sorted({samples[i].source for i in idx}):
+            sidx = [i for i in idx if samples[i].source == src]
+            per[src] = evaluate([dets[i][h] for i in sidx], [gts[i][h] for i in sidx],
+                                len(classes))
+        for gname, members in cfg.eval.get("groups", {}).get(h, {}).items():
+            gidx = [i for i in idx if samples[i].source in members]
+            if gidx:
+                per[gname] = evaluate([dets[i][h] for i in gidx], [gts[i][h] for i in gidx],
+                                      len(classes))
+        res["per_source"] = per
+        out[h] = res
+    return out
+
+
+def score_of(metrics: Dict[str, Any], cfg: TrainConfig) -> float:
+    """One number for picking best.pt: mean AP@0.5 over the heads in ``eval.select``."""
+    heads = cfg.eval.get("select", [h for h in cfg.heads])
+    vals = []
+    for h in heads:
+        m = metrics.get(h, {})
+        srcs = cfg.eval.get("select_sources", {}).get(h)
+        if srcs:
+            vals.extend(m.get("per_source", {}).get(s, {}).get("ap50", 0.0) for s in srcs)
+        else:
+            vals.append(m.get("ap50", 0.0))
+    vals = [0.0 if (v is None or math.isnan(v)) else v for v in vals]
+    return float(np.mean(vals)) if vals else 0.0
+
+
+# --- training -------------------------------------------------------------------------------------
+
+
+def set_frozen(model, prefixes: Sequence[str]) -> None:
+    """Freeze modules whose name starts with a prefix (no grad, eval mode); train the rest."""
+    model.train()
+    for name, p in model.named_parameters():
+        p.requires_grad_(not any(name.startswith(x) for x in prefixes))
+    for name, m in model.named_modules():
+        if name and any(name == x or name.startswith(x + ".") for x in prefixes):
+            m.eval()
+
+
+def train_step(model, imgs, boxes, ignore, frozen_body: bool, teacher=None,
+               distill: Optional[Dict[str, Any]] = None):
+    """Forward + masked per-head losses (+ distillation); returns (total, {name: loss value})."""
+    import torch
+
+    from edge_agent.model import loss as L
+    from edge_agent.model import net as N
+
+    x = torch.from_numpy(imgs)
+    pts, steps = N.grid(imgs.shape[2], imgs.shape[3])
+    tb, ti = L.to_tensors(boxes, ignore)
+    if frozen_body:
+        with torch.no_grad():
+            feats = model.body(x)
+    else:
+        feats = model.body(x)
+    total = None
+    parts: Dict[str, float] = {}
+    for h, head in model.heads.items():
+        if not any(p.requires_grad for p in head.parameters()):
+            continue
+        maps = head(feats)
+        lh, _ = L.head_loss(maps, tb[h], ti[h], pts, steps)
+        parts[h] = lh.item()
+        if teacher is not None and distill and h == distill["head"] and not frozen_body:
+            with torch.no_grad():
+                ref = teacher.heads[h](teacher.body(x))
+            ld = float(distill.get("weight", 1.0)) * L.distill_loss(maps, ref)
+            parts["distill"] = ld.item()
+            lh = lh + ld
+        total = lh if total is None else total + lh
+    return total, parts
+
+
+def _stages(cfg: TrainConfig):
+    return [("A", cfg.stage_a)] * cfg.stage_a.epochs + [("B", cfg.stage_b)] * cfg.stage_b.epochs
+
+
+def run(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Dict[str, Any]:
+    """Train per the config; returns the last epoch's record (also in ``history.json``)."""
+    import torch
+    from tqdm import tqdm
+
+    from edge_agent.model.data import (
+        Augment,
+        CombinedDataset,
+        balanced_weights,
+        collate,
+        epoch_indices,
+        summary,
+    )
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tr, va = build_data(cfg)
+    model = build_net(cfg)
+    teacher_net = None
+    if cfg.distill:
+        teacher_net = copy.deepcopy(model).eval()  # the starting weights, before any training
+        for p in teacher_net.parameters():
+            p.requires_grad_(False)
+    ds = CombinedDataset(tr, list(cfg.heads), cfg.hw, Augment(**cfg.augment), seed=cfg.seed)
+    weights = balanced_weights(tr, cfg.source_weights)
+    plan = _stages(cfg)
+    # per-epoch validation on at most eval.epoch_limit images per source (export uses them all)
+    lim = cfg.eval.get("epoch_limit")
+    va_epoch = _limit(va, [{**s, "limit": lim} for s in cfg.val]) if lim else va
+    history: List[Dict[str, Any]] = []
+    start, best = 0, -1.0
+    opt, opt_stage = None, None
+    ck = out / "last.pt"
+    state = None
+    if resume and ck.is_file():
+        state = torch.load(ck, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        start, best, history = state["epoch"] + 1, state["best"], state["history"]
+        print(f"resumed from {ck} after epoch {state['epoch'] + 1}/{len(plan)}", file=sys.stderr)
+    (out / "data_summary.json").write_text(json.dumps(
+        {"train": summary(tr), "val": summary(va)}, indent=1))
+    for epoch in range(start, len(plan)):
+        sname, st = plan[epoch]
+        if opt_stage != sname:
+            set_frozen(model, st.freeze)
+            params = [p for p in model.parameters() if p.requires_grad]
+            opt = torch.optim.AdamW(params, lr=st.lr, weight_decay=cfg.weight_decay)
+            opt_stage = sname
+            if state is not None and state.get("stage") == sname and "opt" in state:
+                opt.load_state_dict(state["opt"])
+        set_frozen(model, st.freeze)
+        first = plan.index((sname, st))
+        n_ep = sum(1 for s, _ in plan if s == sname)
+        rng = np.random.default_rng(cfg.seed * 1000 + epoch)
+        idx = epoch_indices(weights, st.iters * cfg.batch, rng)
+        bar = tqdm(range(st.iters), desc=f"epoch {epoch + 1}/{len(plan)} stage {sname}",
+                   disable=not progress, file=sys.stderr, mininterval=2.0)
+        sums: Dict[str, float] = {}
+        t0 = time.time()
+        for it in bar:
+            frac = ((epoch - first) * st.iters + it) / max(n_ep * st.iters, 1)
+            warm = min(1.0, (it + 1) / 20) if epoch == first else 1.0
+            for g in opt.param_groups:
+                g["lr"] = st.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
+            batch = collate(ds[int(i)] for i in idx[it * cfg.batch:(it + 1) * cfg.batch])
+            total, parts = train_step(model, *batch, frozen_body="body" in st.freeze,
+                                      teacher=teacher_net, distill=cfg.distill)
+            if total is None:
+                raise SystemExit("stage freezes every head: nothing to train")
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            opt.step()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v
+            bar.set_postfix({k: f"{v / (it + 1):.3f}" for k, v in sums.items()})
+        bar.close()
+        metrics = validate(model, va_epoch, cfg)
+        score = score_of(metrics, cfg)
+        rec = {"epoch": epoch + 1, "stage": sname, "train_s": round(time.time() - t0, 1),
+               "loss": {k: v / st.iters for k, v in sums.items()}, "val": metrics,
+               "score": score}
+        history.append(rec)
+        print(format_metrics(rec), file=sys.stderr)
+        ckpt = {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
+                "stage": sname, "best": max(best, score), "history": history,
+                "config": {**cfg.__dict__, "stage_a": st_dict(cfg.stage_a),
+                                          "stage_b": st_dict(cfg.stage_b)}}
+        torch.save(ckpt, out / "last.pt.tmp")
+        (out / "last.pt.tmp").replace(ck)
+        torch.save(ckpt, out / f"epoch_{epoch + 1:02d}.pt")
+        if score > best:
+            best = score
+            torch.save(ckpt, out / "best.pt")
+        (out / "history.json").write_text(json.dumps(history, indent=1))
+        state = None
+    return history[-1] if history else {}
+
+
+def st_dict(s: Stage) -> Dict[str, Any]:
+    return {"epochs": s.epochs, "iters": s.iters, "lr": s.lr, "freeze": list(s.freeze)}
+
+
+def format_metrics(rec: Dict[str, Any]) -> str:
+    lines = [f"epoch {rec['epoch']} (stage {rec['stage']}, {rec['train_s']} s) "
+             f"loss {', '.join(f'{k} {v:.3f}' for k, v in rec['loss'].items())}"]
+    for h, m in rec["val"].items():
+        per = "; ".join(f"{s} {v['ap50']:.3f}" for s, v in m["per_source"].items())
+        lines.append(f"  {h:7s} AP50 {m['ap50']:.3f}  AP50:95 {m['ap50_95']:.3f}  ({per})")
+    return "\n".join(lines)
+
+
+def smoke(cfg: TrainConfig) -> TrainConfig:
+    """The same config shrunk to a few steps on a few images of each source (``--smoke``)."""
+    for spec in cfg.train + cfg.val:
+        spec["limit"] = min(int(spec.get("limit") or 12), 12)
+    cfg.stage_a = Stage(1, 3, cfg.stage_a.lr, list(cfg.stage_a.freeze))
+    cfg.stage_b = Stage(1 if cfg.stage_b.epochs else 0, 2, cfg.stage_b.lr,
+                        list(cfg.stage_b.freeze))
+    cfg.out_dir = cfg.out_dir.rstrip("/") + "-smoke"
+    return cfg
+
+
+def main(args: argparse.Namespace) -> int:
+    """CLI handler of ``edge-agent train``."""
+    if not args.config:
+        print("edge-agent train: --config FILE is required", file=sys.stderr)
+        return 2
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        print("edge-agent train: PyTorch is not installed (pip install 'edge-agent[train]')",
+              file=sys.stderr)
+        return 3
+    from edge_agent.model.data import DataError
+
+    cfg = TrainConfig.load(Path(args.config))
+    if getattr(args, "smoke", False):
+        cfg = smoke(cfg)
+    try:
+        run(cfg, resume=bool(getattr(args, "resume", False)),
+            progress=not getattr(args, "no_progress", False))
+    except DataError as exc:
+        print(f"edge-agent train: bad dataset: {exc}", file=sys.stderr)
+        return 2
+    return 0

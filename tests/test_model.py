@@ -1,0 +1,271 @@
+"""The multi-head model: data readers, losses, training, export (PyTorch CPU, small and fast)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from edge_agent.model import data as D  # noqa: E402
+from edge_agent.model import loss as L  # noqa: E402
+from edge_agent.model import net as N  # noqa: E402
+from edge_agent.model.evaluate import average_precision, evaluate, match  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+HEADS = {"weapon": ["gun"], "crowd": ["person"], "plate": ["plate"]}
+
+
+def _image(path: Path, w: int, h: int, boxes) -> None:
+    img = np.full((h, w, 3), 90, np.uint8)
+    for x1, y1, x2, y2, *_ in boxes:
+        cv2.rectangle(img, (int(x1), int(y1)), (int(x2) - 1, int(y2) - 1), (20, 200, 240), -1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), img)
+
+
+def _items(tmp: Path):
+    """Three images (one a negative) with boxes in pixels, classes 0/1."""
+    specs = [("a", 96, 64, [[10, 12, 40, 30, 0], [50, 20, 90, 60, 1]]),
+             ("b", 80, 80, [[0, 0, 20, 30, 1]]),
+             ("c", 64, 48, [])]
+    items = []
+    for name, w, h, boxes in specs:
+        p = tmp / "images" / f"{name}.jpg"
+        _image(p, w, h, boxes)
+        items.append((p, (w, h), np.array(boxes, np.float32).reshape(-1, 5)))
+    return items
+
+
+# --- formats ------------------------------------------------------------------------------------
+
+
+def test_three_formats_round_trip(tmp_path):
+    items = _items(tmp_path)
+    classes = ["gun", "knife"]
+    D.write_yolo(items, tmp_path / "images", tmp_path / "labels")
+    D.write_voc(items, tmp_path / "annots", classes)
+    D.write_coco(items, tmp_path / "ann.json", classes)
+    yolo = D.read_yolo(tmp_path / "images", tmp_path / "labels", classes)
+    voc = D.read_voc(tmp_path / "images", tmp_path / "annots", classes)
+    coco = D.read_coco(tmp_path / "images", tmp_path / "ann.json", classes)
+    for got in (yolo, voc, coco):
+        assert [Path(p).name for p, _, _ in got] == ["a.jpg", "b.jpg", "c.jpg"]
+        for (_, size, b), (_, size0, b0) in zip(got, items):
+            assert size == size0
+            np.testing.assert_allclose(b, b0, atol=0.01)
+    assert len(yolo[2][2]) == 0  # the empty label file is a negative
+
+
+def _yolo_set(tmp_path, lines="0 0.5 0.5 0.2 0.2\n"):
+    img = tmp_path / "images" / "x.jpg"
+    _image(img, 64, 48, [])
+    lab = tmp_path / "labels"
+    lab.mkdir()
+    (lab / "x.txt").write_text(lines)
+    return tmp_path / "images", lab
+
+
+@pytest.mark.parametrize("lines, message", [
+    ("0 1.2 0.5 0.3 0.3\n", "outside the 64x48 image"),
+    ("3 0.5 0.5 0.2 0.2\n", "unknown class id 3"),
+    ("0 0.5 0.5\n", "expected 'class cx cy w h'"),
+])
+def test_bad_yolo_labels_name_the_file(tmp_path, lines, message):
+    images, labels = _yolo_set(tmp_path, lines)
+    with pytest.raises(D.DataError, match=message) as exc:
+        D.read_yolo(images, labels, ["gun"])
+    assert str(labels / "x.txt") in str(exc.value)
+
+
+def test_missing_label_file_is_an_error_but_an_empty_one_a_negative(tmp_path):
+    images, labels = _yolo_set(tmp_path, "")
+    assert len(D.read_yolo(images, labels, ["gun"])[0][2]) == 0
+    (labels / "x.txt").unlink()
+    with pytest.raises(D.DataError, match="label file missing") as exc:
+        D.read_yolo(images, labels, ["gun"])
+    assert "x.txt" in str(exc.value)
+
+
+def test_missing_and_corrupt_images_name_the_file(tmp_path):
+    images, labels = _yolo_set(tmp_path)
+    (labels / "ghost.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    with pytest.raises(D.DataError, match="ghost.txt: label file without an image"):
+        D.read_yolo(images, labels, ["gun"])
+    (labels / "ghost.txt").unlink()
+    (images / "x.jpg").write_bytes(b"\xff\xd8not a jpeg at all")
+    with pytest.raises(D.DataError, match="x.jpg: image does not decode"):
+        D.read_yolo(images, labels, ["gun"])
+
+
+def test_voc_unknown_class_and_coco_missing_image(tmp_path):
+    items = _items(tmp_path)
+    D.write_voc(items, tmp_path / "annots", ["gun", "rifle"])
+    with pytest.raises(D.DataError, match=r"a.xml: unknown class 'rifle'"):
+        D.read_voc(tmp_path / "images", tmp_path / "annots", ["gun", "knife"])
+    D.write_coco(items, tmp_path / "ann.json", ["gun", "knife"])
+    (tmp_path / "images" / "b.jpg").unlink()
+    with pytest.raises(D.DataError, match="b.jpg: image file missing"):
+        D.read_coco(tmp_path / "images", tmp_path / "ann.json", ["gun", "knife"])
+
+
+# --- evaluator ------------------------------------------------------------------------------------
+
+
+def test_ap_hand_computed_case():
+    # 2 gt boxes; 3 detections by score: TP, FP, TP -> precision 1, 1/2, 2/3 at recall .5, .5, 1.
+    # Monotone envelope: p = 1 for r <= .5, 2/3 for .5 < r <= 1. 101 points: 51 at 1, 50 at 2/3.
+    gt = [np.array([[0, 0, 10, 10, 0], [20, 20, 30, 30, 0]], np.float32)]
+    det = [np.array([[0, 0, 10, 10, .9, 0], [50, 50, 60, 60, .8, 0], [20, 20, 30, 31, .7, 0]],
+                    np.float32)]
+    _, tps, n = match(det, gt, 0, 0.5)
+    assert list(tps) == [True, False, True] and n == 2
+    assert average_precision(tps, n) == pytest.approx((51 + 50 * 2 / 3) / 101)
+    res = evaluate(det, gt, 1)
+    # At IoU >= 0.95 the third box (IoU 10/11 = 0.909) no longer matches: AP 51/101 there.
+    assert res["ap50"] == pytest.approx((51 + 50 * 2 / 3) / 101)
+    assert res["ap50_95"] < res["ap50"]
+    assert evaluate([np.zeros((0, 6))], gt, 1)["ap50"] == 0.0
+
+
+# --- network, losses, gradients ------------------------------------------------------------------
+
+
+def test_coco_weights_reproduce_the_onnx_model(yolox_nano):
+    import onnxruntime as ort
+
+    ref = N.coco_reference(yolox_nano).eval()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 255, (1, 3, 416, 416)).astype(np.float32)
+    want = ort.InferenceSession(str(yolox_nano), providers=["CPUExecutionProvider"]).run(
+        None, {"images": x})[0]
+    with torch.no_grad():
+        rows = N.flatten(ref.head(ref.body(torch.from_numpy(x)))).numpy()
+    rows[..., 4:] = 1 / (1 + np.exp(-rows[..., 4:]))
+    assert np.abs(rows - want).max() < 1e-3
+    net = N.MultiHeadNet(HEADS)
+    rep = N.load_coco(net, yolox_nano, {"crowd": [0]})
+    assert not [k for k in rep.missing if "crowd" in k]  # the crowd head is all COCO
+    assert all("cls_preds" in k for k in rep.missing)  # new heads: only their classifiers
+
+
+def _targets(h, w):
+    plate = np.array([[10, 8, 40, 20, 0]], np.float32)
+    gun = np.array([[30, 10, 60, 40, 0]], np.float32)
+    # image 0 labels plate (weapon unlabelled), image 1 labels weapon (plate unlabelled)
+    boxes = {"weapon": [None, gun], "plate": [plate, None], "crowd": [None, None]}
+    ignore = {k: [np.zeros((0, 4), np.float32)] * 2 for k in boxes}
+    return L.to_tensors(boxes, ignore)
+
+
+def test_head_gets_zero_gradient_from_a_sample_that_does_not_label_it():
+    torch.manual_seed(0)
+    net = N.MultiHeadNet(HEADS)
+    h, w = 64, 96
+    x = (torch.rand(2, 3, h, w) * 255).requires_grad_(True)
+    tb, ti = _targets(h, w)
+    pts, steps = N.grid(h, w)
+    maps = net(x)
+    weapon, _ = L.head_loss(maps["weapon"], tb["weapon"], ti["weapon"], pts, steps)
+    weapon.backward()
+    assert x.grad[0].abs().max().item() == 0.0  # image 0 does not label weapon
+    assert x.grad[1].abs().max().item() > 0.0
+    # Only image 0 in the batch: the weapon head's parameters get exactly nothing.
+    net.zero_grad(set_to_none=True)
+    maps = net(x[:1].detach())
+    loss, _ = L.head_loss(maps["weapon"], tb["weapon"][:1], ti["weapon"][:1], pts, steps)
+    loss.backward()
+    grads = [p.grad for p in net.heads["weapon"].parameters()]
+    assert all(g is None or g.abs().max().item() == 0.0 for g in grads)
+    # ...while a verified negative (empty boxes) does train objectness
+    net.zero_grad(set_to_none=True)
+    maps = net(x[:1].detach())
+    neg, _ = L.head_loss(maps["weapon"], [torch.zeros(0, 5)], ti["weapon"][:1], pts, steps)
+    neg.backward()
+    assert net.heads["weapon"].obj_preds[0].weight.grad.abs().max().item() > 0
+
+
+def test_ignore_region_removes_objectness_loss():
+    torch.manual_seed(0)
+    net = N.MultiHeadNet({"crowd": ["person"]})
+    h, w = 64, 64
+    maps = net(torch.rand(1, 3, h, w) * 255)
+    pts, steps = N.grid(h, w)
+    full, _ = L.head_loss(maps["crowd"], [torch.zeros(0, 5)], [torch.zeros(0, 4)], pts, steps)
+    part, _ = L.head_loss(maps["crowd"], [torch.zeros(0, 5)],
+                          [torch.tensor([[0.0, 0.0, 64.0, 32.0]])], pts, steps)
+    assert 0 < part.item() < full.item()
+
+
+# --- training and export end to end ---------------------------------------------------------------
+
+
+def _tiny_config(tmp_path, yolox_nano):
+    from edge_agent.model.train import Stage, TrainConfig
+
+    items = _items(tmp_path / "guns")
+    D.write_yolo(items, tmp_path / "guns" / "images", tmp_path / "guns" / "labels")
+    plates = _items(tmp_path / "plates")
+    D.write_voc(plates, tmp_path / "plates" / "annots", ["license-plate", "x"])
+    guns = {"name": "guns", "format": "yolo", "images": str(tmp_path / "guns" / "images"),
+            "labels": str(tmp_path / "guns" / "labels"), "classes": ["gun", "knife"],
+            "map": {"knife": "gun"}, "head": "weapon", "negatives": ["plate"]}
+    pl = {"name": "plates", "format": "voc", "images": str(tmp_path / "plates" / "images"),
+          "annots": str(tmp_path / "plates" / "annots"), "head": "plate",
+          "map": {"license-plate": "plate", "x": "plate"}, "negatives": ["weapon"]}
+    return TrainConfig(
+        name="tiny", version="0.0.1", heads=HEADS, train=[guns, pl], val=[guns, pl],
+        input={"height": 64, "width": 96}, init={"weights": str(yolox_nano),
+                                                  "classes": {"crowd": [0]}},
+        teacher={"model": str(yolox_nano)}, out_dir=str(tmp_path / "run"), threads=1, batch=3,
+        stage_a=Stage(1, 2, 1e-3, ["body", "heads.crowd"]), stage_b=Stage(1, 2, 1e-4, []),
+        distill={"head": "crowd", "weight": 1.0})
+
+
+def test_tiny_model_trains_resumes_and_exports(tmp_path, yolox_nano):
+    from edge_agent.config import ModelConfig
+    from edge_agent.inference.engine import open_engine
+    from edge_agent.model import export as E
+    from edge_agent.model import train as T
+
+    cfg = _tiny_config(tmp_path, yolox_nano)
+    cfg.stage_b.epochs = 0
+    rec = T.run(cfg, progress=False)
+    assert rec["epoch"] == 1 and set(rec["loss"]) == {"weapon", "plate"}
+    assert all(np.isfinite(v) for v in rec["loss"].values())
+    assert set(rec["val"]) == {"weapon", "crowd", "plate"}
+    frozen = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
+    cfg.stage_b.epochs = 1  # --resume continues with the next epoch (stage B)
+    rec = T.run(cfg, resume=True, progress=False)
+    assert rec["epoch"] == 2 and rec["stage"] == "B" and "crowd" in rec["loss"]
+    assert rec["loss"]["distill"] > 0  # the crowd head is pulled towards the COCO model
+    after = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
+    assert not torch.equal(frozen["body.stem.conv.conv.weight"],
+                           after["body.stem.conv.conv.weight"])  # stage B moved the body
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 2]
+
+    onnx_path = tmp_path / "tiny.onnx"
+    extra = E.export(tmp_path / "run" / "last.pt", onnx_path)
+    diff = extra["checks"]["ort_vs_torch_max_abs_diff"]
+    assert set(diff) == {"weapon", "crowd", "plate"} and max(diff.values()) < 1e-2
+    assert set(extra["checks"]["fp16"]["ap50_drop"]) == {"weapon", "crowd", "plate"}
+    mc = ModelConfig(path=str(onnx_path), backend="onnxruntime", providers=["cpu"], max_batch=2)
+    with open_engine(mc) as eng:
+        assert eng.manifest.heads == HEADS and eng.manifest.input.batch is None
+        res = eng.infer([np.zeros((48, 64, 3), np.uint8), np.zeros((720, 1280, 3), np.uint8)])
+        assert len(res.detections) == 2 and set(res.detections[0]) == set(HEADS)
+
+
+def test_train_cli_errors(tmp_path):
+    from edge_agent.cli import main
+
+    bad = tmp_path / "t.yaml"
+    bad.write_text("name: x\nversion: 1\nheads: {a: [b]}\ntrain: []\nval: []\nbogus: 1\n")
+    with pytest.raises(SystemExit, match="unknown keys"):
+        main(["train", "--config", str(bad)])
+    assert main(["export", str(tmp_path / "none.pt"), "-o", str(tmp_path / "m.onnx")]) == 2
