@@ -6,9 +6,11 @@ to undo it. A step that meets bad input raises :class:`StartError` (one line: wh
 :meth:`Agent.stop` undoes what was started, newest first: the same teardown after a full run, a
 failed start or a crash of the pipeline. The steps::
 
-    state_dir -> event_log -> engine -> cameras -> delivery -> pipeline -> update -> reload
-    -> mqtt -> update_recovery -> exporter -> notifier
+    state_dir (locked) -> event_log -> engine -> cameras -> delivery -> pipeline -> update
+    -> reload -> mqtt -> update_recovery -> exporter -> open_events -> notifier
 
+The state directory is locked first (``statelock``: one agent per directory); ``open_events``
+ends what a crash of the previous run left open (``openevents``) before the first new event.
 The engine is the model store's current version (``update/wiring.py``); ``update`` starts the
 remote-update worker, whose ``cmd/engine.*`` commands the mqtt step registers, and
 ``update_recovery`` resumes or reports an update a crash interrupted (docs/update.md).
@@ -42,11 +44,14 @@ from edge_agent import config as cfgmod
 from edge_agent.capture import CaptureError, check_sources
 from edge_agent.delivery import EventDelivery
 from edge_agent.eventlog import Outbox
-from edge_agent.events import ConsoleSink, JsonlSink, SnapshotStore, encode_jpeg
+from edge_agent.events import ConsoleSink, Emission, JsonlSink, SnapshotStore, encode_jpeg
 from edge_agent.metrics import Metrics, pipeline_state, pipeline_stats
+from edge_agent.openevents import REASON as OPEN_REASON
+from edge_agent.openevents import OpenEvents
 from edge_agent.pipeline import Pipeline
 from edge_agent.sdnotify import Notifier
 from edge_agent.secrets import config_secrets, masked_config
+from edge_agent.statelock import StateDirLocked, StateLock
 from edge_agent.supervise import Supervisor, status_line
 from edge_agent.update import wiring as update_wiring
 
@@ -97,6 +102,7 @@ class Agent:
             ("mqtt", self._start_mqtt),
             ("update_recovery", self._recover_update),
             ("exporter", self._start_exporter),
+            ("open_events", self._start_open_events),
             ("notifier", self._start_notifier),
         ]
         self._undo: List[Tuple[str, Callable[[], None]]] = []
@@ -186,9 +192,12 @@ class Agent:
     def _start_state_dir(self) -> Undo:
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
+            lock = StateLock(self.state_dir).acquire()
+        except StateDirLocked as exc:  # another agent: its outbox, seq and client id
+            raise StartError(str(exc)) from None
         except OSError as exc:
             raise StartError(f"state_dir {self.state_dir} is not writable: {exc}") from None
-        return None
+        return lock.release
 
     def _start_event_log(self) -> Undo:
         # Always the durable outbox: it owns the persisted per-device seq, MQTT or not.
@@ -350,6 +359,19 @@ class Agent:
         pipe.observer = ex.obs
         self.delivery.add_sink(ex.sink())
         return ex.stop
+
+    def _start_open_events(self) -> Undo:
+        """End (``agent_restarted``) what the previous run left open, then record this run's."""
+        assert self.delivery is not None
+        record = OpenEvents(self.state_dir)
+        ends = record.closing_events()
+        if ends:
+            log.warning("closing %d event(s) the previous run left open (reason %s)",
+                        len(ends), OPEN_REASON)
+            self.delivery.deliver([Emission(ev) for ev in ends])
+        record.forget_leftovers()
+        self.delivery.add_sink(record)  # closed (emptied) with the other sinks
+        return None
 
     def _start_notifier(self) -> Undo:
         """READY=1 once every camera settled, then STATUS= lines (from the inference loop)."""

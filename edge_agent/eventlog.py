@@ -47,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
+from edge_agent.seqmark import SeqMark
+
 log = logging.getLogger(__name__)
 
 # Higher is kept longer. Types not listed get 0 (dropped first).
@@ -133,6 +135,9 @@ class Outbox:
             # The newest row carries the last seq; meta keeps it once rows are deleted.
             newest = self._db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
             self._last_seq = max(int(meta.get("last_seq", 0)), int(newest))
+            # seq never goes back, even when this file was lost: see edge_agent.seqmark
+            self._mark = SeqMark(self.path.with_name(self.path.name + ".seq"))
+            self._last_seq = self._mark.resume(self._last_seq, f"outbox {self.path}")
             rows, nbytes = self._db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM events"
             ).fetchone()
@@ -211,6 +216,7 @@ class Outbox:
             rows, nbytes = self._rows + 1, self._bytes + len(payload)
             dropped: Dict[str, int] = {}
             try:
+                self._mark.reserve(seq)  # durable before the seq is (block-wise, ~1 write/1000)
                 if rows <= self.max_rows and nbytes <= self.max_bytes and not snap:
                     # The common case: one statement is its own (autocommit) transaction.
                     db.execute(_INSERT, row)
@@ -226,7 +232,7 @@ class Outbox:
                     except BaseException:
                         db.execute("ROLLBACK")
                         raise
-            except sqlite3.Error as exc:  # disk full, I/O error: the caller logs it and goes on
+            except (sqlite3.Error, OSError) as exc:  # disk full, I/O error: the caller goes on
                 _restore(event, old_seq)
                 raise OutboxError(f"{self.path}: cannot store event {event_id}: {exc}") from None
             except BaseException:
@@ -436,6 +442,10 @@ class Outbox:
                 os.close(self._wal_fd)
                 self._wal_fd = None
             self._db.close()
+            try:
+                self._mark.close(self._last_seq)
+            except OSError as exc:  # the next start then trusts the reservation, still no reuse
+                log.error("outbox: cannot record the last seq in %s: %s", self._mark.path, exc)
             self._synced.notify_all()
 
     def __enter__(self) -> Outbox:

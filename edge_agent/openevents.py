@@ -119,6 +119,8 @@ def _end_of(rec: Dict[str, Any], now: float) -> Dict[str, Any]:
         "duration_s": round(max(0, now_ms - start_ms) / 1000.0, 3),
         "ts": {"iso": iso_utc(now), "epoch_ms": now_ms}, "snapshot": None,
     })
+    if ev["type"] == "crowd":  # nobody is known to be in the zone any more (and HA shows 0)
+        ev.update({"count": 0, "track_ids": []})
     if ev["type"] == "plate":  # the crops and the OCR worker died with the previous run
         ev.update({"text": ev.get("text"), "text_score": ev.get("text_score"),
                    "text_status": ev.get("text_status") or "no_crop",

@@ -3,8 +3,9 @@
 Everything ``run`` would find wrong at start short of opening the cameras and the broker: the
 model (exists, has a manifest, is an ONNX graph that fits it), file sources that do not exist, a
 GStreamer source on an OpenCV without GStreamer, missing TLS files and an unusable state
-directory. Each problem is one ``file:line: key: reason`` line (``config.problem``), the same
-shape as a schema error, so both commands report them alike and exit 2.
+directory (tracker parameters, per head, are checked by the schema itself). Each problem is one
+``file:line: key: reason`` line (``config.problem``), the same shape as a schema error, so both
+commands report them alike and exit 2.
 """
 
 from __future__ import annotations
@@ -19,26 +20,54 @@ Check = Callable[[cfgmod.Config], List[str]]
 
 
 def check_model(cfg: cfgmod.Config) -> List[str]:
-    """The model file exists, has a manifest and is an ONNX graph whose I/O fits it."""
+    """The model run opens exists, has a manifest and is an ONNX graph whose I/O fits it."""
+    out: List[str] = []
+    for mc, where in _models_run_opens(cfg):
+        out.extend(_check_one_model(cfg, mc, where))
+    return out
+
+
+def _check_one_model(cfg: cfgmod.Config, mc: cfgmod.ModelConfig, where: str) -> List[str]:
     from edge_agent.inference import ModelError
     from edge_agent.inference import manifest as mf
     from edge_agent.inference.commands import check_graph
 
-    mc = cfg.model
     try:
         path = mf.check_model_file(mc.path)
     except ModelError as exc:
-        return [cfgmod.problem(cfg, ("model", "path"), str(exc))]
+        return [cfgmod.problem(cfg, ("model", "path"), where + str(exc))]
     try:
         manifest = mf.resolve(path, mc.manifest, mc.engine_dir)
     except ModelError as exc:
-        key = "manifest" if mc.manifest else "path"
-        return [cfgmod.problem(cfg, ("model", key), str(exc))]
+        key = "manifest" if mc.manifest and not where else "path"
+        return [cfgmod.problem(cfg, ("model", key), where + str(exc))]
     try:
         check_graph(path, manifest)
     except ModelError as exc:
-        return [cfgmod.problem(cfg, ("model", "path"), str(exc))]
+        return [cfgmod.problem(cfg, ("model", "path"), where + str(exc))]
     return []
+
+
+def _models_run_opens(cfg: cfgmod.Config) -> List[Tuple[cfgmod.ModelConfig, str]]:
+    """``model`` as configured, or, once remote updates installed a version (docs/update.md),
+    the model store's current version, plus ``model.path`` when that file is there (run reads it
+    to see whether it is newer). Read only: nothing is created or installed here."""
+    root = Path(cfg.state_dir) / "models"
+    if not cfg.update.enabled or not (root / "versions").is_dir():
+        return [(cfg.model, "")]
+    from edge_agent.update.store import ModelStore
+
+    store = ModelStore(root, keep=cfg.update.keep_versions)  # its folders exist already
+    info = store.get(store.current) if store.current is not None else None
+    if info is None:
+        return [(cfg.model, "")]
+    current = cfg.model.model_copy(update={"path": str(info.model),
+                                           "manifest": str(info.manifest),
+                                           "engine_dir": str(info.path)})
+    out = [(current, f"the model store's version {store.current}: ")]
+    if Path(cfg.model.path).is_file():
+        out.append((cfg.model, ""))
+    return out
 
 
 def check_cameras(cfg: cfgmod.Config) -> List[str]:

@@ -26,7 +26,7 @@ from edge_agent.supervise import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = ["state_dir", "event_log", "engine", "cameras", "delivery", "pipeline", "update", "reload",
-         "mqtt", "update_recovery", "exporter", "notifier"]
+         "mqtt", "update_recovery", "exporter", "open_events", "notifier"]
 
 
 def _config(tmp_path: Path, model: Path, source: Path, **extra: Any) -> cfgmod.Config:
@@ -90,9 +90,10 @@ def test_steps_run_in_order_and_a_full_run_stops_them_in_reverse(tmp_path, short
     started = [n for what, n in seen if what == "start"]
     stopped = [n for what, n in seen if what == "stop"]
     assert started == STEPS
-    # mqtt (disabled), update_recovery, reload, state_dir and cameras have nothing to undo
+    # mqtt (disabled), update_recovery, reload, cameras and open_events (a sink) have nothing
+    # to undo; the state_dir step releases the directory's lock
     assert stopped == ["notifier", "exporter", "update", "pipeline", "delivery", "engine",
-                       "event_log"]
+                       "event_log", "state_dir"]
     assert agent.event_log._closed and agent.delivery._closed
     assert agent.pipeline.finished.is_set() and agent.pipeline.cams["lot"].processed == 20
     agent.stop()  # idempotent: nothing left to undo
@@ -106,7 +107,7 @@ def test_a_failed_step_undoes_only_what_started_newest_first(tmp_path, video_dir
     assert agent.run() == EXIT_BAD_INPUT
     assert [n for what, n in seen if what == "start"] == STEPS[:STEPS.index("mqtt") + 1]
     assert [n for what, n in seen if what == "stop"] == ["update", "pipeline", "delivery",
-                                                         "engine", "event_log"]
+                                                         "engine", "event_log", "state_dir"]
     assert agent.event_log._closed and agent.delivery._closed
     assert not agent.pipeline.finished.is_set()  # it never ran
     with pytest.raises(RuntimeError, match="closed"):
@@ -119,7 +120,7 @@ def test_a_bad_model_stops_at_the_engine_step(tmp_path, video_dir):
     seen = _instrument(agent)
     assert agent.run() == EXIT_BAD_INPUT
     assert seen == [("start", "state_dir"), ("start", "event_log"), ("start", "engine"),
-                    ("stop", "event_log")]
+                    ("stop", "event_log"), ("stop", "state_dir")]
     assert agent.pipeline is None and agent.event_log._closed
 
 
@@ -177,5 +178,6 @@ def test_a_bug_in_a_step_still_undoes_what_started(tmp_path, short_clip, yolox_n
     seen = _instrument(agent)
     with pytest.raises(RuntimeError, match="a bug"):
         agent.run()
-    assert [n for what, n in seen if what == "stop"] == ["delivery", "engine", "event_log"]
+    assert [n for what, n in seen if what == "stop"] == ["delivery", "engine", "event_log",
+                                                         "state_dir"]
     assert agent.event_log._closed and agent.delivery._closed

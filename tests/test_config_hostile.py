@@ -243,6 +243,14 @@ def test_bombs_through_validate_and_run_capped(tmp_path):
     _assert_refused(results, paths, {n: (ln, frag) for n, (_, ln, frag) in BOMBS.items()})
 
 
+@pytest.mark.slow
+def test_numbers_through_validate_and_run_capped(tmp_path):
+    paths = _write_cases(tmp_path, {n: t for n, (t, _, _) in NUMBERS.items()})
+    results = run_both(paths)
+    assert len(results) == 2 * len(NUMBERS)
+    _assert_refused(results, paths, {n: (ln, frag) for n, (_, ln, frag) in NUMBERS.items()})
+
+
 # --- what only start-up found: model, file sources, TLS files, state dir ---------------------
 
 
@@ -280,6 +288,15 @@ def _startup_cases(tmp_path: Path, yolox: Path, video: Path) -> Dict[str, Tuple[
         "tls_ca_missing": (cfg().replace("mqtt:\n  enabled: false\n",
                                          f"mqtt:\n  tls:\n    ca_file: {tmp_path / 'ca.pem'}\n"),
                            10, "mqtt.tls.ca_file: no such file"),
+        "tracker_unknown_param": (cfg(extra="tracker:\n  default:\n    high_thresh: 0.4\n"
+                                        "    max_shadow_ages: 3\n"),
+                                  13, "tracker.default.max_shadow_ages: unknown key"),
+        "tracker_not_finite": (cfg(extra="tracker:\n  weapon:\n    high_thresh: .inf\n"), 12,
+                               "tracker.weapon.high_thresh: Input should be a finite number"),
+        "tracker_wrong_type": (cfg(extra="tracker:\n  plate:\n    probation_age: many\n"), 12,
+                               "tracker.plate.probation_age: "),
+        "tracker_unknown_head": (cfg(extra="tracker:\n  knife: {}\n"), 11,
+                                 "tracker.knife: unknown key"),
         "state_dir_is_a_file": (cfg().replace(f"state_dir: {tmp_path / 'state'}",
                                               f"state_dir: {a_file}"),
                                 2, "state_dir: " + str(a_file) + " is not a directory"),
@@ -343,3 +360,22 @@ def test_an_install_without_the_runtime_libraries_is_a_problem_not_a_traceback(
     err = capsys.readouterr().err
     assert f"{f}:4: model.path: cannot be checked:" in err and "[cpu] or [gpu] extra" in err
     assert f"{f}:5: cameras: cannot be checked:" in err and "Traceback" not in err
+
+
+def test_validate_checks_the_model_run_opens_from_the_model_store(tmp_path, yolox_nano,
+                                                                   video_dir, capsys):
+    from edge_agent.update import wiring
+
+    def write(model: Path) -> Path:
+        f = tmp_path / "c.yaml"
+        f.write_text(f"state_dir: {tmp_path / 'state'}\nmodel:\n  path: {model}\ncameras:\n"
+                     f"  - name: c\n    source: {video_dir / 'intel_car-detection.mp4'}\n")
+        return f
+
+    cfg = cfgmod.load(write(yolox_nano))
+    running = wiring.model_config(cfg, wiring.open_store(cfg))  # the first start seeds the store
+    f = write(tmp_path / "gone.onnx")  # model.path only seeds: run opens the store's version
+    assert cli_main(["config", "validate", str(f)]) == 0, capsys.readouterr().err
+    Path(running.path).write_bytes(b"broken")
+    assert cli_main(["config", "validate", str(f)]) == 2
+    assert f"{f}:3: model.path: the model store's version " in capsys.readouterr().err

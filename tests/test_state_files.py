@@ -135,7 +135,7 @@ def test_open_events_survive_a_crash_and_close_with_agent_restarted(tmp_path):
     rec = OpenEvents(tmp_path)
     assert rec.closing_events() == []
     rec.write(_ev("crowd", "start", zone="lobby", count=5, ms=1_000_000))
-    rec.write(_ev("crowd", "update", zone="lobby", count=9, ms=1_004_000))
+    rec.write(_ev("crowd", "update", zone="lobby", count=9, peak_count=9, ms=1_004_000))
     rec.write(_ev("weapon", "start", track_id=7, top_score=0.9, person_track_id=None))
     rec.write(_ev("weapon", "start", track_id=8))
     rec.write(_ev("weapon", "end", track_id=8))  # closed: not left open
@@ -152,7 +152,8 @@ def test_open_events_survive_a_crash_and_close_with_agent_restarted(tmp_path):
         assert e["seq"] is None and e["snapshot"] is None
         assert e["ts"]["epoch_ms"] == 1_010_000
     crowd = by[("crowd", "cam1", None, "lobby")]
-    assert crowd["count"] == 9 and crowd["duration_s"] == 10.0  # latest fields, since start
+    assert crowd["duration_s"] == 10.0 and crowd["peak_count"] == 9  # since start, latest
+    assert crowd["count"] == 0 and crowd["track_ids"] == []  # nobody known to be there now
     assert by[("plate", "cam1", 3, None)]["text_status"] == "no_crop"
     assert len({e["event_id"] for e in ends}) == 4
 

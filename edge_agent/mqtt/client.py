@@ -72,7 +72,7 @@ class AgentMqtt:
         when they first appear); ``snapshot_dir`` holds the JPEGs outbox rows refer to."""
         self.cfg = cfg
         self.device_id = device_id
-        self.topics = Topics(cfg.topic_prefix, device_id)
+        self.topics = Topics(cfg.topic_prefix, device_id, cfg.ha_prefix)
         self.outbox = outbox
         if metrics is None:
             metrics = Metrics(device_id)

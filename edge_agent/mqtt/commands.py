@@ -10,7 +10,8 @@ command's own fields. Reply (always a JSON object)::
 Error codes: ``too_large`` (payload over ``max_bytes``), ``bad_json`` (not UTF-8 JSON),
 ``bad_request`` (not an object, missing/wrong ``request_id``, or the handler rejected a field
 with ``ValueError``/``TypeError``/``KeyError``), ``unknown_command``, ``internal`` (the handler
-failed; details go to the log, not to the requester).
+failed; details go to the log, not to the requester), ``bad_response_topic`` (the MQTT 5
+Response Topic is not one a reply may go to; the command is not run, see :meth:`refuse`).
 
 Handlers are ``fn(request: dict) -> dict`` and run on the client's command worker thread.
 """
@@ -63,6 +64,20 @@ class Dispatcher:
 
     def names(self) -> List[str]:
         return sorted(self._handlers)
+
+    def refuse(self, name: str, payload: bytes, code: str, message: str) -> Dict[str, Any]:
+        """The error reply to a request that is not run (e.g. its reply may not go where it
+        asked); carries the request's ``request_id`` when one can be read."""
+        request_id: Any = None
+        if len(payload) <= self.max_bytes:
+            try:
+                request = json.loads(payload.decode("utf-8"))
+                if isinstance(request, dict):
+                    request_id = _request_id(request.get("request_id"))
+            except (ValueError, RecursionError, CommandError):
+                pass  # no usable request_id: the reply says null
+        self.counts["error"] += 1
+        return _error_reply(name, request_id, code, message)
 
     def handle(self, name: str, payload: bytes) -> Dict[str, Any]:
         """Decode, validate and run one request; always returns the reply dict."""
@@ -118,13 +133,17 @@ class Dispatcher:
             return reply
         except CommandError as err:
             self.counts["error"] += 1
-            return {
-                "request_id": request_id,
-                "command": shown,
-                "ok": False,
-                "error": {"code": err.code, "message": err.message},
-                "ts": utc_now(),
-            }
+            return _error_reply(name, request_id, err.code, err.message)
+
+
+def _error_reply(name: Any, request_id: Any, code: str, message: str) -> Dict[str, Any]:
+    return {
+        "request_id": request_id,
+        "command": name[:64] if isinstance(name, str) else "?",
+        "ok": False,
+        "error": {"code": code, "message": message},
+        "ts": utc_now(),
+    }
 
 
 def _request_id(value: Any) -> Any:

@@ -140,8 +140,8 @@ class Topics:
         if under(topic, self.reply(name)):
             return None
         if under(topic, self.prefix):
-            return f"is inside the devices' topic tree {self.prefix}/ (allowed there: " \
-                   f"{self.reply(name)} and below)"
+            return (f"is inside the devices' topic tree {self.prefix}/ (allowed there: this "
+                    "request's own .../cmd/<name>/reply and below)")
         if self.ha_prefix and under(topic, self.ha_prefix):
             return f"is inside Home Assistant's topic tree {self.ha_prefix}/"
         return None
