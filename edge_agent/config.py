@@ -140,7 +140,9 @@ class CameraConfig(_Model):
 
 class ModelConfig(_Model):
     path: str = Field(
-        "../shared/weights/yolox_nano_coco.onnx", description="ONNX model (manifest beside it)"
+        "engines/models/edge_multihead.onnx",
+        description="ONNX model (manifest beside it); the shipped multi-head model by default, "
+                    "../shared/weights/yolox_nano_coco.onnx for the COCO adapter",
     )
     manifest: Optional[str] = Field(None, description="manifest JSON; default: beside the model")
     backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(

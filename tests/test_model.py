@@ -252,7 +252,8 @@ def test_tiny_model_trains_resumes_and_exports(tmp_path, yolox_nano):
     onnx_path = tmp_path / "tiny.onnx"
     extra = E.export(tmp_path / "run" / "last.pt", onnx_path)
     diff = extra["checks"]["ort_vs_torch_max_abs_diff"]
-    assert set(diff) == {"weapon", "crowd", "plate"} and max(diff.values()) < 1e-2
+    assert set(diff) == {"weapon", "crowd", "plate"}
+    assert all(d["scores"] < 1e-4 and d["boxes_px"] < 0.1 for d in diff.values())
     assert set(extra["checks"]["fp16"]["ap50_drop"]) == {"weapon", "crowd", "plate"}
     mc = ModelConfig(path=str(onnx_path), backend="onnxruntime", providers=["cpu"], max_batch=2)
     with open_engine(mc) as eng:

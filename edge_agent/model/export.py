@@ -66,8 +66,9 @@ def to_onnx(model, height: int, width: int, out: Path) -> None:
                           do_constant_folding=True, dynamo=False)
 
 
-def ort_vs_torch(model, onnx_path: Path, imgs: np.ndarray) -> Dict[str, float]:
-    """Max abs difference per head between ONNX Runtime and PyTorch on the same batch."""
+def ort_vs_torch(model, onnx_path: Path, imgs: np.ndarray) -> Dict[str, Dict[str, float]]:
+    """Max abs difference per head between ONNX Runtime and PyTorch on the same batch:
+    box corners (input pixels; exp() of the size offsets magnifies float error) and scores."""
     import onnxruntime as ort
     import torch
 
@@ -77,7 +78,11 @@ def ort_vs_torch(model, onnx_path: Path, imgs: np.ndarray) -> Dict[str, float]:
     got = sess.run(None, {"images": imgs})
     with torch.no_grad():
         ref = Exported(model, imgs.shape[2], imgs.shape[3]).eval()(torch.from_numpy(imgs))
-    return {h: float(np.abs(g - r.numpy()).max()) for h, g, r in zip(model.heads, got, ref)}
+    out = {}
+    for h, g, r in zip(model.heads, got, ref):
+        d = np.abs(g - r.numpy())
+        out[h] = {"boxes_px": float(d[..., :4].max()), "scores": float(d[..., 4:].max())}
+    return out
 
 
 class Fp16Rounding:
