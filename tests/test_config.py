@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from config_helpers import assert_validate_refuses
 
 from edge_agent import config as cfgmod
 from edge_agent.cli import main as cli_main
@@ -119,13 +120,7 @@ BAD = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_config_names_file_line_and_key(case, tmp_path, capsys):
     text, line, fragment = BAD[case]
-    f = tmp_path / f"{case}.yaml"
-    f.write_text(text)
-    assert cli_main(["config", "validate", str(f)]) == 2
-    err = capsys.readouterr().err
-    assert f"{f}:{line}: " in err, err
-    assert fragment in err, err
-    assert "Traceback" not in err
+    assert_validate_refuses(tmp_path / f"{case}.yaml", text, line, fragment, capsys)
 
 
 def test_missing_file_exit_2_without_traceback(tmp_path):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from config_helpers import assert_validate_refuses
 
 from edge_agent import config as cfgmod
-from edge_agent.cli import main as cli_main
 from edge_agent.tracking import PARAMS, Tracker
 
 
@@ -60,10 +60,5 @@ BAD = {
 @pytest.mark.parametrize("case", sorted(BAD))
 def test_bad_tracker_section_is_a_config_error(case, tmp_path, capsys):
     text, line, fragment = BAD[case]
-    f = tmp_path / f"{case}.yaml"
-    f.write_text("device_id: a\n" + text)
-    assert cli_main(["config", "validate", str(f)]) == 2
-    err = capsys.readouterr().err
-    assert f"{f}:{line + 1}: " in err, err
-    assert fragment in err, err
-    assert "Traceback" not in err
+    assert_validate_refuses(tmp_path / f"{case}.yaml", "device_id: a\n" + text, line + 1,
+                            fragment, capsys)
