@@ -24,6 +24,8 @@ import re
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from edge_agent.events.event import iso_utc
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Dict[str, Any]], Dict[str, Any]]
@@ -39,11 +41,6 @@ class CommandError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-def utc_now() -> str:
-    t = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}Z"
 
 
 class Dispatcher:
@@ -122,7 +119,7 @@ class Dispatcher:
                 "command": shown,
                 "ok": True,
                 "result": result,
-                "ts": utc_now(),
+                "ts": iso_utc(time.time()),
             }
             try:
                 json.dumps(reply, allow_nan=False)
@@ -142,7 +139,7 @@ def _error_reply(name: Any, request_id: Any, code: str, message: str) -> Dict[st
         "command": name[:64] if isinstance(name, str) else "?",
         "ok": False,
         "error": {"code": code, "message": message},
-        "ts": utc_now(),
+        "ts": iso_utc(time.time()),
     }
 
 
