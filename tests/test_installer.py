@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Dict, Tuple
 
@@ -119,6 +120,18 @@ def test_prefix_install_is_idempotent_keeps_user_config_and_uninstalls(checkout,
     assert purge.returncode == 0 and not etc.exists() and not state.exists()
 
 
+@pytest.fixture(scope="module")
+def public_script():
+    """install.sh in a copy of the checkout that the unprivileged user can read: the real
+    checkout may sit below a directory only root can enter (pytest's and mktemp's are 0700)."""
+    root = Path(tempfile.mkdtemp(prefix="edge-agent-src-"))
+    try:
+        root.chmod(0o755)
+        yield _copy_checkout(root) / "systemd" / "install.sh"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _unprivileged() -> int:
     """A uid without root for the refusal tests: nobody when we are root, else ourselves."""
     if os.geteuid() != 0:
@@ -128,17 +141,17 @@ def _unprivileged() -> int:
     return NOBODY
 
 
-def test_real_install_without_root_is_refused():
-    proc = _run(SCRIPT, user=_unprivileged())
+def test_real_install_without_root_is_refused(public_script):
+    proc = _run(public_script, user=_unprivileged())
     assert proc.returncode == 1
     assert "needs root" in proc.stderr and "sudo" in proc.stderr
     assert "do:" not in proc.stdout
 
 
-def test_real_dry_run_without_root_lists_the_steps_and_changes_nothing():
+def test_real_dry_run_without_root_lists_the_steps_and_changes_nothing(public_script):
     if Path("/opt/edge-agent").exists() or Path("/etc/edge-agent").exists():
         pytest.skip("edge-agent is installed on this machine")
-    proc = _run(SCRIPT, "--dry-run", user=_unprivileged())
+    proc = _run(public_script, "--dry-run", user=_unprivileged())
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert "would: create user edge-agent (groups video, render)" in out or "ok: user" in out
