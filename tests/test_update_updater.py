@@ -179,7 +179,7 @@ def test_second_update_refused_naming_the_running_one(env, steady):
 def test_bad_model_rolled_back_automatically(env, kind):
     a = _agent(env, f"rollback-{kind}")
     path = env["dir"] / f"{kind}.onnx"
-    m = make_model(path, nan=kind == "nan", slow=20 if kind == "slow" else 0)
+    m = make_model(path, nan=kind == "nan", slow=200 if kind == "slow" else 0)
     data = path.read_bytes()
     url = env["server"].add(f"{kind}.onnx", data)
     engine = a.pipe.engine

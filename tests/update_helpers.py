@@ -242,7 +242,7 @@ class LocalAgent:
         from edge_agent.inference import open_engine
         from edge_agent.update import wiring
 
-        # latency factor 10: a loaded test machine is noisy; the slow model is ~100x slower
+        # latency factor 10: a loaded machine is noisy; the slow model (200 MatMuls) is ~200x slower
         upd = {"trusted_keys": keys, "health_check_batches": 8, "download_timeout_s": 2,
                "download_retries": 0, "health_timeout_s": 20, "health_latency_factor": 10}
         upd.update(update)
