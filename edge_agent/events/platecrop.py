@@ -25,6 +25,8 @@ GROW_X, GROW_Y = 0.5, 1.0
 # Frames whose alignment correlation is below this are a different view (or not the same plate)
 # and are left out of the fusion.
 MIN_ECC = 0.75
+# Lines at least this share of the tallest line's height, on its row, are the same plate text.
+SAME_ROW_HEIGHT = 0.6
 
 
 class PlateCrop(NamedTuple):
@@ -57,16 +59,23 @@ def as_crop(crop) -> PlateCrop:
 
 
 def pick_line(lines: Sequence[Box], hint: Box) -> Optional[Box]:
-    """The text line that is the plate's characters: of the lines whose centre is near the
-    detector's box (inside it grown by half its size), the tallest; plates' main characters are
-    the largest text on them (dealer and state lines are smaller)."""
+    """The plate's character line. Of the lines whose centre is near the detector's box (inside
+    it grown by half its size), the tallest is the seed (a plate's main characters are its
+    largest text; dealer and state lines are smaller), joined with the lines beside it on the same
+    row and of similar height: the text detector often splits "B 21 GSB" at its spaces."""
     x1, y1, x2, y2 = hint
     gx, gy = (x2 - x1) * 0.5, (y2 - y1) * 0.5
     near = [b for b in lines
             if x1 - gx <= (b[0] + b[2]) / 2 <= x2 + gx and y1 - gy <= (b[1] + b[3]) / 2 <= y2 + gy]
     if not near:
         return None
-    return max(near, key=lambda b: (b[3] - b[1], b[2] - b[0]))
+    seed = max(near, key=lambda b: (b[3] - b[1], b[2] - b[0]))
+    sh = seed[3] - seed[1]
+    row = [b for b in near
+           if min(b[3], seed[3]) - max(b[1], seed[1]) >= 0.5 * min(b[3] - b[1], sh)
+           and b[3] - b[1] >= SAME_ROW_HEIGHT * sh]
+    return (min(b[0] for b in row), min(b[1] for b in row), max(b[2] for b in row),
+            max(b[3] for b in row))
 
 
 def cut(image: np.ndarray, box: Box, pad_x: float = 0.0, pad_y: float = 0.0) -> np.ndarray:
