@@ -320,13 +320,25 @@ def test_head_design_config_defaults_and_errors(tmp_path):
             TrainConfig.load(f)
 
 
-def test_shipped_train_configs_use_light_new_heads():
-    from edge_agent.model.train import TrainConfig
+def test_train_config_builds_the_shipped_architecture():
+    """`make model` trains what is shipped: configs/train.yaml's heads and head designs give the
+    conv weights of engines/models/edge_multihead.onnx, shape for shape."""
+    import onnx
+    from onnx import numpy_helper
 
-    for name in ("train.yaml", "train-nc.yaml"):
-        specs = TrainConfig.load(REPO / "configs" / name).head_specs()
-        assert specs["crowd"] == N.COCO_HEAD, name
-        assert all(specs[h].width < 64 or specs[h].convs < 2 for h in ("weapon", "plate")), name
+    from edge_agent.model.train import TrainConfig, build_net
+
+    cfg = TrainConfig.load(REPO / "configs" / "train.yaml")
+    assert cfg.head_specs()["crowd"] == N.COCO_HEAD  # crowd is always the COCO person head
+    net = build_net(cfg, load_weights=False)
+    ours = sorted(tuple(m.weight.shape) for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    model = onnx.load(str(REPO / "engines" / "models" / "edge_multihead.onnx"))
+    inits = {t.name: t for t in model.graph.initializer}
+    shipped = sorted(tuple(numpy_helper.to_array(inits[n.input[1]]).shape)
+                     for n in model.graph.node if n.op_type == "Conv")
+    assert ours == shipped
+    nc = TrainConfig.load(REPO / "configs" / "train-nc.yaml")
+    assert nc.head_specs() == cfg.head_specs()  # the NC variant: same network, more data
 
 
 def test_train_cli_errors(tmp_path):
