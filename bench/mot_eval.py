@@ -40,7 +40,9 @@ class Runner(NamedTuple):
 
 
 def ours(seq: Sequence, **params: Any) -> Runner:
-    t = Tracker(**{"frame_rate": seq.frame_rate, **params})
+    from tracker_cv import camera
+
+    t = Tracker(**{**camera(seq), **params})
     return Runner(lambda d: d, t.update, lambda out: out[:, :5])
 
 
@@ -108,7 +110,7 @@ def sort_ref_runner(seq: Sequence) -> Runner:
 
 
 TRACKERS: Dict[str, Tuple[str, Callable[[Sequence], Runner]]] = {
-    "ours": ("edge-agent (C, defaults, the sequence's frame rate)", ours),
+    "ours": ("edge-agent (C, defaults, the sequence's frame rate and size)", ours),
     "sort_ref": ("SORT: our clean re-implementation of sort.py (labelled peer)", sort_ref_runner),
     "sort": ("roboflow trackers 2.6.1 SORT", _roboflow("SORTTracker")),
     "bytetrack": ("roboflow trackers 2.6.1 ByteTrack", _roboflow("ByteTrackTracker")),
@@ -259,12 +261,13 @@ def cv_main(mot_dir: Path, seqs: List[Sequence], peers: List[str]) -> int:
     us, evals, table = cv.run_search(mot_dir, seqs, cands, log)
     log(f"search: {len(cands)} candidates x {len(us)} runs in {time.perf_counter() - t0:.0f} s")
     peer_res = {n: cv.peer_results(TRACKERS[n][1], us, evals) for n in peers}
-    res = cv.cross_validate(us, table)
+    res = cv.cross_validate(us, table, peer_res)
     print("Leave-one-sequence-out over the visible MOT15 train sequences; TrackEval 1.3.0 "
           "(BENCHMARK=MOT15).")
     print(f"Search: {len(cands)} candidates ({', '.join(f'{k} {v}' for k, v in cv.SEARCH.items())}"
           "); each fold picks the best HOTA + IDF1/2 + MOTA/4 (mean over both detection sets) "
-          "on the other sequences, one parameter set for both sets. Ours gets raw scores, "
+          "on the other sequences among the candidates that meet the combined criteria there "
+          "(all candidates if none does), one parameter set for both sets. Ours gets raw scores, "
           "peers their defaults (ACF scores mapped x = s/100, x/(1+x)).\n")
     ok = True
     for det_set in cv.DET_SETS:

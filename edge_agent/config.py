@@ -32,6 +32,7 @@ from pydantic import (
 from edge_agent import yamlsafe
 from edge_agent.mqtt.topics import topic_problem
 from edge_agent.secrets import PASSWORD_ENV
+from edge_agent.tracking import CAMERA_PARAMS as TRACKER_CAMERA_PARAMS
 from edge_agent.tracking import PARAMS as TRACKER_PARAMS
 from edge_agent.tracking import check_params as check_tracker_params
 
@@ -162,9 +163,10 @@ class ModelConfig(_Model):
 
 # Tracker parameters the config may set, derived from the tracker's own PARAMS table (one source
 # of truth: tests/test_config_tracker.py and the stub check in tests/test_tracker_adaptive.py).
-# frame_rate is not among them: the daemon takes it from each camera.
+# The camera's own (CAMERA_PARAMS: frame rate and size) are not among them: the daemon takes
+# them from each source.
 _TRACKER_TYPES = {bool: StrictBool, int: StrictInt, float: float}
-TRACKER_CONFIG_PARAMS = tuple(n for n in TRACKER_PARAMS if n != "frame_rate")
+TRACKER_CONFIG_PARAMS = tuple(n for n in TRACKER_PARAMS if n not in TRACKER_CAMERA_PARAMS)
 
 TrackerParams = create_model(
     "TrackerParams",

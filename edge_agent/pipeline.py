@@ -29,7 +29,7 @@ from edge_agent.events import CameraEvents, EngineInfo, EventFactory, FrameConte
 from edge_agent.events.ocr import load_reader
 from edge_agent.interfaces import Engine, Notifier
 from edge_agent.metrics import Latency, pipeline_stats, stats_line
-from edge_agent.tracking import PARAMS, Tracker
+from edge_agent.tracking import CAMERA_PARAMS, PARAMS, Tracker
 from edge_agent.tracking.columns import DET_COLS
 
 log = logging.getLogger(__name__)
@@ -214,8 +214,8 @@ class Pipeline:
                                      self._ocr_status)
             if tracker:
                 for head, tr in st.trackers.items():  # IDs keep counting
-                    tr.reconfigure(frame_rate=tr.params["frame_rate"],
-                                   **cfg.tracker.params_for(head))
+                    camera = {k: tr.params[k] for k in CAMERA_PARAMS}
+                    tr.reconfigure(**camera, **cfg.tracker.params_for(head))
         self.cfg = cfg
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -340,18 +340,22 @@ class Pipeline:
         spec = PARAMS["frame_rate"]
         return min(max(rate, spec.lo), spec.hi) if rate > 0 else spec.default
 
-    def _retime_trackers(self, st: CameraState) -> None:
-        """Trackers count time in frames: tell them the rate frames really come at."""
+    def _retime_trackers(self, st: CameraState, f: Frame) -> None:
+        """Trackers count time in frames: tell them the rate frames really come at, and the
+        image size (coasted boxes are reported only inside it)."""
         rate = self._frame_rate(st.cfg)
+        height, width = f.image.shape[:2]
         for tr in st.trackers.values():
             if tr.params["frame_rate"] != rate:
                 tr.set_frame_rate(rate)
+            if (tr.params["frame_width"], tr.params["frame_height"]) != (width, height):
+                tr.set_frame_size(width, height)
 
     def _track(self, f: Frame, dets: Optional[Dict[str, np.ndarray]]) -> None:
         """Trackers and rules of one frame's camera; its events go to the delivery."""
         st = self.cams[f.camera]
         if st.processed == 0:
-            self._retime_trackers(st)
+            self._retime_trackers(st, f)
         tracks: Dict[str, HeadTracks] = {}
         t0 = time.monotonic()
         for head, tr in st.trackers.items():

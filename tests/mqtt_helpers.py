@@ -15,12 +15,12 @@ from paho.mqtt.properties import Properties
 from edge_agent.config import MqttConfig
 
 
-def wait_persisted(broker, timeout: float = 10.0) -> None:
-    """Wait until the broker saved its persistence file after this call (autosave_interval 1),
-    so sessions and subscriptions made before survive a SIGKILL. A fixed sleep is not enough
-    on a loaded machine: the broker's save timer then runs late."""
+def wait_persisted(broker, timeout: float = 10.0, since: Optional[float] = None) -> None:
+    """Wait until the broker saved its persistence file after ``since`` (default: this call;
+    autosave_interval 1), so sessions and subscriptions made before survive a SIGKILL. A fixed
+    sleep is not enough on a loaded machine: the broker's save timer then runs late."""
     db = broker.workdir / "mosquitto.db"
-    since = time.time()
+    since = time.time() if since is None else since
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if db.exists() and db.stat().st_mtime > since:

@@ -6,12 +6,13 @@ import pytest
 from config_helpers import assert_validate_refuses
 
 from edge_agent import config as cfgmod
-from edge_agent.tracking import PARAMS, Tracker
+from edge_agent.tracking import CAMERA_PARAMS, PARAMS, Tracker
 
 
 def test_fields_are_the_tracker_params():
     fields = set(cfgmod.TrackerParams.model_fields)
-    assert fields == set(PARAMS) - {"frame_rate"}  # the daemon takes that from the camera
+    assert fields == set(PARAMS) - set(CAMERA_PARAMS)  # the daemon takes those from the camera
+    assert set(CAMERA_PARAMS) == {"frame_rate", "frame_width", "frame_height"}
     for name in fields:
         assert cfgmod.TrackerParams.model_fields[name].description == PARAMS[name].doc
 
@@ -54,6 +55,8 @@ BAD = {
                    "new_track_thresh is on the normalised range [0, 1]"),
     "frame_rate_is_the_cameras": ("tracker:\n  default: {frame_rate: 10}\n", 2,
                                   "tracker.default.frame_rate: unknown key"),
+    "frame_size_is_the_cameras": ("tracker:\n  weapon: {frame_width: 640}\n", 2,
+                                  "tracker.weapon.frame_width: unknown key"),
 }
 
 

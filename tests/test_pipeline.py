@@ -223,6 +223,12 @@ def test_fps_limit_drops_newest_only_and_detect_every_predicts_between(video_dir
     assert st["detected"] == (st["processed"] + 1) // 2  # frames 0, 2, 4, ... detected
     assert st["e2e_latency"]["p50_ms"] is not None
     assert pipeline_stats(pipe)["inference"]["p50_ms"] > 0
+    # the trackers were told the camera's processed rate and its image size (coasting stays inside)
+    info = pipe.capture.readers["lot"].info
+    for tr in pipe.cams["lot"].trackers.values():
+        assert tr.params["frame_rate"] == 5.0
+        assert (tr.params["frame_width"], tr.params["frame_height"]) == (info.width, info.height)
+        assert info.width > 0 and info.height > 0
 
 
 def _manifest_variant(tmp_path: Path, version: str, drop_weapon: bool) -> Path:

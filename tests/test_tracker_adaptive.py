@@ -81,8 +81,9 @@ def test_each_class_has_its_own_score_scale():
 
 
 def _lost_frames(frame_rate: float, **params) -> int:
-    """Frames a confirmed track stays re-matchable after its object vanished."""
-    t = Tracker(probation_age=1, frame_rate=frame_rate, **params)
+    """Frames a confirmed track stays re-matchable after its object vanished (coasting off: the
+    track is in lost() from its first miss)."""
+    t = Tracker(probation_age=1, frame_rate=frame_rate, **{"coast_s": 0.0, **params})
     for f in range(5):
         t.update(np.array([[10.0 + f, 10, 50 + f, 110, 0.9, 0]]))
     n = 0

@@ -17,6 +17,7 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edge_agent.events.event import Emission, EventFactory, FrameContext
+from edge_agent.events.platecrop import PlateCrop, search_crop
 from edge_agent.events.zones import Zone, anchor_points
 from edge_agent.tracking.columns import (
     AGE,
@@ -278,18 +279,20 @@ class _PlateTrack:
     best_score: float = -1.0
     best_box: Optional[np.ndarray] = None
     best_frame: int = 0
-    crops: List[Tuple[float, np.ndarray]] = field(default_factory=list)  # (score, BGR crop)
+    crops: List[Tuple[float, PlateCrop]] = field(default_factory=list)  # (score, region)
 
 
 # reader(crops) -> (text or None, text_score or None)
-PlateReader = Callable[[List[np.ndarray]], Tuple[Optional[str], Optional[float]]]
+PlateReader = Callable[[List[PlateCrop]], Tuple[Optional[str], Optional[float]]]
 
 
 class PlateRule:
     """plate start / end.
 
-    Start when a plate track is confirmed. While it lasts, the best-scoring crops are kept (up to
-    ``keep_crops``); at the end OCR reads them and votes (``reader``), and the end event carries
+    Start when a plate track is confirmed. While it lasts, the search regions around its
+    best-scoring boxes are kept (up to ``keep_crops``; ``platecrop.search_crop``: the box is a
+    hint, OCR finds the text line in the region); at the end OCR reads them together
+    (``reader``), and the end event carries
     the text, its score and the best-shot box. Without a reader the end says why there is no text
     (``text_status``: ``ocr_unavailable`` or ``ocr_disabled``).
     """
@@ -297,7 +300,7 @@ class PlateRule:
     type = "plate"
 
     def __init__(self, factory: EventFactory, reader: Optional[PlateReader] = None,
-                 no_text_status: str = "ocr_unavailable", keep_crops: int = 5,
+                 no_text_status: str = "ocr_unavailable", keep_crops: int = 8,
                  snapshot: Optional[Snapshotter] = None):
         self.f = factory
         self.reader = reader
@@ -338,7 +341,7 @@ class PlateRule:
             return
         if len(st.crops) >= self.keep_crops and score <= st.crops[-1][0]:
             return
-        crop = crop_box(ctx.image, row[BOX], pad=0.15)
+        crop = search_crop(ctx.image, row[BOX])
         if crop is None:
             return
         st.crops.append((score, crop))
@@ -353,7 +356,7 @@ class PlateRule:
             best_frame=st.best_frame, reason=reason,
             duration_s=_duration(ctx, st.start_s),
         )
-        snap = st.crops[0][1] if st.crops else None
+        snap = st.crops[0][1].image if st.crops else None
         finish = None
         if self.reader is not None:
             crops = [c for _, c in st.crops]

@@ -25,7 +25,7 @@ import numpy as np
 
 from edge_agent.tracking import _tracker
 
-__all__ = ["Tracker", "PARAMS", "COLUMNS", "check_params"]
+__all__ = ["Tracker", "PARAMS", "CAMERA_PARAMS", "COLUMNS", "check_params"]
 
 COLUMNS: Tuple[str, ...] = (
     "x1", "y1", "x2", "y2", "track_id", "score", "class_id", "frames_since_update",
@@ -91,9 +91,18 @@ PARAMS: Dict[str, _Param] = {
                          "processed rate); turns the *_s parameters into frames"),
     "max_shadow_s": _Param(float, 1.0, 0.0, 36_000.0,
                            "seconds a lost (shadow) track is kept for re-matching"),
-    "coast_s": _Param(float, 0.0, 0.0, 36_000.0,
-                      "seconds an unmatched active track stays reported (predicted box, "
-                      "frames_since_update > 0) before it goes shadow"),
+    "coast_s": _Param(float, 0.1, 0.0, 36_000.0,
+                      "seconds a lost track's predicted box stays reported (frames_since_update "
+                      "> 0) while it lies inside the image and overlaps no active track by "
+                      "coast_overlap; 0 = off"),
+    "coast_overlap": _Param(float, 0.1, 0.0, 1.0,
+                            "a coasted box is not reported while its IoU with an active track's "
+                            "box of the same class is at least this (1 = never suppressed)"),
+    "frame_width": _Param(float, 0.0, 0.0, 1e6,
+                          "image width in pixels (the camera's), for coasting's inside-the-image "
+                          "check; 0 = unknown, no check"),
+    "frame_height": _Param(float, 0.0, 0.0, 1e6,
+                           "image height in pixels (the camera's); 0 = unknown"),
     "std_weight_position": _Param(float, 0.1, 1e-6, 10.0,
                                   "Kalman process noise std (position) as a fraction of box "
                                   "height, per frame at 30 fps"),
@@ -104,6 +113,10 @@ PARAMS: Dict[str, _Param] = {
                                   "Kalman velocity noise std as a fraction of box height, per "
                                   "frame at 30 fps"),
 }
+
+# Parameters that describe the camera, not the tracking: the daemon sets them from each source
+# (set_frame_rate, set_frame_size), so the config does not offer them.
+CAMERA_PARAMS: Tuple[str, ...] = ("frame_rate", "frame_width", "frame_height")
 
 # Score thresholds: on the normalised 0..1 range when adaptive, raw scores otherwise.
 _SCORE_THRESHOLDS = ("high_thresh", "low_thresh", "new_track_thresh")
@@ -224,6 +237,13 @@ class Tracker:
     def reset(self) -> None:
         """Drop all tracks and restart the frame count. IDs are never reused afterwards."""
         self._core.reset()
+
+    def set_frame_size(self, width: float, height: float) -> None:
+        """The camera's image size in pixels (0 = unknown), keeping the tracks: coasted boxes
+        are reported only while they lie inside it."""
+        values = check_params({**self._params, "frame_width": width, "frame_height": height})
+        self._core.configure(**_core_params(values))
+        self._params = values
 
     def set_frame_rate(self, frame_rate: float) -> None:
         """Re-time the tracker for a new ``frame_rate`` (frames/s), keeping its tracks: the

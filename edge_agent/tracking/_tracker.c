@@ -55,6 +55,7 @@ typedef struct {
     long long id;   /* 0 while tentative */
     long fsu;       /* frames since the last matched detection */
     int state, hits, misses;
+    int coasted;    /* lost, but its predicted box is reported this frame (coast_frames) */
 } Track;
 
 typedef struct {
@@ -65,6 +66,8 @@ typedef struct {
     int fuse_score, observation_centric, active_first, adaptive;
     long score_window;
     long probation_age, max_tentative_misses, max_shadow_age, coast_frames;
+    double coast_overlap;         /* a coasted box must overlap every active box less */
+    double frame_w, frame_h;      /* image size; 0 = unknown (no inside-the-image check) */
     KFParams kfp;
 } Params;
 
@@ -582,16 +585,58 @@ static void stage(CoreObject *self, Py_ssize_t n, int st1, int st2, double dlo, 
     }
 }
 
+/* Is track t reported this frame although lost? Only for coast_frames after its last match,
+ * while its predicted box lies wholly inside the image (when the image size is known: a track
+ * leaving the picture is gone, not missed) and overlaps no active track's box by coast_overlap
+ * IoU or more (there the detection most likely went to that track: the person is occluded or
+ * the lost track was a duplicate). */
+static int track_coasts(const CoreObject *self, const Track *t)
+{
+    const Params *p = &self->p;
+    if (t->state != ST_LOST || t->fsu > p->coast_frames) return 0;
+    const double *b = t->box;
+    if (p->frame_w > 0 && p->frame_h > 0 &&
+        !(b[0] >= 0 && b[1] >= 0 && b[2] <= p->frame_w && b[3] <= p->frame_h))
+        return 0;
+    if (p->coast_overlap < 1.0) {
+        for (Py_ssize_t i = 0; i < self->ntracks; i++) {
+            const Track *a = &self->tracks[i];
+            if (a->state == ST_ACTIVE && a->cls == t->cls &&
+                box_iou(a->box, b) >= p->coast_overlap)
+                return 0;
+        }
+    }
+    return 1;
+}
+
+static void mark_coasting(CoreObject *self)
+{
+    int on = self->p.coast_frames > 0;
+    for (Py_ssize_t i = 0; i < self->ntracks; i++) {
+        Track *t = &self->tracks[i];
+        t->coasted = on && track_coasts(self, t);
+    }
+}
+
+/* Rows of the tracks in `want_state`: ST_ACTIVE reports the coasted lost tracks too, and
+ * ST_LOST leaves them out (each track is in one of the two lists). */
+static int track_listed(const Track *t, int want_state)
+{
+    if (want_state == ST_ACTIVE) return t->state == ST_ACTIVE || t->coasted;
+    if (want_state == ST_LOST) return t->state == ST_LOST && !t->coasted;
+    return t->state == want_state;
+}
+
 static PyObject *write_rows(CoreObject *self, int want_state)
 {
     Py_ssize_t m = 0;
-    for (Py_ssize_t i = 0; i < self->ntracks; i++) m += self->tracks[i].state == want_state;
+    for (Py_ssize_t i = 0; i < self->ntracks; i++) m += track_listed(&self->tracks[i], want_state);
     PyObject *out = PyByteArray_FromStringAndSize(NULL, m * OUT_COLS * (Py_ssize_t)sizeof(double));
     if (!out) return NULL;
     double *o = (double *)PyByteArray_AS_STRING(out);
     for (Py_ssize_t i = 0; i < self->ntracks; i++) {
         const Track *t = &self->tracks[i];
-        if (t->state != want_state) continue;
+        if (!track_listed(t, want_state)) continue;
         o[0] = t->box[0];
         o[1] = t->box[1];
         o[2] = t->box[2];
@@ -617,6 +662,7 @@ static PyObject *Core_update(CoreObject *self, PyObject *arg)
             if (t->state == ST_LOST && t->fsu > p->max_shadow_age) t->state = ST_DEAD;
         }
         compact(self);
+        mark_coasting(self);
         return write_rows(self, ST_ACTIVE);
     }
     /* Validate and reserve everything first: an error leaves the tracker untouched. */
@@ -659,8 +705,8 @@ static PyObject *Core_update(CoreObject *self, PyObject *arg)
         if (tmatched[i]) continue;
         if (t->state == ST_TENTATIVE) {
             if (++t->misses > p->max_tentative_misses) t->state = ST_DEAD;
-        } else if (t->state == ST_ACTIVE && t->fsu > p->coast_frames) {
-            t->state = ST_LOST;
+        } else if (t->state == ST_ACTIVE) {
+            t->state = ST_LOST; /* reported for coast_frames more if it coasts (below) */
         }
         if (t->state == ST_LOST && t->fsu > p->max_shadow_age) t->state = ST_DEAD;
     }
@@ -685,6 +731,7 @@ static PyObject *Core_update(CoreObject *self, PyObject *arg)
         if (p->probation_age <= 1 || self->frame_count == 1) track_confirm(self, t);
     }
     compact(self);
+    mark_coasting(self);
     return write_rows(self, ST_ACTIVE);
 }
 
@@ -722,9 +769,10 @@ static int parse_params(PyObject *args, PyObject *kwds, Params *p)
                              "direction_delta", "fuse_score", "observation_centric",
                              "active_first", "adaptive", "score_window", "probation_age",
                              "max_tentative_misses", "max_shadow_age", "coast_frames",
+                             "coast_overlap", "frame_width", "frame_height",
                              "std_weight_position", "std_weight_measurement",
                              "std_weight_velocity", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$ddddddddddlpppplllllddd", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$ddddddddddlppppllllldddddd", kwlist,
                                      &p->high_thresh, &p->low_thresh, &p->new_track_thresh,
                                      &p->match_thresh, &p->low_match_thresh,
                                      &p->tentative_match_thresh, &p->recovery_thresh,
@@ -733,13 +781,15 @@ static int parse_params(PyObject *args, PyObject *kwds, Params *p)
                                      &p->observation_centric, &p->active_first, &p->adaptive,
                                      &p->score_window, &p->probation_age,
                                      &p->max_tentative_misses, &p->max_shadow_age,
-                                     &p->coast_frames, &p->kfp.w_pos, &p->kfp.w_meas,
+                                     &p->coast_frames, &p->coast_overlap, &p->frame_w,
+                                     &p->frame_h, &p->kfp.w_pos, &p->kfp.w_meas,
                                      &p->kfp.w_vel))
         return -1;
     /* The wrapper checks ranges with friendlier messages; this guards the C invariants. */
     if (p->probation_age < 1 || p->direction_delta < 1 || !(p->iou_buffer >= 0) ||
         !(p->shadow_buffer >= 0) || p->max_tentative_misses < 0 || p->max_shadow_age < 0 ||
-        p->coast_frames < 0 || p->score_window < 1 || p->score_window > 1000000 ||
+        p->coast_frames < 0 || !(p->coast_overlap >= 0) || !(p->frame_w >= 0) ||
+        !(p->frame_h >= 0) || p->score_window < 1 || p->score_window > 1000000 ||
         !(p->kfp.w_pos > 0) || !(p->kfp.w_vel > 0) || !(p->kfp.w_meas > 0) ||
         !isfinite(p->kfp.w_pos) || !isfinite(p->kfp.w_vel) || !isfinite(p->kfp.w_meas)) {
         PyErr_SetString(PyExc_ValueError, "invalid tracker parameters");
