@@ -1,7 +1,7 @@
 """One backbone for three heads vs three single-head models vs the COCO YOLOX-nano (CPU, ORT).
 
     .venv/bin/python bench/multihead_bench.py [--model engines/models/edge_multihead.onnx]
-        [--shared ../shared] [--runs 40] [--threads 1]
+        [--model OTHER.onnx ...] [--shared ../shared] [--runs 40] [--repeat 1] [--threads 1]
 
 The single-head models are cut out of the multi-head ONNX file itself (``onnx.utils.Extractor``
 from the input to one head's output), so each is exactly the same backbone, neck and head at the
@@ -9,6 +9,9 @@ same input: what a DeepStream-style chain of a primary and two secondary detecto
 "three together" is the sum of the three single-head latencies. All sessions run in this
 process, interleaved call by call, on the same letterboxed Retail02 frame, so load from other
 processes hits them alike. Ratios are what the result is: multi / three, multi / COCO.
+Several ``--model`` files (e.g. untrained head designs, to choose one before training) are
+interleaved in the same loop; ``--repeat N`` runs the whole measurement N times and reports the
+ratios of each repeat and their median.
 """
 
 from __future__ import annotations
@@ -49,50 +52,83 @@ def session(path: Path, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 
+def bench_once(models, sess_in, runs: int) -> Dict[str, Dict[str, float]]:
+    """One interleaved measurement: p50 latencies and the two ratios for every model."""
+    names = [k for k in sess_in]
+    times: Dict[str, list] = {k: [] for k in names}
+    for i in range(runs + 3):
+        for name in names:
+            s, inp = sess_in[name]
+            t0 = time.perf_counter()
+            s.run(None, {"images": inp})
+            if i >= 3:
+                times[name].append((time.perf_counter() - t0) * 1e3)
+    p50 = {k: float(np.percentile(v, 50)) for k, v in times.items()}
+    res = {}
+    for m, heads in models.items():
+        three = sum(p50[f"{m}: single {h}"] for h in heads)
+        res[m] = {"multi_ms": p50[f"{m}: multi-head"], "three_single_ms": three,
+                  "coco_ms": p50["COCO YOLOX-nano"],
+                  "single_ms": {h: p50[f"{m}: single {h}"] for h in heads},
+                  "multi_over_three": p50[f"{m}: multi-head"] / three,
+                  "multi_over_coco": p50[f"{m}: multi-head"] / p50["COCO YOLOX-nano"]}
+    return res
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="engines/models/edge_multihead.onnx")
+    ap.add_argument("--model", action="append",
+                    help="multi-head ONNX with its manifest (repeatable; default "
+                         "engines/models/edge_multihead.onnx)")
     ap.add_argument("--shared", default="../shared")
     ap.add_argument("--runs", type=int, default=40, help="timed calls per model (after 3 warm-up)")
+    ap.add_argument("--repeat", type=int, default=1, help="whole measurements, reported each")
     ap.add_argument("--threads", type=int, default=1, help="ORT intra-op threads")
     ap.add_argument("--json", help="write the numbers here too")
     a = ap.parse_args(argv)
-    model = Path(a.model)
-    man = mf.resolve(model)
+    paths = [Path(p) for p in (a.model or ["engines/models/edge_multihead.onnx"])]
     coco = Path(a.shared) / "weights" / "yolox_nano_coco.onnx"
     coco_man = mf.resolve(coco)
     frame = bench_frames(str(Path(a.shared) / "data/video/nvidia_Retail02_short.mp4"), 1)[0]
-    x = Preprocessor(man.input)([frame])[0].copy()
     xc = Preprocessor(coco_man.input)([frame])[0].copy()
+    sess: Dict[str, tuple] = {"COCO YOLOX-nano": (session(coco, a.threads), xc)}
+    models: Dict[str, list] = {}
+    inputs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        singles = single_head_models(model, list(man.heads), Path(tmp))
-        sess = {"multi-head": (session(model, a.threads), x)}
-        for h, p in singles.items():
-            sess[f"single {h}"] = (session(p, a.threads), x)
-        sess["COCO YOLOX-nano"] = (session(coco, a.threads), xc)
-        times: Dict[str, list] = {k: [] for k in sess}
-        for i in range(a.runs + 3):
-            for name, (s, inp) in sess.items():
-                t0 = time.perf_counter()
-                s.run(None, {"images": inp})
-                if i >= 3:
-                    times[name].append((time.perf_counter() - t0) * 1e3)
-    p50 = {k: float(np.percentile(v, 50)) for k, v in times.items()}
-    three = sum(v for k, v in p50.items() if k.startswith("single "))
-    res = {"input": f"{man.input.height}x{man.input.width}",
-           "coco_input": f"{coco_man.input.height}x{coco_man.input.width}",
-           "threads": a.threads, "runs": a.runs, "p50_ms": p50, "three_single_ms": three,
-           "multi_over_three": p50["multi-head"] / three,
-           "multi_over_coco": p50["multi-head"] / p50["COCO YOLOX-nano"]}
-    print(f"input {res['input']} (COCO {res['coco_input']}), {a.threads} thread(s), "
-          f"p50 of {a.runs} interleaved calls")
-    for k, v in p50.items():
-        print(f"  {k:18s} {v:8.2f} ms")
-    print(f"  {'three together':18s} {three:8.2f} ms")
-    print(f"multi-head / three single-head = {res['multi_over_three']:.3f} (goal <= 0.45)")
-    print(f"multi-head / COCO YOLOX-nano   = {res['multi_over_coco']:.3f} (goal <= 1.3)")
+        for k, model in enumerate(paths):
+            man = mf.resolve(model)
+            x = Preprocessor(man.input)([frame])[0].copy()
+            m = str(model)
+            models[m] = list(man.heads)
+            inputs[m] = f"{man.input.height}x{man.input.width}"
+            sess[f"{m}: multi-head"] = (session(model, a.threads), x)
+            sub = Path(tmp) / str(k)
+            sub.mkdir()
+            for h, p in single_head_models(model, list(man.heads), sub).items():
+                sess[f"{m}: single {h}"] = (session(p, a.threads), x)
+        reps = [bench_once(models, sess, a.runs) for _ in range(a.repeat)]
+    print(f"{a.threads} thread(s), p50 of {a.runs} interleaved calls, {a.repeat} repeat(s); "
+          f"COCO input {coco_man.input.height}x{coco_man.input.width}")
+    out = {"threads": a.threads, "runs": a.runs, "repeat": a.repeat,
+           "coco_input": f"{coco_man.input.height}x{coco_man.input.width}", "models": {}}
+    for m in models:
+        r_three = [r[m]["multi_over_three"] for r in reps]
+        r_coco = [r[m]["multi_over_coco"] for r in reps]
+        last = reps[-1][m]
+        print(f"{m} (input {inputs[m]})")
+        print(f"  multi-head {last['multi_ms']:.2f} ms, "
+              + ", ".join(f"single {h} {v:.2f}" for h, v in last["single_ms"].items())
+              + f", three together {last['three_single_ms']:.2f}, COCO {last['coco_ms']:.2f} ms"
+              + (" (last repeat)" if a.repeat > 1 else ""))
+        print(f"  multi-head / three single-head = {np.median(r_three):.3f} (goal <= 0.45)"
+              + (f"  repeats {', '.join(f'{v:.3f}' for v in r_three)}" if a.repeat > 1 else ""))
+        print(f"  multi-head / COCO YOLOX-nano   = {np.median(r_coco):.3f} (goal <= 1.3)"
+              + (f"  repeats {', '.join(f'{v:.3f}' for v in r_coco)}" if a.repeat > 1 else ""))
+        out["models"][m] = {"input": inputs[m], "repeats": [r[m] for r in reps],
+                            "multi_over_three": float(np.median(r_three)),
+                            "multi_over_coco": float(np.median(r_coco))}
     if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=1))
+        Path(a.json).write_text(json.dumps(out, indent=1))
     return 0
 
 

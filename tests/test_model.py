@@ -162,9 +162,40 @@ def _targets(h, w):
     return L.to_tensors(boxes, ignore)
 
 
-def test_head_gets_zero_gradient_from_a_sample_that_does_not_label_it():
+LIGHT = {"weapon": N.HeadSpec(32, 1), "plate": N.HeadSpec(48, 0)}
+
+
+def test_light_heads_load_the_coco_head_cut_to_their_shape(yolox_nano):
+    ref = N.coco_reference(yolox_nano)
+    net = N.MultiHeadNet(HEADS, LIGHT)
+    rep = N.load_coco(net, yolox_nano, {"crowd": [0]})
+    assert all("cls_preds" in k and "crowd" not in k for k in rep.missing)
+    w = net.heads["weapon"]
+    assert len(w.cls_convs[0]) == 1 and len(net.heads["plate"].reg_convs[2]) == 0
+    assert len(net.heads["crowd"].cls_convs[1]) == 2  # not listed: the COCO head
+    # the first 32 output channels of COCO's stem, its first branch conv cut to 32 x 32
+    assert torch.equal(w.stems[1].conv.weight, ref.head.stems[1].conv.weight[:32])
+    assert torch.equal(w.reg_convs[0][0].pconv.conv.weight,
+                       ref.head.reg_convs[0][0].pconv.conv.weight[:32, :32])
+    assert torch.equal(w.reg_preds[2].weight, ref.head.reg_preds[2].weight[:, :32])
+    assert net.heads["plate"].obj_preds[0].weight.shape[1] == 48
+    # fewer parameters than a COCO head
+    size = {h: sum(p.numel() for p in m.parameters()) for h, m in net.heads.items()}
+    assert size["weapon"] < size["crowd"] / 2 and size["plate"] < size["crowd"] / 2
+
+
+@pytest.mark.parametrize("width, convs", [(4, 0), (65, 1), (32, 3), (32.0, 1)])
+def test_bad_head_spec_is_refused(width, convs):
+    with pytest.raises(ValueError, match="width|convs"):
+        N.HeadSpec(width, convs)
+    with pytest.raises(ValueError, match="unknown heads"):
+        N.MultiHeadNet(HEADS, {"knife": N.HeadSpec(32, 1)})
+
+
+@pytest.mark.parametrize("specs", [None, LIGHT], ids=["coco-heads", "light-heads"])
+def test_head_gets_zero_gradient_from_a_sample_that_does_not_label_it(specs):
     torch.manual_seed(0)
-    net = N.MultiHeadNet(HEADS)
+    net = N.MultiHeadNet(HEADS, specs)
     h, w = 64, 96
     x = (torch.rand(2, 3, h, w) * 255).requires_grad_(True)
     tb, ti = _targets(h, w)
@@ -239,6 +270,9 @@ def test_tiny_model_trains_resumes_and_exports(tmp_path, yolox_nano):
     assert all(np.isfinite(v) for v in rec["loss"].values())
     assert set(rec["val"]) == {"weapon", "crowd", "plate"}
     frozen = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
+    assert frozen["heads.weapon.stems.0.conv.weight"].shape[0] == 32  # the light default
+    assert "heads.weapon.cls_convs.0.1.dconv.conv.weight" not in frozen
+    assert "heads.crowd.cls_convs.0.1.dconv.conv.weight" in frozen
     cfg.stage_b.epochs = 1  # --resume continues with the next epoch (stage B)
     rec = T.run(cfg, resume=True, progress=False)
     assert rec["epoch"] == 2 and rec["stage"] == "B" and "crowd" in rec["loss"]
@@ -260,6 +294,51 @@ def test_tiny_model_trains_resumes_and_exports(tmp_path, yolox_nano):
         assert eng.manifest.heads == HEADS and eng.manifest.input.batch is None
         res = eng.infer([np.zeros((48, 64, 3), np.uint8), np.zeros((720, 1280, 3), np.uint8)])
         assert len(res.detections) == 2 and set(res.detections[0]) == set(HEADS)
+
+
+def test_head_design_config_defaults_and_errors(tmp_path):
+    from edge_agent.model.train import TrainConfig
+
+    base = ("name: x\nversion: 1\nheads: {weapon: [gun], crowd: [person], plate: [plate]}\n"
+            "init: {classes: {crowd: [0]}}\ntrain: []\nval: []\n")
+    f = tmp_path / "t.yaml"
+    f.write_text(base)
+    specs = TrainConfig.load(f).head_specs()
+    # crowd takes a COCO classifier: the full COCO head; new heads: the light default
+    assert specs == {"weapon": N.HeadSpec(32, 1), "crowd": N.HeadSpec(64, 2),
+                     "plate": N.HeadSpec(32, 1)}
+    f.write_text(base + "head_design: {plate: {width: 64}, crowd: {convs: 1}}\n")
+    specs = TrainConfig.load(f).head_specs()
+    assert specs["plate"] == N.HeadSpec(64, 1) and specs["crowd"] == N.HeadSpec(64, 1)
+    for bad, msg in [("{knife: {width: 32}}", "'knife' is not a head"),
+                     ("{plate: {width: 128}}", "plate: width must be an integer in 8..64"),
+                     ("{plate: {convs: 3}}", "plate: convs must be 0, 1 or 2"),
+                     ("{plate: {depth: 1}}", "plate: expected"),
+                     ("[32, 1]", "expected a mapping")]:
+        f.write_text(base + f"head_design: {bad}\n")
+        with pytest.raises(SystemExit, match=f"{f}: head_design: .*{msg}"):
+            TrainConfig.load(f)
+
+
+def test_train_config_builds_the_shipped_architecture():
+    """`make model` trains what is shipped: configs/train.yaml's heads and head designs give the
+    conv weights of engines/models/edge_multihead.onnx, shape for shape."""
+    import onnx
+    from onnx import numpy_helper
+
+    from edge_agent.model.train import TrainConfig, build_net
+
+    cfg = TrainConfig.load(REPO / "configs" / "train.yaml")
+    assert cfg.head_specs()["crowd"] == N.COCO_HEAD  # crowd is always the COCO person head
+    net = build_net(cfg, load_weights=False)
+    ours = sorted(tuple(m.weight.shape) for m in net.modules() if isinstance(m, torch.nn.Conv2d))
+    model = onnx.load(str(REPO / "engines" / "models" / "edge_multihead.onnx"))
+    inits = {t.name: t for t in model.graph.initializer}
+    shipped = sorted(tuple(numpy_helper.to_array(inits[n.input[1]]).shape)
+                     for n in model.graph.node if n.op_type == "Conv")
+    assert ours == shipped
+    nc = TrainConfig.load(REPO / "configs" / "train-nc.yaml")
+    assert nc.head_specs() == cfg.head_specs()  # the NC variant: same network, more data
 
 
 def test_train_cli_errors(tmp_path):

@@ -164,8 +164,8 @@ def export(ckpt: Path, out: Path, check: bool = True, val_limit: Optional[int] =
     from edge_agent.model.data import CombinedDataset, collate
     from edge_agent.model.train import _limit, build_data, validate
 
-    torch.set_num_threads(2)
     model, cfg, ck = load_checkpoint(ckpt, config)
+    torch.set_num_threads(cfg.threads)  # as in training: 2 threads on 2 busy cores crawl
     h, w = cfg.hw
     to_onnx(model, h, w, out)
     report: Dict[str, Any] = {"opset": OPSET, "checkpoint_epoch": int(ck["epoch"]) + 1}

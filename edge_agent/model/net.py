@@ -6,7 +6,9 @@ folded into the convolutions, so every conv here has a bias and there is no Batc
 backbone's normalisation is frozen by construction in both training stages.
 
 Each head (``weapon``, ``crowd``, ``plate``, ...) has its own stems and cls / reg / obj branches
-at strides 8, 16, 32. A head returns raw maps; :func:`decode` turns them into boxes.
+at strides 8, 16, 32. A head returns raw maps; :func:`decode` turns them into boxes. A head's
+design (:class:`HeadSpec`: width, convs per branch) is set per head; the COCO head is width 64
+with two convs per branch, and a lighter head is what keeps three heads cheap.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -24,6 +26,28 @@ log = logging.getLogger(__name__)
 STRIDES = (8, 16, 32)
 NECK_CHANNELS = (64, 128, 256)  # channels of the stride 8 / 16 / 32 features
 HEAD_WIDTH = 64
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """One head's design: channels of its stems and branches, depthwise convs per branch.
+
+    ``HeadSpec(64, 2)`` is the COCO YOLOX-nano head. Narrower or shallower heads load the COCO
+    tensors cut to their shape (the first ``width`` channels, the first ``convs`` convs).
+    """
+
+    width: int = HEAD_WIDTH
+    convs: int = 2
+
+    def __post_init__(self):
+        if not (isinstance(self.width, int) and 8 <= self.width <= HEAD_WIDTH):
+            raise ValueError(f"head width must be an integer in 8..{HEAD_WIDTH}, "
+                             f"got {self.width!r}")
+        if not (isinstance(self.convs, int) and 0 <= self.convs <= 2):
+            raise ValueError(f"head convs must be 0, 1 or 2, got {self.convs!r}")
+
+
+COCO_HEAD = HeadSpec(HEAD_WIDTH, 2)
 
 
 class Conv(nn.Module):
@@ -145,14 +169,16 @@ class Head(nn.Module):
     objectness logit, class logits.
     """
 
-    def __init__(self, num_classes: int, width: int = HEAD_WIDTH):
+    def __init__(self, num_classes: int, spec: HeadSpec = COCO_HEAD):
         super().__init__()
         self.num_classes = num_classes
+        self.spec = spec
+        width, n = spec.width, spec.convs
         self.stems = nn.ModuleList([Conv(c, width, 1) for c in NECK_CHANNELS])
         self.cls_convs = nn.ModuleList(
-            [nn.Sequential(DWConv(width, width), DWConv(width, width)) for _ in STRIDES])
+            [nn.Sequential(*[DWConv(width, width) for _ in range(n)]) for _ in STRIDES])
         self.reg_convs = nn.ModuleList(
-            [nn.Sequential(DWConv(width, width), DWConv(width, width)) for _ in STRIDES])
+            [nn.Sequential(*[DWConv(width, width) for _ in range(n)]) for _ in STRIDES])
         self.cls_preds = nn.ModuleList([nn.Conv2d(width, num_classes, 1) for _ in STRIDES])
         self.reg_preds = nn.ModuleList([nn.Conv2d(width, 4, 1) for _ in STRIDES])
         self.obj_preds = nn.ModuleList([nn.Conv2d(width, 1, 1) for _ in STRIDES])
@@ -170,15 +196,24 @@ class Head(nn.Module):
 
 
 class MultiHeadNet(nn.Module):
-    """Shared body plus one :class:`Head` per task; ``forward`` returns raw maps by head."""
+    """Shared body plus one :class:`Head` per task; ``forward`` returns raw maps by head.
 
-    def __init__(self, heads: Dict[str, Sequence[str]]):
+    ``specs[name]`` is that head's design; heads not listed get the COCO head's.
+    """
+
+    def __init__(self, heads: Dict[str, Sequence[str]],
+                 specs: Optional[Dict[str, HeadSpec]] = None):
         super().__init__()
         if not heads:
             raise ValueError("at least one head is needed")
+        specs = dict(specs or {})
+        unknown = sorted(set(specs) - set(heads))
+        if unknown:
+            raise ValueError(f"head designs for unknown heads {unknown}; heads are {list(heads)}")
         self.head_classes = {name: list(classes) for name, classes in heads.items()}
         self.body = Body()
-        self.heads = nn.ModuleDict({name: Head(len(c)) for name, c in self.head_classes.items()})
+        self.heads = nn.ModuleDict({name: Head(len(c), specs.get(name, COCO_HEAD))
+                                    for name, c in self.head_classes.items()})
 
     def forward(self, x) -> Dict[str, List[torch.Tensor]]:
         feats = self.body(x)
@@ -285,12 +320,19 @@ def coco_reference(path: Path) -> nn.Module:
     return ref
 
 
+def _cut(t: torch.Tensor, shape) -> torch.Tensor:
+    """The leading ``shape`` block of ``t`` (a narrower head keeps COCO's first channels)."""
+    return t[tuple(slice(0, d) for d in shape)].clone()
+
+
 def load_coco(net: MultiHeadNet, path: Path, init_from: Dict[str, Sequence[int]]) -> LoadReport:
     """Load the COCO YOLOX-nano into ``net``: the body, and every head's stems and branches.
 
     ``init_from[head]`` lists the COCO class ids whose classifier rows start that head's classes
     (e.g. ``{"crowd": [0]}``: person); heads not listed start their classifier from a low prior
-    (sigmoid ~0.01) and everything else from the COCO head.
+    (sigmoid ~0.01) and everything else from the COCO head. A lighter head (see
+    :class:`HeadSpec`) takes the COCO tensors cut to its shape: its first ``width`` channels and
+    its first ``convs`` convs per branch, so a one-conv branch starts from COCO's first conv.
     """
     ref = coco_reference(Path(path))
     loaded, missing = [], []
@@ -304,16 +346,18 @@ def load_coco(net: MultiHeadNet, path: Path, init_from: Dict[str, Sequence[int]]
         ids = list(init_from.get(hname, []))
         for k, v in ref_head.items():
             key = f"heads.{hname}.{k}"
+            if key not in ours:
+                continue  # a conv this (shallower) head does not have
             if k.startswith("cls_preds."):
                 if len(ids) == head.num_classes:
-                    new[key] = v[ids].clone()
+                    new[key] = _cut(v[ids], ours[key].shape)
                     loaded.append(key)
                 else:
                     missing.append(key)
                     new[key] = (torch.full_like(ours[key], -4.6) if k.endswith("bias")
                                 else torch.randn_like(ours[key]) * 0.01)
             else:
-                new[key] = v.clone()
+                new[key] = _cut(v, ours[key].shape)
                 loaded.append(key)
     net.load_state_dict(new)
     report = LoadReport(loaded, missing, [])

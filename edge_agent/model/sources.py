@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import re
 import sys
 from pathlib import Path
@@ -81,8 +82,10 @@ def video_frames(path: Path, every: int, start: float, end: float, cache: Path):
                 break
             if i >= lo and (i - lo) % every == 0:
                 f = out_dir / f"{i:06d}.jpg"
-                if not f.is_file():
-                    cv2.imwrite(str(f), frame, [cv2.IMWRITE_JPEG_QUALITY, 92])
+                if not f.is_file():  # written aside then renamed: a parallel run reads whole files
+                    tmp = f.with_name(f"{f.stem}.{os.getpid()}.tmp.jpg")
+                    cv2.imwrite(str(tmp), frame, [cv2.IMWRITE_JPEG_QUALITY, 92])
+                    tmp.replace(f)
                 items.append((f, (frame.shape[1], frame.shape[0]), D.EMPTY.copy()))
             i += 1
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence
@@ -62,7 +63,7 @@ def label(samples: Sequence[Sample], cfg: TeacherConfig, cache: Path) -> int:
         store = json.loads(cache.read_text(encoding="utf-8"))
     todo = [s for s in samples if cfg.head not in s.boxes and str(s.image) not in store]
     if todo:
-        engine = open_teacher(cfg)
+        engine = open_teacher(cfg, threads=1)  # one thread: the machine's cores are shared
         try:
             for s in todo:
                 img = cv2.imread(str(s.image), cv2.IMREAD_COLOR)
@@ -72,7 +73,11 @@ def label(samples: Sequence[Sample], cfg: TeacherConfig, cache: Path) -> int:
         finally:
             engine.close()
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(store), encoding="utf-8")
+        if cache.is_file():  # another run (NC=1 beside the default) may have added images
+            store = {**json.loads(cache.read_text(encoding="utf-8")), **store}
+        tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(store), encoding="utf-8")
+        tmp.replace(cache)  # atomic: a parallel run never reads half a file
         log.info("teacher labelled %d images (%s)", len(todo), cache)
     for s in samples:
         if cfg.head in s.boxes:

@@ -25,6 +25,11 @@ import yaml
 log = logging.getLogger(__name__)
 
 
+# A new head's default design: 32 channels, one depthwise conv per branch (COCO: 64, two).
+# bench/multihead_bench.py measured it cheapest among designs that keep a 3x3 branch conv.
+DEFAULT_HEAD = {"width": 32, "convs": 1}
+
+
 @dataclass
 class Stage:
     epochs: int = 1
@@ -60,6 +65,8 @@ class TrainConfig:
     distill: Optional[Dict[str, Any]] = None
     description: str = ""
     licence: str = ""
+    # per head {width: 8..64, convs: 0..2}; see head_specs() for the defaults
+    head_design: Dict[str, Dict[str, int]] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
@@ -79,9 +86,48 @@ class TrainConfig:
             if k in data:
                 data[k] = Stage(**data[k])
         try:
-            return cls(**data)
+            cfg = cls(**data)
         except TypeError as exc:
             raise SystemExit(f"train config {path}: {exc}") from None
+        problem = cfg.head_design_problem()
+        if problem:
+            raise SystemExit(f"train config {path}: head_design: {problem}")
+        return cfg
+
+    def head_design_problem(self) -> Optional[str]:
+        """What is wrong with ``head_design``, or None."""
+        if not isinstance(self.head_design, dict):
+            return "expected a mapping of head name to {width, convs}"
+        for name, d in self.head_design.items():
+            if name not in self.heads:
+                return f"{name!r} is not a head (heads: {list(self.heads)})"
+            if not isinstance(d, dict) or set(d) - {"width", "convs"}:
+                return f"{name}: expected {{width: 8..64, convs: 0..2}}, got {d!r}"
+            w, c = d.get("width", DEFAULT_HEAD["width"]), d.get("convs", DEFAULT_HEAD["convs"])
+            if type(w) is not int or not 8 <= w <= 64:
+                return f"{name}: width must be an integer in 8..64, got {w!r}"
+            if type(c) is not int or not 0 <= c <= 2:
+                return f"{name}: convs must be 0, 1 or 2, got {c!r}"
+        return None
+
+    def head_specs(self) -> Dict[str, Any]:
+        """Each head's :class:`~edge_agent.model.net.HeadSpec`.
+
+        A head listed in ``head_design`` gets what it says. Otherwise a head whose classifier
+        starts from COCO classes (``init.classes``, e.g. crowd) keeps the full COCO head
+        (width 64, two convs per branch), and a new head gets the light one (``DEFAULT_HEAD``);
+        a key missing from a listed head's entry comes from that same default.
+        """
+        from edge_agent.model.net import COCO_HEAD, HeadSpec
+
+        coco = set(self.init.get("classes", {}) or {})
+        out = {}
+        for name in self.heads:
+            base = ({"width": COCO_HEAD.width, "convs": COCO_HEAD.convs} if name in coco
+                    else DEFAULT_HEAD)
+            d = {**base, **self.head_design.get(name, {})}  # a key left out: that default's
+            out[name] = HeadSpec(int(d["width"]), int(d["convs"]))
+        return out
 
     @property
     def hw(self):
@@ -115,7 +161,7 @@ def build_data(cfg: TrainConfig):
 def build_net(cfg: TrainConfig, load_weights: bool = True):
     from edge_agent.model import net as N
 
-    model = N.MultiHeadNet(cfg.heads)
+    model = N.MultiHeadNet(cfg.heads, cfg.head_specs())
     if load_weights and cfg.init.get("weights"):
         rep = N.load_coco(model, Path(cfg.init["weights"]), cfg.init.get("classes", {}))
         print(rep.summary(), file=sys.stderr)
