@@ -138,21 +138,29 @@ class HealthProbe:
         """None when healthy, else why not (call after :attr:`done`, or on timeout)."""
         with self._lock:
             r = self.report
-            if r.batches < self.policy.batches:
-                return (f"only {r.batches} of {self.policy.batches} batches within "
-                        f"{self.policy.timeout_s:g} s (no frames?)")
             if r.errors:
                 return (f"{r.errors} of {r.batches} batches failed on the new engine "
                         f"(first: {r.first_error})")
-            if r.new_ms and r.old_ms:
-                new, old = float(np.median(r.new_ms)), float(np.median(r.old_ms))
-                bound = self.policy.latency_factor * old + LATENCY_SLACK_MS
-                if new > bound:
-                    return (f"too slow: median {new:.1f} ms per batch vs {old:.1f} ms for the old "
-                            f"engine (bound {self.policy.latency_factor:g}x + "
-                            f"{LATENCY_SLACK_MS:g} ms = {bound:.1f} ms)")
+            # Before the batch count: a model too slow to finish the check in time is too slow.
+            slow = self._too_slow(r)
+            if slow:
+                return slow
+            if r.batches < self.policy.batches:
+                return (f"only {r.batches} of {self.policy.batches} batches within "
+                        f"{self.policy.timeout_s:g} s (no frames?)")
             if self.policy.require_detections and r.frames_old_found \
                     and r.frames_new_found_there == 0:
                 return (f"the new engine found nothing on the {r.frames_old_found} frame(s) where "
                         "the old one found objects")
             return None
+
+    def _too_slow(self, r: HealthReport) -> Optional[str]:
+        if not (r.new_ms and r.old_ms):
+            return None
+        new, old = float(np.median(r.new_ms)), float(np.median(r.old_ms))
+        bound = self.policy.latency_factor * old + LATENCY_SLACK_MS
+        if new <= bound:
+            return None
+        return (f"too slow: median {new:.1f} ms per batch vs {old:.1f} ms for the old engine "
+                f"(bound {self.policy.latency_factor:g}x + {LATENCY_SLACK_MS:g} ms = "
+                f"{bound:.1f} ms)")
