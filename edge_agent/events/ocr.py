@@ -63,6 +63,11 @@ def vote(reads: List[Tuple[str, float]]) -> Tuple[Optional[str], Optional[float]
     return best, s / counts[best]
 
 
+def det_scale(box: pc.Box) -> float:
+    """The upscale (1..MAX_UPSCALE) that makes ``box`` DET_BOX_HEIGHT px tall."""
+    return float(np.clip(DET_BOX_HEIGHT / max(box[3] - box[1], 1.0), 1.0, MAX_UPSCALE))
+
+
 class Recogniser:
     """A PP-OCR CTC text-line recogniser (ONNX): image -> (text, mean character confidence),
     decoded over blank, A-Z and 0-9 only (a plate has no punctuation or CJK, and where the
@@ -166,9 +171,7 @@ class PlateOCR:
 
     def find_line(self, crop: pc.PlateCrop) -> Optional[pc.Box]:
         """The plate's character line in a search region, or None."""
-        bh = max(crop.box[3] - crop.box[1], 1.0)
-        scale = float(np.clip(DET_BOX_HEIGHT / bh, 1.0, MAX_UPSCALE))
-        return pc.pick_line(self.lines(crop.image, scale), crop.box)
+        return pc.pick_line(self.lines(crop.image, det_scale(crop.box)), crop.box)
 
     def read(self, crops: Sequence[Any]) -> Tuple[Optional[str], Optional[float]]:
         """The voted text of one track's crops, and its mean confidence (None, None if none)."""
@@ -189,8 +192,7 @@ class PlateOCR:
         """Read of the regions fused on the grid of the one with the tallest box (upscaled so
         that box is DET_BOX_HEIGHT px tall), and how many frames went in (0: no line found)."""
         ref = max(crops, key=lambda c: c.box[3] - c.box[1])
-        scale = float(np.clip(DET_BOX_HEIGHT / max(ref.box[3] - ref.box[1], 1.0), 1.0,
-                              MAX_UPSCALE))
+        scale = det_scale(ref.box)
         others = [c for c in crops if c is not ref]
         fused, n = pc.fuse([pc.on_grid(c, ref, scale) for c in [ref] + others])
         line = pc.pick_line(self.lines(fused, 1.0), tuple(v * scale for v in ref.box))

@@ -36,15 +36,23 @@ class PlateCrop(NamedTuple):
     box: Box
 
 
+def grown(image: np.ndarray, box: Box, grow_x: float, grow_y: float) -> Tuple[int, int, int, int]:
+    """Integer pixel bounds (x1, y1, x2, y2) of ``box`` grown by ``grow_x`` / ``grow_y`` of its
+    width / height on each side, clipped to ``image`` (may be empty)."""
+    h, w = image.shape[:2]
+    bw, bh = box[2] - box[0], box[3] - box[1]
+    xa, ya = max(0, int(box[0] - grow_x * bw)), max(0, int(box[1] - grow_y * bh))
+    xb, yb = min(w, int(np.ceil(box[2] + grow_x * bw))), min(h, int(np.ceil(box[3] + grow_y * bh)))
+    return xa, ya, xb, yb
+
+
 def search_crop(image: np.ndarray, box: Sequence[float], grow_x: float = GROW_X,
                 grow_y: float = GROW_Y) -> Optional[PlateCrop]:
     """The region around ``box`` (pixels) that OCR searches for the text line; None when the
     box lies outside the image."""
     h, w = image.shape[:2]
     x1, y1, x2, y2 = (float(v) for v in box[:4])
-    bw, bh = x2 - x1, y2 - y1
-    xa, ya = max(0, int(x1 - grow_x * bw)), max(0, int(y1 - grow_y * bh))
-    xb, yb = min(w, int(np.ceil(x2 + grow_x * bw))), min(h, int(np.ceil(y2 + grow_y * bh)))
+    xa, ya, xb, yb = grown(image, (x1, y1, x2, y2), grow_x, grow_y)
     if xb - xa < 2 or yb - ya < 2 or x2 <= 0 or y2 <= 0 or x1 >= w or y1 >= h:
         return None
     return PlateCrop(image[ya:yb, xa:xb].copy(), (x1 - xa, y1 - ya, x2 - xa, y2 - ya))
@@ -80,10 +88,7 @@ def pick_line(lines: Sequence[Box], hint: Box) -> Optional[Box]:
 
 def cut(image: np.ndarray, box: Box, pad_x: float = 0.0, pad_y: float = 0.0) -> np.ndarray:
     """``box`` grown by ``pad_x`` / ``pad_y`` of its size, clipped to the image."""
-    h, w = image.shape[:2]
-    bw, bh = box[2] - box[0], box[3] - box[1]
-    xa, ya = max(0, int(box[0] - pad_x * bw)), max(0, int(box[1] - pad_y * bh))
-    xb, yb = min(w, int(np.ceil(box[2] + pad_x * bw))), min(h, int(np.ceil(box[3] + pad_y * bh)))
+    xa, ya, xb, yb = grown(image, box, pad_x, pad_y)
     return image[ya:max(yb, ya + 1), xa:max(xb, xa + 1)]
 
 

@@ -17,7 +17,7 @@ from typing import Callable, Deque, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edge_agent.events.event import Emission, EventFactory, FrameContext
-from edge_agent.events.platecrop import PlateCrop, search_crop
+from edge_agent.events.platecrop import PlateCrop, grown, search_crop
 from edge_agent.events.zones import Zone, anchor_points
 from edge_agent.tracking.columns import (
     AGE,
@@ -381,11 +381,7 @@ class PlateRule:
 def crop_box(image: np.ndarray, box: Sequence[float], pad: float = 0.0) -> Optional[np.ndarray]:
     """A copy of ``box`` (pixels) grown by ``pad`` of its size on each side, clipped; None if
     nothing is left."""
-    h, w = image.shape[:2]
-    x1, y1, x2, y2 = (float(v) for v in box[:4])
-    px, py = (x2 - x1) * pad, (y2 - y1) * pad
-    xa, ya = max(0, int(x1 - px)), max(0, int(y1 - py))
-    xb, yb = min(w, int(np.ceil(x2 + px))), min(h, int(np.ceil(y2 + py)))
+    xa, ya, xb, yb = grown(image, tuple(float(v) for v in box[:4]), pad, pad)
     if xb - xa < 2 or yb - ya < 2:
         return None
     return image[ya:yb, xa:xb].copy()
