@@ -241,14 +241,16 @@ class Tracker:
     def set_frame_size(self, width: float, height: float) -> None:
         """The camera's image size in pixels (0 = unknown), keeping the tracks: coasted boxes
         are reported only while they lie inside it."""
-        values = check_params({**self._params, "frame_width": width, "frame_height": height})
-        self._core.configure(**_core_params(values))
-        self._params = values
+        self._retune(frame_width=width, frame_height=height)
 
     def set_frame_rate(self, frame_rate: float) -> None:
         """Re-time the tracker for a new ``frame_rate`` (frames/s), keeping its tracks: the
         camera's rate is often known only once it delivers frames."""
-        values = check_params({**self._params, "frame_rate": frame_rate})
+        self._retune(frame_rate=frame_rate)
+
+    def _retune(self, **changes: Any) -> None:
+        """Change some parameters in place, keeping the tracks (bad values raise, nothing set)."""
+        values = check_params({**self._params, **changes})
         self._core.configure(**_core_params(values))
         self._params = values
 
