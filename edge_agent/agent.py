@@ -90,6 +90,7 @@ class Agent:
         self.reloader: Any = None
         self.exporter: Any = None
         self.supervisor = Supervisor(Notifier(), status_interval_s=5.0)
+        self._stopping = False  # set by SIGTERM / SIGINT, also during start-up
         self.steps: List[Tuple[str, Callable[[], Undo]]] = [
             ("state_dir", self._start_state_dir),
             ("event_log", self._start_event_log),
@@ -112,6 +113,9 @@ class Agent:
     def start(self) -> None:
         """Run the steps in order; on StartError the steps already done stay for :meth:`stop`."""
         for name, step in self.steps:
+            if self._stopping:  # SIGTERM while starting (e.g. during a long engine build)
+                log.info("stop requested during start-up: not starting %s", name)
+                return
             log.debug("start: %s", name)
             undo = step()
             if undo is not None:
@@ -132,32 +136,33 @@ class Agent:
             log.error("%s: no cameras configured; add at least one under `cameras:`",
                       self.source)
             return EXIT_BAD_INPUT
-        try:
-            self.start()
-        except StartError as exc:
-            log.error("%s", exc)
-            self.stop()
-            return EXIT_BAD_INPUT
-        except BaseException:  # a bug in a step: still undo what started, then fail loudly
-            self.stop()
-            raise
+        # Handlers first: a start step may already publish (events the last run left open),
+        # and a SIGTERM that arrives then must stop us cleanly, not kill us.
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         old[signal.SIGHUP] = signal.signal(signal.SIGHUP, self._on_hup)
+        rc: Optional[int] = None
         try:
-            rc = self._serve()
-        finally:
+            self.start()
+            if not self._stopping:
+                rc = self._serve()
+        except StartError as exc:
+            log.error("%s", exc)
+            return EXIT_BAD_INPUT
+        finally:  # also for a bug in a step: undo what started, then fail loudly
             self.stop()
             for s, h in old.items():
                 signal.signal(s, h)
-        return self._exit_status(rc)
+        return EXIT_OK if rc is None else self._exit_status(rc)
 
     def _on_signal(self, signum, _frame) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
+        self._stopping = True
         if self.pipeline is not None:
             self.pipeline.stop()
 
     def _on_hup(self, _signum, _frame) -> None:
-        self.reloader.request("SIGHUP")  # a thread of its own: signal-safe
+        if self.reloader is not None:  # not yet started: the config is read fresh anyway
+            self.reloader.request("SIGHUP")  # a thread of its own: signal-safe
 
     def _serve(self) -> int:
         """The inference loop on this thread; its failure is logged (systemd restarts us)."""

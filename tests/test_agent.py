@@ -7,6 +7,8 @@ clip. The steps are only instrumented (their order is recorded), never replaced.
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -181,3 +183,23 @@ def test_a_bug_in_a_step_still_undoes_what_started(tmp_path, short_clip, yolox_n
     assert [n for what, n in seen if what == "stop"] == ["delivery", "engine", "event_log",
                                                          "state_dir"]
     assert agent.event_log._closed and agent.delivery._closed
+
+
+def test_sigterm_during_start_up_stops_cleanly_before_the_next_step(tmp_path, short_clip,
+                                                                     yolox_nano):
+    """The open_events step may publish at once; a SIGTERM then used to kill the process."""
+    agent = Agent(_config(tmp_path, yolox_nano, short_clip))
+
+    def terminate():
+        os.kill(os.getpid(), signal.SIGTERM)  # handled on this (the main) thread, at once
+
+    at = [n for n, _ in agent.steps].index("notifier")
+    agent.steps.insert(at, ("sigterm", terminate))
+    seen = _instrument(agent)
+    before = signal.getsignal(signal.SIGTERM)
+    assert agent.run() == EXIT_OK
+    started = [n for what, n in seen if what == "start"]
+    assert started[-1] == "sigterm" and "notifier" not in started
+    assert agent.pipeline.cams["lot"].processed == 0  # the loop never ran
+    assert agent.event_log._closed and agent.delivery._closed
+    assert signal.getsignal(signal.SIGTERM) is before
