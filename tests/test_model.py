@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import cv2
@@ -339,6 +340,27 @@ def test_train_config_builds_the_shipped_architecture():
     assert ours == shipped
     nc = TrainConfig.load(REPO / "configs" / "train-nc.yaml")
     assert nc.head_specs() == cfg.head_specs()  # the NC variant: same network, more data
+    assert [s["name"] for s in nc.train] == [s["name"] for s in cfg.train][:3] + ["cctv",
+                                                                               "people"]
+
+
+@pytest.mark.parametrize("nc", ["", "NC=1"])
+def test_make_model_stage_two_reads_what_stage_one_exports(nc):
+    """Stage 1 (three COCO-sized heads) exports the file stage 2 copies heads from and distils."""
+    import subprocess
+
+    from edge_agent.model.train import TrainConfig
+
+    cmds = subprocess.run(["make", "-n", "model"] + ([nc] if nc else []), cwd=REPO, check=True,
+                          capture_output=True, text=True).stdout
+    configs = [REPO / c for c in re.findall(r"train --config (\S+)", cmds)]
+    stage1_onnx = re.findall(r"-o (\S+)", cmds)[0]
+    full, light = (TrainConfig.load(c) for c in configs)
+    assert set(full.head_specs().values()) == {N.COCO_HEAD}
+    assert light.init["heads_from"] == {"model": stage1_onnx, "heads": ["crowd", "plate"]}
+    assert light.distill["teacher"] == stage1_onnx and light.distill["head"] == "weapon"
+    assert light.stage_a.freeze == ["body", "heads.crowd", "heads.plate"]
+    assert full.train == light.train and full.val == light.val  # the same data in both stages
 
 
 def test_train_cli_errors(tmp_path):
@@ -349,3 +371,80 @@ def test_train_cli_errors(tmp_path):
     with pytest.raises(SystemExit, match="unknown keys"):
         main(["train", "--config", str(bad)])
     assert main(["export", str(tmp_path / "none.pt"), "-o", str(tmp_path / "m.onnx")]) == 2
+
+
+def test_stage_two_copies_heads_and_distils_from_an_export(tmp_path, yolox_nano):
+    """Stage 2 of `make model`: heads copied from stage 1's export stay exactly as they were,
+    and the light weapon head learns from stage 1's weapon head run on the same features."""
+    from edge_agent.model import export as E
+    from edge_agent.model import train as T
+
+    stage1 = N.MultiHeadNet(HEADS)
+    N.load_coco(stage1, yolox_nano, {"crowd": [0]})
+    with torch.no_grad():  # a "trained" plate head: anything but its COCO start
+        stage1.heads.plate.cls_preds[0].bias.fill_(1.5)
+    path = tmp_path / "stage1.onnx"
+    E.to_onnx(stage1.eval(), 64, 96, path)
+
+    cfg = _tiny_config(tmp_path, yolox_nano)
+    cfg.head_design = {"weapon": {"width": 16, "convs": 1}, "plate": {"width": 64, "convs": 2}}
+    cfg.init = {**cfg.init, "heads_from": {"model": str(path), "heads": ["crowd", "plate"]}}
+    cfg.stage_a = T.Stage(1, 2, 1e-3, ["body", "heads.crowd", "heads.plate"])
+    cfg.stage_b.epochs = 0
+    cfg.distill = {"head": "weapon", "weight": 1.0, "teacher": str(path)}
+    rec = T.run(cfg, progress=False)
+    assert set(rec["loss"]) == {"weapon", "distill"} and rec["loss"]["distill"] > 0
+    after = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
+    for k, v in stage1.state_dict().items():
+        if k.startswith(("heads.plate.", "heads.crowd.")):
+            assert torch.equal(after[k], v), k
+    assert after["heads.weapon.stems.0.conv.weight"].shape[0] == 16
+
+    # the teacher is stage 1's weapon head, exactly, on our features
+    student = T.build_net(cfg)
+    teacher = T.distill_teacher(cfg, student)
+    x = torch.rand(1, 3, 64, 96) * 255
+    with torch.no_grad():
+        feats = student.body(x)
+        for got, want in zip(teacher(x, feats, "weapon"),
+                             stage1.heads.weapon(stage1.body(x))):
+            assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_heads_from_and_teacher_errors_name_the_tensor(tmp_path, yolox_nano):
+    from edge_agent.model import export as E
+
+    src = N.MultiHeadNet(HEADS)
+    path = tmp_path / "m.onnx"
+    E.to_onnx(src.eval(), 64, 64, path)
+    light = N.MultiHeadNet(HEADS, {"weapon": N.HeadSpec(32, 1)})
+    with pytest.raises(ValueError, match=r"heads\.weapon\.stems\.0\.conv\.weight is "
+                                         r"\[64, 64, 1, 1\].*needs \[32, 64, 1, 1\]"):
+        N.load_heads(light, path, ["weapon"])
+    with pytest.raises(ValueError, match="'knife' is not a head"):
+        N.load_heads(light, path, ["knife"])
+    with pytest.raises(ValueError, match="its body differs from ours at body.stem"):
+        N.exported_head(path, "weapon", N.coco_reference(yolox_nano).body)
+    with pytest.raises(ValueError, match="no head 'weapon'"):  # the COCO model: one head
+        N.exported_head(yolox_nano, "weapon", src.body)
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    with pytest.raises(ValueError, match="bad.onnx: cannot read"):
+        N.exported_net(bad)
+
+
+def test_train_config_base_file(tmp_path):
+    from edge_agent.model.train import TrainConfig
+
+    (tmp_path / "one.yaml").write_text(
+        "name: one\nversion: 1\nheads: {weapon: [gun]}\ntrain: []\nval: []\nbatch: 4\n")
+    (tmp_path / "two.yaml").write_text("base: one.yaml\nname: two\nbatch: 2\n")
+    cfg = TrainConfig.load(tmp_path / "two.yaml")
+    assert (cfg.name, cfg.batch, cfg.heads) == ("two", 2, {"weapon": ["gun"]})
+    (tmp_path / "loop.yaml").write_text("base: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(SystemExit, match="includes itself"):
+        TrainConfig.load(tmp_path / "loop.yaml")
+    (tmp_path / "gone.yaml").write_text("base: missing.yaml\n")
+    with pytest.raises(SystemExit, match="missing.yaml: cannot read"):
+        TrainConfig.load(tmp_path / "gone.yaml")

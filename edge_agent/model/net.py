@@ -284,31 +284,34 @@ def _onnx_convs(path: Path) -> List[Tuple[str, object, object]]:
 
     model = onnx.load(str(path))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    # the exporter writes a tensor equal to another once, the other through an Identity
+    alias = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity"}
+
+    def tensor(name):
+        while name not in inits and name in alias:
+            name = alias[name]
+        return inits.get(name)
+
     convs = []
     for node in model.graph.node:
         if node.op_type == "Conv":
-            w = inits.get(node.input[1])
-            b = inits.get(node.input[2]) if len(node.input) > 2 else None
-            convs.append((node.input[1], w, b))
+            b = tensor(node.input[2]) if len(node.input) > 2 else None
+            convs.append((node.input[1], tensor(node.input[1]), b))
     return convs
 
 
-def coco_reference(path: Path) -> nn.Module:
-    """A :class:`Body` plus an 80-class :class:`Head` holding the COCO tensors (the teacher)."""
-    ref = nn.Module()
-    ref.body = Body()
-    ref.head = Head(80)
-    convs = _onnx_convs(path)
+def _copy_in_forward_order(root: nn.Module, run, convs, path: Path, what: str) -> None:
+    """Copy ``convs`` (graph order) into ``root``'s Conv2d modules in the order ``run()`` calls
+    them: ONNX export traces the forward pass, so both orders are the same."""
     order: List[nn.Conv2d] = []
     hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod))
-             for m in ref.modules() if isinstance(m, nn.Conv2d)]
+             for m in root.modules() if isinstance(m, nn.Conv2d)]
     with torch.no_grad():
-        ref.head(ref.body(torch.zeros(1, 3, 64, 64)))
+        run()
     for h in hooks:
         h.remove()
     if len(order) != len(convs):
-        raise ValueError(f"{path}: {len(convs)} convolutions, the YOLOX-nano layout has "
-                         f"{len(order)}; not a YOLOX-nano export")
+        raise ValueError(f"{path}: {len(convs)} convolutions, {what} has {len(order)}")
     with torch.no_grad():
         for mod, (name, w, b) in zip(order, convs):
             if w is None or tuple(w.shape) != tuple(mod.weight.shape):
@@ -317,6 +320,16 @@ def coco_reference(path: Path) -> nn.Module:
                                  f"{list(mod.weight.shape)}")
             mod.weight.copy_(torch.from_numpy(w.copy()))
             mod.bias.copy_(torch.from_numpy(b.copy()) if b is not None else 0)
+
+
+def coco_reference(path: Path) -> nn.Module:
+    """A :class:`Body` plus an 80-class :class:`Head` holding the COCO tensors (the teacher)."""
+    ref = nn.Module()
+    ref.body = Body()
+    ref.head = Head(80)
+    _copy_in_forward_order(ref, lambda: ref.head(ref.body(torch.zeros(1, 3, 64, 64))),
+                           _onnx_convs(path), path, "the YOLOX-nano layout (not a YOLOX-nano "
+                           "export?)")
     return ref
 
 
@@ -363,3 +376,81 @@ def load_coco(net: MultiHeadNet, path: Path, init_from: Dict[str, Sequence[int]]
     report = LoadReport(loaded, missing, [])
     log.info(report.summary())
     return report
+
+
+# --- loading one of our own exported models ----------------------------------------------------
+
+
+def exported_net(path: Path) -> MultiHeadNet:
+    """One of our exported models (:func:`~edge_agent.model.export.to_onnx`) back in PyTorch.
+
+    Each head's design and class count are read off its conv shapes, and the tensors go in by
+    graph order (as for the COCO model): initialiser names are not reliable, since the exporter
+    keeps one copy of tensors that are equal (e.g. two heads still at their COCO start).
+    """
+    import onnx
+
+    try:
+        heads = [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
+        convs = _onnx_convs(path)
+    except Exception as exc:  # onnx raises DecodeError, OSError, ...
+        raise ValueError(f"{path}: cannot read the ONNX file: {exc}") from None
+    n_body = sum(isinstance(m, nn.Conv2d) for m in Body().modules())
+    specs, classes, i = {}, {}, n_body
+    try:
+        for h in heads:
+            width, n = convs[i][1].shape[0], 0
+            while convs[i + 1 + 2 * n][1].shape[1] == 1:  # depthwise, then pointwise: one conv
+                n += 1
+            classes[h] = [f"class{k}" for k in range(convs[i + 1 + 2 * n][1].shape[0])]
+            specs[h] = HeadSpec(int(width), n)
+            i += len(STRIDES) * (1 + 4 * n + 3)  # stem, cls and reg convs, three predictors
+        net = MultiHeadNet(classes, specs)
+    except (IndexError, AttributeError, ValueError) as exc:
+        raise ValueError(f"{path}: not a multi-head model exported by edge-agent ({exc})") from None
+    _copy_in_forward_order(net, lambda: net(torch.zeros(1, 3, 64, 64)), convs, path,
+                           f"a multi-head model with heads {specs}")
+    return net
+
+
+def load_heads(net: MultiHeadNet, path: Path, heads: Sequence[str]) -> List[str]:
+    """Copy the named heads' tensors from our exported ``path`` into ``net``; returns the keys.
+
+    Each head must have the same design (shapes) in both; a mismatch names the tensor.
+    """
+    src = exported_net(Path(path)).state_dict()
+    state = net.state_dict()
+    loaded = []
+    for h in heads:
+        if h not in net.heads:
+            raise ValueError(f"heads_from: {h!r} is not a head of this model ({list(net.heads)})")
+        keys = [k for k in state if k.startswith(f"heads.{h}.")]
+        for k in keys:
+            if k not in src or tuple(src[k].shape) != tuple(state[k].shape):
+                got = list(src[k].shape) if k in src else "no such tensor"
+                raise ValueError(f"{path}: {k} is {got}, this model's head_design needs "
+                                 f"{list(state[k].shape)} (a head of another design?)")
+            state[k] = src[k]
+            loaded.append(k)
+    net.load_state_dict(state)
+    return loaded
+
+
+def exported_head(path: Path, name: str, body: nn.Module) -> Head:
+    """Head ``name`` of our exported ``path``, frozen, to run on features of ``body``.
+
+    Used as a distillation teacher on the student's own features, which is exact only when the
+    export's body is ``body``'s (both the frozen COCO body): checked, tensor by tensor.
+    """
+    src = exported_net(Path(path))
+    if name not in src.heads:
+        raise ValueError(f"{path}: no head {name!r} (its heads: {list(src.heads)})")
+    theirs = src.body.state_dict()
+    for k, v in body.state_dict().items():
+        if not torch.equal(theirs[k], v):
+            raise ValueError(f"{path}: its body differs from ours at body.{k}; a head teacher "
+                             f"runs on our features, so both bodies must be the same")
+    head = src.heads[name]
+    for p in head.parameters():
+        p.requires_grad_(False)
+    return head.eval()

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import yaml
@@ -70,14 +70,7 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: Path) -> TrainConfig:
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise SystemExit(f"train config {path}: cannot read: {exc.strerror or exc}") from None
-        except yaml.YAMLError as exc:
-            raise SystemExit(f"train config {path}: not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise SystemExit(f"train config {path}: expected a mapping")
+        data = _read_with_base(Path(path), ())
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(data) - known)
         if unknown:
@@ -134,6 +127,28 @@ class TrainConfig:
         return int(self.input["height"]), int(self.input["width"])
 
 
+def _read_with_base(path: Path, seen: Tuple[Path, ...]) -> Dict[str, Any]:
+    """The YAML mapping at ``path``; with ``base: other.yaml`` (relative to this file) the
+    other file's keys first, each top-level key here replacing the base's."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SystemExit(f"train config {path}: cannot read: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise SystemExit(f"train config {path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"train config {path}: expected a mapping")
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise SystemExit(f"train config {path}: base: expected a file name, got {base!r}")
+    bpath = (path.parent / base).resolve()
+    if bpath in seen or bpath == path.resolve():
+        raise SystemExit(f"train config {path}: base: {base} includes itself")
+    return {**_read_with_base(bpath, seen + (path.resolve(),)), **data}
+
+
 def _limit(samples, specs):
     """Apply each source's optional ``limit`` (first N samples)."""
     out = []
@@ -165,6 +180,10 @@ def build_net(cfg: TrainConfig, load_weights: bool = True):
     if load_weights and cfg.init.get("weights"):
         rep = N.load_coco(model, Path(cfg.init["weights"]), cfg.init.get("classes", {}))
         print(rep.summary(), file=sys.stderr)
+    hf = cfg.init.get("heads_from")
+    if load_weights and hf:  # heads of an earlier export, e.g. kept frozen while another trains
+        keys = N.load_heads(model, Path(hf["model"]), hf["heads"])
+        print(f"heads {hf['heads']}: {len(keys)} tensors from {hf['model']}", file=sys.stderr)
     return model
 
 
@@ -295,14 +314,49 @@ def train_step(model, imgs, boxes, ignore, frozen_body: bool, teacher=None,
         maps = head(feats)
         lh, _ = L.head_loss(maps, tb[h], ti[h], pts, steps)
         parts[h] = lh.item()
-        if teacher is not None and distill and h == distill["head"] and not frozen_body:
+        # a head teacher (distill.teacher) works in every stage, the starting model while the
+        # body trains
+        if teacher is not None and h in distilled_heads(distill) \
+                and (not frozen_body or distill.get("teacher")):
             with torch.no_grad():
-                ref = teacher.heads[h](teacher.body(x))
+                ref = teacher(x, feats, h)
             ld = float(distill.get("weight", 1.0)) * L.distill_loss(maps, ref)
-            parts["distill"] = ld.item()
+            key = "distill" if len(distilled_heads(distill)) == 1 else f"distill_{h}"
+            parts[key] = ld.item()
             lh = lh + ld
         total = lh if total is None else total + lh
     return total, parts
+
+
+def distilled_heads(distill: Optional[Dict[str, Any]]) -> List[str]:
+    """``distill.head``: one head's name or a list of them."""
+    if not distill:
+        return []
+    h = distill["head"]
+    return [h] if isinstance(h, str) else list(h)
+
+
+def distill_teacher(cfg: TrainConfig, model):
+    """``teacher(x, feats, head) -> maps`` of a distilled head, or None without ``distill``.
+
+    With ``distill.teacher`` (an exported model of ours) it is that model's heads run on our
+    own features; otherwise the starting model, frozen before any training.
+    """
+    from edge_agent.model import net as N
+
+    if not cfg.distill:
+        return None
+    if cfg.distill.get("teacher"):
+        src = Path(cfg.distill["teacher"])
+        heads = {h: N.exported_head(src, h, model.body) for h in distilled_heads(cfg.distill)}
+        for h, t in heads.items():
+            print(f"distill: {h} head of {src} (width {t.spec.width}, convs {t.spec.convs})",
+                  file=sys.stderr)
+        return lambda x, feats, h: heads[h](feats)
+    start = copy.deepcopy(model).eval()  # the starting weights, before any training
+    for p in start.parameters():
+        p.requires_grad_(False)
+    return lambda x, feats, h: start.heads[h](start.body(x))
 
 
 def _stages(cfg: TrainConfig):
@@ -329,11 +383,7 @@ def run(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Dict[s
     out.mkdir(parents=True, exist_ok=True)
     tr, va = build_data(cfg)
     model = build_net(cfg)
-    teacher_net = None
-    if cfg.distill:
-        teacher_net = copy.deepcopy(model).eval()  # the starting weights, before any training
-        for p in teacher_net.parameters():
-            p.requires_grad_(False)
+    teacher_net = distill_teacher(cfg, model)
     ds = CombinedDataset(tr, list(cfg.heads), cfg.hw, Augment(**cfg.augment), seed=cfg.seed)
     weights = balanced_weights(tr, cfg.source_weights)
     plan = _stages(cfg)
@@ -431,7 +481,18 @@ def smoke(cfg: TrainConfig) -> TrainConfig:
     cfg.stage_b = Stage(1 if cfg.stage_b.epochs else 0, 2, cfg.stage_b.lr,
                         list(cfg.stage_b.freeze))
     cfg.out_dir = cfg.out_dir.rstrip("/") + "-smoke"
+    # a stage-2 config reads stage 1's export: read stage 1's smoke export instead
+    hf = cfg.init.get("heads_from")
+    if hf:
+        cfg.init = {**cfg.init, "heads_from": {**hf, "model": _smoke_name(hf["model"])}}
+    if cfg.distill and cfg.distill.get("teacher"):
+        cfg.distill = {**cfg.distill, "teacher": _smoke_name(cfg.distill["teacher"])}
     return cfg
+
+
+def _smoke_name(path: str) -> str:
+    p = Path(path)
+    return str(p.with_name(f"{p.stem}-smoke{p.suffix}"))
 
 
 def main(args: argparse.Namespace) -> int:
