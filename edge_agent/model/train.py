@@ -48,6 +48,7 @@ class TrainConfig:
     train: List[Dict[str, Any]]
     val: List[Dict[str, Any]]
     input: Dict[str, int] = field(default_factory=lambda: {"height": 288, "width": 512})
+    # weights: the COCO ONNX; classes: {head: [COCO ids]}; heads_from: {model: X.onnx, heads: [...]}
     init: Dict[str, Any] = field(default_factory=dict)
     teacher: Optional[Dict[str, Any]] = None
     out_dir: str = "out/model/default"
@@ -61,7 +62,8 @@ class TrainConfig:
     stage_a: Stage = field(default_factory=Stage)
     stage_b: Stage = field(default_factory=lambda: Stage(epochs=0, lr=2e-4))
     # {head: crowd, weight: 1.0}: while the body trains, keep that head's maps close to the
-    # starting (COCO) model's, run on the same batch (loss.distill_loss)
+    # starting (COCO) model's, run on the same batch (loss.distill_loss). With teacher: X.onnx
+    # (an export of ours with the same body), pull the head(s) towards X's in every stage.
     distill: Optional[Dict[str, Any]] = None
     description: str = ""
     licence: str = ""
