@@ -424,9 +424,9 @@ def test_heads_from_and_teacher_errors_name_the_tensor(tmp_path, yolox_nano):
     with pytest.raises(ValueError, match="'knife' is not a head"):
         N.load_heads(light, path, ["knife"])
     with pytest.raises(ValueError, match="its body differs from ours at body.stem"):
-        N.exported_head(path, "weapon", N.coco_reference(yolox_nano).body)
+        N.exported_heads(path, ["weapon"], N.coco_reference(yolox_nano).body)
     with pytest.raises(ValueError, match="no head 'weapon'"):  # the COCO model: one head
-        N.exported_head(yolox_nano, "weapon", src.body)
+        N.exported_heads(yolox_nano, ["weapon"], src.body)
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not onnx")
     with pytest.raises(ValueError, match="bad.onnx: cannot read"):

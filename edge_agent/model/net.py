@@ -278,11 +278,16 @@ class LoadReport:
 
 
 def _onnx_convs(path: Path) -> List[Tuple[str, object, object]]:
-    """(conv node name, weight, bias) of every Conv in the ONNX graph, in graph order."""
+    """(conv node name, weight, bias) of every Conv in the ONNX file, in graph order."""
     import onnx
+
+    return _convs_of(onnx.load(str(path)))
+
+
+def _convs_of(model) -> List[Tuple[str, object, object]]:
+    """:func:`_onnx_convs` of a loaded ``onnx.ModelProto``."""
     from onnx import numpy_helper
 
-    model = onnx.load(str(path))
     inits = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     # the exporter writes a tensor equal to another once, the other through an Identity
     alias = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity"}
@@ -391,8 +396,8 @@ def exported_net(path: Path) -> MultiHeadNet:
     import onnx
 
     try:
-        heads = [o.name for o in onnx.load(str(path), load_external_data=False).graph.output]
-        convs = _onnx_convs(path)
+        model = onnx.load(str(path))
+        heads, convs = [o.name for o in model.graph.output], _convs_of(model)
     except Exception as exc:  # onnx raises DecodeError, OSError, ...
         raise ValueError(f"{path}: cannot read the ONNX file: {exc}") from None
     n_body = sum(isinstance(m, nn.Conv2d) for m in Body().modules())
@@ -436,21 +441,23 @@ def load_heads(net: MultiHeadNet, path: Path, heads: Sequence[str]) -> List[str]
     return loaded
 
 
-def exported_head(path: Path, name: str, body: nn.Module) -> Head:
-    """Head ``name`` of our exported ``path``, frozen, to run on features of ``body``.
+def exported_heads(path: Path, names: Sequence[str], body: nn.Module) -> Dict[str, Head]:
+    """Heads ``names`` of our exported ``path``, frozen, to run on features of ``body``.
 
-    Used as a distillation teacher on the student's own features, which is exact only when the
+    Used as distillation teachers on the student's own features, which is exact only when the
     export's body is ``body``'s (both the frozen COCO body): checked, tensor by tensor.
     """
     src = exported_net(Path(path))
-    if name not in src.heads:
-        raise ValueError(f"{path}: no head {name!r} (its heads: {list(src.heads)})")
+    for name in names:
+        if name not in src.heads:
+            raise ValueError(f"{path}: no head {name!r} (its heads: {list(src.heads)})")
     theirs = src.body.state_dict()
     for k, v in body.state_dict().items():
         if not torch.equal(theirs[k], v):
             raise ValueError(f"{path}: its body differs from ours at body.{k}; a head teacher "
                              f"runs on our features, so both bodies must be the same")
-    head = src.heads[name]
-    for p in head.parameters():
-        p.requires_grad_(False)
-    return head.eval()
+    heads = {name: src.heads[name].eval() for name in names}
+    for head in heads.values():
+        for p in head.parameters():
+            p.requires_grad_(False)
+    return heads

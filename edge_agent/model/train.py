@@ -310,6 +310,7 @@ def train_step(model, imgs, boxes, ignore, frozen_body: bool, teacher=None,
         feats = model.body(x)
     total = None
     parts: Dict[str, float] = {}
+    dheads = distilled_heads(distill)
     for h, head in model.heads.items():
         if not any(p.requires_grad for p in head.parameters()):
             continue
@@ -318,12 +319,12 @@ def train_step(model, imgs, boxes, ignore, frozen_body: bool, teacher=None,
         parts[h] = lh.item()
         # a head teacher (distill.teacher) works in every stage, the starting model while the
         # body trains
-        if teacher is not None and h in distilled_heads(distill) \
+        if teacher is not None and h in dheads \
                 and (not frozen_body or distill.get("teacher")):
             with torch.no_grad():
                 ref = teacher(x, feats, h)
             ld = float(distill.get("weight", 1.0)) * L.distill_loss(maps, ref)
-            key = "distill" if len(distilled_heads(distill)) == 1 else f"distill_{h}"
+            key = "distill" if len(dheads) == 1 else f"distill_{h}"
             parts[key] = ld.item()
             lh = lh + ld
         total = lh if total is None else total + lh
@@ -350,7 +351,7 @@ def distill_teacher(cfg: TrainConfig, model):
         return None
     if cfg.distill.get("teacher"):
         src = Path(cfg.distill["teacher"])
-        heads = {h: N.exported_head(src, h, model.body) for h in distilled_heads(cfg.distill)}
+        heads = N.exported_heads(src, distilled_heads(cfg.distill), model.body)
         for h, t in heads.items():
             print(f"distill: {h} head of {src} (width {t.spec.width}, convs {t.spec.convs})",
                   file=sys.stderr)
