@@ -178,6 +178,7 @@ def test_class_separation():
 
 def test_probation_early_termination_and_shadow_expiry():
     t = Tracker(probation_age=3, max_tentative_misses=0, frame_rate=10, max_shadow_s=0.5,
+                shadow_min_frames=0,
                 coast_s=0.0)  # lost tracks go straight to lost() (tests/test_tracker_coast.py)
     t.update(np.empty((0, 6)))  # frame 1 confirms immediately; start later
     assert len(t.update(np.array([_det(10, 10)]))) == 0

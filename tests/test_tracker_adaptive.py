@@ -95,8 +95,89 @@ def _lost_frames(frame_rate: float, **params) -> int:
 
 @pytest.mark.parametrize("rate", [7.0, 10.0, 30.0])
 def test_shadow_age_is_in_seconds(rate):
-    assert _lost_frames(rate, max_shadow_s=1.0) == round(rate)
-    assert _lost_frames(rate, max_shadow_s=0.5) == round(0.5 * rate)
+    assert _lost_frames(rate, max_shadow_s=1.0, shadow_min_frames=0) == round(rate)
+    assert _lost_frames(rate, max_shadow_s=0.5, shadow_min_frames=0) == round(0.5 * rate)
+
+
+@pytest.mark.parametrize("rate", [7.0, 10.0, 30.0])
+def test_shadow_keeps_at_least_shadow_min_frames(rate):
+    # 1 s is 7 frames at 7 fps, fewer detector attempts than the floor of 15; at 30 fps the
+    # seconds are longer than the floor.
+    assert _lost_frames(rate, max_shadow_s=1.0) == max(round(rate), 15)
+    assert _lost_frames(rate, max_shadow_s=1.0, shadow_min_frames=20) == max(round(rate), 20)
+
+
+def _gap_after(history: str, **params):
+    """One person walks for len(history) frames, detected where history has 'x' and missed
+    where it has '.', then vanishes. -> (frames its box is still reported, frames it stays in
+    lost() after that), at 10 fps."""
+    t = Tracker(probation_age=1, frame_rate=10, **params)
+    for f, c in enumerate(history):
+        d = np.array([[10.0 + f, 10, 50 + f, 110, 0.9, 0]]) if c == "x" else np.empty((0, 6))
+        t.update(d)
+    assert history.endswith("x")
+    coasted = lost = 0
+    while True:
+        out = t.update(np.empty((0, 6)))
+        if len(out):
+            coasted += 1
+        elif len(t.lost()):
+            lost += 1
+        else:
+            return coasted, lost
+
+
+STEADY = "x" * 300
+FLICKER = "xx." * 100 + "x"  # misses a third of the frames it could see the person in
+
+
+def test_a_detector_that_misses_often_gets_more_patience():
+    """A class whose tracks miss a third of their frames (s = 0.33 / 0.15 = 2.2) is kept lost
+    for 15 x 2.2 = 33 frames instead of max(10, 15), and coasted for 1 x 2.2^3 = 11 frames
+    instead of one; a steady detector keeps the stated durations, and miss_rate_ref 0 turns
+    the scaling off."""
+    s = (1 / 3) / 0.15
+    c_steady, l_steady = _gap_after(STEADY)
+    c_flicker, l_flicker = _gap_after(FLICKER)
+    assert (c_steady, c_steady + l_steady) == (1, 15)
+    assert c_flicker == int(1 * s ** 3) and c_flicker + l_flicker == int(15 * s)
+    assert _gap_after(FLICKER, miss_rate_ref=0.0) == (c_steady, l_steady)
+
+
+def test_objects_that_leave_do_not_count_as_misses():
+    """Gaps that end a track (the person left) say nothing about the detector: many short
+    steady tracks that each vanish for good leave the durations as stated."""
+    t = Tracker(probation_age=1, frame_rate=10, coast_s=0.1)
+    for k in range(40):  # 40 people, one after the other, each seen for 10 frames
+        y = 10.0 + 200 * (k % 2)
+        for f in range(10):
+            t.update(np.array([[10.0 + 5 * f, y, 50 + 5 * f, y + 100, 0.9, 0]]))
+        for _ in range(20):
+            t.update(np.empty((0, 6)))
+    for f in range(5):
+        t.update(np.array([[10.0 + f, 10, 50 + f, 110, 0.9, 0]]))
+    coasted = 0
+    while len(t.update(np.empty((0, 6)))):
+        coasted += 1
+    assert coasted == 1
+
+
+def test_reset_forgets_the_miss_rate_and_set_frame_rate_keeps_it():
+    t = Tracker(probation_age=1, frame_rate=10)
+    for f, c in enumerate(FLICKER):
+        t.update(np.array([[10.0 + f, 10, 50 + f, 110, 0.9, 0]]) if c == "x" else np.empty((0, 6)))
+    t.set_frame_rate(10.0)
+    coasted = 0
+    while len(t.update(np.empty((0, 6)))):
+        coasted += 1
+    assert coasted > 1
+    t.reset()
+    for f in range(5):
+        t.update(np.array([[10.0 + f, 10, 50 + f, 110, 0.9, 0]]))
+    coasted = 0
+    while len(t.update(np.empty((0, 6)))):
+        coasted += 1
+    assert coasted == 1
 
 
 def test_coasting_is_in_seconds():

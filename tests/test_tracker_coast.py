@@ -88,8 +88,10 @@ def test_coasting_only_adds_rows(stadtmitte):
     coast_s of its last match, inside the image."""
     seq, dets = stadtmitte
     size = {"frame_rate": seq.frame_rate, "frame_width": seq.width, "frame_height": seq.height}
-    plain = Tracker(coast_s=0.0, **size)
-    coast = Tracker(coast_s=0.3, **size)
+    # miss_rate_ref 0: coasting for exactly coast_s (the scaling is tested in
+    # test_tracker_adaptive.py)
+    plain = Tracker(coast_s=0.0, miss_rate_ref=0.0, **size)
+    coast = Tracker(coast_s=0.3, miss_rate_ref=0.0, **size)
     limit = round(0.3 * seq.frame_rate)
     added = 0
     for d in dets:

@@ -90,7 +90,18 @@ PARAMS: Dict[str, _Param] = {
                          "frames per second that update() is called at (the camera's "
                          "processed rate); turns the *_s parameters into frames"),
     "max_shadow_s": _Param(float, 1.0, 0.0, 36_000.0,
-                           "seconds a lost (shadow) track is kept for re-matching"),
+                           "seconds a lost (shadow) track is kept for re-matching (and at "
+                           "least shadow_min_frames frames)"),
+    "shadow_min_frames": _Param(int, 15, 0, 1_000_000,
+                                "a lost track is kept for at least this many frames whatever the "
+                                "frame rate (re-finding it takes detector attempts, and a low "
+                                "frame rate makes fewer per second); times s, see miss_rate_ref"),
+    "miss_rate_ref": _Param(float, 0.15, 0.0, 1.0,
+                            "the miss rate of a strong detector on tracked objects (frames missed "
+                            "inside gaps that ended in a re-match, per class, running over ~500 "
+                            "frames of tracks); a class missed s times as often (s at most 4) "
+                            "keeps lost tracks at least shadow_min_frames x s frames and coasts "
+                            "coast_s x s^3 with coast_overlap x s^3; 0 = off"),
     "coast_s": _Param(float, 0.1, 0.0, 36_000.0,
                       "seconds a lost track's predicted box stays reported (frames_since_update "
                       "> 0) while it lies inside the image and overlaps no active track by "

@@ -36,6 +36,12 @@
 #define MAX_CLASSES 1024
 #define HIST 4 /* observation centres kept per track, for the motion direction */
 #define ORU_MAX_GAP 300
+/* The detector's miss rate per class: decayed counts over about this many hit-or-miss frames
+ * of confirmed tracks, and used only once this many are in. */
+#define MISS_WINDOW 500.0
+#define MISS_MIN_EVIDENCE 100.0
+/* A miss rate this many times miss_rate_ref or more scales the durations no further. */
+#define MISS_SCALE_MAX 4.0
 /* Largest number of detections accepted per frame: keeps scratch sizes sane. */
 #define MAX_DETS 100000
 /* Coordinates beyond this are an upstream bug, and would overflow the Kalman variances. */
@@ -56,7 +62,16 @@ typedef struct {
     long fsu;       /* frames since the last matched detection */
     int state, hits, misses;
     int coasted;    /* lost, but its predicted box is reported this frame (coast_frames) */
+    int rate;       /* index of its class's MissRate, -1 if none */
 } Track;
+
+/* How often the detector misses a class's confirmed tracks: frames inside gaps that ended in
+ * a re-match, against matched frames (decayed). Gaps that end the track (the object left) are
+ * not counted: they say nothing about the detector. */
+typedef struct {
+    double cls;
+    double hits, misses;
+} MissRate;
 
 typedef struct {
     double high_thresh, low_thresh, new_track_thresh;
@@ -65,8 +80,9 @@ typedef struct {
     long direction_delta;
     int fuse_score, observation_centric, active_first, adaptive;
     long score_window;
-    long probation_age, max_tentative_misses, max_shadow_age, coast_frames;
+    long probation_age, max_tentative_misses, max_shadow_age, shadow_min_frames, coast_frames;
     double coast_overlap;         /* a coasted box must overlap every active box less */
+    double miss_rate_ref;         /* durations hold at this miss rate; 0 = no scaling */
     double frame_w, frame_h;      /* image size; 0 = unknown (no inside-the-image check) */
     KFParams kfp;
 } Params;
@@ -112,6 +128,8 @@ typedef struct {
     double *lapd;          size_t cap_lapd;      /* 2 double arrays of dim */
     ScoreWindow *wins;     size_t cap_wins;      /* one per class seen (adaptive) */
     int nwins;
+    MissRate rates[MAX_CLASSES];                 /* one per class that started a track */
+    int nrates;
 } CoreObject;
 
 /* Grow *buf to hold `need` elements of `elem` bytes; -1 with MemoryError on failure. */
@@ -494,6 +512,56 @@ static void track_remember(const CoreObject *self, Track *t, const double *det)
     track_refresh_box(t);
 }
 
+/* The miss-rate entry of class `cls`, created when new; -1 once MAX_CLASSES are in use (that
+ * class's durations are then never scaled). */
+static int find_rate(CoreObject *self, double cls)
+{
+    for (int k = 0; k < self->nrates; k++)
+        if (self->rates[k].cls == cls) return k;
+    if (self->nrates >= MAX_CLASSES) return -1;
+    MissRate *r = &self->rates[self->nrates];
+    r->cls = cls;
+    r->hits = r->misses = 0.0;
+    return self->nrates++;
+}
+
+/* A confirmed track is matched after t->fsu - 1 missed frames. */
+static void count_match(CoreObject *self, const Track *t)
+{
+    if (t->rate < 0) return;
+    MissRate *r = &self->rates[t->rate];
+    r->hits += 1.0;
+    if (t->fsu > 1) r->misses += (double)(t->fsu - 1);
+    double n = r->hits + r->misses;
+    if (n > MISS_WINDOW) {
+        r->hits *= MISS_WINDOW / n;
+        r->misses *= MISS_WINDOW / n;
+    }
+}
+
+/* s: t's class's miss rate over miss_rate_ref, from 1 (a detector that misses as rarely or
+ * less, or too little evidence yet) up to MISS_SCALE_MAX. A strong detector's gaps are mostly
+ * occlusions and exits, where nobody is there to report; a detector that misses s times as
+ * often also misses people who are in plain view, so its gaps deserve more patience. */
+static double miss_scale(const CoreObject *self, const Track *t)
+{
+    if (!(self->p.miss_rate_ref > 0) || t->rate < 0) return 1.0;
+    const MissRate *r = &self->rates[t->rate];
+    double n = r->hits + r->misses;
+    if (n < MISS_MIN_EVIDENCE) return 1.0;
+    double s = r->misses / n / self->p.miss_rate_ref;
+    return s <= 1.0 ? 1.0 : (s < MISS_SCALE_MAX ? s : MISS_SCALE_MAX);
+}
+
+/* Has lost track t been lost too long to be re-matched? It is kept max_shadow_age frames (the
+ * seconds the object may take to come back) and at least shadow_min_frames x s (the detector
+ * attempts a re-detection may take). */
+static int shadow_expired(const CoreObject *self, const Track *t)
+{
+    double attempts = (double)self->p.shadow_min_frames * miss_scale(self, t);
+    return (double)t->fsu > fmax((double)self->p.max_shadow_age, attempts);
+}
+
 static void track_observe(CoreObject *self, Track *t, const double *det)
 {
     double z[4];
@@ -517,6 +585,7 @@ static void track_observe(CoreObject *self, Track *t, const double *det)
     }
     kf_update(&t->kf, z, kp);
     track_remember(self, t, det);
+    if (t->id != 0) count_match(self, t);
     t->fsu = 0;
     t->misses = 0;
     t->hits++;
@@ -585,7 +654,8 @@ static void stage(CoreObject *self, Py_ssize_t n, int st1, int st2, double dlo, 
     }
 }
 
-/* Is track t reported this frame although lost? Only for coast_frames after its last match,
+/* Is track t reported this frame although lost? Only for coast_frames x s^3 after its last
+ * match (s = miss_scale: a detector that misses people in view),
  * while its predicted box lies wholly inside the image (when the image size is known: a track
  * leaving the picture is gone, not missed) and overlaps no active track's box by coast_overlap
  * IoU or more (there the detection most likely went to that track: the person is occluded or
@@ -593,16 +663,18 @@ static void stage(CoreObject *self, Py_ssize_t n, int st1, int st2, double dlo, 
 static int track_coasts(const CoreObject *self, const Track *t)
 {
     const Params *p = &self->p;
-    if (t->state != ST_LOST || t->fsu > p->coast_frames) return 0;
+    if (t->state != ST_LOST) return 0;
+    double s = miss_scale(self, t), s3 = s * s * s;
+    double overlap = fmin(p->coast_overlap * s3, 1.0);
+    if ((double)t->fsu > (double)p->coast_frames * s3) return 0;
     const double *b = t->box;
     if (p->frame_w > 0 && p->frame_h > 0 &&
         !(b[0] >= 0 && b[1] >= 0 && b[2] <= p->frame_w && b[3] <= p->frame_h))
         return 0;
-    if (p->coast_overlap < 1.0) {
+    if (overlap < 1.0) {
         for (Py_ssize_t i = 0; i < self->ntracks; i++) {
             const Track *a = &self->tracks[i];
-            if (a->state == ST_ACTIVE && a->cls == t->cls &&
-                box_iou(a->box, b) >= p->coast_overlap)
+            if (a->state == ST_ACTIVE && a->cls == t->cls && box_iou(a->box, b) >= overlap)
                 return 0;
         }
     }
@@ -659,7 +731,7 @@ static PyObject *Core_update(CoreObject *self, PyObject *arg)
         predict_all(self);
         for (Py_ssize_t i = 0; i < self->ntracks; i++) {
             Track *t = &self->tracks[i];
-            if (t->state == ST_LOST && t->fsu > p->max_shadow_age) t->state = ST_DEAD;
+            if (t->state == ST_LOST && shadow_expired(self, t)) t->state = ST_DEAD;
         }
         compact(self);
         mark_coasting(self);
@@ -708,7 +780,7 @@ static PyObject *Core_update(CoreObject *self, PyObject *arg)
         } else if (t->state == ST_ACTIVE) {
             t->state = ST_LOST; /* reported for coast_frames more if it coasts (below) */
         }
-        if (t->state == ST_LOST && t->fsu > p->max_shadow_age) t->state = ST_DEAD;
+        if (t->state == ST_LOST && shadow_expired(self, t)) t->state = ST_DEAD;
     }
 
     /* New tentative tracks from unmatched confident detections. */
@@ -726,6 +798,7 @@ static PyObject *Core_update(CoreObject *self, PyObject *arg)
         kf_initiate(&t->kf, z, &p->kfp);
         track_remember(self, t, det);
         t->cls = det[5];
+        t->rate = find_rate(self, t->cls);
         t->hits = 1;
         t->state = ST_TENTATIVE;
         if (p->probation_age <= 1 || self->frame_count == 1) track_confirm(self, t);
@@ -747,6 +820,7 @@ static PyObject *Core_reset(CoreObject *self, PyObject *Py_UNUSED(ignored))
     self->ntracks = 0;
     self->frame_count = 0; /* next_id is kept: IDs are never reused in a tracker's life */
     free_windows(self);    /* a new scene: its scores are learnt afresh */
+    self->nrates = 0;      /* and its miss rates */
     Py_RETURN_NONE;
 }
 
@@ -768,11 +842,11 @@ static int parse_params(PyObject *args, PyObject *kwds, Params *p)
                              "iou_buffer", "shadow_buffer", "direction_weight",
                              "direction_delta", "fuse_score", "observation_centric",
                              "active_first", "adaptive", "score_window", "probation_age",
-                             "max_tentative_misses", "max_shadow_age", "coast_frames",
-                             "coast_overlap", "frame_width", "frame_height",
+                             "max_tentative_misses", "max_shadow_age", "shadow_min_frames", "coast_frames",
+                             "coast_overlap", "miss_rate_ref", "frame_width", "frame_height",
                              "std_weight_position", "std_weight_measurement",
                              "std_weight_velocity", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$ddddddddddlppppllllldddddd", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$ddddddddddlppppllllllddddddd", kwlist,
                                      &p->high_thresh, &p->low_thresh, &p->new_track_thresh,
                                      &p->match_thresh, &p->low_match_thresh,
                                      &p->tentative_match_thresh, &p->recovery_thresh,
@@ -780,15 +854,16 @@ static int parse_params(PyObject *args, PyObject *kwds, Params *p)
                                      &p->direction_delta, &p->fuse_score,
                                      &p->observation_centric, &p->active_first, &p->adaptive,
                                      &p->score_window, &p->probation_age,
-                                     &p->max_tentative_misses, &p->max_shadow_age,
-                                     &p->coast_frames, &p->coast_overlap, &p->frame_w,
+                                     &p->max_tentative_misses, &p->max_shadow_age, &p->shadow_min_frames,
+                                     &p->coast_frames, &p->coast_overlap, &p->miss_rate_ref, &p->frame_w,
                                      &p->frame_h, &p->kfp.w_pos, &p->kfp.w_meas,
                                      &p->kfp.w_vel))
         return -1;
     /* The wrapper checks ranges with friendlier messages; this guards the C invariants. */
     if (p->probation_age < 1 || p->direction_delta < 1 || !(p->iou_buffer >= 0) ||
-        !(p->shadow_buffer >= 0) || p->max_tentative_misses < 0 || p->max_shadow_age < 0 ||
+        !(p->shadow_buffer >= 0) || p->max_tentative_misses < 0 || p->max_shadow_age < 0 || p->shadow_min_frames < 0 ||
         p->coast_frames < 0 || !(p->coast_overlap >= 0) || !(p->frame_w >= 0) ||
+        !(p->miss_rate_ref >= 0 && p->miss_rate_ref <= 1) ||
         !(p->frame_h >= 0) || p->score_window < 1 || p->score_window > 1000000 ||
         !(p->kfp.w_pos > 0) || !(p->kfp.w_vel > 0) || !(p->kfp.w_meas > 0) ||
         !isfinite(p->kfp.w_pos) || !isfinite(p->kfp.w_vel) || !isfinite(p->kfp.w_meas)) {
@@ -811,6 +886,7 @@ static int Core_init(CoreObject *self, PyObject *args, PyObject *kwds)
     free_windows(self);
     self->p = p;
     self->ntracks = 0;
+    self->nrates = 0;
     self->frame_count = 0;
     if (self->next_id < 1) self->next_id = 1;
     return 0;
