@@ -179,6 +179,8 @@ def main(argv: List[str] = None) -> int:
     ap.add_argument("--keep", help="write result files here instead of a temp folder")
     ap.add_argument("--cv", action="store_true",
                     help="leave-one-sequence-out over det.txt and det_acf.txt (tracker_cv.py)")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="--cv: processes for the search (one per core; same results)")
     args = ap.parse_args(argv)
     mot_dir = Path(args.mot_dir)
     seqs = mot15_sequences(mot_dir)
@@ -186,7 +188,8 @@ def main(argv: List[str] = None) -> int:
         print(f"no MOT15 sequences with det/det.txt under {mot_dir}", file=sys.stderr)
         return 2
     if args.cv:
-        return cv_main(mot_dir, seqs, [n for n in args.only.split(",") if n and n != "ours"])
+        return cv_main(mot_dir, seqs, [n for n in args.only.split(",") if n and n != "ours"],
+                       max(1, args.jobs))
     names = [n for n in args.only.split(",") if n]
     unknown = [n for n in names if n not in TRACKERS]
     if unknown:
@@ -245,7 +248,7 @@ def _fmt(c: Dict[str, float]) -> str:
     return f"{c['HOTA']:.1f} | {c['MOTA']:.1f} | {c['IDF1']:.1f} | {c['IDSW']}"
 
 
-def cv_main(mot_dir: Path, seqs: List[Sequence], peers: List[str]) -> int:
+def cv_main(mot_dir: Path, seqs: List[Sequence], peers: List[str], jobs: int = 1) -> int:
     """``--cv``: the search, the out-of-fold tables next to the peers', the shipped defaults."""
     import tracker_cv as cv
 
@@ -258,7 +261,7 @@ def cv_main(mot_dir: Path, seqs: List[Sequence], peers: List[str]) -> int:
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
     cands = cv.candidates()
     t0 = time.perf_counter()
-    us, evals, table = cv.run_search(mot_dir, seqs, cands, log)
+    us, evals, table = cv.run_search(mot_dir, seqs, cands, log, jobs)
     log(f"search: {len(cands)} candidates x {len(us)} runs in {time.perf_counter() - t0:.0f} s")
     peer_res = {n: cv.peer_results(TRACKERS[n][1], us, evals) for n in peers}
     res = cv.cross_validate(us, table, peer_res)
@@ -267,7 +270,8 @@ def cv_main(mot_dir: Path, seqs: List[Sequence], peers: List[str]) -> int:
     print(f"Search: {len(cands)} candidates ({', '.join(f'{k} {v}' for k, v in cv.SEARCH.items())}"
           "); each fold picks the best HOTA + IDF1/2 + MOTA/4 (mean over both detection sets) "
           "on the other sequences among the candidates that meet the combined criteria there "
-          "(all candidates if none does), one parameter set for both sets. Ours gets raw scores, "
+          "(if none does, the one closest to meeting them), one parameter set for both sets. "
+          "Ours gets raw scores, "
           "peers their defaults (ACF scores mapped x = s/100, x/(1+x)).\n")
     ok = True
     for det_set in cv.DET_SETS:

@@ -99,7 +99,7 @@ PARAMS: Dict[str, _Param] = {
     "miss_rate_ref": _Param(float, 0.15, 0.0, 1.0,
                             "the miss rate of a strong detector on tracked objects (frames missed "
                             "inside gaps that ended in a re-match, per class, running over ~500 "
-                            "frames of tracks); a class missed s times as often (s at most 4) "
+                            "frames of tracks); a class missed s times as often (s at most 2.5) "
                             "keeps lost tracks at least shadow_min_frames x s frames and coasts "
                             "coast_s x s^3 with coast_overlap x s^3; 0 = off"),
     "coast_s": _Param(float, 0.1, 0.0, 36_000.0,
