@@ -221,7 +221,7 @@ static void associate(CoreObject *self, const int *tl, int nt, const int *dl, in
         /* Shadow tracks get a search region that grows with the time since they were seen. */
         double bt = buf;
         if (t->state == ST_LOST && self->p.shadow_buffer > 0)
-            bt += fmin(self->p.shadow_buffer * (double)(t->fsu - 1), 1.0);
+            bt += dmin(self->p.shadow_buffer * (double)(t->fsu - 1), 1.0);
         box_expand(use_obs ? t->obs : t->box, bt, tb);
         double ux = 0.0, uy = 0.0;
         int has_dir = dir_w > 0 && track_direction(t, self->p.direction_delta, &ux, &uy);
@@ -253,7 +253,7 @@ static void associate(CoreObject *self, const int *tl, int nt, const int *dl, in
                 if (n > 1e-6) {
                     double c = (ux * dx + uy * dy) / n;
                     c = c > 1 ? 1 : (c < -1 ? -1 : c);
-                    cost -= dir_w * ascore * (0.5 * PI_D - acos(c)) / PI_D;
+                    cost -= dir_w * ascore * (0.5 * PI_D - acos_fast(c)) / PI_D;
                 }
             }
             edges[ne].t = a;
@@ -561,7 +561,7 @@ static double miss_scale(const CoreObject *self, const Track *t)
 static int shadow_expired(const CoreObject *self, const Track *t)
 {
     double attempts = (double)self->p.shadow_min_frames * miss_scale(self, t);
-    return (double)t->fsu > fmax((double)self->p.max_shadow_age, attempts);
+    return (double)t->fsu > dmax((double)self->p.max_shadow_age, attempts);
 }
 
 static void track_observe(CoreObject *self, Track *t, const double *det)
@@ -667,7 +667,7 @@ static int track_coasts(const CoreObject *self, const Track *t)
     const Params *p = &self->p;
     if (t->state != ST_LOST) return 0;
     double s = miss_scale(self, t), s3 = s * s * s;
-    double overlap = fmin(p->coast_overlap * s3, 1.0);
+    double overlap = dmin(p->coast_overlap * s3, 1.0);
     if ((double)t->fsu > (double)p->coast_frames * s3) return 0;
     const double *b = t->box;
     if (p->frame_w > 0 && p->frame_h > 0 &&

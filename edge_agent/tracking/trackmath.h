@@ -52,15 +52,37 @@ static inline void z_to_box(const double *z, double b[4])
     b[3] = z[1] + 0.5 * h;
 }
 
+/* min/max of two finite numbers (fmin/fmax are library calls here: their NaN rules) */
+static inline double dmin(double a, double b) { return a < b ? a : b; }
+static inline double dmax(double a, double b) { return a > b ? a : b; }
+
 static inline double box_iou(const double *a, const double *b)
 {
-    double iw = fmin(a[2], b[2]) - fmax(a[0], b[0]);
+    double iw = dmin(a[2], b[2]) - dmax(a[0], b[0]);
     if (iw <= 0) return 0.0;
-    double ih = fmin(a[3], b[3]) - fmax(a[1], b[1]);
+    double ih = dmin(a[3], b[3]) - dmax(a[1], b[1]);
     if (ih <= 0) return 0.0;
     double inter = iw * ih;
     double ua = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter;
     return ua > 0 ? inter / ua : 0.0;
+}
+
+/* acos(x) for x in [-1, 1] within 2e-8 rad: Abramowitz & Stegun, Handbook of Mathematical
+ * Functions, 4.4.46 (for 0 <= x <= 1; acos(-x) = pi - acos(x)). The direction term of every
+ * gated pair needs one, and libm's exact acos was a tenth of update(). */
+static inline double acos_fast(double x)
+{
+    double ax = x < 0 ? -x : x;
+    double p = -0.0012624911;
+    p = p * ax + 0.0066700901;
+    p = p * ax - 0.0170881256;
+    p = p * ax + 0.0308918810;
+    p = p * ax - 0.0501743046;
+    p = p * ax + 0.0889789874;
+    p = p * ax - 0.2145988016;
+    p = p * ax + 1.5707963050;
+    double r = sqrt(1.0 - ax) * p;
+    return x < 0 ? 3.14159265358979323846 - r : r;
 }
 
 /* `b` enlarged by `buf` times its width/height on each side, into `o` (C-BIoU). */
