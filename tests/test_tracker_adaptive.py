@@ -15,6 +15,7 @@ from edge_agent.tracking.motdata import load_dets, load_gt, read_seqinfo
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from tracker_metrics import hota  # noqa: E402
 
+NONE = np.empty((0, 6))
 STUB = Path(__file__).resolve().parent.parent / "edge_agent" / "tracking" / "_tracker.pyi"
 
 
@@ -107,18 +108,29 @@ def test_shadow_keeps_at_least_shadow_min_frames(rate):
     assert _lost_frames(rate, max_shadow_s=1.0, shadow_min_frames=20) == max(round(rate), 20)
 
 
-def _gap_after(history: str, **params):
-    """One person walks for len(history) frames, detected where history has 'x' and missed
-    where it has '.', then vanishes. -> (frames its box is still reported, frames it stays in
-    lost() after that), at 10 fps."""
-    t = Tracker(probation_age=1, frame_rate=10, **params)
+def _feed(t: Tracker, history: str) -> None:
+    """One person walking, detected where history has 'x' and missed where it has '.'."""
     for f, c in enumerate(history):
-        d = np.array([[10.0 + f, 10, 50 + f, 110, 0.9, 0]]) if c == "x" else np.empty((0, 6))
-        t.update(d)
+        t.update(np.array([[10.0 + f, 10, 50 + f, 110, 0.9, 0]]) if c == "x" else NONE)
+
+
+def _coasted_after(t: Tracker, history: str = "xxxxx") -> int:
+    """Frames the person's box is still reported after it vanishes at the end of history."""
+    _feed(t, history)
+    n = 0
+    while len(t.update(NONE)):
+        n += 1
+    return n
+
+
+def _gap_after(history: str, **params):
+    """(frames coasted, frames then in lost()) once the person of history vanishes, at 10 fps."""
+    t = Tracker(probation_age=1, frame_rate=10, **params)
+    _feed(t, history)
     assert history.endswith("x")
     coasted = lost = 0
     while True:
-        out = t.update(np.empty((0, 6)))
+        out = t.update(NONE)
         if len(out):
             coasted += 1
         elif len(t.lost()):
@@ -153,31 +165,17 @@ def test_objects_that_leave_do_not_count_as_misses():
         for f in range(10):
             t.update(np.array([[10.0 + 5 * f, y, 50 + 5 * f, y + 100, 0.9, 0]]))
         for _ in range(20):
-            t.update(np.empty((0, 6)))
-    for f in range(5):
-        t.update(np.array([[10.0 + f, 10, 50 + f, 110, 0.9, 0]]))
-    coasted = 0
-    while len(t.update(np.empty((0, 6)))):
-        coasted += 1
-    assert coasted == 1
+            t.update(NONE)
+    assert _coasted_after(t) == 1
 
 
 def test_reset_forgets_the_miss_rate_and_set_frame_rate_keeps_it():
     t = Tracker(probation_age=1, frame_rate=10)
-    for f, c in enumerate(FLICKER):
-        t.update(np.array([[10.0 + f, 10, 50 + f, 110, 0.9, 0]]) if c == "x" else np.empty((0, 6)))
+    _feed(t, FLICKER)
     t.set_frame_rate(10.0)
-    coasted = 0
-    while len(t.update(np.empty((0, 6)))):
-        coasted += 1
-    assert coasted > 1
+    assert _coasted_after(t, "") > 1
     t.reset()
-    for f in range(5):
-        t.update(np.array([[10.0 + f, 10, 50 + f, 110, 0.9, 0]]))
-    coasted = 0
-    while len(t.update(np.empty((0, 6)))):
-        coasted += 1
-    assert coasted == 1
+    assert _coasted_after(t) == 1
 
 
 def test_coasting_is_in_seconds():
