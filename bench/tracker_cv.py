@@ -276,25 +276,23 @@ def run_search(mot_dir: Path, seqs: Seq[Sequence], cands: Seq[Dict[str, Any]],
                ) -> Tuple[List[Unit], Dict[str, SeqEval], Table]:
     """Every candidate on every (sequence, detection set): TrackEval per-sequence results, in
     ``jobs`` processes (the same results for any number)."""
+    import contextlib
     import multiprocessing
 
     us = units(seqs)
     evals = {s.name: SeqEval(mot_dir, s) for s in seqs}
     _WORK.update(evals=evals, dets={u: load_det_set(u.seq, u.det_set) for u in us})
     table: Table = {}
+    pool = (multiprocessing.get_context("fork").Pool(jobs) if jobs > 1
+            else contextlib.nullcontext())
     try:
-        if jobs > 1:
-            pool = multiprocessing.get_context("fork").Pool(jobs)
-            results = pool.imap(_score_candidate, cands)
-        else:
-            pool, results = None, map(_score_candidate, cands)
-        for ci, res in enumerate(results):
-            table[ci] = res
-            if ci % 10 == 9 or ci == len(cands) - 1:
-                log(f"searched {ci + 1}/{len(cands)} candidates")
-        if pool is not None:
-            pool.close()
-            pool.join()
+        with pool:  # a Pool is terminated on the way out, also after an error
+            results = pool.imap(_score_candidate, cands) if jobs > 1 else map(_score_candidate,
+                                                                               cands)
+            for ci, res in enumerate(results):
+                table[ci] = res
+                if ci % 10 == 9 or ci == len(cands) - 1:
+                    log(f"searched {ci + 1}/{len(cands)} candidates")
     finally:
         _WORK.clear()
     return us, evals, table

@@ -657,11 +657,11 @@ static void stage(CoreObject *self, Py_ssize_t n, int st1, int st2, double dlo, 
 }
 
 /* Is track t reported this frame although lost? Only for coast_frames x s^3 after its last
- * match (s = miss_scale: a detector that misses people in view),
- * while its predicted box lies wholly inside the image (when the image size is known: a track
- * leaving the picture is gone, not missed) and overlaps no active track's box by coast_overlap
- * IoU or more (there the detection most likely went to that track: the person is occluded or
- * the lost track was a duplicate). */
+ * match (s = miss_scale: a detector that misses people in view), while its predicted box lies
+ * wholly inside the image (when the image size is known: a track leaving the picture is gone,
+ * not missed) and overlaps no active track's box by coast_overlap x s^3 IoU or more (there the
+ * detection most likely went to that track: the person is occluded or the lost track was a
+ * duplicate). */
 static int track_coasts(const CoreObject *self, const Track *t)
 {
     const Params *p = &self->p;
@@ -844,8 +844,9 @@ static int parse_params(PyObject *args, PyObject *kwds, Params *p)
                              "iou_buffer", "shadow_buffer", "direction_weight",
                              "direction_delta", "fuse_score", "observation_centric",
                              "active_first", "adaptive", "score_window", "probation_age",
-                             "max_tentative_misses", "max_shadow_age", "shadow_min_frames", "coast_frames",
-                             "coast_overlap", "miss_rate_ref", "frame_width", "frame_height",
+                             "max_tentative_misses", "max_shadow_age", "shadow_min_frames",
+                             "coast_frames", "coast_overlap", "miss_rate_ref", "frame_width",
+                             "frame_height",
                              "std_weight_position", "std_weight_measurement",
                              "std_weight_velocity", NULL};
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "$ddddddddddlppppllllllddddddd", kwlist,
@@ -856,16 +857,16 @@ static int parse_params(PyObject *args, PyObject *kwds, Params *p)
                                      &p->direction_delta, &p->fuse_score,
                                      &p->observation_centric, &p->active_first, &p->adaptive,
                                      &p->score_window, &p->probation_age,
-                                     &p->max_tentative_misses, &p->max_shadow_age, &p->shadow_min_frames,
-                                     &p->coast_frames, &p->coast_overlap, &p->miss_rate_ref, &p->frame_w,
-                                     &p->frame_h, &p->kfp.w_pos, &p->kfp.w_meas,
-                                     &p->kfp.w_vel))
+                                     &p->max_tentative_misses, &p->max_shadow_age,
+                                     &p->shadow_min_frames, &p->coast_frames, &p->coast_overlap,
+                                     &p->miss_rate_ref, &p->frame_w, &p->frame_h, &p->kfp.w_pos,
+                                     &p->kfp.w_meas, &p->kfp.w_vel))
         return -1;
     /* The wrapper checks ranges with friendlier messages; this guards the C invariants. */
     if (p->probation_age < 1 || p->direction_delta < 1 || !(p->iou_buffer >= 0) ||
-        !(p->shadow_buffer >= 0) || p->max_tentative_misses < 0 || p->max_shadow_age < 0 || p->shadow_min_frames < 0 ||
-        p->coast_frames < 0 || !(p->coast_overlap >= 0) || !(p->frame_w >= 0) ||
-        !(p->miss_rate_ref >= 0 && p->miss_rate_ref <= 1) ||
+        !(p->shadow_buffer >= 0) || p->max_tentative_misses < 0 || p->max_shadow_age < 0 ||
+        p->shadow_min_frames < 0 || p->coast_frames < 0 || !(p->coast_overlap >= 0) ||
+        !(p->frame_w >= 0) || !(p->miss_rate_ref >= 0 && p->miss_rate_ref <= 1) ||
         !(p->frame_h >= 0) || p->score_window < 1 || p->score_window > 1000000 ||
         !(p->kfp.w_pos > 0) || !(p->kfp.w_vel > 0) || !(p->kfp.w_meas > 0) ||
         !isfinite(p->kfp.w_pos) || !isfinite(p->kfp.w_vel) || !isfinite(p->kfp.w_meas)) {
