@@ -124,7 +124,10 @@ typedef struct {
     int *colmap;           size_t cap_colmap;
     int *rows;             size_t cap_rows;
     int *cols;             size_t cap_cols;
-    SortKey *keys;         size_t cap_keys;
+    SortKey *keys;         size_t cap_keys;      /* one stage's detections by x1 */
+    SortKey *xkeys;        size_t cap_xkeys;     /* the frame's detections by (x1, index) */
+    int *dpos;             size_t cap_dpos;      /* per detection: its place in a stage, or -1 */
+    Py_ssize_t nxkeys;
     double *lapcost;       size_t cap_lapcost;
     int *lapi;             size_t cap_lapi;      /* 6 int arrays of dim */
     double *lapd;          size_t cap_lapd;      /* 2 double arrays of dim */
@@ -161,10 +164,24 @@ static int uf_find(int *uf, int x)
     return x;
 }
 
+/* By x1, then by index: a total order, so ties come out the same whatever qsort does. */
 static int cmp_key(const void *a, const void *b)
 {
-    double x = ((const SortKey *)a)->x1, y = ((const SortKey *)b)->x1;
-    return (x > y) - (x < y);
+    const SortKey *p = (const SortKey *)a, *q = (const SortKey *)b;
+    if (p->x1 != q->x1) return p->x1 > q->x1 ? 1 : -1;
+    return (p->idx > q->idx) - (p->idx < q->idx);
+}
+
+/* The frame's detections sorted by x1 once; each stage takes its own in that order. */
+static void sort_frame_dets(CoreObject *self, Py_ssize_t n)
+{
+    for (Py_ssize_t j = 0; j < n; j++) {
+        self->xkeys[j].x1 = self->dets[(size_t)j * DET_COLS];
+        self->xkeys[j].idx = (int)j;
+        self->dpos[j] = -1;
+    }
+    qsort(self->xkeys, (size_t)n, sizeof(SortKey), cmp_key);
+    self->nxkeys = n;
 }
 
 /*
@@ -205,11 +222,19 @@ static void associate(CoreObject *self, const int *tl, int nt, const int *dl, in
     double maxw = 0.0;
     for (int k = 0; k < nd; k++) {
         const double *b = dets + (size_t)dl[k] * DET_COLS;
-        keys[k].x1 = b[0];
-        keys[k].idx = k;
+        self->dpos[dl[k]] = k;
         if (b[2] - b[0] > maxw) maxw = b[2] - b[0];
     }
-    qsort(keys, (size_t)nd, sizeof(SortKey), cmp_key);
+    int m = 0; /* this stage's detections in the frame's x order (dl is by index) */
+    for (Py_ssize_t i = 0; i < self->nxkeys; i++) {
+        int k = self->dpos[self->xkeys[i].idx];
+        if (k < 0) continue;
+        keys[m].x1 = self->xkeys[i].x1;
+        keys[m].idx = k;
+        m++;
+    }
+    assert(m == nd);
+    for (int k = 0; k < nd; k++) self->dpos[dl[k]] = -1;
 
     /* Gated edges via a sweep over x: only detections whose x-extent can overlap. */
     Edge *edges = self->edges;
@@ -339,7 +364,8 @@ static int reserve_scratch(CoreObject *self, Py_ssize_t n)
         ENSURE(self, cnt, nn + 1) < 0 || ENSURE(self, order, nt * nd) < 0 ||
         ENSURE(self, rowmap, nt) < 0 || ENSURE(self, colmap, nd) < 0 ||
         ENSURE(self, rows, nt) < 0 || ENSURE(self, cols, nd) < 0 ||
-        ENSURE(self, keys, nd) < 0 || ENSURE(self, lapcost, dim * dim) < 0 ||
+        ENSURE(self, keys, nd) < 0 || ENSURE(self, xkeys, nd) < 0 ||
+        ENSURE(self, dpos, nd) < 0 || ENSURE(self, lapcost, dim * dim) < 0 ||
         ENSURE(self, lapi, 6 * dim) < 0 || ENSURE(self, lapd, 2 * dim) < 0)
         return -1;
     return 0;
@@ -748,6 +774,7 @@ static PyObject *Core_update(CoreObject *self, PyObject *arg)
     self->frame_count++;
     predict_all(self);
     score_dets(self, n);
+    sort_frame_dets(self, n);
     for (Py_ssize_t j = 0; j < n; j++) self->dmatch[j] = -1;
 
     /* 1: high-score detections vs active and lost tracks (predicted boxes); with
@@ -925,6 +952,8 @@ static void Core_dealloc(CoreObject *self)
     free(self->rows);
     free(self->cols);
     free(self->keys);
+    free(self->xkeys);
+    free(self->dpos);
     free(self->lapcost);
     free(self->lapi);
     free(self->lapd);
