@@ -215,11 +215,6 @@ def criteria_margin(ours: Dict[str, float], peers: Dict[str, Dict[str, float]]) 
                ours["MOTA"] - sort_mota)
 
 
-def meets_criteria(ours: Dict[str, float], peers: Dict[str, Dict[str, float]]) -> bool:
-    """Issue 11's combined criteria on one detection set (True without peers)."""
-    return criteria_margin(ours, peers) >= 0
-
-
 PeerTable = Dict[str, Dict[Unit, Dict[str, Any]]]
 
 

@@ -81,33 +81,6 @@ def test_each_class_has_its_own_score_scale():
         assert {int(c) for c in out[:, 6]} == classes
 
 
-def _lost_frames(frame_rate: float, **params) -> int:
-    """Frames a confirmed track stays re-matchable after its object vanished (coasting off: the
-    track is in lost() from its first miss)."""
-    t = Tracker(probation_age=1, frame_rate=frame_rate, **{"coast_s": 0.0, **params})
-    for f in range(5):
-        t.update(np.array([[10.0 + f, 10, 50 + f, 110, 0.9, 0]]))
-    n = 0
-    while len(t.lost()) or n == 0:
-        t.update(np.empty((0, 6)))
-        n += 1
-    return n - 1
-
-
-@pytest.mark.parametrize("rate", [7.0, 10.0, 30.0])
-def test_shadow_age_is_in_seconds(rate):
-    assert _lost_frames(rate, max_shadow_s=1.0, shadow_min_frames=0) == round(rate)
-    assert _lost_frames(rate, max_shadow_s=0.5, shadow_min_frames=0) == round(0.5 * rate)
-
-
-@pytest.mark.parametrize("rate", [7.0, 10.0, 30.0])
-def test_shadow_keeps_at_least_shadow_min_frames(rate):
-    # 1 s is 7 frames at 7 fps, fewer detector attempts than the floor of 15; at 30 fps the
-    # seconds are longer than the floor.
-    assert _lost_frames(rate, max_shadow_s=1.0) == max(round(rate), 15)
-    assert _lost_frames(rate, max_shadow_s=1.0, shadow_min_frames=20) == max(round(rate), 20)
-
-
 def _feed(t: Tracker, history: str) -> None:
     """One person walking, detected where history has 'x' and missed where it has '.'."""
     for f, c in enumerate(history):
@@ -123,9 +96,9 @@ def _coasted_after(t: Tracker, history: str = "xxxxx") -> int:
     return n
 
 
-def _gap_after(history: str, **params):
-    """(frames coasted, frames then in lost()) once the person of history vanishes, at 10 fps."""
-    t = Tracker(probation_age=1, frame_rate=10, **params)
+def _gap_after(history: str, frame_rate: float = 10.0, **params):
+    """(frames coasted, frames then in lost()) once the person of history vanishes."""
+    t = Tracker(probation_age=1, frame_rate=frame_rate, **params)
     _feed(t, history)
     assert history.endswith("x")
     coasted = lost = 0
@@ -137,6 +110,26 @@ def _gap_after(history: str, **params):
             lost += 1
         else:
             return coasted, lost
+
+
+def _lost_frames(frame_rate: float, **params) -> int:
+    """Frames a confirmed track stays re-matchable after its object vanished (coasting off: the
+    track is in lost() from its first miss)."""
+    return _gap_after("x" * 5, frame_rate, **{"coast_s": 0.0, **params})[1]
+
+
+@pytest.mark.parametrize("rate", [7.0, 10.0, 30.0])
+def test_shadow_age_is_in_seconds(rate):
+    assert _lost_frames(rate, max_shadow_s=1.0, shadow_min_frames=0) == round(rate)
+    assert _lost_frames(rate, max_shadow_s=0.5, shadow_min_frames=0) == round(0.5 * rate)
+
+
+@pytest.mark.parametrize("rate", [7.0, 10.0, 30.0])
+def test_shadow_keeps_at_least_shadow_min_frames(rate):
+    # 1 s is 7 frames at 7 fps, fewer detector attempts than the floor of 15; at 30 fps the
+    # seconds are longer than the floor.
+    assert _lost_frames(rate, max_shadow_s=1.0) == max(round(rate), 15)
+    assert _lost_frames(rate, max_shadow_s=1.0, shadow_min_frames=20) == max(round(rate), 20)
 
 
 STEADY = "x" * 300
@@ -181,12 +174,7 @@ def test_reset_forgets_the_miss_rate_and_set_frame_rate_keeps_it():
 def test_coasting_is_in_seconds():
     for rate in (10.0, 20.0):
         t = Tracker(probation_age=1, frame_rate=rate, coast_s=0.3)
-        for f in range(5):
-            t.update(np.array([[10.0 + f, 10, 50 + f, 110, 0.9, 0]]))
-        reported = 0
-        while len(t.update(np.empty((0, 6)))):
-            reported += 1
-        assert reported == round(0.3 * rate)
+        assert _coasted_after(t) == round(0.3 * rate)
 
 
 def test_same_motion_at_10_and_30_fps_keeps_one_id():
