@@ -35,7 +35,8 @@ MODEL_ONNX   := $(if $(VARIANT),out/model/edge_multihead_nc.onnx,engines/models/
 .PHONY: venv system-deps test test-debug lint demo clean bench-tracker model model-smoke
 
 $(VENV)/.stamp: setup.cfg setup.py pyproject.toml edge_agent/tracking/_tracker.c \
-               edge_agent/tracking/trackmath.c edge_agent/tracking/trackmath.h
+               edge_agent/tracking/trackmath.c edge_agent/tracking/trackmath.h \
+               edge_agent/tracking/dcf.c edge_agent/tracking/dcf.h
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[cpu,dev]'

@@ -12,8 +12,9 @@ setup(
     ext_modules=[
         Extension(
             "edge_agent.tracking._tracker",
-            sources=["edge_agent/tracking/_tracker.c", "edge_agent/tracking/trackmath.c"],
-            depends=["edge_agent/tracking/trackmath.h"],
+            sources=["edge_agent/tracking/_tracker.c", "edge_agent/tracking/trackmath.c",
+                     "edge_agent/tracking/dcf.c"],
+            depends=["edge_agent/tracking/trackmath.h", "edge_agent/tracking/dcf.h"],
             extra_compile_args=_cflags,
             extra_link_args=[] if _debug else ["-O3", "-flto"],
         )

@@ -217,14 +217,19 @@ class Tracker:
         self._params = check_params(params)
         self._core = _tracker.Core(**_core_params(self._params))
 
-    def update(self, dets: Optional[np.ndarray]) -> np.ndarray:
+    def update(self, dets: Optional[np.ndarray], frame: Optional[np.ndarray] = None
+               ) -> np.ndarray:
         """Advance one frame.
 
         ``dets``: float32/float64 array (N, 6) x1, y1, x2, y2, score, class_id (any strides),
-        or ``None`` for a frame without detection (predict only). Returns a float64 (M, 8)
-        array (see :data:`COLUMNS`) with one row per active track. Invalid input raises
-        ``ValueError`` and leaves the tracker unchanged. Detections with zero width or height
-        are ignored; those below ``low_thresh`` too.
+        or ``None`` for a frame without detection (predict only). ``frame``: the picture the
+        detections come from, uint8 (H, W, 3) BGR (any strides), the same size throughout a
+        stream: each confirmed track then keeps a correlation filter of its look, follows it
+        between detections and stops where it is no longer seen (docs/tracker.md); ``None``
+        tracks from the boxes alone. Returns a float64 (M, 8) array (see :data:`COLUMNS`) with
+        one row per active track. Invalid input raises ``ValueError`` and leaves the tracker
+        unchanged. Detections with zero width or height are ignored; those below
+        ``low_thresh`` too.
         """
         if dets is not None:
             if not isinstance(dets, np.ndarray):
@@ -239,7 +244,15 @@ class Tracker:
                     "dets must have shape (N, 6): x1, y1, x2, y2, score, class_id; "
                     f"got {dets.shape}"
                 )
-        return _rows(self._core.update(dets))
+        if frame is not None:
+            if not isinstance(frame, np.ndarray):
+                raise ValueError("frame must be a NumPy uint8 array (H, W, 3) or None, "
+                                 f"got {type(frame).__name__}")
+            if frame.dtype != np.uint8:
+                raise ValueError(f"frame must be uint8 (BGR), got {frame.dtype}")
+            if frame.ndim != 3 or frame.shape[2] != 3:
+                raise ValueError(f"frame must have shape (H, W, 3) (BGR), got {frame.shape}")
+        return _rows(self._core.update(dets, frame))
 
     def lost(self) -> np.ndarray:
         """Shadow tracks: lost, not yet removed, still re-matchable with their ID (M, 8)."""

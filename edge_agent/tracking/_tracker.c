@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dcf.h"
 #include "trackmath.h"
 
 #define ST_TENTATIVE 0
@@ -48,6 +49,8 @@
 #define MAX_DETS 100000
 /* Coordinates beyond this are an upstream bug, and would overflow the Kalman variances. */
 #define MAX_COORD 1e7
+/* Tracks with a visual model at most (12 KiB each); tracks beyond it follow their prediction. */
+#define MAX_VISUAL 512
 
 /* ------------------------------------------------------------------------------------------ */
 /* Tracker object                                                                              */
@@ -65,6 +68,8 @@ typedef struct {
     int state, hits, misses;
     int coasted;    /* lost, but its predicted box is reported this frame (coast_frames) */
     int rate;       /* index of its class's MissRate, -1 if none */
+    int flt;        /* its correlation filter's slot, -1 if none */
+    int seen;       /* the filter found it in this frame's picture (PSR >= DCF_PSR_MIN) */
 } Track;
 
 /* How often the detector misses a class's confirmed tracks: frames inside gaps that ended in
@@ -135,6 +140,12 @@ typedef struct {
     int nwins;
     MissRate rates[MAX_CLASSES];                 /* one per class that started a track */
     int nrates;
+    /* visual tracking (update with a frame) */
+    DcfPlan *plan;                               /* made on the first frame */
+    DcfWork *work;
+    DcfFilter *flt;        size_t cap_flt;       /* filter slots */
+    unsigned char *flt_used; size_t cap_flt_used;
+    int img_w, img_h;                            /* the stream's frame size; 0 before one */
 } CoreObject;
 
 /* Grow *buf to hold `need` elements of `elem` bytes; -1 with MemoryError on failure. */
@@ -634,6 +645,7 @@ static void predict_all(CoreObject *self)
         kf_predict(&t->kf, &self->p.kfp);
         if (t->kf.m[2] <= 0) t->kf.m[2] = 1e-3;
         t->fsu++;
+        t->seen = 0;
         track_refresh_box(t);
     }
 }
@@ -642,7 +654,10 @@ static void compact(CoreObject *self)
 {
     Py_ssize_t w = 0;
     for (Py_ssize_t i = 0; i < self->ntracks; i++) {
-        if (self->tracks[i].state == ST_DEAD) continue;
+        if (self->tracks[i].state == ST_DEAD) {
+            if (self->tracks[i].flt >= 0) self->flt_used[self->tracks[i].flt] = 0;
+            continue;
+        }
         if (w != i) self->tracks[w] = self->tracks[i];
         w++;
     }
@@ -682,6 +697,99 @@ static void stage(CoreObject *self, Py_ssize_t n, int st1, int st2, double dlo, 
     }
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Visual tracking (update with a frame): a correlation filter per confirmed track, dcf.c      */
+
+/* The FFT tables and filter slots for `need` tracks (at most MAX_VISUAL), reserved before any
+ * state changes; -1 with MemoryError. */
+static int reserve_visual(CoreObject *self, size_t need)
+{
+    if (!self->plan) {
+        DcfPlan *plan = malloc(sizeof(DcfPlan));
+        DcfWork *work = malloc(sizeof(DcfWork));
+        if (!plan || !work) {
+            free(plan);
+            free(work);
+            PyErr_NoMemory();
+            return -1;
+        }
+        dcf_plan_init(plan);
+        self->plan = plan;
+        self->work = work;
+    }
+    if (need > MAX_VISUAL) need = MAX_VISUAL;
+    size_t old = self->cap_flt_used;
+    if (ENSURE(self, flt, need) < 0 || ENSURE(self, flt_used, need) < 0) return -1;
+    if (self->cap_flt_used > old) memset(self->flt_used + old, 0, self->cap_flt_used - old);
+    return 0;
+}
+
+/* A free filter slot, or -1 when all MAX_VISUAL are taken (the track then goes without). */
+static int take_slot(CoreObject *self)
+{
+    size_t n = self->cap_flt < self->cap_flt_used ? self->cap_flt : self->cap_flt_used;
+    if (n > MAX_VISUAL) n = MAX_VISUAL;
+    for (size_t k = 0; k < n; k++)
+        if (!self->flt_used[k]) {
+            self->flt_used[k] = 1;
+            return (int)k;
+        }
+    return -1;
+}
+
+static void free_slots(CoreObject *self)
+{
+    if (self->flt_used) memset(self->flt_used, 0, self->cap_flt_used);
+}
+
+/* The window around the centre (cx, cy) of box b, sampled into self->work; 0 or -1. */
+static int sample_at(CoreObject *self, const DcfImage *img, const double *b, double cx, double cy)
+{
+    return dcf_sample(self->plan, img, cx, cy, DCF_WINDOW * (b[2] - b[0]),
+                      DCF_WINDOW * (b[3] - b[1]), self->work);
+}
+
+/* Each confirmed track with a filter looks for its patch around its predicted box; where the
+ * peak stands out of its sidelobes (PSR), the centre it found updates the Kalman filter as a
+ * measurement of position, and the track is `seen`. */
+static void visual_follow(CoreObject *self, const DcfImage *img)
+{
+    for (Py_ssize_t i = 0; i < self->ntracks; i++) {
+        Track *t = &self->tracks[i];
+        if (t->flt < 0 || (t->state != ST_ACTIVE && t->state != ST_LOST)) continue;
+        const double *b = t->box;
+        double cx = 0.5 * (b[0] + b[2]), cy = 0.5 * (b[1] + b[3]);
+        if (sample_at(self, img, b, cx, cy) < 0) continue;
+        double dx, dy, peak;
+        double psr = dcf_locate(self->plan, &self->flt[t->flt], self->work, &dx, &dy, &peak);
+        if (!(psr >= DCF_PSR_MIN)) continue;
+        double cw = DCF_WINDOW * (b[2] - b[0]) / DCF_N, ch = DCF_WINDOW * (b[3] - b[1]) / DCF_N;
+        kf_update_centre(&t->kf, cx + dx * cw, cy + dy * ch, &self->p.kfp);
+        track_refresh_box(t);
+        t->seen = 1;
+    }
+}
+
+/* Each confirmed track's filter learns its patch: where a detection matched it this frame (a
+ * new filter for a track that has none), else where the filter itself found it. An unseen
+ * track's filter is left alone: it must not learn its occluder. */
+static void visual_learn(CoreObject *self, const DcfImage *img)
+{
+    for (Py_ssize_t i = 0; i < self->ntracks; i++) {
+        Track *t = &self->tracks[i];
+        if (t->state != ST_ACTIVE && t->state != ST_LOST) continue;
+        const double *b = t->fsu == 0 ? t->obs : (t->seen ? t->box : NULL);
+        if (!b || (t->flt < 0 && t->fsu != 0)) continue;
+        if (sample_at(self, img, b, 0.5 * (b[0] + b[2]), 0.5 * (b[1] + b[3])) < 0) continue;
+        float rate = DCF_RATE;
+        if (t->flt < 0) {
+            if ((t->flt = take_slot(self)) < 0) continue;
+            rate = 1.0f;
+        }
+        dcf_train(self->plan, &self->flt[t->flt], self->work, rate);
+    }
+}
+
 /* Is track t reported this frame although lost? Only for coast_frames x s^3 after its last
  * match (s = miss_scale: a detector that misses people in view), while its predicted box lies
  * wholly inside the image (when the image size is known: a track leaving the picture is gone,
@@ -694,11 +802,12 @@ static int track_coasts(const CoreObject *self, const Track *t)
     if (t->state != ST_LOST) return 0;
     double s = miss_scale(self, t), s3 = s * s * s;
     double overlap = dmin(p->coast_overlap * s3, 1.0);
-    if ((double)t->fsu > (double)p->coast_frames * s3) return 0;
+    /* A track the filter still sees in the picture is reported whatever the time lost. */
+    if (!t->seen && (double)t->fsu > (double)p->coast_frames * s3) return 0;
     const double *b = t->box;
-    if (p->frame_w > 0 && p->frame_h > 0 &&
-        !(b[0] >= 0 && b[1] >= 0 && b[2] <= p->frame_w && b[3] <= p->frame_h))
-        return 0;
+    double fw = p->frame_w > 0 ? p->frame_w : self->img_w;
+    double fh = p->frame_h > 0 ? p->frame_h : self->img_h;
+    if (fw > 0 && fh > 0 && !(b[0] >= 0 && b[1] >= 0 && b[2] <= fw && b[3] <= fh)) return 0;
     if (overlap < 1.0) {
         for (Py_ssize_t i = 0; i < self->ntracks; i++) {
             const Track *a = &self->tracks[i];
@@ -714,7 +823,7 @@ static void mark_coasting(CoreObject *self)
     int on = self->p.coast_frames > 0;
     for (Py_ssize_t i = 0; i < self->ntracks; i++) {
         Track *t = &self->tracks[i];
-        t->coasted = on && track_coasts(self, t);
+        t->coasted = (on || t->seen) && track_coasts(self, t);
     }
 }
 
@@ -750,17 +859,66 @@ static PyObject *write_rows(CoreObject *self, int want_state)
     return out;
 }
 
-static PyObject *Core_update(CoreObject *self, PyObject *arg)
+/* The frame (H, W, 3) uint8 BGR, any strides, as an image; 0, or -1 with ValueError. Nothing
+ * is changed: the caller commits the size once the whole update is valid. */
+static int read_frame(const CoreObject *self, PyObject *obj, Py_buffer *view, DcfImage *img)
+{
+    if (PyObject_GetBuffer(obj, view, PyBUF_RECORDS_RO) < 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_ValueError,
+                     "frame must be a uint8 array (H, W, 3), BGR, or None; got %.100s",
+                     Py_TYPE(obj)->tp_name);
+        return -1;
+    }
+    const char *fmt = item_format(view);
+    if (strcmp(fmt, "B") != 0) {
+        PyErr_Format(PyExc_ValueError, "frame must be uint8, got buffer format '%.20s'",
+                     view->format ? view->format : "B");
+    } else if (view->ndim != 3 || view->shape[2] != 3) {
+        PyErr_Format(PyExc_ValueError, "frame must have shape (H, W, 3) (BGR), got %d "
+                     "dimension(s)%s", view->ndim,
+                     view->ndim == 3 ? " with a last axis other than 3" : "");
+    } else if (view->shape[0] < 1 || view->shape[1] < 1 || view->shape[0] > 65535 ||
+               view->shape[1] > 65535) {
+        PyErr_Format(PyExc_ValueError, "frame size %zd x %zd is outside 1..65535",
+                     view->shape[1], view->shape[0]);
+    } else if (self->img_w && (view->shape[1] != self->img_w || view->shape[0] != self->img_h)) {
+        PyErr_Format(PyExc_ValueError, "frame size changed from %d x %d to %zd x %zd within a "
+                     "stream (reset() the tracker first)", self->img_w, self->img_h,
+                     view->shape[1], view->shape[0]);
+    } else {
+        img->data = (const unsigned char *)view->buf;
+        img->sy = view->strides[0];
+        img->sx = view->strides[1];
+        img->sc = view->strides[2];
+        img->h = (int)view->shape[0];
+        img->w = (int)view->shape[1];
+        return 0;
+    }
+    PyBuffer_Release(view);
+    return -1;
+}
+
+static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
 {
     const Params *p = &self->p;
     if (arg == Py_None) {
-        /* Predict-only frame: no lifecycle transitions except shadow expiry. */
+        /* No detection: predict (and, with a frame, follow what the filters see); no lifecycle
+         * transitions except a track the filter lost, and shadow expiry. */
+        if (img && reserve_visual(self, 0) < 0) return NULL;
         self->frame_count++;
         predict_all(self);
+        if (img) {
+            self->img_w = img->w;
+            self->img_h = img->h;
+            visual_follow(self, img);
+        }
         for (Py_ssize_t i = 0; i < self->ntracks; i++) {
             Track *t = &self->tracks[i];
+            if (img && t->state == ST_ACTIVE && t->flt >= 0 && !t->seen) t->state = ST_LOST;
             if (t->state == ST_LOST && shadow_expired(self, t)) t->state = ST_DEAD;
         }
+        if (img) visual_learn(self, img);
         compact(self);
         mark_coasting(self);
         return write_rows(self, ST_ACTIVE);
@@ -768,11 +926,17 @@ static PyObject *Core_update(CoreObject *self, PyObject *arg)
     /* Validate and reserve everything first: an error leaves the tracker untouched. */
     Py_ssize_t n = read_dets(self, arg);
     if (n < 0) return NULL;
+    if (img && reserve_visual(self, (size_t)self->ntracks + (size_t)n) < 0) return NULL;
     unsigned char *tmatched = self->tmatched;
     memset(tmatched, 0, (size_t)self->ntracks + 1);
 
     self->frame_count++;
     predict_all(self);
+    if (img) {
+        self->img_w = img->w;
+        self->img_h = img->h;
+        visual_follow(self, img);
+    }
     score_dets(self, n);
     sort_frame_dets(self, n);
     for (Py_ssize_t j = 0; j < n; j++) self->dmatch[j] = -1;
@@ -822,6 +986,7 @@ static PyObject *Core_update(CoreObject *self, PyObject *arg)
         assert(self->ntracks < (Py_ssize_t)self->cap_tracks);
         Track *t = &self->tracks[self->ntracks++];
         memset(t, 0, sizeof(*t));
+        t->flt = -1;
         double z[4];
         box_to_z(det, z);
         kf_initiate(&t->kf, z, &p->kfp);
@@ -832,9 +997,25 @@ static PyObject *Core_update(CoreObject *self, PyObject *arg)
         t->state = ST_TENTATIVE;
         if (p->probation_age <= 1 || self->frame_count == 1) track_confirm(self, t);
     }
+    if (img) visual_learn(self, img);
     compact(self);
     mark_coasting(self);
     return write_rows(self, ST_ACTIVE);
+}
+
+static PyObject *Core_update(CoreObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"dets", "frame", NULL};
+    PyObject *dets = NULL, *frame = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O:update", kwlist, &dets, &frame))
+        return NULL;
+    if (frame == Py_None) return step(self, dets, NULL);
+    Py_buffer view;
+    DcfImage img;
+    if (read_frame(self, frame, &view, &img) < 0) return NULL;
+    PyObject *res = step(self, dets, &img);
+    PyBuffer_Release(&view);
+    return res;
 }
 
 static PyObject *Core_lost(CoreObject *self, PyObject *Py_UNUSED(ignored))
@@ -850,6 +1031,8 @@ static PyObject *Core_reset(CoreObject *self, PyObject *Py_UNUSED(ignored))
     self->frame_count = 0; /* next_id is kept: IDs are never reused in a tracker's life */
     free_windows(self);    /* a new scene: its scores are learnt afresh */
     self->nrates = 0;      /* and its miss rates */
+    free_slots(self);
+    self->img_w = self->img_h = 0; /* a new stream may have another size */
     Py_RETURN_NONE;
 }
 
@@ -918,6 +1101,8 @@ static int Core_init(CoreObject *self, PyObject *args, PyObject *kwds)
     self->ntracks = 0;
     self->nrates = 0;
     self->frame_count = 0;
+    free_slots(self);
+    self->img_w = self->img_h = 0;
     if (self->next_id < 1) self->next_id = 1;
     return 0;
 }
@@ -961,12 +1146,17 @@ static void Core_dealloc(CoreObject *self)
     free(self->dwin);
     free_windows(self);
     free(self->wins);
+    free(self->plan);
+    free(self->work);
+    free(self->flt);
+    free(self->flt_used);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyMethodDef Core_methods[] = {
-    {"update", (PyCFunction)Core_update, METH_O,
-     "update(dets or None) -> bytearray of float64 rows (8 columns), active tracks"},
+    {"update", (PyCFunction)(void (*)(void))Core_update, METH_VARARGS | METH_KEYWORDS,
+     "update(dets or None, frame=None) -> bytearray of float64 rows (8 columns), active "
+     "tracks; frame: (H, W, 3) uint8 BGR for visual tracking"},
     {"lost", (PyCFunction)Core_lost, METH_NOARGS, "lost() -> bytearray of shadow-track rows"},
     {"reset", (PyCFunction)Core_reset, METH_NOARGS, "drop all tracks; IDs are not reused"},
     {"configure", (PyCFunction)(void (*)(void))Core_configure, METH_VARARGS | METH_KEYWORDS,

@@ -37,8 +37,8 @@ class Core:
         std_weight_measurement: float,
         std_weight_velocity: float,
     ) -> None: ...
-    def update(self, dets: Optional[Any]) -> bytearray:
-        """float64 rows of 8 columns (active tracks) as raw bytes."""
+    def update(self, dets: Optional[Any], frame: Optional[Any] = None) -> bytearray:
+        """float64 rows of 8 columns (active tracks) as raw bytes; frame: uint8 (H, W, 3)."""
     def lost(self) -> bytearray: ...
     def reset(self) -> None: ...
     def configure(self, **params: Any) -> None:

@@ -35,11 +35,11 @@ void kf_predict(KF *kf, const KFParams *kp)
     }
 }
 
-void kf_update(KF *kf, const double z[4], const KFParams *kp)
+static void kf_update_coords(KF *kf, const double *z, int ncoords, const KFParams *kp)
 {
     double h = kf->m[3];
     double sr[4] = {kp->w_meas * h, kp->w_meas * h, 1e-1, kp->w_meas * h};
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < ncoords; k++) {
         double pp = kf->P[k][0], pv = kf->P[k][1], vv = kf->P[k][2];
         double s = pp + sr[k] * sr[k];
         double kpos = pp / s, kvel = pv / s;
@@ -50,6 +50,14 @@ void kf_update(KF *kf, const double z[4], const KFParams *kp)
         kf->P[k][1] = pv - kpos * pv;
         kf->P[k][2] = vv - kvel * pv;
     }
+}
+
+void kf_update(KF *kf, const double z[4], const KFParams *kp) { kf_update_coords(kf, z, 4, kp); }
+
+void kf_update_centre(KF *kf, double cx, double cy, const KFParams *kp)
+{
+    double z[2] = {cx, cy};
+    kf_update_coords(kf, z, 2, kp);
 }
 
 /* ------------------------------------------------------------------------------------------ */

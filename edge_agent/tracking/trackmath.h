@@ -30,6 +30,9 @@ typedef struct {
 void kf_initiate(KF *kf, const double z[4], const KFParams *kp);
 void kf_predict(KF *kf, const KFParams *kp);
 void kf_update(KF *kf, const double z[4], const KFParams *kp);
+/* A measurement of the centre only (cx, cy), with the same noise as a box's: the visual
+ * tracker's, which says where the object is but not how big. */
+void kf_update_centre(KF *kf, double cx, double cy, const KFParams *kp);
 
 /* --- boxes (inline: they sit in the association's inner loop) ----------------------------- */
 
