@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
@@ -29,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from edge_agent import yamlsafe
+from edge_agent import shipped, yamlsafe
 from edge_agent.mqtt.topics import topic_problem
 from edge_agent.secrets import PASSWORD_ENV
 from edge_agent.tracking import CAMERA_PARAMS as TRACKER_CAMERA_PARAMS
@@ -45,6 +46,9 @@ ENV_OVERRIDES: Dict[str, Tuple[str, ...]] = {
 }
 
 _NAME_RE = r"^[A-Za-z0-9_-]{1,64}$"  # names end up in MQTT topics and file names
+_HEX64_RE = re.compile(r"^[0-9a-fA-F]{64}$")  # an ed25519 public key written inline
+_RTSP_RE = re.compile(r"^rtsps?://", re.IGNORECASE)
+_USB_RE = re.compile(r"^(/dev/video\d+|\d+)$")
 
 
 class ConfigError(Exception):
@@ -138,12 +142,25 @@ class CameraConfig(_Model):
         _reject_duplicates([z.name for z in zones], "zone")
         return zones
 
+    def source_kind(self) -> str:
+        """``type`` unless ``auto``, else guessed from ``source`` (file, rtsp, usb, gstreamer)."""
+        if self.type != "auto":
+            return self.type
+        src = self.source.strip()
+        if _RTSP_RE.match(src):
+            return "rtsp"
+        if _USB_RE.match(src):
+            return "usb"
+        if "!" in src:  # a gst-launch style pipeline: elements separated by '!'
+            return "gstreamer"
+        return "file"
+
 
 class ModelConfig(_Model):
     path: str = Field(
-        "engines/models/edge_multihead.onnx",
-        description="ONNX model (manifest beside it); the shipped multi-head model by default, "
-                    "../shared/weights/yolox_nano_coco.onnx for the COCO adapter",
+        shipped.DEFAULT_MODEL,
+        description="ONNX model (manifest beside it); the default names the shipped multi-head "
+                    "model, found in the installed package (or the checkout) from any folder",
     )
     manifest: Optional[str] = Field(None, description="manifest JSON; default: beside the model")
     backend: Literal["auto", "onnxruntime", "tensorrt"] = Field(
@@ -159,6 +176,12 @@ class ModelConfig(_Model):
     score_threshold: float = Field(0.3, ge=0, le=1)
     nms_iou: float = Field(0.45, gt=0, le=1)
     engine_dir: str = Field("engines", description="engine store: built plans and timing cache")
+
+    @field_validator("path")
+    @classmethod
+    def _shipped_default(cls, v: str) -> str:
+        # The default value is a name for the shipped model, not a path relative to anything.
+        return str(shipped.path(v)) if v == shipped.DEFAULT_MODEL else v
 
 
 # Tracker parameters the config may set, derived from the tracker's own PARAMS table (one source
@@ -459,7 +482,40 @@ def load(path: Union[str, Path], environ=None) -> Config:
     except UnicodeDecodeError as exc:
         line = raw[:exc.start].count(b"\n") + 1
         raise ConfigError([f"{path}:{line}: not UTF-8 text ({exc.reason})"]) from None
-    return load_text(text, str(path), environ)
+    cfg = load_text(text, str(path), environ)
+    resolve_paths(cfg, Path(os.path.abspath(path)).parent)
+    return cfg
+
+
+def _under(base: Path, value: Optional[str]) -> Optional[str]:
+    if not value or os.path.isabs(value):
+        return value
+    return str(base / value)
+
+
+def resolve_paths(cfg: Config, base: Path) -> None:
+    """Make the relative file paths of ``cfg`` absolute under ``base`` (the config's folder).
+
+    So a config means the same files from any working directory (the service runs in its state
+    dir). Paths documented as relative to ``state_dir`` stay relative to it; key strings of 64 hex
+    digits, URLs, devices and pipelines are not paths.
+    """
+    cfg.state_dir = _under(base, cfg.state_dir) or cfg.state_dir
+    m = cfg.model
+    m.path = _under(base, m.path) or m.path
+    m.manifest = _under(base, m.manifest)
+    m.engine_dir = _under(base, m.engine_dir) or m.engine_dir
+    for cam in cfg.cameras:
+        if cam.source_kind() == "file":
+            cam.source = _under(base, cam.source.strip()) or cam.source
+    tls = cfg.mqtt.tls
+    if tls is not None:
+        tls.ca_file = _under(base, tls.ca_file)
+        tls.cert_file = _under(base, tls.cert_file)
+        tls.key_file = _under(base, tls.key_file)
+    cfg.update.ca_file = _under(base, cfg.update.ca_file)
+    cfg.update.trusted_keys = [k if _HEX64_RE.match(k.strip()) else (_under(base, k.strip()) or k)
+                               for k in cfg.update.trusted_keys]
 
 
 def problem(cfg: Config, loc: Tuple[Any, ...], reason: str) -> str:

@@ -121,8 +121,11 @@ source_stamp() {
     | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
 }
 
+# The state dir and the engine store are absolute; model.path keeps its default, which names
+# the model installed with the package.
 render_config() {
-  sed "s|^state_dir: /var/lib/edge-agent |state_dir: $state |" "$src/configs/edge-agent.yaml"
+  sed -e "s|^state_dir: /var/lib/edge-agent |state_dir: $state |" \
+      -e "s|^  engine_dir: \.\./engines |  engine_dir: $state/engines |" "$src/configs/edge-agent.yaml"
 }
 
 render_unit() {

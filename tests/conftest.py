@@ -20,8 +20,26 @@ SHARED = Path(os.environ.get("EDGE_AGENT_SHARED", REPO.parent / "shared"))
 
 # --- markers ---------------------------------------------------------------------------------
 
+# Fixtures that read ../shared: a test using any of them (even through another fixture) is
+# marked shared_data, and skipped with SHARED_MISSING when the folder is not there.
+SHARED_FIXTURES = frozenset({"shared_dir", "video_dir", "mot_dir", "weights_dir", "yolox_nano"})
+SHARED_MISSING = f"shared_data: needs ../shared ({SHARED}), which is not beside this checkout"
+# CI (.ci/run) sets this: there ../shared exists, and a shared_data test that skips fails the run.
+REQUIRE_SHARED = os.environ.get("EDGE_AGENT_REQUIRE_SHARED") == "1"
+
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SHARED_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.shared_data)
+    if not SHARED.is_dir():
+        for item in items:
+            if "shared_data" in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=SHARED_MISSING))
+    _skip_gpu_items(items)
+
+
+def _skip_gpu_items(items) -> None:
     gpu_items = [i for i in items if "gpu" in i.keywords]
     if not gpu_items:
         return
@@ -34,10 +52,33 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+_skipped_shared: List[str] = []
+
+
+def pytest_runtest_logreport(report):
+    # TensorRT tests skip on machines without a GPU, whatever data they read.
+    if report.skipped and "shared_data" in report.keywords and "gpu" not in report.keywords:
+        _skipped_shared.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if REQUIRE_SHARED and _skipped_shared and session.exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter):
+    if REQUIRE_SHARED and _skipped_shared:
+        terminalreporter.write_line(
+            f"EDGE_AGENT_REQUIRE_SHARED=1 and {len(_skipped_shared)} shared_data test(s) "
+            f"skipped (../shared = {SHARED}): " + ", ".join(_skipped_shared[:5]), red=True)
+
+
 # --- shared data -----------------------------------------------------------------------------
 
 
 def _shared_path(*parts: str) -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(SHARED_MISSING)
     path = SHARED.joinpath(*parts)
     if not path.exists():
         pytest.fail(

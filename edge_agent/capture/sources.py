@@ -18,9 +18,6 @@ import cv2
 
 from edge_agent.config import CameraConfig
 
-_RTSP_RE = re.compile(r"^rtsps?://", re.IGNORECASE)
-_USB_RE = re.compile(r"^(/dev/video\d+|\d+)$")
-
 
 class CaptureError(Exception):
     """A source cannot be opened or read; ``str()`` is the user-facing reason.
@@ -47,16 +44,7 @@ class SourceInfo:
 
 def resolve_kind(cam: CameraConfig) -> str:
     """The source kind: ``cam.type`` unless ``auto``, else guessed from the source string."""
-    if cam.type != "auto":
-        return cam.type
-    src = cam.source.strip()
-    if _RTSP_RE.match(src):
-        return "rtsp"
-    if _USB_RE.match(src):
-        return "usb"
-    if "!" in src:  # a gst-launch style pipeline: elements separated by '!'
-        return "gstreamer"
-    return "file"
+    return cam.source_kind()
 
 
 @functools.lru_cache(maxsize=None)  # the build never changes; checked on every GStreamer (re)open

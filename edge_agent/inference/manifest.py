@@ -39,12 +39,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from edge_agent import shipped
 from edge_agent.inference.errors import ModelError
 
 FORMAT = 1
 DECODERS = ("boxes", "yolox_grid")
-# The repo's shipped manifests (a checkout or an editable install).
-SHIPPED_DIR = Path(__file__).resolve().parents[2] / "engines" / "manifests"
+# The shipped manifests (installed package data, or the checkout's engines/manifests).
+SHIPPED_DIR = shipped.path("engines/manifests")
 
 
 @dataclass(frozen=True)
