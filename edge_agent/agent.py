@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from edge_agent import __version__, logsetup, preflight, reload
+from edge_agent import __version__, logsetup, preflight, reload, resources
 from edge_agent import config as cfgmod
 from edge_agent.capture import CaptureError, check_sources
 from edge_agent.delivery import EventDelivery
@@ -90,6 +90,9 @@ class Agent:
         self.reloader: Any = None
         self.exporter: Any = None
         self.supervisor = Supervisor(Notifier(), status_interval_s=5.0)
+        # descriptors and memory: short of either, everything fails at once (docs/service.md)
+        self.metrics.add("resources", stats=lambda: {"resources": resources.usage().doc()},
+                         state=lambda: {"resources": resources.usage().doc()})
         self._stopping = False  # set by SIGTERM / SIGINT, also during start-up
         self.steps: List[Tuple[str, Callable[[], Undo]]] = [
             ("state_dir", self._start_state_dir),
@@ -353,7 +356,7 @@ class Agent:
                       outbox_rows=lambda: len(ob), outbox_path=ob.path,
                       mqtt_connected=(lambda: mqtt.connected) if mqtt is not None else None,
                       **({"update_state": self.updater.state_name} if self.updater else {}))
-        ex = Exporter(src, mc.max_frame_age_s)
+        ex = Exporter(src, mc.max_frame_age_s, mc.max_connections, mc.request_timeout_s)
         try:
             ex.start(mc.host, mc.port)
         except OSError as exc:
@@ -392,7 +395,9 @@ class Agent:
         engine = f"{e.name} {e.version} ({getattr(pipe.engine, 'backend_name', '?')})"
         m = self.mqtt
         state = "off" if m is None else ("connected" if m.connected else "disconnected")
-        return status_line(pipeline_stats(pipe), engine, state)
+        line = status_line(pipeline_stats(pipe), engine, state)
+        short = resources.usage().problems()
+        return line + "".join(f"; {p}" for p in short)
 
     # --- commands --------------------------------------------------------------------------
 

@@ -373,6 +373,11 @@ class MetricsConfig(_Model):
     port: int = Field(9108, ge=0, le=65535, description="TCP port; 0 = any free port")
     max_frame_age_s: float = Field(
         10.0, gt=0, le=86400, description="/healthz is 503 when a camera's last frame is older")
+    # Each connection is a descriptor and a thread: the cap keeps them far below LimitNOFILE.
+    max_connections: int = Field(16, ge=1, le=256, description="HTTP connections at once; an "
+                                 "idle one is dropped for a newer one, the rest refused")
+    request_timeout_s: float = Field(5.0, gt=0, le=300, description="each read/write of a "
+                                     "connection; a silent client is dropped after it")
 
 
 class Config(_Model):

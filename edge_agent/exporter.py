@@ -9,19 +9,27 @@ Two kinds of numbers:
   counters by :class:`Observations`, which the inference loop and the event sinks call.
 
 ``/healthz`` answers 200 while every camera delivered a processed frame within
-``max_frame_age_s`` and the outbox is writable, else 503; both with a JSON body naming the reason.
+``max_frame_age_s``, the outbox is writable and the process is not short of file descriptors or
+memory, else 503; both with a JSON body naming the reason.
 The server listens on loopback (127.0.0.1:9108) unless the config names another address.
+
+The server is bounded (:class:`BoundedHTTPServer`) so that no number of clients can take the
+descriptors, threads or memory the cameras and the outbox need: at most ``max_connections`` at
+once, each with a ``request_timeout_s`` on every read and write.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
 import shutil
+import socket
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -41,6 +49,8 @@ from prometheus_client.core import (
     Metric,
     StateSetMetricFamily,
 )
+
+from edge_agent import resources
 
 log = logging.getLogger(__name__)
 
@@ -196,6 +206,7 @@ class _Snapshot:
         states = list(UPDATE_STATES) + ([cur] if cur not in UPDATE_STATES else [])
         yield StateSetMetricFamily("edge_agent_update_state", "Remote engine update state",
                                    value={s: s == cur for s in states})
+        yield from _resources()
 
     def _cameras(self) -> Iterable[Metric]:
         cams = self.src.stats().get("cameras", {})
@@ -232,6 +243,17 @@ class _Snapshot:
                                     "Age of the oldest event in the outbox (0: empty)", value=age)
 
 
+def _resources() -> Iterable[Metric]:
+    use = resources.usage()
+    yield GaugeMetricFamily("edge_agent_open_fds", "File descriptors open", value=use.fds_open)
+    yield GaugeMetricFamily("edge_agent_max_fds", "File descriptor limit (soft RLIMIT_NOFILE)",
+                            value=use.fds_limit)
+    if use.mem_available is not None:
+        yield GaugeMetricFamily("edge_agent_memory_available_bytes",
+                                "Memory the process could still get (host or cgroup)",
+                                value=use.mem_available)
+
+
 class Health:
     """The ``/healthz`` verdict: frames flow on every camera and the outbox is writable."""
 
@@ -260,21 +282,26 @@ class Health:
         ob = outbox_problem(self.src.outbox_path) if self.src.outbox_path is not None else None
         if ob:
             reasons.append(ob)
+        res = resources.usage().doc()
+        reasons.extend(res["problems"])
         ok = not reasons
         doc = {"status": "ok" if ok else "unhealthy", "reasons": reasons, "cameras": cams,
-               "outbox": "ok" if ob is None else ob}
+               "outbox": "ok" if ob is None else ob, "resources": res}
         return ok, doc
 
 
 class Exporter:
     """The registry, the observations and the HTTP server of one agent."""
 
-    def __init__(self, src: Sources, max_frame_age_s: float = 10.0):
+    def __init__(self, src: Sources, max_frame_age_s: float = 10.0, max_connections: int = 16,
+                 request_timeout_s: float = 5.0):
         self.registry = CollectorRegistry(auto_describe=False)
         self.obs = Observations(self.registry)
         self.registry.register(_Snapshot(src))
         self.health = Health(src, self.obs, max_frame_age_s)
-        self._server: Optional[ThreadingHTTPServer] = None
+        self.max_connections = max_connections
+        self.request_timeout_s = request_timeout_s
+        self._server: Optional[BoundedHTTPServer] = None
         self._thread: Optional[threading.Thread] = None
 
     def sink(self) -> EventCounterSink:
@@ -289,9 +316,9 @@ class Exporter:
 
     def start(self, host: str, port: int) -> None:
         """Listen on host:port (port 0: any free one); raises OSError when it cannot bind."""
-        handler = type("Handler", (_Handler,), {"exporter": self})
-        self._server = ThreadingHTTPServer((host, port), handler)
-        self._server.daemon_threads = True
+        handler = type("Handler", (_Handler,), {"exporter": self,
+                                                "timeout": self.request_timeout_s})
+        self._server = BoundedHTTPServer((host, port), handler, self.max_connections)
         self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http",
                                         daemon=True)
         self._thread.start()
@@ -300,27 +327,131 @@ class Exporter:
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
+            self._server.close_all()
             self._server.server_close()
             self._server = None
+
+    def connections(self) -> Dict[str, int]:
+        """Open, refused and evicted connections of the server (zeros when not started)."""
+        srv = self._server
+        if srv is None:
+            return {"open": 0, "refused": 0, "evicted": 0, "accept_failures": 0}
+        return srv.counts()
+
+
+class BoundedHTTPServer(ThreadingHTTPServer):
+    """A thread per connection, but at most ``max_connections`` of them.
+
+    When a new connection finds the server full, the oldest connection that has not yet sent
+    its request head is closed to make room (an idle or trickling client must not lock the
+    health check out); when every connection is busy with a request the new one is refused
+    (closed at once). Together with the handler's ``timeout`` (every read and write) this
+    bounds the descriptors and threads the endpoint can take to ``max_connections + 1``.
+    Failed accepts for want of descriptors pause the loop instead of spinning on a socket that
+    stays readable.
+    """
+
+    daemon_threads = True
+    request_queue_size = 64  # kernel backlog: costs no descriptor of ours
+    _ACCEPT_PAUSE_S = 0.1
+
+    def __init__(self, addr: Tuple[str, int], handler: type, max_connections: int):
+        self.max_connections = max_connections
+        self._conns: OrderedDict[socket.socket, bool] = OrderedDict()  # -> request read
+        self._conns_lock = threading.Lock()
+        self._refused = self._evicted = self._accept_failures = 0
+        super().__init__(addr, handler)
+
+    def counts(self) -> Dict[str, int]:
+        with self._conns_lock:
+            return {"open": len(self._conns), "refused": self._refused,
+                    "evicted": self._evicted, "accept_failures": self._accept_failures}
+
+    def get_request(self) -> Tuple[socket.socket, Any]:
+        try:
+            return super().get_request()
+        except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                with self._conns_lock:
+                    self._accept_failures += 1
+                time.sleep(self._ACCEPT_PAUSE_S)
+            raise
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._conns_lock:
+            if len(self._conns) >= self.max_connections:
+                victim = next((c for c, busy in self._conns.items() if not busy), None)
+                if victim is None:
+                    self._refused += 1
+                    self.shutdown_request(request)
+                    return
+                del self._conns[victim]
+                self._evicted += 1
+                _hang_up(victim)  # its thread's read returns at once; that thread closes it
+            self._conns[request] = False
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._conns_lock:
+                self._conns.pop(request, None)
+
+    def request_started(self, request: Any) -> None:
+        """The handler read a whole request head: this connection is no longer evictable."""
+        with self._conns_lock:
+            if request in self._conns:
+                self._conns[request] = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback to stderr; a client that resets is not worth one.
+        log.debug("metrics: connection from %s failed", client_address, exc_info=True)
+
+    def close_all(self) -> None:
+        """Hang up every open connection (at stop; their threads end on their own)."""
+        with self._conns_lock:
+            conns, self._conns = list(self._conns), OrderedDict()
+        for c in conns:
+            _hang_up(c)
+
+
+def _hang_up(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already gone
 
 
 class _Handler(BaseHTTPRequestHandler):
     exporter: Exporter
+    server: BoundedHTTPServer
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # the request line and headers are in
+        self.server.request_started(self.request)
+        return ok
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         path = self.path.split("?", 1)[0]
         try:
-            if path == "/metrics":
-                self._reply(200, self.exporter.render(), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                ok, doc = self.exporter.health.check()
-                self._reply(200 if ok else 503, json.dumps(doc).encode(), "application/json")
-            else:
-                self._reply(404, b'{"error": "not found: try /metrics or /healthz"}',
-                            "application/json")
+            code, body, ctype = self._answer(path)
         except Exception as exc:  # a failing source must not kill the server thread
             log.exception("metrics: %s failed", path)
-            self._reply(500, json.dumps({"error": str(exc)}).encode(), "application/json")
+            code, body, ctype = 500, json.dumps({"error": str(exc)}).encode(), "application/json"
+        try:
+            self._reply(code, body, ctype)
+        except OSError as exc:  # the client went away or timed out: its loss, not an error
+            log.debug("metrics: %s: reply not sent: %s", path, exc)
+            self.close_connection = True
+
+    def _answer(self, path: str) -> Tuple[int, bytes, str]:
+        if path == "/metrics":
+            return 200, self.exporter.render(), CONTENT_TYPE_LATEST
+        if path == "/healthz":
+            ok, doc = self.exporter.health.check()
+            return 200 if ok else 503, json.dumps(doc).encode(), "application/json"
+        return 404, b'{"error": "not found: try /metrics or /healthz"}', "application/json"
 
     def _reply(self, code: int, body: bytes, ctype: str) -> None:
         self.send_response(code)

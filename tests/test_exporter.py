@@ -31,6 +31,8 @@ def get(port: int, path: str):
         return exc.code, exc.read().decode()
     except urllib.error.URLError as exc:  # not listening (yet)
         return 0, str(exc.reason)
+    except ConnectionError as exc:  # accepted, then closed without an answer
+        return 0, str(exc)
 
 
 def sample(text: str, metric: str, **labels) -> float:
@@ -115,10 +117,11 @@ def test_healthz_needs_fresh_frames_on_every_camera(stack):
     assert doc["reasons"][0].startswith("camera cam1: no frame yet")
     ex.obs.frame("cam1", 0.05)
     code, body = get(ex.port, "/healthz")
-    assert code == 200 and json.loads(body) == {
+    doc = json.loads(body)
+    assert doc.pop("resources")["problems"] == []
+    assert code == 200 and doc == {
         "status": "ok", "reasons": [], "outbox": "ok",
-        "cameras": {"cam1": {"last_frame_age_s": json.loads(body)["cameras"]["cam1"][
-            "last_frame_age_s"]}}}
+        "cameras": {"cam1": {"last_frame_age_s": doc["cameras"]["cam1"]["last_frame_age_s"]}}}
     time.sleep(0.6)
     code, body = get(ex.port, "/healthz")
     assert code == 503 and "camera cam1: no frame for" in json.loads(body)["reasons"][0]
@@ -173,3 +176,88 @@ def test_port_in_use_raises_oserror(stack):
     other = Exporter(ex.health.src)
     with pytest.raises(OSError):
         other.start("127.0.0.1", ex.port)
+
+
+def _connect_idle(port: int, n: int) -> list:
+    import socket
+
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        socks.append(s)
+    return socks
+
+
+def test_idle_connections_are_capped_and_healthz_still_answers(stack):
+    # 60 clients that connect and say nothing: the server keeps at most its cap open (each is a
+    # descriptor and a thread of the agent), and a health probe still gets in.
+    ex, cams, _ = stack
+    ex._server.max_connections = 4
+    socks = _connect_idle(ex.port, 60)
+    try:
+        time.sleep(0.3)
+        c = ex.connections()
+        assert c["open"] <= 4, c
+        assert c["evicted"] >= 50, c  # the older idle ones made room for newer ones
+        code, body = get(ex.port, "/healthz")
+        assert code in (200, 503) and json.loads(body)["resources"]["fds_limit"] > 0
+        assert ex.connections()["open"] <= 4
+    finally:
+        for s in socks:
+            s.close()
+    # after they are gone nothing of them stays behind
+    deadline = time.monotonic() + 5
+    while ex.connections()["open"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ex.connections()["open"] == 0
+
+
+def test_a_silent_or_trickling_client_is_dropped_after_the_timeout(outbox):
+    src = Sources(cameras=[], stats=lambda: {"cameras": {}}, engine=lambda: {})
+    ex = Exporter(src, request_timeout_s=0.5)
+    ex.start("127.0.0.1", 0)
+    try:
+        s = _connect_idle(ex.port, 1)[0]
+        s.sendall(b"GET /hea")  # and then nothing
+        t0 = time.monotonic()
+        s.settimeout(10)
+        assert s.recv(1024) == b""  # the server hung up ...
+        assert time.monotonic() - t0 < 5  # ... after its timeout, not never
+        s.close()
+    finally:
+        ex.stop()
+
+
+def test_when_every_slot_is_busy_a_new_connection_is_refused(outbox):
+    import threading
+
+    release = threading.Event()
+
+    def slow_stats():
+        release.wait(10)  # a scrape that takes long: its connection is busy, not idle
+        return {"cameras": {}}
+
+    src = Sources(cameras=[], stats=slow_stats, engine=lambda: {})
+    ex = Exporter(src, max_connections=2, request_timeout_s=5)
+    ex.start("127.0.0.1", 0)
+    socks = _connect_idle(ex.port, 2)
+    try:
+        for s in socks:
+            s.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+        deadline = time.monotonic() + 5
+        while ex._server.counts()["open"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.2)  # both request heads read
+        code, _ = get(ex.port, "/healthz")
+        assert code == 0  # refused: closed without an answer
+        assert ex.connections()["refused"] >= 1
+        release.set()
+        for s in socks:
+            s.settimeout(10)
+            assert s.recv(64).startswith(b"HTTP/1.0 200")
+        assert get(ex.port, "/healthz")[0] in (200, 503)
+    finally:
+        release.set()
+        for s in socks:
+            s.close()
+        ex.stop()

@@ -30,6 +30,8 @@ def test_unit_has_required_properties():
     assert "PrivateDevices" not in svc  # it would hide the GPU
     assert "PrivateUsers" not in svc  # it would unmap the video/render groups
     assert svc["ExecReload"].endswith("kill -HUP $MAINPID")
+    # pinned, and not past select()'s 1024 (paho-mqtt's loop); the metrics cap stays far below
+    assert int(svc["LimitNOFILE"]) == 1024
 
 
 def test_device_allow_list_keeps_gpu_and_cameras():

@@ -5,6 +5,11 @@ it was taken is counted as dropped. A stream that stops delivering (frame age ov
 ``stall_timeout_s``) is released and reopened with doubling backoff; a reader stuck inside
 ``VideoCapture.read()`` (opencv#4506) is abandoned, not waited for, so it never blocks anything.
 
+A failure to open a source is retried with the camera's backoff for as long as the agent runs,
+once the source has been opened once (a missing or undecodable file at start-up fails the camera,
+since nothing would change); while the process is short of descriptors or memory the retry comes
+as soon as the shortage has passed.
+
 File sources that are not ``realtime`` are read at the consumer's pace instead (a file is not
 live, so dropping its frames would only lose data): the reader decodes the next frame while the
 consumer works on the current one.
@@ -21,6 +26,7 @@ from typing import Callable, Dict, Optional, Tuple
 import cv2
 import numpy as np
 
+from edge_agent import resources
 from edge_agent.capture.sources import (
     CaptureError,
     SourceInfo,
@@ -33,6 +39,20 @@ from edge_agent.config import CameraConfig
 log = logging.getLogger(__name__)
 
 Opener = Callable[[CameraConfig], Tuple[cv2.VideoCapture, SourceInfo]]
+_SHORTAGE_POLL_S = 0.5
+
+
+def _open_error(cam: CameraConfig, exc: Exception) -> CaptureError:
+    """Any failure to open as a CaptureError saying what it is (no password in it)."""
+    if isinstance(exc, CaptureError):
+        return exc
+    short = resources.exhaustion(exc)
+    if short:
+        return CaptureError(f"camera {cam.name}: cannot open {redact(cam.source)}: {short}",
+                            shortage=True)
+    # e.g. cv2.error for an option this backend rejects: nothing a retry would change
+    return CaptureError(redact(f"camera {cam.name}: cannot open {cam.source}: {exc}"),
+                        permanent=True)
 
 
 @dataclass
@@ -85,6 +105,7 @@ class CameraReader:
         self.reconnects = 0
         self._index = 0
         self._last_frame_t = time.monotonic()
+        self._opened_once = False  # never given up after this
 
     # --- public API ------------------------------------------------------------------------
 
@@ -200,23 +221,21 @@ class CameraReader:
         while self._current(gen):
             try:
                 cap, info = self._opener(cam)
-            except CaptureError as exc:
-                self.last_error = str(exc)
-                if exc.permanent:
-                    log.error("%s", exc)
+            except Exception as exc:  # an OpenCV error must not kill the thread silently
+                err = _open_error(cam, exc)
+                self.last_error = err.args[0]
+                # Only a source never opened may be given up, and only for what cannot pass
+                # (a missing file, a bad pipeline); one that ran once is retried forever.
+                if err.permanent and not self._opened_once:
+                    log.error("%s", err)
                     self._finish(gen, "failed")
                     return
-                log.warning("%s; retrying in %.1f s", exc, backoff)
+                log.warning("%s; retrying in %.1f s", err, backoff)
                 self.state = "reconnecting"
-                self._stop.wait(backoff)
+                self._pause(backoff, err.shortage)
                 backoff = min(backoff * 2, cam.reconnect.max_s)
                 continue
-            except Exception as exc:  # an OpenCV error must not kill the thread silently
-                # redacted: a URL may carry a password; last_error reaches logs and MQTT stats
-                self.last_error = redact(f"camera {cam.name}: cannot open {cam.source}: {exc}")
-                log.error("%s", self.last_error)
-                self._finish(gen, "failed")
-                return
+            self._opened_once = True
             self.info = info
             if self._current(gen):
                 self.state = "running"
@@ -229,15 +248,12 @@ class CameraReader:
                 ever_read = True
                 backoff = cam.reconnect.min_s
             if self.kind == "file":
-                if not ever_read:
-                    self.last_error = (
-                        f"camera {cam.name}: no frame could be decoded from {cam.source} "
-                        "(corrupt or unsupported video)"
-                    )
-                    log.error("%s", self.last_error)
-                    self._finish(gen, "failed")
+                if not n_read and not self._file_unread(gen, ever_read, backoff):
                     return
-                if cam.loop and n_read:
+                if not n_read:
+                    backoff = min(backoff * 2, cam.reconnect.max_s)
+                    continue
+                if cam.loop:
                     continue
                 if info.frame_count and n_read < info.frame_count - 10:
                     # A truncated file ends early; say so rather than pretend it was complete.
@@ -255,8 +271,39 @@ class CameraReader:
             log.warning("camera %s: %s; reconnecting in %.1f s", cam.name, self.last_error,
                         backoff)
             self.state = "reconnecting"
-            self._stop.wait(backoff)
+            self._pause(backoff, bool(resources.usage().problems()))
             backoff = min(backoff * 2, cam.reconnect.max_s)
+
+    def _file_unread(self, gen: int, ever_read: bool, backoff: float) -> bool:
+        """A file opened but gave no frame: fail it when it never gave one and nothing is
+        short (its content does not decode); else wait and return True to try again."""
+        cam = self.cam
+        short = resources.usage().problems()
+        if not short and not ever_read:
+            self.last_error = (f"camera {cam.name}: no frame could be decoded from {cam.source} "
+                               "(corrupt or unsupported video)")
+            log.error("%s", self.last_error)
+            self._finish(gen, "failed")
+            return False
+        why = "; ".join(short) if short else "no frame could be decoded (corrupt now?)"
+        self.last_error = f"camera {cam.name}: {cam.source}: {why}"
+        self.reconnects += 1
+        log.warning("%s; retrying in %.1f s", self.last_error, backoff)
+        self.state = "reconnecting"
+        self._pause(backoff, bool(short))
+        return True
+
+    def _pause(self, seconds: float, shortage: bool) -> None:
+        """Wait before the next open; a shortage of descriptors or memory is watched, and the
+        wait ends as soon as it has passed (the agent recovers on its own, not a backoff
+        later)."""
+        if not shortage:
+            self._stop.wait(seconds)
+            return
+        deadline = time.monotonic() + seconds
+        while not self._stop.wait(min(_SHORTAGE_POLL_S, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or not resources.usage().problems():
+                return
 
     def _read_loop(self, gen: int, cap: cv2.VideoCapture, info: SourceInfo) -> int:
         """Read until the source fails, the reader stops or this worker is superseded."""

@@ -3,6 +3,11 @@
 ``open_capture`` either returns an opened ``cv2.VideoCapture`` or raises ``CaptureError`` with a
 message that names the camera, the source and what is wrong. Nothing here loops or retries; the
 reader (``reader.py``) owns reconnection.
+
+OpenCV says only "not opened", whatever the cause. So a file is first opened and read here (an
+OSError names the cause: missing, no permission, too many open files), and when OpenCV still
+fails the process's descriptors and memory are checked before the content is blamed: "corrupt"
+is said only of a file that could be read and did not decode.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import List, Tuple
 
 import cv2
 
+from edge_agent import resources
 from edge_agent.config import CameraConfig
 
 
@@ -26,9 +32,10 @@ class CaptureError(Exception):
     OpenCV that has no GStreamer); live sources that fail to open are retried with backoff.
     """
 
-    def __init__(self, message: str, permanent: bool = False):
+    def __init__(self, message: str, permanent: bool = False, shortage: bool = False):
         super().__init__(message)
         self.permanent = permanent
+        self.shortage = shortage  # out of descriptors or memory: passes when they come back
 
 
 @dataclass(frozen=True)
@@ -87,11 +94,11 @@ def open_capture(cam: CameraConfig) -> Tuple[cv2.VideoCapture, SourceInfo]:
     timeout_ms = int(cam.stall_timeout_s * 1000)
     if kind == "file":
         path = Path(src)
-        if not path.is_file():
-            raise CaptureError(f"camera {cam.name}: video file not found: {src}", permanent=True)
+        _probe_file(cam, path)
         cap = cv2.VideoCapture(str(path), cv2.CAP_FFMPEG)
         if not cap.isOpened():
             cap.release()
+            _raise_if_short(cam, f"cannot open video file {src}")
             raise CaptureError(
                 f"camera {cam.name}: cannot open video file {src} (not a video, corrupt, or a "
                 "codec this OpenCV cannot decode)",
@@ -107,6 +114,7 @@ def open_capture(cam: CameraConfig) -> Tuple[cv2.VideoCapture, SourceInfo]:
         )
         if not cap.isOpened():
             cap.release()
+            _raise_if_short(cam, f"cannot open RTSP stream {redact(src)}")
             raise CaptureError(f"camera {cam.name}: cannot open RTSP stream {redact(src)}")
     elif kind == "usb":
         dev = int(src) if src.isdigit() else src
@@ -115,6 +123,7 @@ def open_capture(cam: CameraConfig) -> Tuple[cv2.VideoCapture, SourceInfo]:
         cap = cv2.VideoCapture(dev, cv2.CAP_V4L2)
         if not cap.isOpened():
             cap.release()
+            _raise_if_short(cam, f"cannot open video device {src}")
             raise CaptureError(
                 f"camera {cam.name}: cannot open video device {src} (no such device, busy, or "
                 "no permission: the user needs group 'video')"
@@ -124,6 +133,7 @@ def open_capture(cam: CameraConfig) -> Tuple[cv2.VideoCapture, SourceInfo]:
         cap = cv2.VideoCapture(src, cv2.CAP_GSTREAMER)
         if not cap.isOpened():
             cap.release()
+            _raise_if_short(cam, f"GStreamer pipeline did not start: {redact(src)}")
             raise CaptureError(
                 f"camera {cam.name}: GStreamer pipeline did not start: {redact(src)}")
     else:  # pragma: no cover - the config's Literal rejects anything else
@@ -136,6 +146,34 @@ def open_capture(cam: CameraConfig) -> Tuple[cv2.VideoCapture, SourceInfo]:
         frame_count=max(0, int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)) if kind == "file" else 0,
     )
     return cap, info
+
+
+def _probe_file(cam: CameraConfig, path: Path) -> None:
+    """Open and read the file's first bytes ourselves, so that an OSError names the cause."""
+    try:
+        with open(path, "rb") as f:
+            f.read(16)
+    except FileNotFoundError:
+        raise CaptureError(f"camera {cam.name}: video file not found: {path}",
+                           permanent=True) from None
+    except IsADirectoryError:
+        raise CaptureError(f"camera {cam.name}: video file {path} is a directory",
+                           permanent=True) from None
+    except OSError as exc:
+        short = resources.exhaustion(exc)
+        if short:
+            raise CaptureError(f"camera {cam.name}: cannot open video file {path}: {short}",
+                               shortage=True) from None
+        raise CaptureError(f"camera {cam.name}: cannot read video file {path}: "
+                           f"{exc.strerror or exc}", permanent=True) from None
+
+
+def _raise_if_short(cam: CameraConfig, what: str) -> None:
+    """OpenCV failed to open: when the process is short of descriptors or memory, that is the
+    likelier cause, and a passing one (raises a ``shortage`` CaptureError)."""
+    problems = resources.usage().problems()
+    if problems:
+        raise CaptureError(f"camera {cam.name}: {what}: {'; '.join(problems)}", shortage=True)
 
 
 def _sane_fps(fps: float) -> float:
