@@ -4,10 +4,10 @@ VENV    ?= .venv
 PY      := $(VENV)/bin/python
 SHARED  ?= ../shared
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-# System packages the tests need: a real broker, openssl for the TLS test CA, and GStreamer's
+# System packages the tests need: real brokers (Mosquitto, NATS with JetStream), openssl for the TLS test CA, and GStreamer's
 # RTSP server (run by the system python3 with gi) for the capture reconnect test; systemd for
 # `systemd-analyze verify/security` on the unit.
-SYSTEM_PACKAGES := mosquitto openssl systemd python3-gi gir1.2-gst-rtsp-server-1.0 \
+SYSTEM_PACKAGES := mosquitto nats-server openssl systemd python3-gi gir1.2-gst-rtsp-server-1.0 \
                    gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly \
                    gstreamer1.0-plugins-bad gstreamer1.0-libav
 

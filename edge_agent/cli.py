@@ -130,6 +130,14 @@ def _add_listen(sub) -> None:
     p.add_argument("--ca-file")
     p.add_argument("--count", type=int, default=0, help="exit after N events (0 = never)")
     p.add_argument("--timeout", type=float, default=0, help="exit after S seconds (0 = never)")
+    p.add_argument("--ack", action="store_true",
+                   help="end-to-end consumer: store events in --store, then acknowledge them "
+                        "on <prefix>/<device>/ack (mqtt.delivery: end_to_end)")
+    p.add_argument("--store", help="with --ack: JSON-lines file the events are appended to")
+    p.add_argument("--client-id", default="edge-agent-listen-ack",
+                   help="with --ack: the persistent session's client id")
+    p.add_argument("--protocol", choices=["5", "3.1.1"], default="5",
+                   help="with --ack: MQTT version (3.1.1 for brokers without MQTT 5)")
 
 
 def _add_bench(sub) -> None:

@@ -291,10 +291,28 @@ class OutboxConfig(_Model):
     )
 
 
+def parse_host_port(text: str, what: str = "host") -> Tuple[str, int]:
+    """``host:port`` or ``[v6 address]:port`` -> (host, port); ValueError naming ``what``."""
+    if not isinstance(text, str):
+        raise ValueError(f"{what}: expected 'host:port', got {type(text).__name__}")
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or any(c.isspace() or c in "/[]" for c in host):
+        raise ValueError(f"{what}: {text!r} is not 'host:port'")
+    if not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{what}: {text!r} has no port in 1..65535")
+    return host, int(port)
+
+
 class MqttConfig(_Model):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(1883, ge=1, le=65535)
+    hosts: List[str] = Field(
+        default_factory=list, max_length=64,
+        description="brokers of a cluster as host:port ([v6]:port), tried in turn on connection "
+                    "loss; when set, host/port are not used")
     protocol: Literal["5", "3.1.1"] = "5"
     keepalive_s: int = Field(30, ge=5, le=65535, description="MQTT keepalive is 16 bits")
     topic_prefix: str = Field("edge-agent", min_length=1, max_length=256)
@@ -311,6 +329,25 @@ class MqttConfig(_Model):
     ha_discovery: bool = Field(False, description="publish Home Assistant discovery configs")
     ha_prefix: str = Field("homeassistant", min_length=1, max_length=256)
     outbox: OutboxConfig = OutboxConfig()
+    delivery: Literal["puback", "end_to_end"] = Field(
+        "puback", description="when an outbox row is deleted: on the broker's PUBACK, or when "
+                              "the consumer acknowledged its seq on <prefix>/<device>/ack")
+    ack_timeout_s: float = Field(
+        30.0, gt=0, le=DAY_S, description="end_to_end: no acknowledgement progress for this "
+                                          "long -> publish the unacknowledged events again")
+
+    @field_validator("hosts")
+    @classmethod
+    def _host_ports(cls, v):
+        for i, item in enumerate(v):
+            parse_host_port(item, f"hosts[{i}]")
+        return v
+
+    def endpoints(self) -> List[Tuple[str, int]]:
+        """The brokers to connect to, in order: ``hosts``, or ``host``/``port``."""
+        if self.hosts:
+            return [parse_host_port(h, "hosts") for h in self.hosts]
+        return [(self.host, self.port)]
 
     @field_validator("topic_prefix", "ha_prefix")
     @classmethod

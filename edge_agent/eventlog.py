@@ -28,7 +28,9 @@ event leaves a gap in ``seq`` that subscribers can see.
 
 Publisher side (used by the MQTT outbox publisher): ``peek(after_seq, limit)`` returns synced
 rows in ``seq`` order (with their snapshot reference), ``ack(seqs)`` deletes rows once the broker
-acknowledged them (PUBACK), ``add_listener(fn)`` is called whenever new rows become visible.
+acknowledged them (PUBACK), ``ack_through(seq)`` deletes every row up to a consumer's end-to-end
+acknowledgement (and persists it as ``acked_seq``), ``add_listener(fn)`` is called whenever new
+rows become visible.
 
 Thread-safety: one connection guarded by a lock; ``append`` (pipeline thread), ``peek``/``ack``
 (publisher thread) and the fsync thread may run concurrently.
@@ -145,6 +147,7 @@ class Outbox:
             raise ValueError(f"{self.path}: cannot open the outbox database: {exc}") from None
         self._rows = int(rows)
         self._bytes = int(nbytes)
+        self._acked = int(meta.get("acked", 0))
         self._dropped: Dict[str, int] = {
             k[len("dropped:"):]: int(v) for k, v in meta.items() if k.startswith("dropped:")
         }
@@ -365,6 +368,49 @@ class Outbox:
         """Block until a row with ``seq > after_seq`` may be visible (True) or ``timeout``."""
         with self._synced:
             return self._synced.wait_for(lambda: self._synced_seq > after_seq, timeout)
+
+    def ack_through(self, seq: int) -> int:
+        """Delete every row with ``seq`` at or below ``seq`` (a consumer acknowledged them all,
+        ``mqtt.delivery: end_to_end``) and persist ``seq`` as :attr:`acked_seq`; returns how
+        many rows were still there."""
+        seq = int(seq)
+        with self._lock:
+            if self._closed:
+                return 0
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                n, size = db.execute(
+                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM events "
+                    "WHERE seq <= ?", (seq,)).fetchone()
+                db.execute("DELETE FROM events WHERE seq <= ?", (seq,))
+                db.execute("DELETE FROM snapshots WHERE seq <= ?", (seq,))
+                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('acked', ?)",
+                           (seq,))
+                self._save_last_seq(self._last_seq)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            self._acked = max(self._acked, seq)
+            self._rows -= int(n)
+            self._bytes -= int(size)
+            return int(n)
+
+    @property
+    def acked_seq(self) -> int:
+        """The highest seq a consumer acknowledged (:meth:`ack_through`; 0 before any)."""
+        with self._lock:
+            return self._acked
+
+    def oldest(self) -> Optional[Tuple[int, float]]:
+        """``(seq, created)`` (wall-clock seconds) of the oldest row, or None when empty."""
+        with self._lock:
+            if self._closed:
+                return None
+            row = self._db.execute(
+                "SELECT seq, created FROM events ORDER BY seq LIMIT 1").fetchone()
+            return None if row is None else (int(row[0]), float(row[1]))
 
     def ack(self, seqs: Iterable[int]) -> int:
         """Delete acknowledged rows; returns how many were still there."""

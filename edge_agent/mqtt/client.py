@@ -6,7 +6,8 @@ part                 job                                                        
 ``Connection``       paho client, TLS, Last Will, reconnect and flap backoff,      paho's
                      why a connection failed (connection.py)
 ``OutboxPublisher``  outbox rows (and their snapshots) to the broker, window,      publisher
-                     PUBACK -> delete (publisher.py)
+                     PUBACK or the consumer's end-to-end ack -> delete
+                     (publisher.py, acks.py)
 ``CommandServer``    ``cmd/<name>`` -> reply; ping, state, config.get (server.py)   commands
 ``StatusPublisher``  retained state, periodic stats, engine/update (status.py)     publisher
 ``HaSink``           Home Assistant discovery and entity states, fed the event     delivery's
@@ -96,7 +97,8 @@ class AgentMqtt:
         if self.ha_sink is not None:
             self.publisher.on_connected.append(self.ha_sink.on_connected)
         self.publisher.on_tick.append(self.status.tick)
-        metrics.add("mqtt", stats=lambda: {"mqtt": self._mqtt_stats()})
+        metrics.add("mqtt", stats=lambda: {"mqtt": self._mqtt_stats()},
+                    state=lambda: {"delivery": self.publisher.lag()})
         self._lock = threading.Lock()
         self._started = False
         self._stopped = False
@@ -213,5 +215,7 @@ class AgentMqtt:
             "last_error": self.last_error,
             "commands_ok": self.dispatcher.counts["ok"],
             "commands_error": self.dispatcher.counts["error"],
+            "broker": f"{self.connection.host}:{self.connection.port}",
+            **self.publisher.lag(),
             **dict(self.counters),
         }

@@ -3,7 +3,11 @@ policy (reconnect delays, flap backoff, Last Will) and the diagnosis of why a co
 
 paho's network thread only runs the callbacks here, and they only record and wake: a CONNACK
 sets :attr:`Connection.connected` and ``connect_pending``, a PUBACK goes to :attr:`acks`, a
-command request to ``on_request``. Everything else runs on the publisher's thread.
+consumer's end-to-end ack to :attr:`consumer_acks`, a command request to ``on_request``.
+Everything else runs on the publisher's thread.
+
+With several brokers (``mqtt.hosts``) every reconnect attempt goes to the next one in turn, with
+paho's backoff between attempts; TLS and credentials are the same for each.
 """
 
 from __future__ import annotations
@@ -77,6 +81,12 @@ class Connection:
         self.subscribed = threading.Event()
         self.connect_pending = False  # a CONNACK the publisher has not followed up yet
         self.acks: Deque[Tuple[int, Any]] = collections.deque()  # (mid, reason) from PUBACKs
+        # (size, first bytes) of each message on the ack topic; bounded: a newer ack supersedes
+        self.consumer_acks: Deque[Tuple[int, bytes]] = collections.deque(maxlen=10_000)
+        self.end_to_end = cfg.delivery == "end_to_end"
+        self.endpoints = cfg.endpoints()
+        self._endpoint = 0
+        self._attempted = False
         self.stopping = False
         self.last_error: Optional[str] = None
         self.last_paho_error: Optional[str] = None
@@ -123,6 +133,12 @@ class Connection:
         return client
 
     def _reconnect(self) -> Any:
+        if self._attempted and len(self.endpoints) > 1:
+            # paho reconnects to the host it was given and offers no public way to change it
+            # while a connection is being retried: set its target for this attempt directly.
+            self._endpoint = (self._endpoint + 1) % len(self.endpoints)
+            self.client._host, self.client._port = self.endpoints[self._endpoint]
+        self._attempted = True
         try:
             return paho.Client.reconnect(self.client)
         except OSError as exc:
@@ -149,12 +165,23 @@ class Connection:
 
     # --- use --------------------------------------------------------------------------------
 
+    @property
+    def host(self) -> str:
+        """The broker of the current (or latest) connection attempt."""
+        return self.endpoints[self._endpoint][0]
+
+    @property
+    def port(self) -> int:
+        return self.endpoints[self._endpoint][1]
+
     def start(self) -> None:
         """Connect in the background (paho's network thread); returns at once."""
         cfg = self.cfg
-        log.info("mqtt: connecting to %s:%s as %s (MQTT %s%s)", cfg.host, cfg.port,
+        others = f" (then {len(self.endpoints) - 1} more in turn)" if len(self.endpoints) > 1 \
+            else ""
+        log.info("mqtt: connecting to %s:%s%s as %s (MQTT %s%s)", self.host, self.port, others,
                  self.client_id, cfg.protocol, ", TLS" if cfg.tls else "")
-        self.client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s)
+        self.client.connect_async(self.host, self.port, keepalive=cfg.keepalive_s)
         self.client.loop_start()
 
     def publish(self, topic: str, payload: Any, qos: int = 1, retain: bool = False,
@@ -196,7 +223,7 @@ class Connection:
             if reason_code.value in (0x86, 0x87, 4, 5):
                 hint = " (check mqtt.username / mqtt.password or EDGE_AGENT_MQTT_PASSWORD)"
             log.error("mqtt: %s:%s refused the connection: %s%s; retrying with backoff",
-                      self.cfg.host, self.cfg.port, reason_code, hint)
+                      self.host, self.port, reason_code, hint)
             return
         self.counters["connections"] += 1
         self.connected_at = time.monotonic()
@@ -205,6 +232,8 @@ class Connection:
         # Queue-only paho calls are fine here; state (user code) follows on our thread.
         self.subscribed.clear()
         client.subscribe(self.topics.cmd_filter, qos=1)
+        if self.end_to_end:
+            client.subscribe(self.topics.ack, qos=1)  # retained: the latest ack comes at once
         client.publish(self.topics.status, "online", qos=1, retain=True)
         self.connect_pending = True
         self.connected.set()
@@ -227,7 +256,7 @@ class Connection:
             what += " (is mqtt.tls.ca_file the CA that signed the broker's certificate?)"
         self._failed(f"cannot connect: {what}")
         log.warning("mqtt: cannot connect to %s:%s: %s; retrying with backoff",
-                    self.cfg.host, self.cfg.port, what)
+                    self.host, self.port, what)
 
     def _short_lived(self, client, lived: float, reason_code) -> None:
         """A connection the broker dropped right after accepting it. paho would reconnect at
@@ -262,7 +291,8 @@ class Connection:
             if lived < SHORT_CONNECTION_S:
                 self._short_lived(client, lived, reason_code)
             else:
-                log.warning("mqtt: connection lost (%s); reconnecting", reason_code)
+                log.warning("mqtt: connection to %s:%s lost (%s); reconnecting", self.host,
+                            self.port, reason_code)
         elif self._refused:
             self._refused = False  # already reported by _on_connect
         else:
@@ -273,7 +303,7 @@ class Connection:
             if "CERTIFICATE_REQUIRED" in what or "certificate required" in what:
                 hint = " (the broker wants a client certificate: mqtt.tls.cert_file/key_file)"
             self._failed(f"connection closed before CONNACK: {what}{hint}")
-            log.warning("mqtt: %s:%s %s; retrying with backoff", self.cfg.host, self.cfg.port,
+            log.warning("mqtt: %s:%s %s; retrying with backoff", self.host, self.port,
                         self.last_error)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
@@ -281,6 +311,11 @@ class Connection:
         self.wake.set()
 
     def _on_message(self, client, userdata, msg) -> None:
+        if self.end_to_end and msg.topic == self.topics.ack:
+            payload = msg.payload
+            self.consumer_acks.append((len(payload), bytes(payload[:64])))
+            self.wake.set()
+            return
         name = self.topics.command_name(msg.topic)
         if name is None:
             return

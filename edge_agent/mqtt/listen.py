@@ -7,6 +7,10 @@ gaps / status changes as ``{"gap": {...}}`` / ``{"status": {...}}`` lines.
 
 A seq lower than the last one is shown as ``dup`` (at-least-once delivery re-sends after a
 reconnect or restart) or ``late`` when it fills a gap reported earlier.
+
+``--ack --store FILE`` makes it the reference end-to-end consumer (:mod:`edge_agent.mqtt.consumer`):
+events go to FILE (fsynced, de-duplicated by ``event_id``) and each device's contiguous seq is
+acknowledged on its ``ack`` topic; a persistent session keeps events queued while it is away.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import json
 import os
 import queue
+import signal
 import ssl
 import sys
 import time
@@ -23,6 +28,7 @@ from typing import Any, Dict, Set, TextIO
 
 import paho.mqtt.client as paho
 
+from edge_agent.mqtt.consumer import AckConsumer, EventStore
 from edge_agent.mqtt.topics import event_filter, status_filter
 from edge_agent.secrets import mqtt_password
 
@@ -141,6 +147,10 @@ class Printer:
             print(f"edge-agent listen: {device}: a message that is not an event ({exc})",
                   file=sys.stderr)
             return
+        self.show(device, event, payload)
+
+    def show(self, device: str, event: Dict[str, Any], payload: bytes) -> None:
+        """One parsed event (``payload``: its JSON as received, for ``--json``)."""
         self.events += 1
         seq = event.get("seq")
         seen = self.seqs.see(device, seq) if isinstance(seq, int) and not isinstance(
@@ -168,10 +178,63 @@ def _device_of(topic: str, prefix: str) -> str:
     return rest.split("/", 1)[0]
 
 
+def _ack_main(args: argparse.Namespace, prefix: str) -> int:
+    """``listen --ack --store FILE``: store, then acknowledge (module docstring)."""
+    if not args.store:
+        print("edge-agent listen: --ack needs --store FILE (events are acknowledged only once "
+              "stored there)", file=sys.stderr)
+        return 2
+    if args.username or args.ca_file:
+        print("edge-agent listen: --ack does not take --username/--ca-file yet",
+              file=sys.stderr)
+        return 2
+    try:
+        store = EventStore(args.store)
+    except OSError as exc:
+        print(f"edge-agent listen: --store: {exc}", file=sys.stderr)
+        return 2
+    printer = Printer(sys.stdout, args.json)
+
+    def shown(device: str, event: Dict[str, Any], new: bool) -> None:
+        raw = json.dumps(event, separators=(",", ":")).encode()
+        printer.show(device, event, raw)
+
+    def note(text: str) -> None:
+        print(f"edge-agent listen: {text}", file=sys.stderr)
+
+    try:
+        consumer = AckConsumer(args.host, args.port, store, prefix=prefix, device=args.device,
+                               client_id=args.client_id, protocol=args.protocol,
+                               on_event=shown, on_note=note)
+        consumer.connect()
+    except (OSError, ValueError) as exc:
+        print(f"edge-agent listen: cannot connect to {args.host}:{args.port}: {exc}",
+              file=sys.stderr)
+        store.close()
+        return 1
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    deadline = time.monotonic() + args.timeout if args.timeout > 0 else None
+    try:
+        rc = consumer.run(until=lambda: bool(stop) or (
+            bool(args.count) and printer.events >= args.count) or (
+            deadline is not None and time.monotonic() >= deadline))
+    finally:
+        consumer.stop()
+    s = printer.seqs
+    marks = ", ".join(f"{d} acked {c.mark}" for d, c in sorted(store.chains.items()))
+    print(f"edge-agent listen: {printer.events} events ({store.stored_total} stored, "
+          f"{store.duplicates} duplicates), {s.gaps} gaps, {s.missing_total} missing; "
+          f"{marks or 'nothing acked'}", file=sys.stderr)
+    return rc
+
+
 def main(args: argparse.Namespace) -> int:
     """Handler of ``edge-agent listen``."""
     out = sys.stdout
     prefix = args.prefix.strip("/")
+    if getattr(args, "ack", False):
+        return _ack_main(args, prefix)
     try:
         events_topic = event_filter(prefix, args.device)
         status_topic = status_filter(prefix, args.device)

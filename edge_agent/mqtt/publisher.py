@@ -1,5 +1,6 @@
 """The outbox publisher: moves rows from the event log to the broker, at most ``max_inflight``
-unacknowledged at once, and deletes each row when its PUBACK arrives.
+unacknowledged at once, and deletes each row when its PUBACK arrives (``mqtt.delivery: puback``)
+or once the consumer acknowledged it end to end (``end_to_end``).
 
 Its thread is also where work that follows a (re)connect runs (``on_connected`` hooks: retained
 state, discovery) and where periodic publications tick (``on_tick``: stats), so user code never
@@ -11,6 +12,14 @@ reconnect or restart (subscribers dedupe by ``event_id`` or ``seq``). paho re-se
 in-memory backlog at once on reconnect (it ignores its own in-flight limit there), so it never
 gets more than the window. An event's snapshot is a reference in its row: the JPEG is read from
 ``snapshot_dir`` and published on ``snapshots/<event_id>`` just before the event.
+
+``end_to_end``: a PUBACK only frees a window slot; rows are deleted up to the seq the consumer
+acknowledges on ``<prefix>/<device>/ack`` (:mod:`edge_agent.mqtt.acks`). After every reconnect,
+and whenever ``ack_timeout_s`` passes without ack progress while events are outstanding, every
+unacknowledged row is published again from the acknowledged seq on (same ``event_id``, same
+``seq``). Each event then carries ``prev_seq``: the highest lower seq the agent still holds
+unacknowledged, 0 when it holds none; the seqs between ``prev_seq`` and ``seq`` will never come
+(dropped by a full outbox), so a consumer knows when its stored events are contiguous.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import paho.mqtt.client as paho
 
 from edge_agent.config import MqttConfig
 from edge_agent.eventlog import Outbox, OutboxRow
+from edge_agent.mqtt.acks import AckTracker
 from edge_agent.mqtt.connection import Connection
 
 log = logging.getLogger(__name__)
@@ -51,6 +61,11 @@ class OutboxPublisher:
         self._stopping = False
         self._stop_deadline = 0.0
         self._thread: Optional[threading.Thread] = None
+        self.end_to_end = cfg.delivery == "end_to_end"
+        self.ack_timeout_s = float(cfg.ack_timeout_s)
+        self.consumer = AckTracker(outbox.acked_seq, counters)
+        if self.end_to_end:
+            self._cursor = self.consumer.mark
 
     def start(self) -> None:
         self.outbox.add_listener(self.conn.wake.set)
@@ -83,6 +98,8 @@ class OutboxPublisher:
             try:
                 self._drain_acks()
                 self._delete_acked(force=self._stopping)
+                if self.end_to_end:
+                    self._take_consumer_acks()
                 if conn.connect_pending and conn.connected.is_set():
                     conn.connect_pending = False
                     self._after_connect()
@@ -91,6 +108,8 @@ class OutboxPublisher:
                     return
                 if conn.connected.is_set():
                     conn.forget_flaps_when_stable()
+                    if self.end_to_end:
+                        self._republish_when_ack_overdue()
                     self._fill_window()
                     now = time.monotonic()
                     for tick in self.on_tick:
@@ -100,11 +119,68 @@ class OutboxPublisher:
                 time.sleep(0.5)
 
     def _flushed(self) -> bool:
+        """All handed to the broker and PUBACKed (end_to_end: rows the consumer has not
+        acknowledged yet stay in the outbox for the next start)."""
         return not self.inflight and not self._to_delete and not self.outbox.peek(self._cursor, 1)
+
+    # --- end_to_end -------------------------------------------------------------------------
+
+    def _take_consumer_acks(self) -> None:
+        """The consumer's acks since the last pass; rows up to the newest good one go."""
+        acks = self.conn.consumer_acks
+        moved = None
+        while acks:
+            size, head = acks.popleft()
+            mark = self.consumer.offer(size, head)
+            if mark is not None:
+                moved = mark
+        if moved is not None:
+            self.outbox.ack_through(moved)
+
+    def _republish_when_ack_overdue(self) -> None:
+        c = self.consumer
+        if c.outstanding and time.monotonic() - c.progress_at >= self.ack_timeout_s:
+            self.counters["ack_timeouts"] += 1
+            log.warning("mqtt: no end-to-end ack for %.0f s (acknowledged seq %d, sent up to "
+                        "%d); publishing the unacknowledged events again", self.ack_timeout_s,
+                        c.mark, c.sent_max)
+            self._publish_again_from_mark()
+            c.progress_at = time.monotonic()
+
+    def _publish_again_from_mark(self) -> None:
+        """Send every row after the consumer's ack again (PUBACKs of the old sends are then
+        ignored: they no longer count towards the window)."""
+        self.inflight.clear()
+        self._cursor = self.consumer.mark
+
+    def _with_prev_seq(self, row: OutboxRow) -> bytes:
+        """The row's JSON with ``prev_seq`` added (module docstring)."""
+        prev = self._cursor if self._cursor > self.consumer.mark else 0
+        payload = row.payload
+        if not payload.endswith(b"}") or len(payload) < 3:
+            return payload
+        return b"%s,\"prev_seq\":%d}" % (payload[:-1], prev)
+
+    def lag(self) -> Dict[str, object]:
+        """How far behind the consumer is (end_to_end) for the stats: events held and the age
+        of the oldest (read from other threads: a snapshot)."""
+        oldest = self.outbox.oldest() if self.end_to_end else None
+        return {
+            "delivery": self.cfg.delivery,
+            "consumer_acked_seq": self.consumer.mark if self.end_to_end else None,
+            "consumer_lag_events": len(self.outbox) if self.end_to_end else None,
+            "consumer_lag_s": round(max(0.0, time.time() - oldest[1]), 1) if oldest else 0.0,
+        }
 
     def _after_connect(self) -> None:
         """Per connection, after on_connect subscribed and said online: state, discovery."""
-        if self.cfg.event_qos == 0 and self.inflight:
+        if self.end_to_end:
+            # The broker may have lost what it acknowledged (a restart): everything the
+            # consumer has not acknowledged goes again.
+            if self.consumer.outstanding:
+                self.counters["republish_reconnects"] += 1
+            self._publish_again_from_mark()
+        elif self.cfg.event_qos == 0 and self.inflight:
             # paho drops QoS 0 messages not yet written when a connection goes, and calls no
             # on_publish for them: free their window slots and send those rows again.
             self._cursor = min(self.inflight.values()) - 1
@@ -112,7 +188,7 @@ class OutboxPublisher:
         for fn in self.on_connected:
             fn()
         log.info("mqtt: connected to %s:%s (connection %d); %d events waiting",
-                 self.cfg.host, self.cfg.port, self.counters["connections"], len(self.outbox))
+                 self.conn.host, self.conn.port, self.counters["connections"], len(self.outbox))
 
     def _fill_window(self) -> None:
         room = self.window - len(self.inflight)
@@ -124,7 +200,8 @@ class OutboxPublisher:
         for row in self.outbox.peek(self._cursor, room):
             if row.snapshot is not None:
                 self._publish_snapshot(row)
-            info = self.conn.publish(self.conn.topics.event(row.type), row.payload, qos=qos)
+            payload = self._with_prev_seq(row) if self.end_to_end else row.payload
+            info = self.conn.publish(self.conn.topics.event(row.type), payload, qos=qos)
             if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
                 log.warning("mqtt: publish of seq %d refused by paho (%s); retrying later",
                             row.seq, paho.error_string(info.rc))
@@ -133,6 +210,10 @@ class OutboxPublisher:
             self.inflight[info.mid] = row.seq
             self._cursor = row.seq
             self.counters["published"] += 1
+            if self.end_to_end:
+                if row.seq <= self.consumer.sent_max:
+                    self.counters["republished"] += 1
+                self.consumer.sent(row.seq)
 
     def _publish_snapshot(self, row: OutboxRow) -> None:
         """The JPEG of an outbox row, before its event (the ring may have dropped it since)."""
@@ -150,23 +231,30 @@ class OutboxPublisher:
         self.counters["snapshots"] += 1
 
     def _drain_acks(self) -> None:
+        """PUBACKs: free window slots; ``puback`` mode queues their rows for deletion."""
         seqs = []
+        pubacks = 0
         acks = self.conn.acks
         while acks:
             mid, reason = acks.popleft()
             seq = self.inflight.pop(mid, None)
             if seq is None:
-                continue  # status, state, reply ...
+                continue  # status, state, reply, a send from before a republish ...
+            pubacks += 1
             if getattr(reason, "is_failure", False):
                 # Re-sending would be refused again (e.g. not authorised): count, log, drop.
                 self.counters["rejected"] += 1
                 log.error("mqtt: broker rejected event seq %d: %s", seq, reason)
-            seqs.append(seq)
+                if self.end_to_end:
+                    self.outbox.ack([seq])  # never deliverable; its gap shows in prev_seq
+                    continue
+            if not self.end_to_end:
+                seqs.append(seq)
         if seqs:
             if not self._to_delete:
                 self._to_delete_since = time.monotonic()
             self._to_delete.extend(seqs)
-            self.counters["acked"] += len(seqs)
+        self.counters["acked"] += pubacks
 
     def _delete_acked(self, force: bool = False) -> None:
         """Delete acknowledged rows in batches (a transaction per PUBACK would cost as much as

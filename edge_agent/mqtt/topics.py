@@ -11,6 +11,8 @@ stats                 periodic metrics JSON
 cmd/<name>            command request; reply on cmd/<name>/reply
 engine/update         update progress (retained)
 ha/...                Home Assistant entity states (discovery on)
+ack                   the consumer's end-to-end acknowledgement: the
+                      highest contiguous seq it stored (retained)
 ====================  =========================================
 
 Topics built from outside input (a command name, a requester's MQTT 5 Response Topic) are checked
@@ -110,6 +112,11 @@ class Topics:
         return f"{self.base}/engine/update"
 
     @property
+    def ack(self) -> str:
+        """Where the consumer acknowledges stored events (``mqtt.delivery: end_to_end``)."""
+        return f"{self.base}/ack"
+
+    @property
     def cmd_filter(self) -> str:
         """Subscription for requests; single level, so replies (cmd/x/reply) are not matched."""
         return f"{self.base}/cmd/+"
@@ -177,6 +184,11 @@ class Topics:
 def event_filter(prefix: str, device: str = "+") -> str:
     """Subscription for the events of one device (or all with ``+``)."""
     return f"{_device_level(prefix, device)}/events/+"
+
+
+def ack_topic(prefix: str, device: str) -> str:
+    """The ack topic of ``device`` (what a consumer publishes to)."""
+    return f"{_device_level(prefix, device)}/ack"
 
 
 def status_filter(prefix: str, device: str = "+") -> str:

@@ -1,0 +1,171 @@
+"""Private MQTT brokers for the durability tests and benches: Mosquitto, a NATS server with
+JetStream and its MQTT listener, and a three-node NATS cluster (JetStream replicas 3).
+
+Each runs on free loopback ports with its own config and store directory; the system's brokers
+(1883, 4222) are never touched. ``kill()`` is SIGKILL, ``start()`` starts it again on the same
+ports and store, so what the broker had stored is all that survives.
+"""
+
+from __future__ import annotations
+
+import getpass
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import List, Optional
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _binary(name: str) -> str:
+    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin")
+    if not found:
+        raise RuntimeError(f"{name} is not installed (make system-deps installs it)")
+    return found
+
+
+def _wait_listening(proc: subprocess.Popen, port: int, timeout: float, what: str,
+                    log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            text = log.read_text(errors="replace")[-3000:] if log.exists() else ""
+            raise RuntimeError(f"{what} exited at start (rc {proc.returncode}): {text}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on {port} within {timeout} s")
+
+
+class _Process:
+    """One broker process: ``start``, ``kill`` (SIGKILL), ``stop`` (SIGTERM)."""
+
+    name = "broker"
+    host = "127.0.0.1"
+    port = 0
+
+    def __init__(self, workdir: Path):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log = self.workdir / f"{self.name}.log"
+        self.proc: Optional[subprocess.Popen] = None
+
+    def command(self) -> List[str]:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30.0) -> _Process:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        _wait_listening(self.proc, self.port, timeout, self.name, self.log)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL: nothing gets saved on the way out."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class Mosquitto(_Process):
+    """Mosquitto with persistence; ``extra`` config lines (e.g. ``autosave_on_changes true``)."""
+
+    name = "mosquitto"
+    protocol = "5"
+
+    def __init__(self, workdir: Path, extra: Optional[List[str]] = None):
+        super().__init__(workdir)
+        self.port = free_port()
+        lines = [f"listener {self.port} {self.host}", f"user {getpass.getuser()}",
+                 "allow_anonymous true", *(extra or []), "persistence true",
+                 f"persistence_location {self.workdir}/", "autosave_interval 1",
+                 "max_queued_messages 0", f"log_dest file {self.workdir}/mosquitto-file.log"]
+        self.conf = self.workdir / "mosquitto.conf"
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    def command(self) -> List[str]:
+        return [_binary("mosquitto"), "-c", str(self.conf)]
+
+
+class NatsServer(_Process):
+    """nats-server with JetStream (file store in ``workdir``) and its MQTT listener (3.1.1).
+
+    ``cluster_port`` / ``routes`` join it to a cluster; ``replicas`` is the replication of the
+    MQTT streams (sessions, retained messages, QoS 1 messages)."""
+
+    name = "nats"
+    protocol = "3.1.1"
+
+    def __init__(self, workdir: Path, server_name: str = "n1", cluster_port: int = 0,
+                 routes: Optional[List[int]] = None, replicas: int = 1):
+        super().__init__(workdir)
+        self.name = f"nats-{server_name}"
+        self.log = self.workdir / f"{self.name}.log"
+        self.client_port = free_port()
+        self.port = free_port()  # MQTT
+        store = self.workdir / "jetstream"
+        lines = [f"server_name: {server_name}", f"listen: 127.0.0.1:{self.client_port}",
+                 "jetstream {", f'  store_dir: "{store}"', "  max_memory_store: 64MB",
+                 "  max_file_store: 1GB", "}",
+                 "mqtt {", f"  listen: 127.0.0.1:{self.port}"]
+        if replicas > 1:
+            lines.append(f"  stream_replicas: {replicas}")
+        lines.append("}")
+        if cluster_port:
+            lines += ["cluster {", "  name: edge", f"  listen: 127.0.0.1:{cluster_port}",
+                      "  routes: [" + ", ".join(f"nats-route://127.0.0.1:{p}"
+                                                for p in routes or []) + "]", "}"]
+        self.conf = self.workdir / "nats.conf"
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    def command(self) -> List[str]:
+        return [_binary("nats-server"), "-c", str(self.conf)]
+
+
+class NatsCluster:
+    """Three NATS servers in one cluster, JetStream and MQTT on each, MQTT streams replicated
+    on all three."""
+
+    def __init__(self, workdir: Path, size: int = 3):
+        cports = [free_port() for _ in range(size)]
+        self.nodes = [
+            NatsServer(Path(workdir) / f"n{i + 1}", f"n{i + 1}", cports[i],
+                       [p for j, p in enumerate(cports) if j != i], replicas=size)
+            for i in range(size)
+        ]
+
+    def start(self, timeout: float = 60.0) -> NatsCluster:
+        procs = []
+        for n in self.nodes:
+            with open(n.log, "ab") as log:
+                n.proc = subprocess.Popen(n.command(), stdout=log, stderr=subprocess.STDOUT)
+            procs.append(n)
+        for n in procs:  # MQTT listens only once JetStream (clustered: a meta leader) is up
+            assert n.proc is not None
+            _wait_listening(n.proc, n.port, timeout, n.name, n.log)
+        return self
+
+    def kill(self) -> None:
+        for n in self.nodes:
+            n.kill()

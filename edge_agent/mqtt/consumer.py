@@ -1,0 +1,284 @@
+"""The reference end-to-end consumer (``edge-agent listen --ack --store FILE``): stores events
+durably, then acknowledges them to the devices (``mqtt.delivery: end_to_end``, docs/mqtt.md).
+
+:class:`EventStore` appends each new event to a JSON-lines file and fsyncs it before anything is
+acknowledged; an event whose ``event_id`` is already in the file is a duplicate (the agent
+re-sends after a reconnect or an ack timeout) and is not stored again. Per device a
+:class:`Chain` follows which seqs are stored without a hole: each event's ``prev_seq`` names the
+highest lower seq the device still holds (0: none), so the seqs between the two will never come
+and are no hole. The highest seq up to which the chain is whole is what gets acknowledged,
+retained at QoS 1, on ``<prefix>/<device>/ack``. Restarted on the same file, the store reads it
+back: the known event ids and every device's chain.
+
+:class:`AckConsumer` is the MQTT side (a persistent session, so the broker keeps events queued
+while the consumer is away); ``listen`` runs it, and the durability tests and bench run it in a
+thread with a per-message delay.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple, Union
+
+import paho.mqtt.client as paho
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge_agent.mqtt.topics import ack_topic, event_filter
+
+log = logging.getLogger(__name__)
+
+
+class Chain:
+    """One device's stored seqs: ``mark`` is the highest seq with no hole below it."""
+
+    def __init__(self) -> None:
+        self.mark = 0
+        self.pending: Dict[int, int] = {}  # stored seq above the mark -> its prev_seq
+
+    def stored(self, seq: int, prev: Optional[int]) -> bool:
+        """Record a stored (or again received) event; True when the mark moved.
+
+        ``prev`` None (an agent in ``puback`` mode sends no prev_seq): the seq just below."""
+        if prev is None:
+            prev = seq - 1
+        if seq <= self.mark:
+            return False
+        old = self.pending.get(seq)
+        # A device's prev_seq for a seq only goes down (what it holds below only shrinks).
+        self.pending[seq] = prev if old is None else min(old, prev)
+        return self._advance()
+
+    def _advance(self) -> bool:
+        start = self.mark
+        moved = True
+        while moved:
+            moved = False
+            for seq in sorted(self.pending):
+                if self.pending[seq] <= self.mark < seq:
+                    self.mark = seq
+                    moved = True
+            if moved:
+                self.pending = {s: p for s, p in self.pending.items() if s > self.mark}
+        return self.mark != start
+
+
+class EventStore:
+    """Append-only JSON-lines store with de-duplication by ``event_id`` (module docstring)."""
+
+    def __init__(self, path: Union[str, Path]):
+        self.path = Path(path)
+        self.ids: Set[str] = set()
+        self.chains: Dict[str, Chain] = {}
+        self.stored_total = 0
+        self.duplicates = 0
+        self._load()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(self.path, "ab")
+        self._dirty = False
+
+    def _load(self) -> None:
+        try:
+            f = open(self.path, "rb")
+        except FileNotFoundError:
+            return
+        with f:
+            for n, line in enumerate(f, 1):
+                try:
+                    ev = json.loads(line)
+                    device, seq = ev["device_id"], ev["seq"]
+                    self.ids.add(ev["event_id"])
+                except (ValueError, KeyError, TypeError):
+                    # A torn last line after a crash: that event was never acknowledged.
+                    log.warning("%s:%d: not a stored event; skipped", self.path, n)
+                    continue
+                self.chain(device).stored(int(seq), _prev_of(ev))
+
+    def chain(self, device: str) -> Chain:
+        return self.chains.setdefault(device, Chain())
+
+    def add(self, device: str, event: Dict[str, Any]) -> Tuple[bool, bool]:
+        """Store one event of ``device`` (written, fsynced by :meth:`sync`).
+        Returns ``(new, mark_moved)``: new is False for a duplicate."""
+        seq = event.get("seq")
+        event_id = event.get("event_id")
+        if not isinstance(seq, int) or isinstance(seq, bool) or not isinstance(event_id, str):
+            raise ValueError("an event needs an integer seq and a string event_id")
+        new = event_id not in self.ids
+        if new:
+            event.setdefault("device_id", device)
+            self._f.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+            self.ids.add(event_id)
+            self.stored_total += 1
+            self._dirty = True
+        else:
+            self.duplicates += 1
+        return new, self.chain(device).stored(seq, _prev_of(event))
+
+    def sync(self) -> None:
+        """Make every stored event durable (before its ack goes out)."""
+        if self._dirty:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+            self._dirty = False
+
+    def close(self) -> None:
+        self.sync()
+        self._f.close()
+
+
+def _prev_of(event: Dict[str, Any]) -> Optional[int]:
+    prev = event.get("prev_seq")
+    return prev if isinstance(prev, int) and not isinstance(prev, bool) else None
+
+
+Message = Tuple[str, bytes]
+
+
+class AckConsumer:
+    """Subscribes to the events of ``device`` (``+``: all) with a persistent session, stores
+    them (:class:`EventStore`) and acknowledges per device. ``on_event(device, event, new)``
+    sees each received event; ``delay_s`` is extra work per message (a slow consumer, tests)."""
+
+    def __init__(self, host: str, port: int, store: EventStore, prefix: str = "edge-agent",
+                 device: str = "+", client_id: str = "edge-agent-listen-ack",
+                 protocol: str = "5", delay_s: float = 0.0,
+                 on_event: Optional[Callable[[str, Dict[str, Any], bool], None]] = None,
+                 on_note: Optional[Callable[[str], None]] = None):
+        self.host, self.port = host, port
+        self.store = store
+        self.prefix = prefix
+        self.topic = event_filter(prefix, device)
+        self.delay_s = delay_s
+        self.on_event = on_event
+        self.on_note = on_note or (lambda text: log.info("%s", text))
+        self.acks_sent = 0
+        self.bad_messages = 0
+        self.q: queue.Queue[Tuple[str, Any]] = queue.Queue()
+        self.v5 = protocol == "5"
+        if self.v5:
+            self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                      protocol=paho.MQTTv5)
+        else:
+            self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
+                                      protocol=paho.MQTTv311, clean_session=False)
+        self.client.reconnect_delay_set(0.1, 2.0)
+        self.client.max_inflight_messages_set(100)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = lambda c, u, f, rc, p: self.q.put(("disconnect", rc))
+        self.client.on_message = lambda c, u, m: self.q.put(("message", (m.topic,
+                                                                         bytes(m.payload))))
+        self.client.on_subscribe = lambda *a: self.subscribed.set()
+        self.subscribed = threading.Event()  # set by every SUBACK
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.q.put(("connect", reason_code))
+        if not reason_code.is_failure:
+            client.subscribe(self.topic, qos=1)
+
+    def connect(self) -> None:
+        """Start connecting (raises OSError when the first attempt cannot even start)."""
+        props = None
+        if self.v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 7 * 86400  # queued for us across our restarts
+        clean = False if self.v5 else paho.MQTT_CLEAN_START_FIRST_ONLY  # 3.1.1: in the client
+        self.client.connect_async(self.host, self.port, keepalive=10, clean_start=clean,
+                                  properties=props)
+        self.client.loop_start()
+
+    def start(self) -> AckConsumer:
+        """Connect and run :meth:`run` in a thread."""
+        self.connect()
+        self._thread = threading.Thread(target=self.run, name="ack-consumer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.store.close()
+
+    def run(self, until: Callable[[], bool] = lambda: False) -> int:
+        """Handle messages until :meth:`stop` or ``until()``; 1 when the broker refused us."""
+        while not self._stop.is_set() and not until():
+            batch = self._next_batch()
+            if batch is None:
+                return 1
+            if batch:
+                self._handle(batch)
+        return 0
+
+    def _next_batch(self) -> Optional[List[Message]]:
+        """Queued messages (at most 500), after notes for connects / disconnects."""
+        batch: List[Message] = []
+        try:
+            item = self.q.get(timeout=0.2)
+        except queue.Empty:
+            return batch
+        while True:
+            kind, data = item
+            if kind == "message":
+                batch.append(data)
+            elif kind == "connect":
+                if data.is_failure:
+                    self.on_note(f"{self.host}:{self.port} refused the connection: {data}")
+                    return None
+                self.on_note(f"connected to {self.host}:{self.port}, storing {self.topic} "
+                             f"in {self.store.path}")
+            else:
+                self.on_note(f"disconnected ({data}); reconnecting")
+            if len(batch) >= 500:
+                return batch
+            try:
+                item = self.q.get_nowait()
+            except queue.Empty:
+                return batch
+
+    def _handle(self, batch: List[Message]) -> None:
+        """Store the batch, one fsync, then one ack per device that has any."""
+        devices: Set[str] = set()
+        for topic, payload in batch:
+            if self.delay_s:
+                time.sleep(self.delay_s)
+            device = _device_of(topic, self.prefix)
+            try:
+                event = json.loads(payload)
+                if not isinstance(event, dict):
+                    raise ValueError("not a JSON object")
+                new, _ = self.store.add(device, event)
+            except ValueError as exc:
+                self.bad_messages += 1
+                self.on_note(f"{topic}: not an event ({exc}); not stored")
+                continue
+            devices.add(device)
+            if self.on_event is not None:
+                self.on_event(device, event, new)
+        self.store.sync()
+        for device in sorted(devices):
+            mark = self.store.chain(device).mark
+            try:
+                topic = ack_topic(self.prefix, device)
+            except ValueError:
+                continue  # not a device name of ours: stored, never acknowledged
+            if mark > 0:
+                # Also for duplicates only: an agent that restarted refuses a retained ack above
+                # what it has sent again so far, and takes this one.
+                self.client.publish(topic, str(mark), qos=1, retain=True)
+                self.acks_sent += 1
+
+
+def _device_of(topic: str, prefix: str) -> str:
+    rest = topic[len(prefix) + 1:] if topic.startswith(prefix + "/") else topic
+    return rest.split("/", 1)[0]
