@@ -46,6 +46,33 @@ def _wait_listening(proc: subprocess.Popen, port: int, timeout: float, what: str
     raise RuntimeError(f"{what} did not listen on {port} within {timeout} s")
 
 
+def mqtt_ready(port: int, timeout: float, what: str) -> None:
+    """Until an MQTT 3.1.1 client is accepted on ``port``."""
+    import paho.mqtt.client as paho
+
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"probe-{port}")
+        done: List[str] = []
+        c.on_connect = lambda cl, u, f, rc, p, out=done: out.append(str(rc))
+        try:
+            c.connect("127.0.0.1", port, keepalive=5)
+            c.loop_start()
+            t = time.monotonic() + 5
+            while not done and time.monotonic() < t:
+                time.sleep(0.05)
+            c.disconnect()
+            c.loop_stop()
+        except OSError as exc:
+            done.append(str(exc))
+        last = done[0] if done else "no CONNACK"
+        if last == "Success":
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{what}: MQTT not ready within {timeout:.0f} s ({last})")
+
+
 class _Process:
     """One broker process: ``start``, ``kill`` (SIGKILL), ``stop`` (SIGTERM)."""
 
@@ -129,8 +156,8 @@ class NatsServer(_Process):
                  "jetstream {", f'  store_dir: "{store}"', "  max_memory_store: 64MB",
                  "  max_file_store: 1GB", "}",
                  "mqtt {", f"  listen: 127.0.0.1:{self.port}"]
-        if replicas > 1:
-            lines.append(f"  stream_replicas: {replicas}")
+        if replicas > 1:  # consumers too: a subscription must outlive the node it began on
+            lines += [f"  stream_replicas: {replicas}", f"  consumer_replicas: {replicas}"]
         lines.append("}")
         if cluster_port:
             lines += ["cluster {", "  name: edge", f"  listen: 127.0.0.1:{cluster_port}",
@@ -161,9 +188,12 @@ class NatsCluster:
             with open(n.log, "ab") as log:
                 n.proc = subprocess.Popen(n.command(), stdout=log, stderr=subprocess.STDOUT)
             procs.append(n)
-        for n in procs:  # MQTT listens only once JetStream (clustered: a meta leader) is up
+        deadline = time.monotonic() + timeout
+        for n in procs:
             assert n.proc is not None
             _wait_listening(n.proc, n.port, timeout, n.name, n.log)
+        for n in procs:  # its MQTT sessions need JetStream, which needs a meta leader
+            mqtt_ready(n.port, deadline - time.monotonic(), n.name)
         return self
 
     def kill(self) -> None:

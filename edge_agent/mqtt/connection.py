@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 SHORT_CONNECTION_S = 2.0  # a connection dropped sooner counts as a flap (backoff grows)
 STABLE_S = 10.0  # connected this long: the flap backoff is forgotten
+RESUBSCRIBE_S = 2.0  # a refused subscription is tried again after this long
 
 Request = Tuple[str, bytes, Any, Any]  # command name, payload, response topic, correlation
 
@@ -87,6 +88,7 @@ class Connection:
         self.endpoints = cfg.endpoints()
         self._endpoint = 0
         self._attempted = False
+        self.resubscribe_at: Optional[float] = None
         self.stopping = False
         self.last_error: Optional[str] = None
         self.last_paho_error: Optional[str] = None
@@ -222,6 +224,9 @@ class Connection:
             hint = ""
             if reason_code.value in (0x86, 0x87, 4, 5):
                 hint = " (check mqtt.username / mqtt.password or EDGE_AGENT_MQTT_PASSWORD)"
+            elif reason_code.value in (0x84, 1):
+                hint = (" (the broker may speak MQTT 3.1.1 only, as NATS and RabbitMQ before "
+                        "3.13 do: set mqtt.protocol: \"3.1.1\")")
             log.error("mqtt: %s:%s refused the connection: %s%s; retrying with backoff",
                       self.host, self.port, reason_code, hint)
             return
@@ -231,9 +236,7 @@ class Connection:
         self.last_paho_error = None
         # Queue-only paho calls are fine here; state (user code) follows on our thread.
         self.subscribed.clear()
-        client.subscribe(self.topics.cmd_filter, qos=1)
-        if self.end_to_end:
-            client.subscribe(self.topics.ack, qos=1)  # retained: the latest ack comes at once
+        self.subscribe()
         client.publish(self.topics.status, "online", qos=1, retain=True)
         self.connect_pending = True
         self.connected.set()
@@ -246,8 +249,25 @@ class Connection:
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         if any(rc.is_failure for rc in reason_codes):
-            log.error("mqtt: the broker refused the command subscription: %s", reason_codes)
+            # e.g. a NATS node whose JetStream is electing leaders after a peer died
+            self.counters["subscribe_failures"] += 1
+            self.resubscribe_at = time.monotonic() + RESUBSCRIBE_S
+            log.error("mqtt: the broker refused a subscription (%s); trying again in %.0f s",
+                      reason_codes, RESUBSCRIBE_S)
         self.subscribed.set()
+
+    def subscribe(self) -> None:
+        """Our subscriptions: commands, and the consumer's acks in end_to_end."""
+        self.resubscribe_at = None
+        self.client.subscribe(self.topics.cmd_filter, qos=1)
+        if self.end_to_end:
+            self.client.subscribe(self.topics.ack, qos=1)  # retained: the latest comes at once
+
+    def resubscribe_if_due(self) -> None:
+        """After a refused subscription (publisher thread)."""
+        due = self.resubscribe_at
+        if due is not None and time.monotonic() >= due:
+            self.subscribe()
 
     def _on_connect_fail(self, client, userdata) -> None:
         exc = self.last_connect_error

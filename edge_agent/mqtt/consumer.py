@@ -174,8 +174,9 @@ class AckConsumer:
         self.client.on_disconnect = lambda c, u, f, rc, p: self.q.put(("disconnect", rc))
         self.client.on_message = lambda c, u, m: self.q.put(("message", (m.topic,
                                                                          bytes(m.payload))))
-        self.client.on_subscribe = lambda *a: self.subscribed.set()
-        self.subscribed = threading.Event()  # set by every SUBACK
+        self.client.on_subscribe = self._on_subscribe
+        self.subscribed = threading.Event()  # set by every granted SUBACK
+        self._resubscribe_at: Optional[float] = None
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -183,6 +184,12 @@ class AckConsumer:
         self.q.put(("connect", reason_code))
         if not reason_code.is_failure:
             client.subscribe(self.topic, qos=1)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        if any(rc.is_failure for rc in reason_codes):
+            self.q.put(("refused", reason_codes))
+        else:
+            self.subscribed.set()
 
     def connect(self) -> None:
         """Start connecting (raises OSError when the first attempt cannot even start)."""
@@ -213,6 +220,10 @@ class AckConsumer:
     def run(self, until: Callable[[], bool] = lambda: False) -> int:
         """Handle messages until :meth:`stop` or ``until()``; 1 when the broker refused us."""
         while not self._stop.is_set() and not until():
+            due = self._resubscribe_at
+            if due is not None and time.monotonic() >= due:
+                self._resubscribe_at = None
+                self.client.subscribe(self.topic, qos=1)
             batch = self._next_batch()
             if batch is None:
                 return 1
@@ -237,6 +248,9 @@ class AckConsumer:
                     return None
                 self.on_note(f"connected to {self.host}:{self.port}, storing {self.topic} "
                              f"in {self.store.path}")
+            elif kind == "refused":
+                self.on_note(f"the broker refused the subscription ({data}); trying again")
+                self._resubscribe_at = time.monotonic() + 2.0
             else:
                 self.on_note(f"disconnected ({data}); reconnecting")
             if len(batch) >= 500:

@@ -108,6 +108,7 @@ class OutboxPublisher:
                     return
                 if conn.connected.is_set():
                     conn.forget_flaps_when_stable()
+                    conn.resubscribe_if_due()
                     if self.end_to_end:
                         self._republish_when_ack_overdue()
                     self._fill_window()
