@@ -42,6 +42,8 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from edge_agent import __version__, logsetup, preflight, reload, resources
 from edge_agent import config as cfgmod
 from edge_agent.capture import CaptureError, check_sources
+from edge_agent.clips import ClipInfo, ClipStore
+from edge_agent.clips.http import ClipRoute, http_token, is_loopback
 from edge_agent.delivery import EventDelivery
 from edge_agent.eventlog import Outbox
 from edge_agent.events import ConsoleSink, Emission, JsonlSink, SnapshotStore, encode_jpeg
@@ -267,15 +269,30 @@ class Agent:
 
     def _start_pipeline(self) -> Undo:
         assert self.delivery is not None
+        clip_store, recovered = self._clip_store()
         try:
             self.pipeline = Pipeline(self.cfg, self.engine, self.delivery,
-                                     notifier=self.supervisor)
+                                     notifier=self.supervisor, clip_store=clip_store)
         except (TypeError, ValueError) as exc:  # e.g. an unknown or out-of-range tracker param
             raise StartError(f"{self.source}: {exc}") from None
         pipe = self.pipeline
+        if pipe.clips is not None and recovered:
+            log.warning("%d clip(s) interrupted by the previous run finished", len(recovered))
+            pipe.clips.announce(recovered)
         self.metrics.add("pipeline", stats=lambda: pipeline_stats(pipe),
                          state=lambda: pipeline_state(pipe))
         return pipe.stop
+
+    def _clip_store(self) -> Tuple[Optional[ClipStore], List[ClipInfo]]:
+        """The clip store, with what a crash left half-written finished or removed."""
+        cc = self.cfg.events.clips
+        if not cc.enabled:
+            return None, []
+        try:
+            store = ClipStore(resolve_in(self.state_dir, cc.dir), int(cc.max_total_mb * 1e6))
+            return store, store.recover()
+        except (OSError, ValueError) as exc:
+            raise StartError(f"events.clips: {exc}") from None
 
     def _start_mqtt(self) -> Undo:
         if not self.cfg.mqtt.enabled:
@@ -356,7 +373,11 @@ class Agent:
                       outbox_rows=lambda: len(ob), outbox_path=ob.path,
                       mqtt_connected=(lambda: mqtt.connected) if mqtt is not None else None,
                       **({"update_state": self.updater.state_name} if self.updater else {}))
-        ex = Exporter(src, mc.max_frame_age_s, mc.max_connections, mc.request_timeout_s)
+        given = mc.token.get_secret_value() if mc.token is not None else None
+        route = ClipRoute(pipe.clips.store if pipe.clips is not None else None,
+                          http_token(given), is_loopback(mc.host))
+        ex = Exporter(src, mc.max_frame_age_s, mc.max_connections, mc.request_timeout_s,
+                      route)
         try:
             ex.start(mc.host, mc.port)
         except OSError as exc:

@@ -261,6 +261,21 @@ class SnapshotConfig(_Model):
     jpeg_quality: int = Field(85, ge=10, le=100)
 
 
+class ClipsConfig(_Model):
+    enabled: bool = Field(True, description="record an MP4 around each alert of the `on` types")
+    on: List[Literal["weapon", "crowd", "plate"]] = Field(
+        default_factory=lambda: ["weapon"], description="event types that get a clip")
+    dir: str = Field("clips", description="where clips are kept (relative to state_dir)")
+    pre_s: float = Field(5.0, ge=0, le=60, description="seconds of video kept before the start")
+    post_s: float = Field(10.0, ge=0, le=600, description="seconds recorded after the end")
+    max_s: float = Field(120.0, gt=0, le=3600, description="longest clip; it ends there")
+    overlay: bool = Field(True, description="draw the tracked boxes into the clip")
+    max_dim: int = Field(960, ge=64, le=4096, description="longest side of clip frames (px)")
+    max_total_mb: float = Field(1000, gt=0, le=MAX_MB, description="store cap; oldest go first")
+    ring_max_mb: float = Field(32, gt=0, le=4096,
+                               description="pre-roll memory cap per camera (MB)")
+
+
 class SinksConfig(_Model):
     console: bool = Field(False, description="print events to stdout")
     jsonl: Optional[str] = Field(None, description="append events to this JSON-lines file "
@@ -272,6 +287,7 @@ class EventsConfig(_Model):
     crowd_default_zone: bool = Field(True, description="whole-frame zone when a camera has none")
     plate: PlateRuleConfig = PlateRuleConfig()
     snapshots: SnapshotConfig = SnapshotConfig()
+    clips: ClipsConfig = ClipsConfig()
     sinks: SinksConfig = SinksConfig()
 
 
@@ -415,6 +431,9 @@ class MetricsConfig(_Model):
                                  "idle one is dropped for a newer one, the rest refused")
     request_timeout_s: float = Field(5.0, gt=0, le=300, description="each read/write of a "
                                      "connection; a silent client is dropped after it")
+    token: Optional[SecretStr] = Field(
+        None, description="bearer token for GET /clips/...; required off loopback "
+        "(the environment variable EDGE_AGENT_HTTP_TOKEN wins)")
 
 
 class Config(_Model):

@@ -51,6 +51,8 @@ from prometheus_client.core import (
 )
 
 from edge_agent import resources
+from edge_agent.clips.http import PREFIX as CLIP_PREFIX
+from edge_agent.clips.http import ClipResponse, ClipRoute, send_range
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +296,9 @@ class Exporter:
     """The registry, the observations and the HTTP server of one agent."""
 
     def __init__(self, src: Sources, max_frame_age_s: float = 10.0, max_connections: int = 16,
-                 request_timeout_s: float = 5.0):
+                 request_timeout_s: float = 5.0,
+                 clips: Optional[ClipRoute] = None):
+        self.clips = clips  # GET /clips/<event_id>.mp4 when set
         self.registry = CollectorRegistry(auto_describe=False)
         self.obs = Observations(self.registry)
         self.registry.register(_Snapshot(src))
@@ -434,6 +438,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
         path = self.path.split("?", 1)[0]
+        if path.startswith(CLIP_PREFIX) and self.exporter.clips is not None:
+            self._clip(path)
+            return
         try:
             code, body, ctype = self._answer(path)
         except Exception as exc:  # a failing source must not kill the server thread
@@ -452,6 +459,30 @@ class _Handler(BaseHTTPRequestHandler):
             ok, doc = self.exporter.health.check()
             return 200 if ok else 503, json.dumps(doc).encode(), "application/json"
         return 404, b'{"error": "not found: try /metrics or /healthz"}', "application/json"
+
+    def _clip(self, path: str) -> None:
+        try:
+            res = self.exporter.clips.respond(path, self.headers)
+        except OSError as exc:  # the clip rotated out between lookup and stat
+            res = ClipResponse(404, {"Content-Type": "application/json"},
+                               json.dumps({"error": f"clip not readable: {exc}"}).encode())
+        try:
+            self._send_clip(res)
+        except OSError as exc:  # the player went away (it often does after a range)
+            log.debug("metrics: %s: clip not sent: %s", path, exc)
+            self.close_connection = True
+
+    def _send_clip(self, res: ClipResponse) -> None:
+        self.send_response(res.status)
+        for k, v in res.headers.items():
+            self.send_header(k, v)
+        if res.path is None:
+            self.send_header("Content-Length", str(len(res.body)))
+        self.end_headers()
+        if res.path is None:
+            self.wfile.write(res.body)
+        else:
+            send_range(self.wfile, res.path, res.start, res.length)
 
     def _reply(self, code: int, body: bytes, ctype: str) -> None:
         self.send_response(code)

@@ -24,8 +24,16 @@ import numpy as np
 
 from edge_agent import config as cfgmod
 from edge_agent.capture import CaptureGroup, Frame
+from edge_agent.clips import ClipService, ClipStore
 from edge_agent.delivery import EventDelivery
-from edge_agent.events import CameraEvents, EngineInfo, EventFactory, FrameContext, HeadTracks
+from edge_agent.events import (
+    CameraEvents,
+    Emission,
+    EngineInfo,
+    EventFactory,
+    FrameContext,
+    HeadTracks,
+)
 from edge_agent.events.ocr import load_reader
 from edge_agent.interfaces import Engine, Notifier
 from edge_agent.metrics import Latency, pipeline_stats, stats_line
@@ -94,7 +102,8 @@ class Pipeline:
 
     def __init__(self, cfg: cfgmod.Config, engine: Engine, delivery: EventDelivery,
                  on_frame: Optional[FrameHook] = None, notifier: Optional[Notifier] = None,
-                 capture_kw: Optional[Dict[str, Any]] = None, observer: Any = None):
+                 capture_kw: Optional[Dict[str, Any]] = None, observer: Any = None,
+                 clip_store: Optional[ClipStore] = None):
         if not cfg.cameras:
             raise ValueError("no cameras configured (add at least one under `cameras:`)")
         self.cfg = cfg
@@ -108,6 +117,9 @@ class Pipeline:
         self.engine_info = engine_info(engine)
         self.heads = engine_heads(engine)
         self.factory = EventFactory(cfg.device_id, self.engine_info)
+        self.clips: Optional[ClipService] = None
+        if clip_store is not None and cfg.events.clips.enabled:
+            self.clips = ClipService(cfg.events.clips, clip_store, self.factory, delivery.deliver)
         self._ocr: Optional[Any] = None
         self._ocr_status = "ocr_disabled"
         self._calls: queue.Queue[tuple] = queue.Queue()
@@ -252,6 +264,8 @@ class Pipeline:
                 log.exception("processing the frames left at stop failed")
             for st in self.cams.values():
                 self._close_camera(st, "agent_stop")
+            if self.clips is not None:  # its last clip events go out before the sinks close
+                self.clips.close()
             self.delivery.close()  # pending plate reads deliver their end events first
         finally:
             with self._calls_lock:
@@ -371,7 +385,7 @@ class Pipeline:
         now = st.count_frame(f, ctx, dets is not None)
         if self.observer is not None:
             self.observer.frame(f.camera, now - f.t_read, now)
-        self.delivery.deliver(emissions)
+        self._emit(ctx, tracks, emissions)
         if self.on_frame is not None:
             self.on_frame(f, tracks, st)
 
@@ -390,4 +404,11 @@ class Pipeline:
             return  # nothing was ever processed, so nothing is open
         now = FrameContext(ctx.camera, ctx.frame, ctx.media_s, time.time(), ctx.width,
                            ctx.height, ctx.image)
-        self.delivery.deliver(st.events.close(now, reason))
+        self._emit(now, {}, st.events.close(now, reason), frame=False)
+
+    def _emit(self, ctx: FrameContext, tracks: Dict[str, HeadTracks],
+              emissions: List[Emission], frame: bool = True) -> None:
+        """Events to the clips (which tag them) and then to the delivery."""
+        if self.clips is not None:
+            self.clips.observe(ctx, tracks, emissions, frame)
+        self.delivery.deliver(emissions)

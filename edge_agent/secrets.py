@@ -76,6 +76,8 @@ def config_secrets(cfg: Config) -> List[str]:
     out = []
     if cfg.mqtt.password is not None and cfg.mqtt.password.get_secret_value():
         out.append(cfg.mqtt.password.get_secret_value())
+    if cfg.metrics.token is not None and cfg.metrics.token.get_secret_value():
+        out.append(cfg.metrics.token.get_secret_value())
     for cam in cfg.cameras:
         out.extend(url_passwords(cam.source))
     return out

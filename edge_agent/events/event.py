@@ -62,7 +62,8 @@ class Event(_EventBase, total=False):
     The optional fields belong to a type or phase: ``reason``/``duration_s`` on every ``end``;
     weapon ``top_score``, ``person_track_id``; crowd ``zone``, ``count``, ``track_ids``,
     ``min_count``, ``peak_count``; plate end ``text``, ``text_score``, ``text_status``,
-    ``best_frame``. A test checks these names against the JSON schema.
+    ``best_frame``; ``clip`` on events that get a clip, ``alert_type`` on ``clip`` events. A test
+    checks these names against the JSON schema.
     """
 
     reason: str
@@ -78,6 +79,8 @@ class Event(_EventBase, total=False):
     text_score: Optional[float]
     text_status: str
     best_frame: int
+    clip: Dict[str, Any]
+    alert_type: str
 
 
 @dataclass(frozen=True)

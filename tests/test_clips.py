@@ -1,0 +1,257 @@
+"""Clips around alerts: the pre-roll ring, the MP4 writer, the bounded store, and an agent that
+records a clip around a real weapon event on a real video (the shipped model, ONNX Runtime)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import cv2
+import numpy as np
+import pytest
+
+from edge_agent import config as cfgmod
+from edge_agent.agent import EXIT_OK, Agent
+from edge_agent.clips.http import ClipRoute
+from edge_agent.clips.mp4 import Mp4Writer, encoder_name
+from edge_agent.clips.ring import FrameRing
+from edge_agent.clips.store import ClipStore, decodable_frames
+from edge_agent.exporter import Exporter, Sources
+from tests.test_model_events import MODEL, gun_images
+
+ID = "0123456789abcdef0123456789abcdef"
+
+
+def _ids(n: int) -> List[str]:
+    return [f"{i:032x}" for i in range(1, n + 1)]
+
+
+def _numbered(i: int, w: int = 320, h: int = 240) -> np.ndarray:
+    img = np.full((h, w, 3), 40, np.uint8)
+    cv2.putText(img, str(i), (20, h - 40), cv2.FONT_HERSHEY_SIMPLEX, 3, (255, 255, 255), 5)
+    return img
+
+
+def _write_clip(path: Path, frames: int, fps: float = 10.0) -> Mp4Writer:
+    w = Mp4Writer(path, 320, 240, fps)
+    for i in range(frames):
+        w.write(_numbered(i), i / fps)
+    w.close()
+    return w
+
+
+def test_ring_keeps_the_last_seconds_within_its_byte_cap():
+    ring = FrameRing(seconds=2.0, max_bytes=10_000_000)
+    for i in range(100):
+        ring.push(i / 10.0, ring.encode(_numbered(i)))
+    kept = ring.since(0.0)
+    assert kept[0].t == pytest.approx(7.9) and kept[-1].t == pytest.approx(9.9)
+    assert ring.bytes == sum(len(f.jpeg) for f in kept)
+    small = FrameRing(seconds=60.0, max_bytes=3 * len(kept[-1].jpeg))
+    for f in kept:
+        small.push(f.t, f.jpeg)
+    assert small.bytes <= small.max_bytes and small.evicted_for_size > 0
+    assert small.since(0.0)[-1].t == pytest.approx(9.9)  # the newest always stays
+
+
+def test_mp4_is_h264_and_decodes_frame_for_frame(tmp_path):
+    assert encoder_name() == "libx264"  # the PyAV wheel carries x264: browsers play the clips
+    w = _write_clip(tmp_path / "a.mp4", 30)
+    assert w.frames == 30 and decodable_frames(tmp_path / "a.mp4") == 30
+    cap = cv2.VideoCapture(str(tmp_path / "a.mp4"))
+    fourcc = int(cap.get(cv2.CAP_PROP_FOURCC)).to_bytes(4, "little").decode()
+    cap.release()
+    assert fourcc in ("avc1", "h264", "H264")
+
+
+def test_store_commit_lookup_and_reasons(tmp_path):
+    store = ClipStore(tmp_path / "clips", 10_000_000)
+    store.begin(ID, "lot", "weapon", "gun", 3)
+    assert store.lookup(ID)[2] == "the clip is still recording"
+    _write_clip(store.part_path(ID), 20)
+    info = store.commit(ID, 1.9)
+    assert info.status == "ready" and info.bytes == store.final_path(ID).stat().st_size
+    assert not store.part_path(ID).exists() and len(info.sha256) == 64
+    path, _, why = store.lookup(ID)
+    assert path == store.final_path(ID) and why == "ready"
+    assert "never" in store.lookup("f" * 32)[2]
+    with pytest.raises(ValueError, match="event id"):
+        store.lookup("../../etc/passwd")
+    again = ClipStore(tmp_path / "clips", 10_000_000)  # the index survives a restart
+    assert again.lookup(ID)[1].sha256 == info.sha256
+
+
+def test_cap_holds_under_fifty_alerts_and_spares_protected_and_open(tmp_path):
+    one = tmp_path / "one.mp4"
+    _write_clip(one, 20)
+    size = one.stat().st_size
+    store = ClipStore(tmp_path / "clips", 10 * size + size // 2)
+    ids = _ids(50)
+    protected = {ids[0]}  # e.g. its event is still in the outbox
+    store.begin(ids[0], "lot")
+    shutil.copy(one, store.part_path(ids[0]))
+    store.commit(ids[0], 1.9)
+    store.begin(ids[1], "lot")
+    shutil.copy(one, store.part_path(ids[1]))  # still recording: a .part is never removed
+    for cid in ids[2:]:
+        store.begin(cid, "lot")
+        shutil.copy(one, store.part_path(cid))
+        store.commit(cid, 1.9)
+        store.enforce_cap(protected)
+        time.sleep(0.002)  # distinct mtimes order the clips
+        assert store.used_bytes() <= store.max_bytes
+    status = {c.id: c.status for c in store.list()}
+    assert status[ids[-1]] == "ready" and status[ids[2]] == "rotated"
+    assert status[ids[0]] == "ready" and store.final_path(ids[0]).exists()  # oldest, protected
+    assert store.part_path(ids[1]).exists()
+    assert "size cap" in store.lookup(ids[2])[2]
+    assert store.used_bytes() <= store.max_bytes
+
+
+def test_recover_finishes_a_truncated_clip_and_drops_garbage(tmp_path):
+    store = ClipStore(tmp_path / "clips", 100_000_000)
+    full = tmp_path / "full.mp4"
+    _write_clip(full, 60)  # key frame every 2 s: fragments of 20 frames
+    good, bad = _ids(2)
+    store.begin(good, "lot")
+    store.begin(bad, "lot")
+    data = full.read_bytes()
+    store.part_path(good).write_bytes(data[: int(len(data) * 0.7)])  # SIGKILL mid-write
+    store.part_path(bad).write_bytes(b"\x00" * 1000)
+    done = {c.id: c for c in ClipStore(tmp_path / "clips", 100_000_000).recover()}
+    assert done[good].status == "ready" and done[good].reason == "truncated_by_restart"
+    assert 0 < decodable_frames(store.final_path(good)) < 60
+    assert done[bad].status == "failed" and not store.part_path(bad).exists()
+
+
+# --- the agent ------------------------------------------------------------------------------
+
+FPS = 10
+
+
+def _slideshow(path: Path, guns: List[Path], lead_s: float, tail_s: float) -> Dict[str, float]:
+    """Grey frames, the gun images (1.5 s each), grey frames; returns when the guns show."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (416, 416))
+    grey = np.full((416, 416, 3), 114, np.uint8)
+    n = 0
+    for _ in range(int(lead_s * FPS)):
+        writer.write(grey)
+        n += 1
+    first = n / FPS
+    for p in guns:
+        frame = grey.copy()
+        img = cv2.imread(str(p))
+        frame[:img.shape[0], :img.shape[1]] = img
+        for _ in range(15):
+            writer.write(frame)
+            n += 1
+    last = (n - 1) / FPS
+    for _ in range(int(tail_s * FPS)):
+        writer.write(grey)
+    writer.release()
+    return {"first": first, "last": last}
+
+
+def _config(tmp_path: Path, source: Path, **clips: Any) -> cfgmod.Config:
+    return cfgmod.Config.model_validate({
+        "device_id": "clip-test", "state_dir": str(tmp_path / "state"),
+        "model": {"path": str(MODEL)},
+        "cameras": [{"name": "lot", "source": str(source)}],
+        "events": {"sinks": {"jsonl": "events.jsonl"}, "clips": clips},
+        "mqtt": {"enabled": False}, "metrics": {"enabled": False},
+        "update": {"enabled": False},
+    })
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory, weights_dir) -> Dict[str, Any]:
+    """One agent run over a gun slideshow (6 s grey, two guns 1.5 s each, 12 s grey)."""
+    weapons = weights_dir.parent / "data" / "weapons" / "rf-gun-detection-v1" / "valid"
+    tmp_path = tmp_path_factory.mktemp("clips")
+    video = tmp_path / "guns.mp4"
+    t = _slideshow(video, gun_images(weapons, 2), lead_s=6.0, tail_s=12.0)
+    cfg = _config(tmp_path, video, pre_s=5.0, post_s=10.0, overlay=True)
+    assert Agent(cfg, source="clip-test").run() == EXIT_OK
+    text = (tmp_path / "state" / "events.jsonl").read_text()
+    return {"t": t, "events": [json.loads(x) for x in text.split("\n") if x],
+            "store": ClipStore(tmp_path / "state" / "clips", 10**9)}
+
+
+def test_agent_records_a_clip_around_a_weapon_event(recorded):
+    t, events, store = recorded["t"], recorded["events"], recorded["store"]
+    start = next(e for e in events if e["type"] == "weapon" and e["phase"] == "start")
+    end = next(e for e in events if e["type"] == "weapon" and e["phase"] == "end"
+               and e["track_id"] == start["track_id"])
+    clip_id = start["event_id"]
+    assert start["clip"]["status"] == "recording" and start["clip"]["id"] == clip_id
+    assert end["clip"]["id"] == clip_id
+    ready = [e for e in events if e["type"] == "clip" and e["clip"]["id"] == clip_id]
+    assert len(ready) == 1 and ready[0]["clip"]["status"] == "ready", ready
+    assert ready[0]["alert_type"] == "weapon" and ready[0]["track_id"] == start["track_id"]
+    path, info, _ = store.lookup(clip_id)
+    assert path is not None and info.bytes == path.stat().st_size == ready[0]["clip"]["bytes"]
+    assert info.media_start_s <= t["first"] - (5.0 - 0.5)
+    assert info.media_end_s >= t["last"] + (10.0 - 0.5)
+    assert end["frame"] / FPS >= t["last"]
+    frames = decodable_frames(path)  # every frame written decodes
+    assert frames == round((info.media_end_s - info.media_start_s) * FPS) + 1
+
+
+def _get(port: int, path: str, **headers: str) -> Tuple[int, Dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers)
+        res = conn.getresponse()
+        return res.status, dict(res.getheaders()), res.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def served(recorded):
+    def serve(token=None, loopback=True):
+        ex = Exporter(Sources(cameras=["lot"], stats=dict, engine=dict, outbox_rows=lambda: 0),
+                      clips=ClipRoute(recorded["store"], token, loopback))
+        ex.start("127.0.0.1", 0)
+        started.append(ex)
+        return ex.port
+    started: List[Exporter] = []
+    yield serve
+    for ex in started:
+        ex.stop()
+
+
+def test_clip_is_served_over_http_with_ranges(recorded, served):
+    ready = next(e for e in recorded["events"] if e["type"] == "clip")
+    clip_id = ready["clip"]["id"]
+    whole = recorded["store"].final_path(clip_id).read_bytes()
+    port = served()
+    status, headers, body = _get(port, f"/clips/{clip_id}.mp4")
+    assert status == 200 and body == whole and headers["Accept-Ranges"] == "bytes"
+    assert hashlib.sha256(body).hexdigest() == ready["clip"]["sha256"]
+    status, headers, body = _get(port, f"/clips/{clip_id}.mp4", Range="bytes=100-1099")
+    assert status == 206 and body == whole[100:1100]
+    assert headers["Content-Range"] == f"bytes 100-1099/{len(whole)}"
+    status, _, body = _get(port, f"/clips/{clip_id}.mp4", Range="bytes=-500")
+    assert status == 206 and body == whole[-500:]
+    status, headers, _ = _get(port, f"/clips/{clip_id}.mp4", Range=f"bytes={len(whole)}-")
+    assert status == 416 and headers["Content-Range"] == f"bytes */{len(whole)}"
+    status, _, body = _get(port, f"/clips/{'e' * 32}.mp4")
+    assert status == 404 and b"never recorded" in body
+    status, _, body = _get(port, "/clips/../state/outbox.sqlite")
+    assert status == 404
+
+
+def test_clip_needs_the_token_off_loopback(recorded, served):
+    clip_id = next(e for e in recorded["events"] if e["type"] == "clip")["clip"]["id"]
+    assert _get(served(None, loopback=False), f"/clips/{clip_id}.mp4")[0] == 403
+    port = served("s3cret-token", loopback=False)
+    assert _get(port, f"/clips/{clip_id}.mp4")[0] == 401
+    assert _get(port, f"/clips/{clip_id}.mp4", Authorization="Bearer wrong")[0] == 401
+    status, _, body = _get(port, f"/clips/{clip_id}.mp4", Authorization="Bearer s3cret-token")
+    assert status == 200 and len(body) > 1000
