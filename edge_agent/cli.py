@@ -27,6 +27,7 @@ HANDLERS: Dict[str, str] = {
     "listen": "edge_agent.mqtt.listen:main",
     "bench": "edge_agent.bench_cmd:main",
     "service": "edge_agent.install_cmd:main",
+    "clips": "edge_agent.clips.command:main",
 }
 _ISSUE = {
     "run": "daemon pipeline",
@@ -166,6 +167,12 @@ def _add_service(sub) -> None:
         s.add_argument("--python", help="interpreter for the venv (default python3)")
 
 
+def _add_clips(sub) -> None:
+    from edge_agent.clips.command import add_parser
+
+    add_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser (also used by the docs test)."""
     parser = argparse.ArgumentParser(
@@ -175,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_run, _add_track, _add_config, _add_engine, _add_train, _add_export,
-                _add_listen, _add_bench, _add_service):
+                _add_listen, _add_bench, _add_service, _add_clips):
         add(sub)
     return parser
 

@@ -24,7 +24,8 @@ import numpy as np
 
 from edge_agent import config as cfgmod
 from edge_agent.capture import CaptureGroup, Frame
-from edge_agent.clips import ClipService, ClipStore
+from edge_agent.clips import ClipStore
+from edge_agent.clips.service import ClipService
 from edge_agent.delivery import EventDelivery
 from edge_agent.events import (
     CameraEvents,

@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_agent import cli
 from edge_agent import config as cfgmod
 from edge_agent.agent import EXIT_OK, Agent
 from edge_agent.clips.http import ClipRoute
@@ -255,3 +256,18 @@ def test_clip_needs_the_token_off_loopback(recorded, served):
     assert _get(port, f"/clips/{clip_id}.mp4", Authorization="Bearer wrong")[0] == 401
     status, _, body = _get(port, f"/clips/{clip_id}.mp4", Authorization="Bearer s3cret-token")
     assert status == 200 and len(body) > 1000
+
+
+def test_clips_command_lists_and_copies(recorded, tmp_path, capsys):
+    ready = next(e for e in recorded["events"] if e["type"] == "clip")
+    clip_id = ready["clip"]["id"]
+    conf = tmp_path / "agent.yaml"
+    conf.write_text(f"state_dir: {recorded['store'].dir.parent}\n"
+                    "cameras: [{name: lot, source: rtsp://cam/1}]\n")
+    assert cli.main(["clips", "--config", str(conf), "list"]) == 0
+    assert clip_id in capsys.readouterr().out
+    out = tmp_path / "copy.mp4"
+    assert cli.main(["clips", "--config", str(conf), "get", clip_id, "-o", str(out)]) == 0
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == ready["clip"]["sha256"]
+    assert cli.main(["clips", "--config", str(conf), "get", "a" * 32]) == 2
+    assert "never recorded" in capsys.readouterr().err
