@@ -398,6 +398,13 @@ class UpdateConfig(_Model):
     download_timeout_s: float = Field(30, gt=0, le=3600,
                                       description="connect/read timeout: a stalled server fails")
     download_retries: int = Field(2, ge=0, le=20, description="resumed (Range) retries")
+    download_deadline_s: float = Field(1800, gt=0, le=86400, description="a whole download, "
+                                       "retries included; past it the update fails (timeout)")
+    download_min_rate_kb_s: float = Field(
+        1.0, ge=0, le=1e6, description="KiB/s a download must keep over every "
+        "download_timeout_s; slower fails (timeout); 0 = no floor")
+    download_max_resumes: int = Field(3, ge=0, le=100, description="resumes of a journaled "
+                                      "update after restarts before it is abandoned")
     ca_file: Optional[str] = Field(None, description="CA bundle for https:// model URLs")
     min_input: int = Field(32, ge=16, le=8192, description="smallest model input side accepted")
     max_input: int = Field(2048, ge=16, le=8192, description="largest model input side accepted")

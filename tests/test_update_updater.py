@@ -116,10 +116,16 @@ def _case(env, case):
         code = {"truncated": "truncated", "http_404": "http_error", "http_500": "http_5xx",
                 "stalled": "timeout"}[case]
         return request(srv.add(f"{case}.onnx", data, fault), data, "2", good), code
-    if case == "oversize":
+    if case == "oversize":  # the signed size is above update.max_download_mb
         big = data + b"\0" * (1 << 20)
         return request(srv.add("big.onnx", big), big, "2", signed(man, big, "2", key)), \
             "too_large"
+    if case == "served_bigger":  # the server has more bytes than were signed
+        return request(srv.add("bigger.onnx", data + b"\0" * 1000), data, "2", good), \
+            "size_mismatch"
+    if case == "served_other_file":  # same size, other bytes than were signed
+        other = bytes([data[0] ^ 1]) + data[1:]
+        return request(srv.add("other.onnx", other), data, "2", good), "sha256_mismatch"
     if case == "missing_head":
         path = d / "crowd_only.onnx"
         m2 = make_model(path, heads=("crowd",))
@@ -130,7 +136,10 @@ def _case(env, case):
                        signed(man, data, "0.5", key)), "version_not_newer"
     if case == "path_traversal":
         return request(srv.add("c8.onnx", data), data, "../../etc",
-                       signed(man, data, "../../etc", key)), "bad_name"
+                       signed(man, data, "../../etc", key)), "bad_version"
+    if case == "bad_name":
+        return request(srv.add("c10.onnx", data), data, "2",
+                       signed(dict(man, name="../../x"), data, "2", key)), "bad_name"
     if case == "not_onnx":
         junk = b"this is not an ONNX graph\n" * 100
         return request(srv.add("c9.onnx", junk), junk, "2", signed(man, junk, "2", key)), \
@@ -138,9 +147,40 @@ def _case(env, case):
     raise AssertionError(case)
 
 
-CASES = ["wrong_sha256", "bad_signature", "unknown_key", "expired", "unsigned", "truncated",
-         "http_404", "http_500", "stalled", "oversize", "missing_head", "lower_version",
-         "path_traversal", "not_onnx"]
+# judged by the signed envelope alone: refused in the command's reply, nothing is fetched
+PRE_CASES = ["wrong_sha256", "bad_signature", "unknown_key", "expired", "unsigned", "oversize",
+             "missing_head", "lower_version", "path_traversal", "bad_name"]
+# accepted, then FAILED in DOWNLOADING or VERIFYING
+CASES = ["truncated", "http_404", "http_500", "stalled", "served_bigger", "served_other_file",
+         "not_onnx"]
+
+
+def _untouched(steady, engine, parts: int = 0) -> None:
+    steady.wait_frames(3)
+    assert steady.pipe.engine is engine and steady.frames[-1][1] == "1"
+    assert steady.store.current == "1" and not steady.store.journal()
+    assert not list(steady.store.versions_dir.glob("2*"))
+    assert len(list(steady.store.downloads_dir.iterdir())) == parts, "a .part was left"
+
+
+@pytest.mark.parametrize("case", PRE_CASES)
+def test_refused_before_any_byte_is_requested(env, steady, case):
+    engine = steady.pipe.engine
+    req, code = _case(env, case)
+    req["request_id"] = f"pre-{case}"
+    path = "/" + req["url"].rsplit("/", 1)[1]
+    if case == "oversize":
+        steady.updater.downloader.max_bytes = len(env["base"].read_bytes()) + 1000
+    try:
+        with pytest.raises(UpdateError) as e:
+            steady.updater.submit(req)
+    finally:
+        steady.updater.downloader.max_bytes = 500 << 20
+    assert e.value.code == code, e.value
+    assert [p for p, _ in env["server"].requests if p == path] == [], "the model was requested"
+    assert not [d for d in steady.docs if d.get("request_id") == req["request_id"]]
+    assert steady.updater.status()["state"] == "IDLE"
+    _untouched(steady, engine)
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -148,19 +188,17 @@ def test_refused_with_reason_and_engine_untouched(env, steady, case):
     engine = steady.pipe.engine
     req, code = _case(env, case)
     req["request_id"] = f"refuse-{case}"
-    if case == "oversize":
-        steady.updater.downloader.max_bytes = len(env["base"].read_bytes()) + 1000
-    try:
-        final = steady.update(req)
-    finally:
-        steady.updater.downloader.max_bytes = 500 << 20
+    final = steady.update(req)
     assert final["state"] == "FAILED", final
     assert final["error"]["code"] == code, final["error"]
     assert final["error"]["message"] and "SWITCHING" not in final["history"]
-    steady.wait_frames(3)
-    assert steady.pipe.engine is engine and steady.frames[-1][1] == "1"
-    assert steady.store.current == "1" and not steady.store.journal()
-    assert not list(steady.store.versions_dir.glob("2*"))
+    if case == "served_other_file":  # what was fetched is not described, only what was signed
+        import hashlib
+
+        fetched = env["server"].files["/other.onnx"][0]
+        assert hashlib.sha256(fetched).hexdigest() not in json.dumps(final)
+    # a broken connection keeps its .part (a later push of the same file resumes it): only one
+    _untouched(steady, engine, parts=1 if code == "truncated" else 0)
 
 
 def test_second_update_refused_naming_the_running_one(env, steady):
@@ -228,13 +266,14 @@ def test_allow_unsigned_is_announced_and_still_checks_a_present_signature(env, c
         assert "allow_unsigned is ON" in caplog.text
         assert "development only" in a.updater.state_getter()["warning"]
         forged = signed(env["manifest"], data, "2", env["rogue"])
-        bad = a.update(request(url, data, "2", forged, rid="forged"))
+        with pytest.raises(UpdateError) as bad:
+            a.updater.submit(request(url, data, "2", forged, rid="forged"))
         req = request(url, data, "2", None, rid="unsigned")
         req["manifest"] = base64.b64encode(manifest_bytes(env["manifest"], data, "2")).decode()
         final = a.update(req)
     finally:
         a.close()
-    assert bad["state"] == "FAILED" and bad["error"]["code"] == "unknown_key"
+    assert bad.value.code == "unknown_key"
     assert final["state"] == "COMMITTED", final
 
 

@@ -24,7 +24,9 @@ class ModelServer:
 
     Faults per file: ``404``, ``500``, ``truncate`` (announces the full length, sends half, then
     closes), ``stall`` (sends half, then nothing for a long time), ``drip`` (``drip_bytes`` per
-    ``drip_s``, for a download that takes a while). ``requests`` records (path, Range header).
+    ``drip_s``, for a download that takes a while), ``trickle`` (one byte per second, the whole
+    length announced). :meth:`redirect` answers with a redirect. ``requests`` records (path,
+    Range header).
     """
 
     def __init__(self, tls: Optional[Tuple[Path, Path]] = None) -> None:
@@ -60,6 +62,10 @@ class ModelServer:
         self.files[f"/{name}"] = (data, fault)
         return f"{self.scheme}://127.0.0.1:{self.port}/{name}"
 
+    def redirect(self, name: str, location: str, code: int = 302) -> str:
+        """``name`` answers ``code`` with ``Location: location``."""
+        return self.add(name, location.encode(), f"redirect{code}")
+
     def _serve(self, h: BaseHTTPRequestHandler) -> None:
         rng = h.headers.get("Range")
         self.requests.append((h.path, rng))
@@ -67,6 +73,12 @@ class ModelServer:
             h.send_error(404, "not found")
             return
         data, fault = self.files[h.path]
+        if fault and fault.startswith("redirect"):
+            h.send_response(int(fault[len("redirect"):]))
+            h.send_header("Location", data.decode())
+            h.send_header("Content-Length", "0")
+            h.end_headers()
+            return
         if fault in ("404", "500"):
             h.send_error(int(fault), "fault")
             return
@@ -102,6 +114,13 @@ class ModelServer:
             h.wfile.write(body[: len(body) // 2])
             h.wfile.flush()
             self._stop.wait(self.stall_s)
+            return
+        if fault == "trickle":
+            for i in range(len(body)):
+                h.wfile.write(body[i:i + 1])
+                h.wfile.flush()
+                if self._stop.wait(1.0):
+                    return
             return
         if fault == "drip":
             for i in range(0, len(body), self.drip_bytes):
@@ -193,7 +212,7 @@ def manifest_bytes(manifest: Dict[str, Any], data: bytes, version: str,
                    not_after: Optional[float] = None) -> bytes:
     import hashlib
 
-    m = dict(manifest, sha256=hashlib.sha256(data).hexdigest(), version=version,
+    m = dict(manifest, sha256=hashlib.sha256(data).hexdigest(), size=len(data), version=version,
              not_after=signing.format_time(not_after if not_after is not None
                                            else time.time() + 86400))
     return (json.dumps(m, indent=2) + "\n").encode()

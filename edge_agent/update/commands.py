@@ -99,7 +99,7 @@ def signed_manifest(model: Path, version: str, base_manifest: Optional[str],
     base = mf.resolve(model, base_manifest, verify_sha=False)
     data = base.to_dict()
     now = time.time()
-    data.update(sha256=mf.file_sha256(model), version=version,
+    data.update(sha256=mf.file_sha256(model), size=model.stat().st_size, version=version,
                 signed_at=signing.format_time(now),
                 not_after=signing.format_time(now + valid_days * 86400))
     return (json.dumps(data, indent=2) + "\n").encode()

@@ -10,8 +10,9 @@ Layout::
                         /cache/...       plans built on this device for this version
       failed/<version>-<UTC stamp>/      a version that failed its health check (kept to look at)
       current, previous                  {"version": ...}: switched atomically
-      running.json                       the version the agent last ran (for "not lower than")
-      downloads/<sha256>.part            a download in progress (resumed after a restart)
+      running.json                       the version the agent last ran
+      floor.json                         the highest version ever current: updates must be above
+      downloads/<sha256>.part            the one download in progress (resumed after a restart)
       update.json                        the journal of the update in progress
 
 Pointers and journals are written atomically: a temporary file is written and fsynced, renamed
@@ -29,7 +30,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from edge_agent.update import versions
 from edge_agent.update.errors import UpdateError
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE, INFO_FILE = (
     "model.onnx", "manifest.json", "signature.json", "info.json")
+FLOOR_FILE = "floor.json"
 _STAMP = "%Y%m%dT%H%M%SZ"
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -131,8 +133,26 @@ class ModelStore:
             raise UpdateError("bad_name", f"version {version!r} would leave the model store")
         return path
 
+    def sweep_downloads(self, keep: Optional[Path] = None) -> List[str]:
+        """Remove every ``.part`` but ``keep`` (at most one download exists at a time)."""
+        removed = []
+        for p in self.downloads_dir.iterdir():
+            if p != keep:
+                try:
+                    if p.is_dir() and not p.is_symlink():
+                        shutil.rmtree(p)
+                    else:
+                        p.unlink()
+                except OSError as exc:
+                    log.warning("model store: cannot remove %s: %s", p.name, exc.strerror)
+                    continue
+                removed.append(p.name)
+        if removed:
+            log.info("model store: removed stale download(s) %s", ", ".join(removed))
+        return removed
+
     def download_path(self, sha256: str) -> Path:
-        if not isinstance(sha256, str) or not _SHA_RE.match(sha256):
+        if not isinstance(sha256, str) or not _SHA_RE.fullmatch(sha256):
             raise UpdateError("bad_request", f"sha256 {str(sha256)[:80]!r} is not 64 lowercase "
                               "hex digits")
         return self.downloads_dir / f"{sha256}.part"
@@ -163,7 +183,9 @@ class ModelStore:
         return sorted(out, key=lambda v: versions.key(v.version))
 
     def failed(self) -> List[str]:
-        return sorted(d.name for d in self.failed_dir.iterdir() if not d.name.startswith("."))
+        """The folders in ``failed/``, oldest first by version order (then time)."""
+        return sorted((d.name for d in self.failed_dir.iterdir() if not d.name.startswith(".")),
+                      key=_failed_key)
 
     def _pointer(self, name: str) -> Optional[str]:
         data = read_json(self.root / name)
@@ -184,10 +206,24 @@ class ModelStore:
         return read_json(self.root / "running.json")
 
     def floor_version(self) -> Optional[str]:
-        """The version an update must be above: the running one, else the current pointer."""
-        run = self.running
-        v = run.get("version") if run else None
-        return v if isinstance(v, str) else self.current
+        """The version an update must be above: the highest version ever current on this device.
+
+        It only moves up: a rollback (or ``engine activate`` of an older version) runs an older
+        model but does not lower it, so a rollback cannot open the door to a signed older push.
+        ``previous`` and ``running.json`` count too (a store from before ``floor.json``).
+        """
+        floor = read_json(self.root / FLOOR_FILE) or {}
+        run = self.running or {}
+        return versions.highest([floor.get("version"), self.current, self.previous,
+                                 run.get("version")])
+
+    def _set_current_pointer(self, version: str) -> None:
+        """Write ``current``, raising the floor first when ``version`` is above it (a crash
+        between the two leaves the floor high, never the pointer above the floor)."""
+        floor = self.floor_version()
+        if floor is None or versions.newer(version, floor):
+            write_json(self.root / FLOOR_FILE, {"version": version, "ts": now_utc()})
+        write_json(self.root / "current", {"version": version, "ts": now_utc()})
 
     # --- writing --------------------------------------------------------------------------
 
@@ -235,15 +271,15 @@ class ModelStore:
             return
         if cur is not None:
             write_json(self.root / "previous", {"version": cur, "ts": now_utc()})
-        write_json(self.root / "current", {"version": version, "ts": now_utc()})
+        self._set_current_pointer(version)
         self.prune()
 
     def rollback(self) -> str:
-        """Swap current and previous; returns the new current version."""
+        """Swap current and previous; returns the new current version. The floor stays."""
         prev, cur = self.previous, self.current
         if prev is None or self.get(prev) is None:
             raise UpdateError("no_previous", "there is no previous version to roll back to")
-        write_json(self.root / "current", {"version": prev, "ts": now_utc()})
+        self._set_current_pointer(prev)
         if cur is not None:
             write_json(self.root / "previous", {"version": cur, "ts": now_utc()})
         return prev
@@ -295,7 +331,7 @@ class ModelStore:
             return None
         info = self.add(version, model, manifest_bytes, None, name=name, sha256=sha256,
                         source="seed")
-        write_json(self.root / "current", {"version": version, "ts": now_utc()})
+        self._set_current_pointer(version)
         log.info("model store %s seeded with %s %s", self.root, name, version)
         return info
 
@@ -317,6 +353,15 @@ class ModelStore:
             fsync_dir(self.root)
         except FileNotFoundError:
             pass
+
+
+def _failed_key(name: str) -> Tuple[int, Tuple, str]:
+    """``<version>-<stamp>`` by version order, then stamp; names we cannot read sort first."""
+    version, _, stamp = name.rpartition("-")
+    try:
+        return 1, versions.key(version), stamp
+    except UpdateError:
+        return 0, (), name
 
 
 def _fsync_file(path: Path) -> None:

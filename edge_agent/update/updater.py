@@ -1,6 +1,8 @@
 """The remote update state machine, in its own worker thread.
 
-``cmd/engine.update {request_id, url, sha256, version, signature}`` walks::
+``cmd/engine.update {request_id, url, sha256, version, signature}`` is first judged by its
+signed envelope alone (:func:`~edge_agent.update.verify.precheck`): a refusal is the command's
+error reply, and nothing is downloaded. An accepted update walks::
 
     DOWNLOADING -> VERIFYING -> BUILDING -> STAGED -> SWITCHING -> HEALTH_CHECK -> COMMITTED
                                                                                \\-> ROLLED_BACK
@@ -10,9 +12,10 @@ Every transition is handed to ``publish`` (the service sends it retained on ``en
 as a reply carrying the request ID). Until COMMITTED the old engine stays open and the store's
 ``current`` pointer is not touched, so a refusal, a failed health check or a crash leaves the
 running engine as it was. The journal (``models/update.json``) records the state; after a restart
-:meth:`Updater.recover` resumes a download from its byte, resumes a stored-but-unswitched
-version, and turns an update caught while SWITCHING or HEALTH_CHECK into ROLLED_BACK (or
-COMMITTED when the pointer had already moved).
+:meth:`Updater.recover` resumes a download from its byte (at most ``max_resumes`` times, then
+abandons it), resumes a stored-but-unswitched version, and turns an update caught while
+SWITCHING or HEALTH_CHECK into ROLLED_BACK (or COMMITTED when the pointer had already moved).
+``cmd/engine.cancel`` ends an update before STAGED at once (a download in progress is aborted).
 
 The pipeline side is the :class:`EngineHost` protocol; the updater never touches its internals.
 """
@@ -24,15 +27,16 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Protocol, Union
 
+from edge_agent.update import versions
 from edge_agent.update.download import Downloader, check_url
 from edge_agent.update.errors import UpdateError
 from edge_agent.update.health import HealthPolicy, HealthProbe
 from edge_agent.update.store import ModelStore, VersionInfo, now_utc
-from edge_agent.update.verify import Policy, describe, verify
+from edge_agent.update.verify import Policy, Verified, describe, precheck, verify
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,9 @@ STATES = (DOWNLOADING, VERIFYING, BUILDING, STAGED, SWITCHING, HEALTH_CHECK, COM
           ROLLED_BACK, FAILED)
 TERMINAL = (COMMITTED, ROLLED_BACK, FAILED)
 SWITCH_TIMEOUT_S = 60.0  # waiting for the inference thread to reach a batch boundary
+CANCELLABLE = ("ACCEPTED", DOWNLOADING, VERIFYING, BUILDING)
+# failures after which the .part is kept (a later push of the same signed file resumes it)
+RESUMABLE = ("connection", "truncated", "http_5xx")
 
 # (transition document, the request's reply route or None)
 Publish = Callable[[Dict[str, Any], Any], None]
@@ -72,6 +79,7 @@ class _Job:
     request: Dict[str, Any]
     resume: str = DOWNLOADING  # where to start (after a restart: VERIFYING or BUILDING)
     note: str = ""
+    cancel: threading.Event = field(default_factory=threading.Event)
 
 
 def validate_request(request: Dict[str, Any]) -> Dict[str, Any]:
@@ -82,7 +90,7 @@ def validate_request(request: Dict[str, Any]) -> Dict[str, Any]:
             raise UpdateError("bad_request", f"field {key!r} (a non-empty string) is required")
     out["url"] = check_url(request["url"])
     out["sha256"] = request["sha256"].strip().lower()
-    out["version"] = request["version"][:128]
+    out["version"] = versions.check(request["version"])  # it reaches topics: only valid ones
     for key in ("signature", "manifest"):
         if request.get(key) is not None:
             out[key] = request[key]
@@ -96,8 +104,9 @@ class Updater:
                  policy: Union[Policy, Callable[[], Policy]],
                  downloader: Downloader, health: HealthPolicy, model_cfg: Any,
                  publish: Publish, builder: Optional[Builder] = None,
-                 extend_timeout: Optional[Callable[[float], Any]] = None):
+                 extend_timeout: Optional[Callable[[float], Any]] = None, max_resumes: int = 3):
         self.store, self.host, self._policy = store, host, policy
+        self.max_resumes = max_resumes
         self.downloader, self.health, self.model_cfg = downloader, health, model_cfg
         self.publish, self.builder, self.extend_timeout = publish, builder, extend_timeout
         self._queue: queue.Queue = queue.Queue()
@@ -105,6 +114,7 @@ class Updater:
         self._active: Optional[Dict[str, Any]] = None  # the running job's status doc
         self._last: Optional[Dict[str, Any]] = None
         self._route: Any = None  # where the running request wants its replies (MQTT 5)
+        self._job: Optional[_Job] = None  # the claimed update (for cancel)
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -121,8 +131,10 @@ class Updater:
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop after the current step; a download in progress is left to resume later."""
+        """Stop after the current step; a download in progress is aborted at once and left (with
+        its journal) to resume at the next start."""
         self._stop.set()
+        self.downloader.abort()
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
@@ -130,18 +142,43 @@ class Updater:
     # --- requests (from the command thread) ------------------------------------------------
 
     def submit(self, request: Dict[str, Any], route: Any = None) -> Dict[str, Any]:
-        """Accept ``cmd/engine.update``; UpdateError ``busy`` while another one runs.
+        """Accept ``cmd/engine.update``; UpdateError ``busy`` while another one runs, or the
+        refusal of its signed envelope (nothing is downloaded then).
         ``route``: where the transitions' replies go (handed to ``publish``)."""
         req = validate_request(request)
         self.store.download_path(req["sha256"])  # the sha256 names a file: check it now
-        doc = self._claim(req["request_id"], "update", req["version"], route)
+        self._precheck(req)
+        job = _Job(req)
+        doc = self._claim(req["request_id"], "update", req["version"], route, job)
         try:
             self._write_journal(req, DOWNLOADING)
         except OSError as exc:  # e.g. a full disk: refuse instead of staying "busy" for good
             with self._lock:
-                self._active = None
+                self._active, self._job = None, None
             raise UpdateError("store_error", f"cannot write the update journal: {exc}") from None
-        self._queue.put(_Job(req))
+        self._queue.put(job)
+        return doc
+
+    def _precheck(self, req: Dict[str, Any]) -> Verified:
+        return precheck(req, self.policy, self.store.floor_version(), self.downloader.max_bytes)
+
+    def cancel(self, request: Dict[str, Any]) -> Dict[str, Any]:
+        """Accept ``cmd/engine.cancel``: end the running update now if it has not reached STAGED
+        (a download is aborted at once); it then ends FAILED with the code ``cancelled``."""
+        with self._lock:
+            active, job = self._active, self._job
+            if active is None:
+                raise UpdateError("idle", "no update is running")
+            if job is None or active["state"] not in CANCELLABLE:
+                raise UpdateError("not_cancellable", f"{active['kind']} "
+                                  f"{active['request_id']!r} is in {active['state']}; it ends on "
+                                  "its own (then cmd/engine.rollback if need be)")
+            job.cancel.set()
+            doc = {"cancelling": active["request_id"], "state": active["state"],
+                   "version": active["version"]}
+        self.downloader.abort()
+        log.info("update %s: cancel requested (%s)", doc["cancelling"],
+                 request.get("request_id"))
         return doc
 
     def request_rollback(self, request: Dict[str, Any], route: Any = None) -> Dict[str, Any]:
@@ -153,8 +190,8 @@ class Updater:
         self._queue.put(("rollback", request.get("request_id")))
         return doc
 
-    def _claim(self, request_id: Any, kind: str, version: str, route: Any = None
-               ) -> Dict[str, Any]:
+    def _claim(self, request_id: Any, kind: str, version: str, route: Any = None,
+               job: Optional[_Job] = None) -> Dict[str, Any]:
         with self._lock:
             if self._active is not None:
                 raise UpdateError("busy", f"{self._active['kind']} {self._active['request_id']!r}"
@@ -162,7 +199,7 @@ class Updater:
             self._active = {"request_id": request_id, "kind": kind, "state": "ACCEPTED",
                             "version": version, "from_version": self._running_version(),
                             "history": [], "ts": now_utc()}
-            self._route = route
+            self._route, self._job = route, job
             return dict(self._active)
 
     def status(self) -> Dict[str, Any]:
@@ -240,7 +277,7 @@ class Updater:
             out = dict(doc, history=list(doc["history"]))
             route = self._route
             if final:  # before publishing: a state published with it must say IDLE
-                self._last, self._active = self._active, None
+                self._last, self._active, self._job = self._active, None, None
         if out.get("kind") == "update" and state not in TERMINAL:
             self._write_journal(None, state)
         log.info("update %s: %s%s", out["request_id"], state, f" ({message})" if message else "")
@@ -269,31 +306,71 @@ class Updater:
         try:
             info = self._fetch_and_verify(job)
         except UpdateError as exc:
-            if exc.code == "cancelled":
+            if exc.code == "cancelled" and not job.cancel.is_set():
                 return  # stopping: the journal stays, the next start resumes
-            if exc.code not in ("timeout", "connection"):
+            if exc.code not in RESUMABLE:  # a bad or cancelled file is never resumed
                 self.store.download_path(req["sha256"]).unlink(missing_ok=True)
+            if exc.code == "cancelled":
+                exc = UpdateError("cancelled", "cancelled by cmd/engine.cancel")
             self._finish(FAILED, exc.message, error=exc)
             return
         self._switch_and_check(info)
 
+    def _check_cancel(self, job: _Job) -> None:
+        if job.cancel.is_set() or self._stop.is_set():
+            raise UpdateError("cancelled", "the update was cancelled")
+
     def _fetch_and_verify(self, job: _Job) -> VersionInfo:
         req = job.request
+        self._check_cancel(job)
+        signed = self._precheck(req)  # again: keys, rules or the floor may have changed
         existing = self.store.get(req["version"]) if job.resume == BUILDING else None
         if existing is not None and existing.sha256 == req["sha256"]:
             info = existing
         else:
-            part = self.store.download_path(req["sha256"])
-            self._download(req, part, job.note)
-            self._transition(VERIFYING, "sha256, signature, version, heads, graph")
-            v = verify(part, req, self.policy, self.store.floor_version())
+            part = self.store.download_path(signed.manifest.sha256)
+            self.store.sweep_downloads(keep=part)  # one download at a time
+            v = self._download_and_verify(req, part, job, signed.size)
             info = self.store.add(v.manifest.version, part, v.manifest_bytes, v.envelope,
                                   name=v.manifest.name, sha256=v.manifest.sha256,
                                   source="update", move=True)
         self._build(info)
+        self._check_cancel(job)
         return info
 
-    def _download(self, req: Dict[str, Any], part: Path, note: str) -> None:
+    def _download_and_verify(self, req: Dict[str, Any], part: Path, job: _Job,
+                             size: Optional[int]) -> Verified:
+        """DOWNLOADING and VERIFYING. A resumed file that fails its hash is fetched once more
+        from byte 0 (the kept bytes may not be the signed file's)."""
+        for again in (False, True):
+            resumed = self._download(req, part, job, size)
+            self._check_cancel(job)
+            self._transition(VERIFYING, "sha256, size, signature, version, heads, graph")
+            try:
+                v = verify(part, req, self.policy, self.store.floor_version())
+            except UpdateError as exc:
+                if again or not resumed or exc.code not in ("sha256_mismatch", "size_mismatch"):
+                    raise
+                log.warning("update %s: the resumed download is not the signed file; fetching "
+                            "it again from byte 0", req["request_id"])
+                part.unlink(missing_ok=True)
+                job.note = "the resumed file was not the signed one; downloading it again"
+                continue
+            self._check_cancel(job)
+            return v
+        raise AssertionError("unreachable")
+
+    def _download(self, req: Dict[str, Any], part: Path, job: _Job,
+                  size: Optional[int]) -> int:
+        """Returns the bytes that were on disk before (resumed from)."""
+        try:
+            return self._fetch(req, part, job, size)
+        except OSError as exc:  # writing the .part (a full disk): not resumable
+            raise UpdateError("store_error", f"cannot write the download: "
+                              f"{exc.strerror or exc}") from None
+
+    def _fetch(self, req: Dict[str, Any], part: Path, job: _Job, size: Optional[int]) -> int:
+        note = job.note
         have = part.stat().st_size if part.exists() else 0
         msg = note or (f"resuming at byte {have}" if have else "")
         self._transition(DOWNLOADING, msg, progress=0.0, resumed_from=have)
@@ -306,8 +383,10 @@ class Updater:
                 last[0], last[1] = now, pct
                 self._transition(DOWNLOADING, msg, progress=pct, bytes=got, total=total)
 
-        res = self.downloader.fetch(req["url"], part, progress, self._stop.is_set)
+        res = self.downloader.fetch(
+            req["url"], part, progress, lambda: self._stop.is_set() or job.cancel.is_set(), size)
         self._transition(DOWNLOADING, msg, progress=100.0, bytes=res.size, total=res.size)
+        return res.resumed_from
 
     def _version_cfg(self, info: VersionInfo) -> Any:
         return self.model_cfg.model_copy(update={
@@ -440,30 +519,42 @@ class Updater:
         """Resume or clean up an update the last run left (call once, after :meth:`start`).
 
         Returns what was done, in words (also published), or None when there was nothing.
+        Every ``.part`` but the journaled download's is removed.
         """
         j = self.store.journal()
+        req, state = (j or {}).get("request"), (j or {}).get("state")
+        try:
+            req = validate_request(req) if isinstance(req, dict) else None
+        except UpdateError:
+            req = None
+        resuming = req is not None and state in (DOWNLOADING, VERIFYING)
+        self.store.sweep_downloads(self.store.download_path(req["sha256"]) if resuming and req
+                                   else None)
         if not j:
             return None
-        req, state = j.get("request"), j.get("state")
-        if not isinstance(req, dict) or state not in STATES:
+        if req is None or state not in STATES:
             self.store.clear_journal()
-            return "discarded an unreadable update journal"
-        try:
-            req = validate_request(req)
-        except UpdateError:
-            self.store.clear_journal()
-            return "discarded an update journal with a bad request"
-        self._claim(req["request_id"], "update", req["version"])
+            return "discarded an unreadable update journal, or one with a bad request"
+        job = _Job(req)
+        self._claim(req["request_id"], "update", req["version"], job=job)
+        if state in (DOWNLOADING, VERIFYING, BUILDING, STAGED):
+            resumes = j.get("resumes", 0)
+            resumes = resumes + 1 if isinstance(resumes, int) else self.max_resumes + 1
+            if resumes > self.max_resumes:
+                return self._abandon(req, state, resumes - 1)
+            j["resumes"] = resumes
+            self.store.write_journal(j)
         if state in (DOWNLOADING, VERIFYING):
             part = self.store.download_path(req["sha256"])
             have = part.stat().st_size if part.exists() else 0
-            note = f"resumed after a restart at byte {have}"
-            self._queue.put(_Job(req, DOWNLOADING, note))
-            return note
+            job.note = f"resumed after a restart at byte {have} (resume {resumes} of " \
+                       f"{self.max_resumes})"
+            self._queue.put(job)
+            return job.note
         if state in (BUILDING, STAGED):
-            note = f"resumed after a restart in {state}"
-            self._queue.put(_Job(req, BUILDING, note))
-            return note
+            job.resume, job.note = BUILDING, f"resumed after a restart in {state}"
+            self._queue.put(job)
+            return job.note
         version = req["version"]
         if state in (SWITCHING, HEALTH_CHECK) and self.store.current != version:
             why = (f"the agent restarted during {state}; the previous engine "
@@ -477,4 +568,13 @@ class Updater:
         note = f"the agent restarted after {state}; {self.store.current} is running"
         self._finish(COMMITTED if self.store.current == version else FAILED, note)
         return note
+
+    def _abandon(self, req: Dict[str, Any], state: str, resumes: int) -> str:
+        """An update resumed ``max_resumes`` times already: give it up (a server that never
+        completes must not occupy the device at every start)."""
+        self.store.download_path(req["sha256"]).unlink(missing_ok=True)
+        why = (f"abandoned in {state} after {resumes} resume(s) after restarts "
+               f"(update.download_max_resumes is {self.max_resumes})")
+        self._finish(FAILED, why, error=UpdateError("abandoned", why))
+        return why
 

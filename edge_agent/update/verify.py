@@ -1,17 +1,22 @@
-"""VERIFYING: is a downloaded model the one asked for, trusted, newer, and usable by our rules?
+"""Is a model the one asked for, trusted, newer, and usable by our rules?
 
-Checks, in order (each refusal an :class:`UpdateError` with the code in brackets):
+:func:`precheck` judges the request by its signed envelope alone, before a byte of the model is
+requested (each refusal an :class:`UpdateError` with the code in brackets):
 
-1. the file's sha256 is the request's [sha256_mismatch];
-2. the signature envelope is by a trusted key, intact and not expired [unsigned, bad_signature,
+1. the signature envelope is by a trusted key, intact and not expired [unsigned, bad_signature,
    unknown_key, expired] (``allow_unsigned`` accepts a missing envelope, for development);
-3. the manifest parses and describes this very file, with the version asked for [bad_manifest,
-   sha256_mismatch, version_mismatch];
-4. its name and version are safe file names inside the store [bad_name];
-5. the version is above the running one unless ``allow_downgrade`` [version_not_newer];
-6. it has every head (and class) the configured rules use, and an input size within bounds
+2. the manifest parses, describes the sha256 the request names, with the version asked for
+   [bad_manifest, sha256_mismatch, version_mismatch];
+3. its name and version are safe file names inside the store [bad_name];
+4. the version is above the device's floor (the highest version ever current there) unless
+   ``allow_downgrade`` [version_not_newer];
+5. it has every head (and class) the configured rules use, and an input size within bounds
    [missing_head, missing_class, input_size];
-7. the file is an ONNX graph whose inputs and outputs match the manifest [not_onnx].
+6. its declared ``size`` (bytes) is within ``update.max_download_mb`` [too_large].
+
+:func:`verify` (VERIFYING, after the download) repeats them and adds: the file has the signed
+sha256 and size [sha256_mismatch, size_mismatch], and it is an ONNX graph whose inputs and
+outputs match the manifest [not_onnx].
 
 Another input size or class order than the running model's is fine: the device builds its own
 plan, and rules go by head and class *name*.
@@ -51,11 +56,17 @@ class Policy:
 
 @dataclass(frozen=True)
 class Verified:
-    """A model that passed every check."""
+    """A model that passed every check (or, from :func:`precheck`, every check its signed
+    manifest allows)."""
 
     manifest: mf.Manifest
     manifest_bytes: bytes
     envelope: Optional[Dict[str, Any]]
+
+    @property
+    def size(self) -> Optional[int]:
+        """The file size the signed manifest declares (None for manifests without one)."""
+        return declared_size(self.manifest)
 
 
 def needed_heads(events_cfg, running_heads: Mapping[str, Sequence[str]],
@@ -82,30 +93,57 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def verify(path: Path, request: Mapping[str, Any], policy: Policy,
-           floor_version: Optional[str], now: Optional[float] = None) -> Verified:
-    """Run every check on the downloaded ``path`` for ``request``; returns the manifest."""
-    sha = sha256_file(path)
-    if sha != request["sha256"]:
-        raise UpdateError("sha256_mismatch", f"the file's sha256 is {sha}, the request says "
-                          f"{request['sha256']}")
+def declared_size(m: mf.Manifest) -> Optional[int]:
+    """The manifest's ``size`` in bytes (written by ``engine sign``), or None without one."""
+    size = m.extra.get("size")
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+        raise UpdateError("bad_manifest", f"manifest size {str(size)[:40]!r} is not a positive "
+                          "number of bytes")
+    return size
+
+
+def precheck(request: Mapping[str, Any], policy: Policy, floor_version: Optional[str],
+             max_bytes: Optional[int] = None, now: Optional[float] = None) -> Verified:
+    """Every check the signed envelope allows, with no model file: run before the download, so
+    an untrusted, old, misnamed or oversized update never makes the device fetch anything."""
     envelope = request.get("signature") or None
     data, envelope_obj = _manifest_bytes(envelope, request, policy, now)
     try:
         m = mf.parse(signing.manifest_json(data), "signed manifest")
     except ModelError as exc:
         raise UpdateError("bad_manifest", str(exc)) from None
-    if m.sha256 != sha:
-        raise UpdateError("sha256_mismatch", f"the manifest describes sha256 {m.sha256}, not "
-                          f"this file ({sha})")
+    if m.sha256 != request["sha256"]:
+        raise UpdateError("sha256_mismatch", f"the request names sha256 {request['sha256']}, "
+                          f"the signed manifest {m.sha256}")
     _check_names(m, request)
     if floor_version is not None and not policy.allow_downgrade \
             and not versions.newer(m.version, floor_version):
-        raise UpdateError("version_not_newer", f"version {m.version} is not above the running "
-                          f"{floor_version} (update.allow_downgrade is off)")
+        raise UpdateError("version_not_newer", f"version {m.version} is not above "
+                          f"{floor_version}, the highest version this device has run "
+                          "(update.allow_downgrade is off; a rollback does not lower it)")
     check_compatible(m, policy)
-    check_graph(path, m)
+    size = declared_size(m)
+    if size is not None and max_bytes is not None and size > max_bytes:
+        raise UpdateError("too_large", f"the signed model is {size} bytes; "
+                          f"update.max_download_mb allows {max_bytes}")
     return Verified(m, data, envelope_obj)
+
+
+def verify(path: Path, request: Mapping[str, Any], policy: Policy,
+           floor_version: Optional[str], now: Optional[float] = None) -> Verified:
+    """Run every check on the downloaded ``path`` for ``request``; returns the manifest."""
+    v = precheck(request, policy, floor_version, now=now)
+    size = v.size
+    if size is not None and path.stat().st_size != size:
+        raise UpdateError("size_mismatch", f"the file has {path.stat().st_size} bytes; the "
+                          f"signed manifest says {size}")
+    if sha256_file(path) != v.manifest.sha256:  # the fetched file's own hash is not reported
+        raise UpdateError("sha256_mismatch", f"the downloaded file does not have the signed "
+                          f"sha256 {v.manifest.sha256}")
+    check_graph(path, v.manifest)
+    return v
 
 
 def _manifest_bytes(envelope: Any, request: Mapping[str, Any], policy: Policy,
@@ -127,7 +165,7 @@ def _manifest_bytes(envelope: Any, request: Mapping[str, Any], policy: Policy,
 
 def _check_names(m: mf.Manifest, request: Mapping[str, Any]) -> None:
     for what, value in (("name", m.name), ("version", m.version)):
-        if not _SAFE_NAME.match(value) or ".." in value:
+        if not _SAFE_NAME.fullmatch(value) or ".." in value:
             raise UpdateError("bad_name", f"manifest {what} {value!r} is not a safe file name "
                               "([A-Za-z0-9._-], no '..'): files must stay inside the store")
     try:

@@ -7,7 +7,7 @@ A version is ``N[.N...]`` optionally followed by a pre-release tag ``aN``, ``bN`
 from __future__ import annotations
 
 import re
-from typing import Tuple
+from typing import Iterable, Optional, Tuple
 
 from edge_agent.update.errors import UpdateError
 
@@ -17,7 +17,7 @@ _PRE_RANK = {"dev": 0, "a": 1, "b": 2, "rc": 3, None: 4}
 
 def check(version: object) -> str:
     """``version`` if it is a valid version string, else :class:`UpdateError` ``bad_version``."""
-    if not isinstance(version, str) or not _VERSION_RE.match(version):
+    if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
         raise UpdateError("bad_version", f"version {version!r} is not of the form N[.N...][rcN] "
                           "(digits and dots, optional a/b/rc/dev tag)")
     return version
@@ -25,7 +25,7 @@ def check(version: object) -> str:
 
 def key(version: str) -> Tuple:
     """Sort key: ``key(a) < key(b)`` when ``a`` is older than ``b``."""
-    m = _VERSION_RE.match(check(version))
+    m = _VERSION_RE.fullmatch(check(version))
     assert m is not None
     nums = [int(x) for x in m.group(1).split(".")]
     while len(nums) > 1 and nums[-1] == 0:  # 1.0 == 1
@@ -36,3 +36,12 @@ def key(version: str) -> Tuple:
 def newer(a: str, b: str) -> bool:
     """True when version ``a`` is strictly newer than ``b``."""
     return key(a) > key(b)
+
+
+def highest(candidates: Iterable[object]) -> Optional[str]:
+    """The newest valid version among ``candidates`` (others are skipped), or None."""
+    best: Optional[str] = None
+    for v in candidates:
+        if isinstance(v, str) and _VERSION_RE.fullmatch(v) and (best is None or newer(v, best)):
+            best = v
+    return best

@@ -193,11 +193,13 @@ def make_updater(cfg, store: ModelStore, host, publish: Publish, notifier=None) 
     return Updater(
         store, host, current_policy,
         Downloader(timeout_s=u.download_timeout_s, max_bytes=int(u.max_download_mb * (1 << 20)),
-                   retries=u.download_retries, ca_file=u.ca_file),
+                   retries=u.download_retries, ca_file=u.ca_file,
+                   deadline_s=u.download_deadline_s, min_rate=u.download_min_rate_kb_s * 1024),
         HealthPolicy(u.health_check_batches, u.health_latency_factor, u.health_timeout_s,
                      u.health_require_detections),
         cfg.model, publish, builder_for(cfg.model),
-        extend_timeout=getattr(notify, "extend_timeout", None))
+        extend_timeout=getattr(notify, "extend_timeout", None),
+        max_resumes=u.download_max_resumes)
 
 
 def command_handlers(updater: Updater, error_type: Callable[[str, str], Exception],
@@ -221,6 +223,7 @@ def command_handlers(updater: Updater, error_type: Callable[[str, str], Exceptio
     return {
         "engine.update": wrap(lambda r: updater.submit(r, route())),
         "engine.rollback": wrap(lambda r: updater.request_rollback(r, route())),
+        "engine.cancel": wrap(updater.cancel),
         "engine.status": wrap(lambda _r: updater.status()),
         "engine.list": wrap(lambda _r: updater.list_versions()),
     }
