@@ -222,7 +222,9 @@ def test_bad_model_rolled_back_automatically(env, kind):
     url = env["server"].add(f"{kind}.onnx", data)
     engine = a.pipe.engine
     try:
-        final = a.update(request(url, data, "2", signed(m, data, "2", env["key"]), rid=kind))
+        # a loaded machine: the slow model takes seconds per batch (its verdict comes early)
+        final = a.update(request(url, data, "2", signed(m, data, "2", env["key"]), rid=kind),
+                         timeout=120)
         a.wait_frames(5)
     finally:
         a.close()
