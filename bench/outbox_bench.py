@@ -7,8 +7,13 @@ Runs, in one process and against the same broker:
 * ``outbox fsync/evt`` - the same with commit_interval_ms=0: one fsync per event.
 * ``paho only``       - plain paho QoS 1 publishes with the same in-flight window, kept in
   memory only (what paho alone offers; not durable): the ceiling.
+* ``end_to_end`` / ``puback`` - the shipped configuration in each ``mqtt.delivery`` mode, with
+  the reference consumer (``edge-agent listen --ack --store``, its own process) subscribed in
+  both: in ``end_to_end`` a row is deleted once that consumer stored (fsync) and acknowledged it.
+  Both end when the outbox is empty; the ratio of the two is printed (goal >= 0.8).
 
-The time runs from the first append until the broker acknowledged the last event (outbox empty).
+The time runs from the first append until the last row was deleted (outbox empty): by the
+broker's PUBACK, or by the consumer's ack in end_to_end.
 
     .venv/bin/python bench/outbox_bench.py [--events 20000] [--window 20] [--dir .]
 """
@@ -73,13 +78,57 @@ def _event(i: int) -> Dict[str, object]:
     }
 
 
+def start_consumer(port: int, workdir: Path, protocol: str) -> subprocess.Popen:
+    """The reference end-to-end consumer in its own process, once it is subscribed."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "edge_agent.cli", "listen", "--host", "127.0.0.1", "--port",
+         str(port), "--ack", "--store", str(workdir / "consumer.jsonl"), "--protocol", protocol,
+         "--client-id", "bench-consumer", "--quiet"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "connected to" in line:
+            time.sleep(0.5)  # its SUBSCRIBE follows the CONNACK
+            threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep it drained
+            return proc
+    sys.exit("the consumer (edge-agent listen --ack) did not connect")
+
+
+class AckWatch:
+    """The consumer's retained ack of one device, as it arrives: when it has stored them all."""
+
+    def __init__(self, port: int, device: str):
+        self.seq = 0
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"watch-{device}")
+        self.c.on_message = lambda c, u, msg: setattr(self, "seq", int(msg.payload))
+        self.c.connect("127.0.0.1", port)
+        self.c.subscribe(f"edge-agent/{device}/ack", qos=1)
+        self.c.loop_start()
+
+    def wait(self, seq: int, timeout: float = 120) -> float:
+        deadline = time.monotonic() + timeout
+        while self.seq < seq:
+            if time.monotonic() > deadline:
+                sys.exit(f"the consumer acknowledged only up to {self.seq} of {seq}")
+            time.sleep(0.001)
+        t = time.perf_counter()
+        self.c.disconnect()
+        self.c.loop_stop()
+        return t
+
+
 def run_outbox(port: int, n: int, window: int, commit_ms: int, workdir: Path,
-               protocol: str) -> Dict[str, float]:
-    path = workdir / f"outbox-{commit_ms}.sqlite"
+               protocol: str, delivery: str = "puback", name: str = "",
+               consumer: bool = False) -> Dict[str, float]:
+    """One outbox run; ``consumer``: also time until the consumer (running, subscribed) stored
+    every event (``stored_s``)."""
+    path = workdir / f"outbox-{commit_ms}-{delivery}{name}.sqlite"
     ob = Outbox(path, max_rows=n + 10, max_bytes=1 << 30, commit_interval_ms=commit_ms)
     cfg = MqttConfig(host="127.0.0.1", port=port, max_inflight=window, stats_interval_s=3600,
-                     protocol=protocol)
-    m = AgentMqtt(cfg, f"bench-{commit_ms}", ob)
+                     protocol=protocol, delivery=delivery)
+    device = f"bench-{commit_ms}-{delivery}{name}"
+    m = AgentMqtt(cfg, device, ob)
+    watch = AckWatch(port, device) if consumer else None
     m.start()
     if not m.wait_connected(10):
         sys.exit(f"could not connect: {m.last_error}")
@@ -95,16 +144,25 @@ def run_outbox(port: int, n: int, window: int, commit_ms: int, workdir: Path,
     th = threading.Thread(target=produce)
     th.start()
     th.join()
-    while m.counters["acked"] < n:
-        time.sleep(0.001)
-    t1 = time.perf_counter()
+    if delivery == "end_to_end":
+        deadline = time.monotonic() + 120
+        while len(ob) and time.monotonic() < deadline:  # the consumer's acks delete rows
+            time.sleep(0.001)
+        t1 = time.perf_counter()
+        assert len(ob) == 0, f"{len(ob)} rows never acknowledged by the consumer"
+    else:
+        while m.counters["acked"] < n:
+            time.sleep(0.001)
+        t1 = time.perf_counter()
+    t2 = watch.wait(ob.last_seq) if watch is not None else t1
     deadline = time.monotonic() + 10
     while len(ob) and time.monotonic() < deadline:  # acknowledged rows are deleted in batches
         time.sleep(0.01)
     assert len(ob) == 0, "rows left after all PUBACKs"
     m.stop()
     ob.close()
-    return {"events_s": n / (t1 - t0), "append_s": n / (append_done[0] - t0), "secs": t1 - t0}
+    return {"events_s": n / (t1 - t0), "append_s": n / (append_done[0] - t0), "secs": t1 - t0,
+            "stored_s": n / (t2 - t0)}
 
 
 def run_paho_only(port: int, n: int, window: int, protocol: str) -> Dict[str, float]:
@@ -145,6 +203,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     help="events for the fsync-per-event run (it is slow on real disks)")
     ap.add_argument("--dir", default=".", help="where the SQLite files go (its disk is measured)")
     ap.add_argument("--protocol", choices=["5", "3.1.1"], default="5")
+    ap.add_argument("--e2e-events", type=int, default=10000,
+                    help="events for each of the puback / end_to_end runs with the consumer")
     args = ap.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="outbox-bench-", dir=args.dir))
     broker = start_broker(workdir)
@@ -158,6 +218,21 @@ def main(argv: Optional[List[str]] = None) -> int:
             ("outbox fsync per event", args.fsync_events,
              run_outbox(port, args.fsync_events, args.window, 0, workdir, args.protocol)),
         ]
+        consumer = start_consumer(port, workdir, args.protocol)
+        try:
+            pairs = []
+            for rep in range(2):  # alternated, so neither mode always runs on a warmer box
+                for delivery in ("puback", "end_to_end"):
+                    pairs.append((delivery, run_outbox(port, args.e2e_events, args.window, 50,
+                                                       workdir, args.protocol, delivery,
+                                                       f"-{rep}", consumer=True)))
+        finally:
+            consumer.terminate()
+            consumer.wait(20)
+        for delivery in ("puback", "end_to_end"):
+            runs = [r for d, r in pairs if d == delivery]
+            best = max(runs, key=lambda r: r["stored_s"])
+            rows.append((f"{delivery} + consumer (best of 2)", args.e2e_events, best))
     finally:
         broker.kill()
         broker.wait()
@@ -174,6 +249,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     goal = 5000
     print(f"goal >= {goal:,} durable events/s: {'met' if batched >= goal else 'NOT met'} "
           f"({batched:,.0f}/s)")
+    pub, e2e = rows[-2][2], rows[-1][2]
+    print(f"with the consumer: {'mode':>10} {'deleted/s':>10} {'stored by consumer/s':>21}")
+    for name, r in (("puback", pub), ("end_to_end", e2e)):
+        print(f"                   {name:>10} {r['events_s']:10,.0f} {r['stored_s']:21,.0f}")
+    ratio = e2e["stored_s"] / pub["stored_s"]
+    print(f"end_to_end / puback, events stored by the consumer per second (same run): "
+          f"{ratio:.2f} (goal >= 0.8: {'met' if ratio >= 0.8 else 'NOT met'}); rows deleted "
+          f"per second (puback: PUBACK, end_to_end: consumer ack): "
+          f"{e2e['events_s'] / pub['events_s']:.2f}")
     return 0
 
 

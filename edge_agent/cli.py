@@ -139,6 +139,8 @@ def _add_listen(sub) -> None:
                    help="with --ack: the persistent session's client id")
     p.add_argument("--protocol", choices=["5", "3.1.1"], default="5",
                    help="with --ack: MQTT version (3.1.1 for brokers without MQTT 5)")
+    p.add_argument("--quiet", action="store_true",
+                   help="with --ack: print only gaps and the summary, no line per event")
 
 
 def _add_bench(sub) -> None:

@@ -50,6 +50,9 @@ class Chain:
             prev = seq - 1
         if seq <= self.mark:
             return False
+        if not self.pending and prev <= self.mark:  # the usual case: the next one, in order
+            self.mark = seq
+            return True
         old = self.pending.get(seq)
         # A device's prev_seq for a seq only goes down (what it holds below only shrinks).
         self.pending[seq] = prev if old is None else min(old, prev)
@@ -81,7 +84,7 @@ class EventStore:
         self._load()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._f = open(self.path, "ab")
-        self._dirty = False
+        self._lines: List[bytes] = []  # added, not yet written
 
     def _load(self) -> None:
         try:
@@ -103,8 +106,10 @@ class EventStore:
     def chain(self, device: str) -> Chain:
         return self.chains.setdefault(device, Chain())
 
-    def add(self, device: str, event: Dict[str, Any]) -> Tuple[bool, bool]:
-        """Store one event of ``device`` (written, fsynced by :meth:`sync`).
+    def add(self, device: str, event: Dict[str, Any],
+            raw: Optional[bytes] = None) -> Tuple[bool, bool]:
+        """Store one event of ``device`` (written and fsynced by :meth:`sync`); ``raw``, its JSON
+        as received, is written as it is when it names its device and is one line.
         Returns ``(new, mark_moved)``: new is False for a duplicate."""
         seq = event.get("seq")
         event_id = event.get("event_id")
@@ -112,21 +117,25 @@ class EventStore:
             raise ValueError("an event needs an integer seq and a string event_id")
         new = event_id not in self.ids
         if new:
-            event.setdefault("device_id", device)
-            self._f.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+            if raw is None or "device_id" not in event or b"\n" in raw:
+                event.setdefault("device_id", device)
+                raw = json.dumps(event, separators=(",", ":")).encode()
+            self._lines.append(raw)
             self.ids.add(event_id)
             self.stored_total += 1
-            self._dirty = True
         else:
             self.duplicates += 1
         return new, self.chain(device).stored(seq, _prev_of(event))
 
     def sync(self) -> None:
-        """Make every stored event durable (before its ack goes out)."""
-        if self._dirty:
+        """Write and fsync what was added (before its ack goes out). One write per batch: each
+        write gives up the GIL, and getting it back from paho's thread costs milliseconds."""
+        if self._lines:
+            self._lines.append(b"")
+            self._f.write(b"\n".join(self._lines))
+            self._lines = []
             self._f.flush()
             os.fsync(self._f.fileno())
-            self._dirty = False
 
     def close(self) -> None:
         self.sync()
@@ -143,20 +152,23 @@ Message = Tuple[str, bytes]
 
 class AckConsumer:
     """Subscribes to the events of ``device`` (``+``: all) with a persistent session, stores
-    them (:class:`EventStore`) and acknowledges per device. ``on_event(device, event, new)``
-    sees each received event; ``delay_s`` is extra work per message (a slow consumer, tests)."""
+    them (:class:`EventStore`) and acknowledges per device. ``on_event(device, event, new,
+    payload)`` sees each received event, ``on_batch()`` follows each stored batch; ``delay_s``
+    is extra work per message (a slow consumer, tests)."""
 
     def __init__(self, host: str, port: int, store: EventStore, prefix: str = "edge-agent",
                  device: str = "+", client_id: str = "edge-agent-listen-ack",
                  protocol: str = "5", delay_s: float = 0.0,
-                 on_event: Optional[Callable[[str, Dict[str, Any], bool], None]] = None,
-                 on_note: Optional[Callable[[str], None]] = None):
+                 on_event: Optional[Callable[[str, Dict[str, Any], bool, bytes], None]] = None,
+                 on_note: Optional[Callable[[str], None]] = None,
+                 on_batch: Optional[Callable[[], None]] = None):
         self.host, self.port = host, port
         self.store = store
         self.prefix = prefix
         self.topic = event_filter(prefix, device)
         self.delay_s = delay_s
         self.on_event = on_event
+        self.on_batch = on_batch
         self.on_note = on_note or (lambda text: log.info("%s", text))
         self.acks_sent = 0
         self.bad_messages = 0
@@ -271,15 +283,17 @@ class AckConsumer:
                 event = json.loads(payload)
                 if not isinstance(event, dict):
                     raise ValueError("not a JSON object")
-                new, _ = self.store.add(device, event)
+                new, _ = self.store.add(device, event, payload)
             except ValueError as exc:
                 self.bad_messages += 1
                 self.on_note(f"{topic}: not an event ({exc}); not stored")
                 continue
             devices.add(device)
             if self.on_event is not None:
-                self.on_event(device, event, new)
+                self.on_event(device, event, new, payload)
         self.store.sync()
+        if self.on_batch is not None:
+            self.on_batch()
         for device in sorted(devices):
             mark = self.store.chain(device).mark
             try:

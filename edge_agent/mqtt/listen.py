@@ -120,16 +120,19 @@ def format_event(device: str, event: Dict[str, Any], mark: str) -> str:
 class Printer:
     """Turns received messages into output lines (table or JSON)."""
 
-    def __init__(self, out: TextIO, as_json: bool):
+    def __init__(self, out: TextIO, as_json: bool, flush_each: bool = True):
         self.out = out
         self.as_json = as_json
+        self.flush_each = flush_each  # False: the caller flushes (after each batch)
+        self.quiet = False  # gaps and status only, no line per event
         self.seqs = SeqTracker()
         self.events = 0
         self._header_done = False
 
     def _line(self, text: str) -> None:
         self.out.write(text + "\n")
-        self.out.flush()
+        if self.flush_each:
+            self.out.flush()
 
     def status(self, device: str, payload: bytes) -> None:
         text = payload.decode("utf-8", "replace")
@@ -164,6 +167,8 @@ class Printer:
             else:
                 self._line(f"!! {device}: seq {first}..{last} missing ({n} event"
                            f"{'s' if n != 1 else ''})")
+        if self.quiet:
+            return
         if self.as_json:
             self._line(payload.decode("utf-8", "replace"))
             return
@@ -193,11 +198,11 @@ def _ack_main(args: argparse.Namespace, prefix: str) -> int:
     except OSError as exc:
         print(f"edge-agent listen: --store: {exc}", file=sys.stderr)
         return 2
-    printer = Printer(sys.stdout, args.json)
+    printer = Printer(sys.stdout, args.json, flush_each=False)
+    printer.quiet = args.quiet
 
-    def shown(device: str, event: Dict[str, Any], new: bool) -> None:
-        raw = json.dumps(event, separators=(",", ":")).encode()
-        printer.show(device, event, raw)
+    def shown(device: str, event: Dict[str, Any], new: bool, payload: bytes) -> None:
+        printer.show(device, event, payload)
 
     def note(text: str) -> None:
         print(f"edge-agent listen: {text}", file=sys.stderr)
@@ -205,7 +210,7 @@ def _ack_main(args: argparse.Namespace, prefix: str) -> int:
     try:
         consumer = AckConsumer(args.host, args.port, store, prefix=prefix, device=args.device,
                                client_id=args.client_id, protocol=args.protocol,
-                               on_event=shown, on_note=note)
+                               on_event=shown, on_note=note, on_batch=printer.out.flush)
         consumer.connect()
     except (OSError, ValueError) as exc:
         print(f"edge-agent listen: cannot connect to {args.host}:{args.port}: {exc}",
