@@ -67,6 +67,23 @@ def test_ack_tracker_takes_forward_acks_and_refuses_the_rest():
     assert counters["consumer_acks"] == 2
 
 
+def test_ack_timeout_doubles_while_no_ack_comes_and_resets_on_progress():
+    t = AckTracker(0, __import__("collections").defaultdict(int))
+    assert not t.overdue(1.0, t.progress_at + 5)  # nothing outstanding
+    t.sent(1)
+    t0 = t.progress_at
+    assert not t.overdue(1.0, t0 + 0.9) and t.overdue(1.0, t0 + 1.0)
+    waits = []
+    now = t0 + 1.0
+    for _ in range(6):
+        t.timed_out(now)
+        wait = next(w for w in (1, 2, 4, 8, 16, 32) if t.overdue(1.0, now + w))
+        waits.append(wait)
+        now += wait
+    assert waits == [2, 4, 8, 16, 16, 16]
+    assert t.offer(1, b"1") == 1 and t.timeouts == 0
+
+
 def test_chain_follows_prev_seq_across_dropped_seqs():
     c = Chain()
     assert c.stored(1, 0) and c.mark == 1
@@ -195,7 +212,7 @@ def test_prev_seq_skips_what_a_full_outbox_dropped(broker, tmp_path):
         ob.append(event(i))
     store = EventStore(tmp_path / "store.jsonl")
     consumer = AckConsumer(broker.host, broker.port, store, client_id="c-drop").start()
-    time.sleep(0.5)
+    assert consumer.subscribed.wait(10)
     m = _agent(broker, ob)
     assert _wait(lambda: len(ob) == 0), "the consumer acks past the dropped seqs"
     assert store.chain("dev1").mark == 8

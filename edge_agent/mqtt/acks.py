@@ -19,6 +19,7 @@ from typing import Dict, Optional
 log = logging.getLogger(__name__)
 
 MAX_ACK_BYTES = 32  # a seq is at most 20 digits; room for whitespace and a newline
+MAX_DOUBLINGS = 4  # the ack timeout grows to at most 16x while no ack comes
 
 
 class AckTracker:
@@ -32,6 +33,7 @@ class AckTracker:
         self.sent_max = self.mark
         self.counters = counters
         self.progress_at = time.monotonic()  # last ack progress, or the first send after idle
+        self.timeouts = 0  # ack timeouts since the last progress (the next wait doubles)
 
     @property
     def outstanding(self) -> bool:
@@ -44,6 +46,17 @@ class AckTracker:
             self.progress_at = time.monotonic()  # the ack timeout starts with the first send
         if seq > self.sent_max:
             self.sent_max = seq
+
+    def overdue(self, timeout_s: float, now: float) -> bool:
+        """Outstanding events and no progress for ``timeout_s``, doubled per timeout in a row
+        (up to 16x): a consumer that is away does not get the whole backlog every period."""
+        wait = timeout_s * (1 << min(self.timeouts, MAX_DOUBLINGS))
+        return self.outstanding and now - self.progress_at >= wait
+
+    def timed_out(self, now: float) -> None:
+        """Everything unacknowledged was sent again at ``now``."""
+        self.timeouts += 1
+        self.progress_at = now
 
     def offer(self, size: int, head: bytes) -> Optional[int]:
         """One ack message of ``size`` bytes (``head``: its first bytes). Returns the new mark
@@ -63,6 +76,7 @@ class AckTracker:
             return None
         self.mark = seq
         self.progress_at = time.monotonic()
+        self.timeouts = 0
         self.counters["consumer_acks"] += 1
         return seq
 

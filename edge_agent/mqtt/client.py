@@ -27,8 +27,9 @@ Interface (used by the agent; stable)::
 
 paho's network thread only records what happened and wakes ours; user code (metrics sections,
 command handlers) never runs on it. Status: Last Will ``offline`` (retained), ``online`` on
-every connect, ``stopped`` on ``stop()``. After every (re)connect: subscribe ``cmd/+``, publish
-``online``, the retained ``state`` and (when enabled) the Home Assistant discovery configs.
+every connect, ``stopped`` on ``stop()``. After every (re)connect: subscribe ``cmd/+`` (and
+``ack`` in ``end_to_end``), publish ``online``, the retained ``state`` and (when enabled) the Home
+Assistant discovery configs.
 """
 
 from __future__ import annotations

@@ -140,13 +140,14 @@ class OutboxPublisher:
 
     def _republish_when_ack_overdue(self) -> None:
         c = self.consumer
-        if c.outstanding and time.monotonic() - c.progress_at >= self.ack_timeout_s:
+        now = time.monotonic()
+        if c.overdue(self.ack_timeout_s, now):
             self.counters["ack_timeouts"] += 1
             log.warning("mqtt: no end-to-end ack for %.0f s (acknowledged seq %d, sent up to "
-                        "%d); publishing the unacknowledged events again", self.ack_timeout_s,
+                        "%d); publishing the unacknowledged events again", now - c.progress_at,
                         c.mark, c.sent_max)
             self._publish_again_from_mark()
-            c.progress_at = time.monotonic()
+            c.timed_out(now)
 
     def _publish_again_from_mark(self) -> None:
         """Send every row after the consumer's ack again (PUBACKs of the old sends are then
