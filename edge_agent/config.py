@@ -246,6 +246,11 @@ class WeaponRuleConfig(_Model):
     threshold: float = Field(0.5, ge=0, le=1, description="median score over `window` frames")
     window: int = Field(5, ge=1, le=1000, description="frames in the median")
     update_interval_s: float = Field(2.0, gt=0, le=DAY_S)
+    require_carrier: bool = Field(True, description="start only on or next to a person track")
+    carrier_margin: float = Field(0.5, ge=0, le=10, description="person box grown by this x "
+                                  "its width on each side")
+    carrier_max_size: float = Field(1.0, gt=0, le=100, description="gun box's longer side <= "
+                                    "this x the person box's longer side")
 
 
 class PlateRuleConfig(_Model):

@@ -13,7 +13,15 @@ from edge_agent.config import CameraConfig, EventsConfig, ZoneConfig
 from edge_agent.events.event import EngineInfo, EventFactory, FrameContext, iso_utc
 from edge_agent.events.ocr import normalise, vote
 from edge_agent.events.processor import CameraEvents
-from edge_agent.events.rules import CrowdRule, HeadTracks, PlateRule, WeaponRule, crop_box
+from edge_agent.events.rules import (
+    CarrierGeometry,
+    CrowdRule,
+    HeadTracks,
+    PlateRule,
+    WeaponRule,
+    carrier_track,
+    crop_box,
+)
 from edge_agent.events.sinks import JsonlSink
 from edge_agent.events.snapshots import SnapshotStore, encode_jpeg
 from edge_agent.events.zones import Zone, anchor_points
@@ -170,13 +178,63 @@ def test_weapon_needs_median_over_window_then_updates_and_ends_on_track_end():
 
 
 def test_weapon_shadow_track_is_not_ended():
-    rule = WeaponRule(factory(), threshold=0.5, window=1)
+    rule = WeaponRule(factory(), threshold=0.5, window=1, carrier=None)
     w = HeadTracks(np.array([track(3, (0, 0, 10, 10), 0.9)]), classes=["knife"])
     assert len(rule.update(ctx(0), w)) == 1
     shadow = HeadTracks(np.zeros((0, 8)), np.array([track(3, (0, 0, 10, 10), 0.9, age=3)]),
                         ["knife"])
     assert rule.update(ctx(1), shadow) == []
     assert [e.event["phase"] for e in rule.close(ctx(2))] == ["end"]
+
+
+def test_carrier_geometry_next_to_a_person_and_not_larger_than_them():
+    person = np.array([track(7, (400, 100, 500, 400)), track(8, (0, 0, 50, 100))])
+    assert carrier_track((420, 200, 460, 260), person) == 7  # in the hand
+    assert carrier_track((520, 200, 540, 220), person) == 7  # held out: within half a width
+    assert carrier_track((570, 200, 590, 220), person) is None  # 80 px away: nobody's
+    assert carrier_track((570, 200, 590, 220), person, CarrierGeometry(margin=1.0)) == 7
+    assert carrier_track((380, 120, 720, 420), person) is None  # a car-sized box beside them
+    assert carrier_track((420, 200, 460, 260), np.zeros((0, TRACK_COLS))) is None
+    with pytest.raises(ValueError, match="margin"):
+        CarrierGeometry(margin=-1)
+
+
+def test_weapon_needs_a_carrier_and_waits_for_one():
+    rule = WeaponRule(factory(), threshold=0.5, window=3)
+    gun = HeadTracks(np.array([track(3, (700, 300, 740, 330), 0.9)]), classes=["gun"])
+    nobody = tracks(track(8, (0, 0, 50, 100)))  # a person far away
+    out = []
+    for i in range(6):  # confident for 6 frames, but on asphalt
+        out += rule.update(ctx(i), gun, nobody)
+    assert out == []
+    near = tracks(track(8, (0, 0, 50, 100)), track(9, (690, 200, 760, 420)))
+    out = rule.update(ctx(6), gun, near)  # the person walks up: the event starts now
+    assert [e.event["phase"] for e in out] == ["start"]
+    assert out[0].event["person_track_id"] == 9 and out[0].event["track_id"] == 3
+    # the carrier stays named after it leaves the frame, up to the end
+    out = rule.update(ctx(30), gun, nobody)
+    assert [e.event["phase"] for e in out] == ["update"] and out[0].event["person_track_id"] == 9
+    end = rule.update(ctx(31), HeadTracks(classes=["gun"]), nobody)
+    assert end[0].event["phase"] == "end" and end[0].event["person_track_id"] == 9
+    seal([e.event for e in out + end])
+
+
+def test_weapon_without_carrier_rule_starts_alone_and_config_sets_it():
+    rule = WeaponRule(factory(), threshold=0.5, window=1, carrier=None)
+    gun = HeadTracks(np.array([track(3, (700, 300, 740, 330), 0.9)]), classes=["gun"])
+    out = rule.update(ctx(0), gun, tracks(track(8, (0, 0, 50, 100))))
+    assert [e.event["phase"] for e in out] == ["start"]
+    assert out[0].event["person_track_id"] == 8  # nearest person, as before the rule
+    heads = {"weapon": ["gun"], "crowd": ["person"]}
+    cam = CameraConfig(name="c", source="x.mp4")
+    on = CameraEvents(cam, EventsConfig(), factory(), heads)
+    assert on.weapon.carrier == CarrierGeometry(0.5, 1.0)
+    off = CameraEvents(cam, EventsConfig.model_validate(
+        {"weapon": {"require_carrier": False}}), factory(), heads)
+    assert off.weapon.carrier is None
+    wide = CameraEvents(cam, EventsConfig.model_validate(
+        {"weapon": {"carrier_margin": 1.5, "carrier_max_size": 0.5}}), factory(), heads)
+    assert wide.weapon.carrier == CarrierGeometry(1.5, 0.5)
 
 
 # --- plate -----------------------------------------------------------------------------------

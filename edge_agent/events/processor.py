@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -9,9 +10,17 @@ import numpy as np
 from edge_agent.config import CameraConfig, EventsConfig
 from edge_agent.events.event import Emission, EventFactory, FrameContext
 from edge_agent.events.ocr import Reader
-from edge_agent.events.rules import CrowdRule, HeadTracks, PlateRule, WeaponRule
+from edge_agent.events.rules import (
+    CarrierGeometry,
+    CrowdRule,
+    HeadTracks,
+    PlateRule,
+    WeaponRule,
+)
 from edge_agent.events.snapshots import annotated
 from edge_agent.events.zones import Zone, zones_for_camera
+
+log = logging.getLogger(__name__)
 
 # Heads the rules know, as named in model manifests.
 WEAPON, CROWD, PLATE = "weapon", "crowd", "plate"
@@ -35,7 +44,14 @@ class CameraEvents:
         self.plate = None
         if WEAPON in heads and cfg.weapon.enabled:
             w = cfg.weapon
-            self.weapon = WeaponRule(factory, w.threshold, w.window, w.update_interval_s, snap)
+            carrier = (CarrierGeometry(w.carrier_margin, w.carrier_max_size)
+                       if w.require_carrier else None)
+            if carrier is not None and CROWD not in heads:
+                log.warning("camera %s: the model has no %s head, so no weapon track can have a "
+                            "carrier and no weapon event will start (events.weapon."
+                            "require_carrier: false starts them without one)", cam.name, CROWD)
+            self.weapon = WeaponRule(factory, w.threshold, w.window, w.update_interval_s, snap,
+                                     carrier)
         if CROWD in heads and self.zones:
             self.crowd = CrowdRule(factory, self.zones, snap)
         if PLATE in heads and cfg.plate.enabled:

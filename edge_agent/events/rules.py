@@ -80,6 +80,47 @@ def _duration(ctx: FrameContext, start_s: float) -> float:
 # --- weapon ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class CarrierGeometry:
+    """Where a gun must lie for a person track to count as the one carrying it.
+
+    The gun box's centre lies inside the person's box grown by ``margin`` times the person box's
+    width on every side (a gun held out at arm's length), and the gun box's longer side is at
+    most ``max_size`` times the person box's longer side (a box the size of a car is no
+    handgun, whoever stands next to it).
+    """
+
+    margin: float = 0.5
+    max_size: float = 1.0
+
+    def __post_init__(self):
+        if not (self.margin >= 0 and self.max_size > 0):
+            raise ValueError(f"carrier margin must be >= 0 and max_size > 0, got {self.margin}, "
+                             f"{self.max_size}")
+
+
+def carrier_track(box: Sequence[float], persons: np.ndarray,
+                  geom: CarrierGeometry = CarrierGeometry()) -> Optional[int]:
+    """ID of the person track carrying the gun ``box``, or None when no person qualifies.
+
+    Of the persons that qualify (:class:`CarrierGeometry`), the one whose box centre is nearest
+    to the gun's centre.
+    """
+    if len(persons) == 0:
+        return None
+    cx, cy = _centre(box)
+    pw = persons[:, X2] - persons[:, X1]
+    ph = persons[:, Y2] - persons[:, Y1]
+    grow = geom.margin * pw
+    inside = ((persons[:, X1] - grow <= cx) & (cx <= persons[:, X2] + grow)
+              & (persons[:, Y1] - grow <= cy) & (cy <= persons[:, Y2] + grow))
+    gun_side = max(box[X2] - box[X1], box[Y2] - box[Y1])
+    ok = inside & (gun_side <= geom.max_size * np.maximum(pw, ph))
+    if not ok.any():
+        return None
+    return nearest_track(box, persons[ok])
+
+
 @dataclass
 class _WeaponTrack:
     label: str
@@ -89,6 +130,7 @@ class _WeaponTrack:
     started: bool = False
     start_s: float = 0.0
     last_emit_s: float = 0.0
+    carrier: Optional[int] = None  # the person track that carried it when last seen with one
 
 
 class WeaponRule:
@@ -96,14 +138,18 @@ class WeaponRule:
 
     Start: a confirmed weapon track whose median detection score over the last ``window``
     detected frames is >= ``threshold`` (one confident frame is not enough; neither is a track
-    that only the Kalman filter keeps alive). Update: at most every ``update_interval_s`` while it
-    lasts. End: when the track ends, or on ``close``. Each event names the nearest person track.
+    that only the Kalman filter keeps alive) and, with ``carrier`` set, that lies on or next to
+    a confirmed person track in that frame (a gun on asphalt with nobody near it is no alert;
+    the track waits until a carrier appears). Update: at most every ``update_interval_s`` while
+    it lasts. End: when the track ends, or on ``close``. Each event names the carrying person
+    track (the last one seen) or, without ``carrier``, the nearest person track.
     """
 
     type = "weapon"
 
     def __init__(self, factory: EventFactory, threshold: float = 0.5, window: int = 5,
-                 update_interval_s: float = 2.0, snapshot: Optional[Snapshotter] = None):
+                 update_interval_s: float = 2.0, snapshot: Optional[Snapshotter] = None,
+                 carrier: Optional[CarrierGeometry] = CarrierGeometry()):
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         self.f = factory
@@ -111,6 +157,7 @@ class WeaponRule:
         self.window = window
         self.update_interval_s = update_interval_s
         self.snapshot = snapshot
+        self.carrier = carrier
         self.tracks: Dict[int, _WeaponTrack] = {}
 
     def update(self, ctx: FrameContext, weapon: HeadTracks,
@@ -128,11 +175,16 @@ class WeaponRule:
             if row[AGE] == 0:  # scored by a detection this frame, not only predicted
                 st.scores.append(float(row[SCORE]))
                 st.top = max(st.top, float(row[SCORE]))
+            now = (carrier_track(st.box, person_rows, self.carrier)
+                   if self.carrier is not None else None)
+            if now is not None:
+                st.carrier = now
             if not st.scores:
                 continue
             median = float(np.median(st.scores))
             if not st.started:
-                if len(st.scores) >= self.window and median >= self.threshold:
+                carried = self.carrier is None or now is not None
+                if len(st.scores) >= self.window and median >= self.threshold and carried:
                     st.started, st.start_s, st.last_emit_s = True, ctx.media_s, ctx.media_s
                     out.append(self._emit(ctx, tid, st, "start", median, person_rows, True))
             elif ctx.media_s - st.last_emit_s >= self.update_interval_s:
@@ -159,9 +211,10 @@ class WeaponRule:
         return em
 
     def _emit(self, ctx, tid, st, phase, median, person_rows, snap) -> Emission:
+        person = st.carrier if self.carrier is not None else nearest_track(st.box, person_rows)
         ev = self.f.make(
             ctx, "weapon", phase, tid, st.label, median, st.box,
-            top_score=round(st.top, 4), person_track_id=nearest_track(st.box, person_rows),
+            top_score=round(st.top, 4), person_track_id=person,
         )
         img = self.snapshot(ctx, st.box, f"{st.label} #{tid}") if snap and self.snapshot else None
         return Emission(ev, img)
