@@ -32,13 +32,21 @@ MODEL_CFG    := configs/train$(VARIANT:%=-%).yaml
 MODEL_RUN    := out/model/$(if $(VARIANT),nc,default)
 MODEL_ONNX   := $(if $(VARIANT),out/model/edge_multihead_nc.onnx,engines/models/edge_multihead.onnx)
 
-.PHONY: venv system-deps test test-debug lint demo clean bench-tracker model model-smoke
+.PHONY: venv system-deps test test-debug lint demo check-runtime clean bench-tracker model \
+        model-smoke
 
-$(VENV)/.stamp: setup.cfg setup.py pyproject.toml edge_agent/tracking/_tracker.c \
+# Two layers of one venv: the runtime (.stamp-run: the package with its [cpu] extra; no PyTorch,
+# no test tools) is all `make demo` installs; `make test` and the rest add [dev], the OCR and
+# PyTorch on top (.stamp).
+$(VENV)/.stamp-run: setup.cfg setup.py pyproject.toml edge_agent/tracking/_tracker.c \
                edge_agent/tracking/trackmath.c edge_agent/tracking/trackmath.h \
                edge_agent/tracking/dcf.c edge_agent/tracking/dcf.h
-	$(PYTHON) -m venv $(VENV)
+	[ -x $(PY) ] || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[cpu]'
+	touch $@
+
+$(VENV)/.stamp: $(VENV)/.stamp-run
 	$(PY) -m pip install -q -e '.[cpu,dev]'
 	$(PY) -m pip install -q $(OCR_DEPS)
 	$(PY) -m pip install -q --no-deps $(OCR_PACKAGES)
@@ -98,8 +106,18 @@ model-smoke: venv
 	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent export out/model/default-smoke/last.pt \
 	  -o out/model/smoke.onnx --val-limit 4
 
-demo: venv
+demo: $(VENV)/.stamp-run
 	$(PY) -m edge_agent.demo --shared $(SHARED)
+
+# CI (.ci/run) adds this to `make test`: a plain `pip install .` in a fresh venv (the runtime)
+# must not pull PyTorch.
+check-runtime:
+	rm -rf .venv-runtime && $(PYTHON) -m venv .venv-runtime
+	.venv-runtime/bin/python -m pip install -q .
+	if .venv-runtime/bin/python -m pip show torch >/dev/null 2>&1; then \
+	  echo "error: pip install . pulled torch into the runtime" >&2; exit 1; fi
+	@echo "pip install .: $$(du -sh .venv-runtime | cut -f1), no torch"
+	rm -rf .venv-runtime
 
 clean:
 	rm -rf $(VENV) build *.egg-info edge_agent/tracking/*.so

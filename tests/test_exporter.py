@@ -17,8 +17,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import prometheus_client
 import pytest
 
+import edge_agent
 from edge_agent.eventlog import Outbox
 from edge_agent.exporter import Exporter, Sources, outbox_oldest_age, outbox_problem
 
@@ -144,16 +146,37 @@ def test_outbox_problem_names_what_blocks_a_write(outbox, tmp_path):
     assert "junk.sqlite" in outbox_problem(tmp_path / "junk.sqlite")
 
 
+@pytest.fixture(scope="module")
+def public_site():
+    """World-readable copies of the packages the `nobody` child imports: the checkout and its
+    venv may sit below a folder that only we may enter (a clone in a mode-0700 folder)."""
+    root = Path(tempfile.mkdtemp(prefix="edge-agent-site-"))
+    try:
+        for mod in (edge_agent, prometheus_client):
+            src = Path(mod.__file__).parent
+            shutil.copytree(src, root / src.name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.so", "_shipped"))
+        for folder, _, files in os.walk(root):
+            os.chmod(folder, 0o755)
+            for f in files:
+                os.chmod(os.path.join(folder, f), 0o644)
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
                     reason="needs root and setpriv to check as another user")
-def test_outbox_not_writable_by_the_service_user(tmp_path):
+def test_outbox_not_writable_by_the_service_user(tmp_path, public_site):
     code = ("import sys; from pathlib import Path; from edge_agent.exporter import outbox_problem;"
             "print(outbox_problem(Path(sys.argv[1])))")
 
     def as_nobody(path: Path) -> str:
+        # The venv's python may be unreachable for nobody too; the interpreter it links to is not.
         proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                               sys.executable, "-c", code, str(path)],
-                              capture_output=True, text=True, cwd=Path(__file__).parent.parent)
+                               os.path.realpath(sys.executable), "-s", "-c", code, str(path)],
+                              capture_output=True, text=True, cwd=public_site,
+                              env={**os.environ, "PYTHONPATH": str(public_site)})
         assert proc.returncode == 0, proc.stderr
         return proc.stdout
 

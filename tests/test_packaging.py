@@ -22,6 +22,7 @@ from edge_agent import shipped
 from edge_agent.cli import main as cli_main
 
 REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "samples" / "retail02_12s.mp4"
 SHIPPED_MODEL = "edge_agent/_shipped/engines/models/edge_multihead.onnx"
 
 
@@ -127,3 +128,27 @@ def test_wheel_carries_the_model_and_runtime_needs_no_torch(tmp_path):
     package, model_path, name = run.stdout.split()
     assert package == str(site / "edge_agent" / "__init__.py")
     assert model_path == str(site / SHIPPED_MODEL) and name == "edge_multihead"
+
+
+def test_track_from_another_folder_with_the_default_model(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "edge_agent.cli", "track", "-i", str(SAMPLE),
+                           "-o", "out.mp4", "--max-frames", "8", "--no-progress"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "8 frames" in proc.stderr and (tmp_path / "out.mp4").stat().st_size > 0
+
+
+def test_demo_runs_the_shipped_model_on_the_sample_without_shared(tmp_path, capsys):
+    from edge_agent import demo
+
+    rc = demo.main(["--shared", str(tmp_path / "no-shared"), "--out", str(tmp_path / "out"),
+                    "--max-frames", "30"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "model " + str(shipped.path(shipped.DEFAULT_MODEL)) in out
+    events = (tmp_path / "out" / "demo-events.jsonl").read_text().splitlines()
+    assert f"{len(events)} events:" in out
+    # The sample is a busy shop: the crowd head sees the default zone's five persons.
+    assert any(json.loads(e)["type"] == "crowd" for e in events)
+    assert "crowd start" in out and not (tmp_path / "out" / "demo-parking.mp4").exists()
+    assert (tmp_path / "out" / "demo.mp4").stat().st_size > 0
