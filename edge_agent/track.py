@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -22,6 +23,7 @@ from edge_agent.capture import Frame
 from edge_agent.delivery import EventDelivery
 from edge_agent.eventlog import MemoryLog
 from edge_agent.events import ConsoleSink, HeadTracks, JsonlSink
+from edge_agent.events.overlay import PlateRead
 from edge_agent.pipeline import CameraState, Pipeline
 
 EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT = 0, 1, 2
@@ -129,12 +131,41 @@ def _open(args: argparse.Namespace, cfg: cfgmod.Config) -> Tuple[Any, List[Any]]
     return engine, sinks
 
 
+class _PlateReads:
+    """An event sink keeping the plate texts read in the last ``keep_frames`` frames, so the
+    video shows them (OCR reads a plate track when it ends; the text comes with its end event)."""
+
+    name = "overlay"
+
+    def __init__(self, keep_frames: int):
+        self.keep_frames = keep_frames
+        self._reads: Dict[int, Tuple[int, PlateRead]] = {}  # track ID -> (end frame, read)
+        self._lock = threading.Lock()
+
+    def write(self, event: Dict[str, Any]) -> None:
+        if event.get("type") == "plate" and event.get("phase") == "end" and event.get("text"):
+            read = PlateRead(int(event["track_id"]), str(event["text"]), event["bbox"]["px"])
+            with self._lock:
+                self._reads[read.track_id] = (int(event["frame"]), read)
+
+    def current(self, frame: int) -> List[PlateRead]:
+        """The reads of the last ``keep_frames`` frames before ``frame``."""
+        with self._lock:
+            for tid in [t for t, (f, _) in self._reads.items() if frame - f > self.keep_frames]:
+                del self._reads[tid]
+            return [r for _, r in self._reads.values()]
+
+    def close(self) -> None:
+        pass
+
+
 class _Run:
     """One `track` run's frame hook: draws and writes the video, moves the bar, stops at N."""
 
     def __init__(self, args: argparse.Namespace, fps: float, total: int):
         self.max_frames = args.max_frames
         self.out = _VideoOut(args.output, fps) if args.output else None
+        self.plates = _PlateReads(keep_frames=int(round(2 * (fps if fps > 0 else 25))))
         self.bar = tqdm(total=total or None, unit="frame", file=sys.stderr, dynamic_ncols=True,
                         disable=args.no_progress, mininterval=0.5 if sys.stderr.isatty() else 10)
         self.error: Optional[str] = None
@@ -145,9 +176,11 @@ class _Run:
         if self.out is not None:
             from edge_agent.events.overlay import draw
 
-            counts = st.events.zone_counts()
-            draw(f.image, tracks, st.events.zones, {f"zone {k}": v for k, v in counts.items()},
-                 footer=f"frame {f.index}")
+            weapon = st.events.weapon
+            alerts = [t for t, w in weapon.tracks.items() if w.started] if weapon else []
+            draw(f.image, tracks, st.events.zones, st.events.zone_counts(),
+                 footer=f"frame {f.index}", alerts=alerts,
+                 plate_reads=self.plates.current(f.index))
             try:
                 self.out.write(f.image)
             except (OSError, ValueError) as exc:  # it would fail on every frame: stop now
@@ -181,6 +214,8 @@ def cmd_track(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     run = _Run(args, fps, total)
     delivery = EventDelivery(MemoryLog(), sinks)
+    if run.out is not None:
+        delivery.add_sink(run.plates)
     try:
         run.pipe = pipe = Pipeline(cfg, engine, delivery, on_frame=run.on_frame)
     except (TypeError, ValueError) as exc:  # e.g. an unknown or out-of-range tracker parameter

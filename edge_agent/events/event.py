@@ -125,14 +125,21 @@ class Emission:
 
 
 def bbox_fields(box: Optional[Sequence[float]], width: int, height: int) -> Optional[Dict]:
-    """``{"px": [x1, y1, x2, y2], "norm": [...]}`` rounded for JSON, or None."""
+    """``{"px": [x1, y1, x2, y2], "norm": [...]}`` rounded for JSON, or None.
+
+    Clipped to the frame (``norm`` to 0..1): a tracker's box may reach past the edge.
+    """
     if box is None:
         return None
     x1, y1, x2, y2 = (float(v) for v in box[:4])
+    if width > 0 and height > 0:
+        x1, x2 = (min(max(v, 0.0), float(width)) for v in (x1, x2))
+        y1, y2 = (min(max(v, 0.0), float(height)) for v in (y1, y2))
     w, h = float(max(width, 1)), float(max(height, 1))
     return {
         "px": [round(x1, 1), round(y1, 1), round(x2, 1), round(y2, 1)],
-        "norm": [round(x1 / w, 5), round(y1 / h, 5), round(x2 / w, 5), round(y2 / h, 5)],
+        "norm": [round(min(max(v / d, 0.0), 1.0), 5)
+                 for v, d in ((x1, w), (y1, h), (x2, w), (y2, h))],
     }
 
 
