@@ -9,18 +9,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import prometheus_client
 import pytest
 
-import edge_agent
 from edge_agent.eventlog import Outbox
 from edge_agent.exporter import Exporter, Sources, outbox_oldest_age, outbox_problem
 
@@ -146,52 +142,44 @@ def test_outbox_problem_names_what_blocks_a_write(outbox, tmp_path):
     assert "junk.sqlite" in outbox_problem(tmp_path / "junk.sqlite")
 
 
-@pytest.fixture(scope="module")
-def public_site():
-    """World-readable copies of the packages the `nobody` child imports: the checkout and its
-    venv may sit below a folder that only we may enter (a clone in a mode-0700 folder)."""
-    root = Path(tempfile.mkdtemp(prefix="edge-agent-site-"))
-    try:
-        for mod in (edge_agent, prometheus_client):
-            src = Path(mod.__file__).parent
-            shutil.copytree(src, root / src.name,
-                            ignore=shutil.ignore_patterns("__pycache__", "*.so", "_shipped"))
-        for folder, _, files in os.walk(root):
-            os.chmod(folder, 0o755)
-            for f in files:
-                os.chmod(os.path.join(folder, f), 0o644)
-        yield root
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+def _as_nobody(path: Path) -> str:
+    """``outbox_problem(path)`` computed by a forked child that became nobody. Its modules are
+    already loaded, so the checkout and its venv need not be readable by nobody (they are not
+    when the clone sits in a mode-0700 folder)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root, answer through the pipe, exit without cleanup
+        code = 1
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            os.write(w, str(outbox_problem(path)).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        answer = f.read().decode()
+    assert os.waitpid(pid, 0)[1] == 0  # exited with status 0
+    return answer
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
-                    reason="needs root and setpriv to check as another user")
-def test_outbox_not_writable_by_the_service_user(tmp_path, public_site):
-    code = ("import sys; from pathlib import Path; from edge_agent.exporter import outbox_problem;"
-            "print(outbox_problem(Path(sys.argv[1])))")
-
-    def as_nobody(path: Path) -> str:
-        # The venv's python may be unreachable for nobody too; the interpreter it links to is not.
-        proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                               os.path.realpath(sys.executable), "-s", "-c", code, str(path)],
-                              capture_output=True, text=True, cwd=public_site,
-                              env={**os.environ, "PYTHONPATH": str(public_site)})
-        assert proc.returncode == 0, proc.stderr
-        return proc.stdout
-
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to check as another user")
+def test_outbox_not_writable_by_the_service_user(tmp_path):
     open_dir = Path(tempfile.mkdtemp(prefix="edge-agent-outbox-"))
     try:
         open_dir.chmod(0o755)  # nobody may look, not write
         with Outbox(open_dir / "outbox.sqlite", commit_interval_ms=0):
             pass
-        assert "is not writable by this user" in as_nobody(open_dir / "outbox.sqlite")
+        assert "is not writable by this user" in _as_nobody(open_dir / "outbox.sqlite")
     finally:
         shutil.rmtree(open_dir)
     with Outbox(tmp_path / "outbox.sqlite", commit_interval_ms=0):
         pass
     tmp_path.chmod(0o700)  # nobody may not even enter
-    assert "cannot reach it: Permission denied" in as_nobody(tmp_path / "outbox.sqlite")
+    assert "cannot reach it: Permission denied" in _as_nobody(tmp_path / "outbox.sqlite")
 
 
 def test_port_in_use_raises_oserror(stack):
