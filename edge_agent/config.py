@@ -208,7 +208,8 @@ TrackerParams = create_model(
 # kept longer through occlusion (a hand, a bag) so that one weapon stays one event.
 HEAD_TRACKER_DEFAULTS: Dict[str, Dict[str, Any]] = {
     "weapon": {"probation_age": 2, "max_shadow_s": 2.0},
-    "plate": {"probation_age": 2},
+    # plates: small, fast and not measured with visual tracking (docs/tracker.md)
+    "plate": {"probation_age": 2, "visual": False},
 }
 
 

@@ -369,18 +369,20 @@ class Pipeline:
     def _track(self, f: Frame, dets: Optional[Dict[str, np.ndarray]]) -> None:
         """Trackers and rules of one frame's camera; its events go to the delivery."""
         st = self.cams[f.camera]
-        if st.processed == 0:
-            self._retime_trackers(st, f)
+        h, w = f.image.shape[:2]
+        if st.processed == 0 or any((tr.params["frame_width"], tr.params["frame_height"])
+                                    != (w, h) for tr in st.trackers.values()):
+            self._retime_trackers(st, f)  # also when the source changed resolution
         tracks: Dict[str, HeadTracks] = {}
         t0 = time.monotonic()
         for head, tr in st.trackers.items():
             d = None if dets is None else dets.get(head)
             if dets is not None and d is None:
                 d = np.zeros((0, DET_COLS), np.float32)  # detected, none found: not predict-only
-            tracks[head] = HeadTracks(tr.update(d), tr.lost(), self.heads[head])
+            # the picture too: trackers with `visual` follow their tracks in it between detections
+            tracks[head] = HeadTracks(tr.update(d, f.image), tr.lost(), self.heads[head])
         if self.observer is not None:
             self.observer.tracker(time.monotonic() - t0)
-        h, w = f.image.shape[:2]
         ctx = FrameContext(f.camera, f.index, f.media_s, f.wall, w, h, f.image)
         emissions = st.events.update(ctx, tracks)
         now = st.count_frame(f, ctx, dets is not None)

@@ -180,3 +180,25 @@ def test_many_tracks_keep_filters_within_the_cap():
     for _ in range(3):
         assert len(t.update(boxes, pic)) == n
     assert len(t.update(None, pic)) > 0
+
+
+def test_visual_false_ignores_the_frame():
+    a, b = Tracker(frame_rate=30, visual=False), Tracker(frame_rate=30)
+    for k in range(20):
+        x = 100 + 2.3 * k
+        d = det(x, 150) if k % 5 == 0 else None
+        np.testing.assert_array_equal(a.update(d, scene(x, 150)), b.update(d))
+
+
+def test_a_new_frame_size_drops_the_looks_and_keeps_the_tracks():
+    """A camera that reconnects at another resolution: set_frame_size, then its frames."""
+    t = Tracker(frame_rate=30)
+    for k in range(3):
+        t.update(det(100 + 2 * k, 150), scene(100 + 2 * k, 150))
+    ids = set(t.update(None, scene(106, 150))[:, 4])
+    t.set_frame_size(320, 240)
+    small = cv2.resize(scene(108, 150), (320, 240))
+    rows = t.update(None, small)  # accepted: no ValueError
+    assert set(rows[:, 4]) | set(t.lost()[:, 4]) == ids  # the track is still there
+    with pytest.raises(ValueError, match="size changed"):
+        t.update(None, scene(110, 150))  # the new size holds from now on

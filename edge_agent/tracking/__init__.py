@@ -44,6 +44,10 @@ class _Param(NamedTuple):
 # procedure in docs/tracker.md ("How the defaults were chosen"), never from scoring on the
 # sequences they are reported on.
 PARAMS: Dict[str, _Param] = {
+    "visual": _Param(bool, True, 0, 1,
+                     "use the picture when update() is given one: a correlation filter per "
+                     "track follows it between detections and helps associate; false: boxes "
+                     "only (the frame is ignored)"),
     "adaptive": _Param(bool, True, 0, 1,
                        "score thresholds apply to the score placed on the range of its "
                        "class's last score_window scores (2nd to 90th percentile -> 0..1), so "
@@ -134,7 +138,7 @@ _SCORE_THRESHOLDS = ("high_thresh", "low_thresh", "new_track_thresh")
 # The Kalman weights are stated per frame at this rate (ByteTrack's, for 30 fps video).
 _REFERENCE_RATE = 30.0
 # Python-only parameters; the C core gets frame counts and per-frame weights instead.
-_WRAPPER_ONLY = ("frame_rate", "max_shadow_s", "coast_s")
+_WRAPPER_ONLY = ("frame_rate", "max_shadow_s", "coast_s", "visual")
 
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -244,6 +248,8 @@ class Tracker:
                     "dets must have shape (N, 6): x1, y1, x2, y2, score, class_id; "
                     f"got {dets.shape}"
                 )
+        if frame is not None and not self._params["visual"]:
+            frame = None
         if frame is not None:
             if not isinstance(frame, np.ndarray):
                 raise ValueError("frame must be a NumPy uint8 array (H, W, 3) or None, "
@@ -264,8 +270,12 @@ class Tracker:
 
     def set_frame_size(self, width: float, height: float) -> None:
         """The camera's image size in pixels (0 = unknown), keeping the tracks: coasted boxes
-        are reported only while they lie inside it."""
+        are reported only while they lie inside it. A new size also drops the tracks' visual
+        models (they were learnt at the old one), so frames of the new size are accepted."""
+        old = (self._params["frame_width"], self._params["frame_height"])
         self._retune(frame_width=width, frame_height=height)
+        if (float(width), float(height)) != old:
+            self._core.forget_looks()
 
     def set_frame_rate(self, frame_rate: float) -> None:
         """Re-time the tracker for a new ``frame_rate`` (frames/s), keeping its tracks: the

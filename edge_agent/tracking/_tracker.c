@@ -70,6 +70,7 @@ typedef struct {
     int rate;       /* index of its class's MissRate, -1 if none */
     int flt;        /* its correlation filter's slot, -1 if none */
     int seen;       /* the filter found it in this frame's picture (PSR >= DCF_PSR_MIN) */
+    double vis[2];  /* where (centre), when seen */
 } Track;
 
 /* How often the detector misses a class's confirmed tracks: frames inside gaps that ended in
@@ -259,21 +260,35 @@ static void associate(CoreObject *self, const int *tl, int nt, const int *dl, in
         if (t->state == ST_LOST && self->p.shadow_buffer > 0)
             bt += dmin(self->p.shadow_buffer * (double)(t->fsu - 1), 1.0);
         box_expand(use_obs ? t->obs : t->box, bt, tb);
+        /* Where its correlation filter found it (seen tracks): the same box at that centre. */
+        double vb[4];
+        int vis = !use_obs && t->seen;
+        if (vis) {
+            double dx = t->vis[0] - 0.5 * (tb[0] + tb[2]), dy = t->vis[1] - 0.5 * (tb[1] + tb[3]);
+            vb[0] = tb[0] + dx;
+            vb[1] = tb[1] + dy;
+            vb[2] = tb[2] + dx;
+            vb[3] = tb[3] + dy;
+        }
         double ux = 0.0, uy = 0.0;
         int has_dir = dir_w > 0 && track_direction(t, self->p.direction_delta, &ux, &uy);
-        double lo = tb[0] - maxw * (1 + bt);
+        double x_lo = vis ? dmin(tb[0], vb[0]) : tb[0], x_hi = vis ? dmax(tb[2], vb[2]) : tb[2];
+        double lo = x_lo - maxw * (1 + bt);
         int first = 0, hi = nd;
         while (first < hi) { /* first key with x1 > lo */
             int mid = (first + hi) / 2;
             if (keys[mid].x1 <= lo) first = mid + 1;
             else hi = mid;
         }
-        for (int k = first; k < nd && keys[k].x1 < tb[2] + bt * maxw; k++) {
+        for (int k = first; k < nd && keys[k].x1 < x_hi + bt * maxw; k++) {
             int b = keys[k].idx;
             const double *draw = dets + (size_t)dl[b] * DET_COLS;
             if (draw[5] != t->cls) continue;
             box_expand(draw, bt, db);
             double s = box_iou(tb, db);
+            /* motion and appearance, equally: the mean of the overlaps with the predicted box
+             * and with the box where the track's look is */
+            if (vis) s = 0.5 * (s + box_iou(vb, db));
             if (!(s > 0.0)) continue; /* also drops NaN */
             double ascore = self->dscore[dl[b]];
             if (fuse) s *= ascore;
@@ -564,13 +579,14 @@ static int find_rate(CoreObject *self, double cls)
     return self->nrates++;
 }
 
-/* A confirmed track is matched after t->fsu - 1 missed frames. */
+/* A confirmed track is matched after t->misses frames with detections that missed it (frames
+ * without detection, update(None), say nothing about the detector). */
 static void count_match(CoreObject *self, const Track *t)
 {
     if (t->rate < 0) return;
     MissRate *r = &self->rates[t->rate];
     r->hits += 1.0;
-    if (t->fsu > 1) r->misses += (double)(t->fsu - 1);
+    r->misses += (double)t->misses;
     double n = r->hits + r->misses;
     if (n > MISS_WINDOW) {
         r->hits *= MISS_WINDOW / n;
@@ -750,13 +766,12 @@ static int sample_at(CoreObject *self, const DcfImage *img, const double *b, dou
 }
 
 /* Each confirmed track with a filter looks for its patch around its predicted box; where the
- * peak stands out of its sidelobes (PSR), the centre it found updates the Kalman filter as a
- * measurement of position, and the track is `seen`. */
-static void visual_follow(CoreObject *self, const DcfImage *img)
+ * peak stands out of its sidelobes (PSR), the track is `seen` there (t->vis). */
+static void visual_look(CoreObject *self, const DcfImage *img)
 {
     for (Py_ssize_t i = 0; i < self->ntracks; i++) {
         Track *t = &self->tracks[i];
-        if (t->flt < 0 || (t->state != ST_ACTIVE && t->state != ST_LOST)) continue;
+        if (t->flt < 0 || t->state == ST_LOST || t->state == ST_DEAD) continue;
         const double *b = t->box;
         double cx = 0.5 * (b[0] + b[2]), cy = 0.5 * (b[1] + b[3]);
         if (sample_at(self, img, b, cx, cy) < 0) continue;
@@ -764,9 +779,21 @@ static void visual_follow(CoreObject *self, const DcfImage *img)
         double psr = dcf_locate(self->plan, &self->flt[t->flt], self->work, &dx, &dy, &peak);
         if (!(psr >= DCF_PSR_MIN)) continue;
         double cw = DCF_WINDOW * (b[2] - b[0]) / DCF_N, ch = DCF_WINDOW * (b[3] - b[1]) / DCF_N;
-        kf_update_centre(&t->kf, cx + dx * cw, cy + dy * ch, &self->p.kfp);
-        track_refresh_box(t);
+        t->vis[0] = cx + dx * cw;
+        t->vis[1] = cy + dy * ch;
         t->seen = 1;
+    }
+}
+
+/* A seen track that no detection matched this frame takes the centre the filter found as a
+ * measurement of its position (detections, where there are, take precedence). */
+static void visual_move(CoreObject *self, const unsigned char *tmatched)
+{
+    for (Py_ssize_t i = 0; i < self->ntracks; i++) {
+        Track *t = &self->tracks[i];
+        if (!t->seen || (tmatched && tmatched[i])) continue;
+        kf_update_centre(&t->kf, t->vis[0], t->vis[1], &self->p.kfp);
+        track_refresh_box(t);
     }
 }
 
@@ -777,16 +804,31 @@ static void visual_learn(CoreObject *self, const DcfImage *img)
 {
     for (Py_ssize_t i = 0; i < self->ntracks; i++) {
         Track *t = &self->tracks[i];
-        if (t->state != ST_ACTIVE && t->state != ST_LOST) continue;
+        if (t->state == ST_DEAD) continue;
         const double *b = t->fsu == 0 ? t->obs : (t->seen ? t->box : NULL);
         if (!b || (t->flt < 0 && t->fsu != 0)) continue;
-        if (sample_at(self, img, b, 0.5 * (b[0] + b[2]), 0.5 * (b[1] + b[3])) < 0) continue;
-        float rate = DCF_RATE;
-        if (t->flt < 0) {
-            if ((t->flt = take_slot(self)) < 0) continue;
-            rate = 1.0f;
+        double cx = 0.5 * (b[0] + b[2]), cy = 0.5 * (b[1] + b[3]);
+        if (t->flt >= 0) {
+            if (sample_at(self, img, b, cx, cy) == 0)
+                dcf_train(self->plan, &self->flt[t->flt], self->work, DCF_RATE);
+            continue;
         }
-        dcf_train(self->plan, &self->flt[t->flt], self->work, rate);
+        if ((t->flt = take_slot(self)) < 0) continue;
+        /* A new filter learns the patch and the patch stretched by +-10 % in each direction
+         * (MOSSE starts from perturbed copies of the first frame, so that the filter does not
+         * fit one exact look): the mean of the nine. */
+        int k = 0;
+        for (int sy = -1; sy <= 1; sy++)
+            for (int sx = -1; sx <= 1; sx++) {
+                double w = (b[2] - b[0]) * (1.0 + 0.1 * sx), h = (b[3] - b[1]) * (1.0 + 0.1 * sy);
+                double box[4] = {cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h};
+                if (sample_at(self, img, box, cx, cy) < 0) continue;
+                dcf_train(self->plan, &self->flt[t->flt], self->work, 1.0f / (float)++k);
+            }
+        if (k == 0) {
+            self->flt_used[t->flt] = 0;
+            t->flt = -1;
+        }
     }
 }
 
@@ -802,8 +844,7 @@ static int track_coasts(const CoreObject *self, const Track *t)
     if (t->state != ST_LOST) return 0;
     double s = miss_scale(self, t), s3 = s * s * s;
     double overlap = dmin(p->coast_overlap * s3, 1.0);
-    /* A track the filter still sees in the picture is reported whatever the time lost. */
-    if (!t->seen && (double)t->fsu > (double)p->coast_frames * s3) return 0;
+    if ((double)t->fsu > (double)p->coast_frames * s3) return 0;
     const double *b = t->box;
     double fw = p->frame_w > 0 ? p->frame_w : self->img_w;
     double fh = p->frame_h > 0 ? p->frame_h : self->img_h;
@@ -823,7 +864,7 @@ static void mark_coasting(CoreObject *self)
     int on = self->p.coast_frames > 0;
     for (Py_ssize_t i = 0; i < self->ntracks; i++) {
         Track *t = &self->tracks[i];
-        t->coasted = (on || t->seen) && track_coasts(self, t);
+        t->coasted = on && track_coasts(self, t);
     }
 }
 
@@ -911,11 +952,15 @@ static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
         if (img) {
             self->img_w = img->w;
             self->img_h = img->h;
-            visual_follow(self, img);
+            visual_look(self, img);
+            visual_move(self, NULL);
         }
         for (Py_ssize_t i = 0; i < self->ntracks; i++) {
             Track *t = &self->tracks[i];
             if (img && t->state == ST_ACTIVE && t->flt >= 0 && !t->seen) t->state = ST_LOST;
+            /* a tentative track that its filter follows gathers evidence (it is confirmed
+             * only with a detection all the same) */
+            if (t->state == ST_TENTATIVE && t->seen) t->hits++;
             if (t->state == ST_LOST && shadow_expired(self, t)) t->state = ST_DEAD;
         }
         if (img) visual_learn(self, img);
@@ -935,7 +980,7 @@ static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
     if (img) {
         self->img_w = img->w;
         self->img_h = img->h;
-        visual_follow(self, img);
+        visual_look(self, img);
     }
     score_dets(self, n);
     sort_frame_dets(self, n);
@@ -963,13 +1008,15 @@ static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
     stage(self, n, ST_TENTATIVE, -1, p->high_thresh, HUGE_VAL, 0, p->fuse_score,
           p->tentative_match_thresh, 0.0, 0.0, tmatched);
 
+    if (img) visual_move(self, tmatched);
     /* Unmatched tracks: tentative -> early termination; active -> lost; lost -> expire. */
     Py_ssize_t nold = self->ntracks;
     for (Py_ssize_t i = 0; i < nold; i++) {
         Track *t = &self->tracks[i];
         if (tmatched[i]) continue;
+        t->misses++;
         if (t->state == ST_TENTATIVE) {
-            if (++t->misses > p->max_tentative_misses) t->state = ST_DEAD;
+            if (t->misses > p->max_tentative_misses) t->state = ST_DEAD;
         } else if (t->state == ST_ACTIVE) {
             t->state = ST_LOST; /* reported for coast_frames more if it coasts (below) */
         }
@@ -1033,6 +1080,16 @@ static PyObject *Core_reset(CoreObject *self, PyObject *Py_UNUSED(ignored))
     self->nrates = 0;      /* and its miss rates */
     free_slots(self);
     self->img_w = self->img_h = 0; /* a new stream may have another size */
+    Py_RETURN_NONE;
+}
+
+/* forget_looks(): every track's filter dropped and the frame size forgotten, tracks kept (the
+ * stream changed resolution: the filters were learnt at the old one). */
+static PyObject *Core_forget_looks(CoreObject *self, PyObject *Py_UNUSED(ignored))
+{
+    for (Py_ssize_t i = 0; i < self->ntracks; i++) self->tracks[i].flt = -1;
+    free_slots(self);
+    self->img_w = self->img_h = 0;
     Py_RETURN_NONE;
 }
 
@@ -1159,6 +1216,8 @@ static PyMethodDef Core_methods[] = {
      "tracks; frame: (H, W, 3) uint8 BGR for visual tracking"},
     {"lost", (PyCFunction)Core_lost, METH_NOARGS, "lost() -> bytearray of shadow-track rows"},
     {"reset", (PyCFunction)Core_reset, METH_NOARGS, "drop all tracks; IDs are not reused"},
+    {"forget_looks", (PyCFunction)Core_forget_looks, METH_NOARGS,
+     "drop the tracks' visual models and the frame size; tracks kept"},
     {"configure", (PyCFunction)(void (*)(void))Core_configure, METH_VARARGS | METH_KEYWORDS,
      "configure(**params): replace the parameters, keep the tracks"},
     {NULL, NULL, 0, NULL},

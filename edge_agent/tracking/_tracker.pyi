@@ -41,6 +41,8 @@ class Core:
         """float64 rows of 8 columns (active tracks) as raw bytes; frame: uint8 (H, W, 3)."""
     def lost(self) -> bytearray: ...
     def reset(self) -> None: ...
+    def forget_looks(self) -> None:
+        """Drop every track's visual model and the stream's frame size; tracks kept."""
     def configure(self, **params: Any) -> None:
         """Replace the parameters (same keywords as __init__), keeping the tracks."""
     @property

@@ -1,0 +1,256 @@
+"""Tracking at detect_every 1, 3 and 6 on the MOT sequences that have video, scored by TrackEval.
+
+The sequences (see ../shared/data/mot/SOURCES.md): TUD-Campus (its own 640x480 video) and
+PETS09-S2L1 (OpenCV's vtest.avi, the same view shrunk to 480x360: ground truth and SORT's
+detections are multiplied by 0.625). Detections are SORT's Faster R-CNN ``det/det.txt``; with
+``detect_every N`` only frames 1, 1 + N, 1 + 2N, ... have detections (keyframes).
+
+Trackers, each scored on every frame:
+* ours with the frame: ``update(dets, frame)`` on keyframes, ``update(None, frame)`` between;
+* ours without: the same with no frame (``update(None)`` between: the Kalman prediction);
+* roboflow SORT / ByteTrack / OC-SORT at their defaults, run on the keyframes only at
+  ``frame_rate / N`` (fed empty frames they would confirm nothing), boxes held between;
+* the seed's approach: roboflow SORT on the keyframes (at ``frame_rate / N``) and a dlib
+  ``correlation_tracker`` started on each of its output boxes, followed between keyframes.
+
+    .venv-bench/bin/python bench/mot_video_eval.py [--every 1,3,6] [--only ours,ours_boxes,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from mot_eval import trackeval_scores  # noqa: E402
+
+from edge_agent.tracking import Tracker  # noqa: E402
+from edge_agent.tracking.motdata import Sequence, load_dets, read_seqinfo  # noqa: E402
+
+
+class VideoSeq(NamedTuple):
+    seq: Sequence          # as the video shows it: its size, gt/dets scaled
+    video: Path
+    scale: float           # MOT boxes x scale = video pixels
+    dets: List[np.ndarray]
+
+
+def video_sequences(mot_dir: Path) -> List[VideoSeq]:
+    """The sequences whose video is in ../shared, with boxes in video pixels."""
+    found = []
+    for name, video, scale in (
+        ("TUD-Campus", mot_dir / "TUD-Campus" / "video" / "TUD-Campus.avi", 1.0),
+        ("PETS09-S2L1", mot_dir.parent / "video" / "license-unclear" /
+         "vtest_480x360_reencoded.avi", 0.625),
+    ):
+        if not (video.exists() and (mot_dir / name / "seqinfo.ini").exists()):
+            continue
+        s = read_seqinfo(mot_dir / name)
+        dets = [np.c_[d[:, :4] * scale, d[:, 4:]] for d in load_dets(s)]
+        seq = s._replace(width=round(s.width * scale), height=round(s.height * scale))
+        found.append(VideoSeq(seq, video, scale, dets))
+    return found
+
+
+def write_gt(vs: VideoSeq, gt_root: Path) -> None:
+    """The sequence's ground truth scaled to the video, where TrackEval looks for it."""
+    d = gt_root / vs.seq.name
+    (d / "gt").mkdir(parents=True, exist_ok=True)
+    raw = np.loadtxt(vs.seq.path / "gt" / "gt.txt", delimiter=",", ndmin=2)
+    raw[:, 2:6] *= vs.scale
+    fmt = ["%d", "%d", "%.3f", "%.3f", "%.3f", "%.3f"] + ["%g"] * (raw.shape[1] - 6)
+    np.savetxt(d / "gt" / "gt.txt", raw, fmt=fmt, delimiter=",")
+    shutil.copy(vs.seq.path / "seqinfo.ini", d / "seqinfo.ini")
+
+
+def frames(vs: VideoSeq) -> Iterator[np.ndarray]:
+    import cv2
+
+    cap = cv2.VideoCapture(str(vs.video))
+    try:
+        for _ in range(vs.seq.length):
+            ok, pic = cap.read()
+            if not ok:
+                raise RuntimeError(f"{vs.video}: ended before frame {vs.seq.length}")
+            yield pic
+    finally:
+        cap.release()
+
+
+# A run: (sequence, N) -> per frame (M, 5) rows x1, y1, x2, y2, id.
+Run = Callable[[VideoSeq, int], List[np.ndarray]]
+
+
+def ours(with_frame: bool, **params) -> Run:
+    def run(vs: VideoSeq, every: int) -> List[np.ndarray]:
+        t = Tracker(frame_rate=vs.seq.frame_rate, frame_width=float(vs.seq.width),
+                    frame_height=float(vs.seq.height), **params)
+        out = []
+        pics = frames(vs) if with_frame else (None for _ in range(vs.seq.length))
+        for k, pic in enumerate(pics):
+            out.append(t.update(vs.dets[k] if k % every == 0 else None, pic)[:, :5])
+        return out
+    return run
+
+
+def _sv(d: np.ndarray):
+    import supervision as sv
+
+    return sv.Detections(xyxy=d[:, :4].copy(), confidence=d[:, 4].copy(),
+                         class_id=d[:, 5].astype(int))
+
+
+def _rows(out) -> np.ndarray:
+    if out.tracker_id is None or len(out) == 0:
+        return np.zeros((0, 5))
+    keep = out.tracker_id >= 0
+    return np.c_[out.xyxy[keep], out.tracker_id[keep]]
+
+
+def peer(cls_name: str) -> Run:
+    """A roboflow tracker on the keyframes at frame_rate / N, its boxes held between."""
+    def run(vs: VideoSeq, every: int) -> List[np.ndarray]:
+        import trackers
+
+        tr = getattr(trackers, cls_name)(frame_rate=vs.seq.frame_rate / every)
+        out, held = [], np.zeros((0, 5))
+        for k in range(vs.seq.length):
+            if k % every == 0:
+                held = _rows(tr.update(_sv(vs.dets[k])))
+            out.append(held)
+        return out
+    return run
+
+
+def seed(vs: VideoSeq, every: int) -> List[np.ndarray]:
+    """SORT on the keyframes; a dlib correlation tracker per SORT box between them."""
+    import cv2
+    import dlib
+    import trackers
+
+    tr = trackers.SORTTracker(frame_rate=vs.seq.frame_rate / every)
+    out, followed = [], []
+    for k, pic in enumerate(frames(vs)):
+        if k % every == 0:
+            rows = _rows(tr.update(_sv(vs.dets[k])))
+            out.append(rows)
+            if every > 1:
+                rgb = cv2.cvtColor(pic, cv2.COLOR_BGR2RGB)
+                followed = []
+                for x1, y1, x2, y2, tid in rows:
+                    c = dlib.correlation_tracker()
+                    c.start_track(rgb, dlib.rectangle(int(x1), int(y1), int(x2), int(y2)))
+                    followed.append((c, tid))
+            continue
+        rgb = cv2.cvtColor(pic, cv2.COLOR_BGR2RGB)
+        rows = []
+        for c, tid in followed:
+            c.update(rgb)
+            p = c.get_position()
+            rows.append((p.left(), p.top(), p.right(), p.bottom(), tid))
+        out.append(np.array(rows, dtype=float).reshape(-1, 5))
+    return out
+
+
+RUNS: Dict[str, tuple] = {
+    "ours": ("edge-agent with the frame (update(None, frame) between)", ours(True)),
+    "ours_boxes": ("edge-agent, boxes only (update(None) between)", ours(False)),
+    "sort": ("roboflow trackers 2.6.1 SORT, held", peer("SORTTracker")),
+    "bytetrack": ("roboflow trackers 2.6.1 ByteTrack, held", peer("ByteTrackTracker")),
+    "ocsort": ("roboflow trackers 2.6.1 OC-SORT, held", peer("OCSORTTracker")),
+    "seed": ("seed: SORT + dlib correlation_tracker between", seed),
+}
+PEERS = ("sort", "bytetrack", "ocsort", "seed")
+
+
+def write_rows(rows: List[np.ndarray], path: Path) -> None:
+    lines = []
+    for f, r in enumerate(rows, start=1):
+        for x1, y1, x2, y2, tid in r:
+            lines.append(f"{f},{int(tid)},{x1:.2f},{y1:.2f},{x2 - x1:.2f},{y2 - y1:.2f},1,-1,-1,-1")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + ("\n" if lines else ""))
+
+
+def evaluate(mot_dir: Path, names: List[str], everies: List[int],
+             runs: Optional[Dict[str, tuple]] = None,
+             log: Callable[[str], None] = lambda m: None) -> Dict[int, Dict[str, Dict]]:
+    """TrackEval scores: every N -> tracker -> sequence name or COMBINED_SEQ -> metrics."""
+    runs = runs or RUNS
+    vseqs = video_sequences(mot_dir)
+    if not vseqs:
+        raise FileNotFoundError(f"no sequence with video under {mot_dir}")
+    out: Dict[int, Dict[str, Dict]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        gt_root = Path(tmp) / "gt"
+        for vs in vseqs:
+            write_gt(vs, gt_root)
+        for every in everies:
+            trk = Path(tmp) / f"every{every}"
+            for name in names:
+                for vs in vseqs:
+                    write_rows(runs[name][1](vs, every), trk / name / "data" / f"{vs.seq.name}.txt")
+                log(f"ran {name} at detect_every {every}")
+            out[every] = trackeval_scores(gt_root, trk, names, [vs.seq for vs in vseqs])
+    return out
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--mot-dir", default=str(REPO.parent / "shared" / "data" / "mot"))
+    ap.add_argument("--every", default="1,3,6")
+    ap.add_argument("--only", default=",".join(RUNS))
+    ap.add_argument("--per-seq", action="store_true")
+    args = ap.parse_args(argv)
+    names = [n for n in args.only.split(",") if n]
+    everies = [int(x) for x in args.every.split(",")]
+    res = evaluate(Path(args.mot_dir), names, everies,
+                   log=lambda m: print(m, file=sys.stderr, flush=True))
+    print("TrackEval 1.3.0 (BENCHMARK=MOT15), TUD-Campus + PETS09-S2L1 (video, x0.625) "
+          "combined; SORT's Faster R-CNN detections on every N-th frame.\n")
+    print("| tracker | N | HOTA | MOTA | IDF1 | ID sw |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for every in everies:
+        for n in names:
+            c = res[every][n]["COMBINED_SEQ"]
+            print(f"| {RUNS[n][0]} | {every} | {c['HOTA']:.1f} | {c['MOTA']:.1f} | "
+                  f"{c['IDF1']:.1f} | {c['IDSW']} |")
+    if args.per_seq:
+        seqs = [k for k in next(iter(res.values()))[names[0]] if k != "COMBINED_SEQ"]
+        print("\n| sequence | N | " + " | ".join(f"{n} HOTA/IDF1" for n in names) + " |")
+        print("|---|---:|" + "---:|" * len(names))
+        for s in seqs:
+            for every in everies:
+                cells = [f"{res[every][n][s]['HOTA']:.1f}/{res[every][n][s]['IDF1']:.1f}"
+                         for n in names]
+                print(f"| {s} | {every} | " + " | ".join(cells) + " |")
+    if "ours" in names:
+        print()
+        for every in everies:
+            c = res[every]["ours"]["COMBINED_SEQ"]
+            peers = [n for n in names if n in PEERS]
+            line = f"N={every}: ours"
+            if peers:
+                bh = max(res[every][n]["COMBINED_SEQ"]["HOTA"] for n in peers)
+                bi = max(res[every][n]["COMBINED_SEQ"]["IDF1"] for n in peers)
+                line += f" - best peer HOTA {c['HOTA'] - bh:+.1f}, IDF1 {c['IDF1'] - bi:+.1f}"
+            if "ours_boxes" in names:
+                line += (f"; - ours without frame HOTA "
+                         f"{c['HOTA'] - res[every]['ours_boxes']['COMBINED_SEQ']['HOTA']:+.1f}")
+            if 1 in res and every != 1:
+                line += f"; kept {c['HOTA'] / res[1]['ours']['COMBINED_SEQ']['HOTA']:.3f} of N=1"
+            print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
