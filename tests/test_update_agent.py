@@ -282,3 +282,68 @@ def test_push_exits_non_zero_with_the_reason(tmp_path, broker, sub, kit, capsys)
             v5.close()
     finally:
         a.stop()
+
+
+def test_trickling_server_cancel_sigterm_restart_and_a_nul_version(tmp_path, broker, sub, kit):
+    """`edge-agent run` against a server that sends one byte a second: cmd/engine.cancel ends the
+    download, SIGTERM stops the agent at once, the restart resumes and then fails with `timeout`
+    (no wedge, no .part); a NUL in a version is refused and never reaches a topic."""
+    srv = ModelServer()
+    a = Agent(tmp_path, "cam-t", broker, kit["base"], kit["clip"], kit["pub"],
+              download_deadline_s=600, download_timeout_s=30, download_min_rate_kb_s=0).start()
+    downloads = a.dir / "state" / "models" / "downloads"
+
+    def started(rid: str) -> bool:  # a byte of the download is on disk
+        return any(d.get("request_id") == rid and (d.get("bytes") or 0) > 0
+                   for d in docs(sub, "cam-t", "engine/update"))
+
+    try:
+        assert wait_for(lambda: engine_version(sub, "cam-t") == "1", 60), a.log()
+        data = kit["base"].read_bytes()
+        env = signed(kit["manifest"], data, "2", kit["key"])
+        bad = dict(request(srv.add("nul.onnx", data), data, "2", env, rid="nul"),
+                   version="2\u0000evil")
+        sub.request("edge-agent/cam-t/cmd/engine.update", json.dumps(bad).encode())
+        assert wait_for(lambda: docs(sub, "cam-t", "cmd/engine.update/reply"), 10)
+        reply = docs(sub, "cam-t", "cmd/engine.update/reply")[-1]
+        assert reply["request_id"] == "nul" and reply["error"]["code"] == "bad_version"
+
+        url = srv.add("trickle.onnx", data, "trickle")
+        sub.request("edge-agent/cam-t/cmd/engine.update",
+                    json.dumps(request(url, data, "2", env, rid="t1")).encode())
+        assert wait_for(lambda: started("t1"), 20)
+        t0 = time.monotonic()
+        sub.request("edge-agent/cam-t/cmd/engine.cancel", b'{"request_id": "c1"}')
+        done = final(sub, "cam-t", "t1", timeout=10)
+        cancel_s = time.monotonic() - t0  # publish -> broker -> agent -> broker -> here
+        assert done["state"] == "FAILED" and done["error"]["code"] == "cancelled", done
+        assert cancel_s < 2.0, cancel_s  # 0.1 s here; the 1 s bound itself: test_update_hardening
+        assert not list(downloads.iterdir())
+
+        sub.request("edge-agent/cam-t/cmd/engine.update",
+                    json.dumps(request(url, data, "2", env, rid="t2")).encode())
+        assert wait_for(lambda: started("t2"), 20)
+        t0 = time.monotonic()
+        assert a.stop() == 0
+        stop_s = time.monotonic() - t0
+        assert stop_s < 5.0, stop_s  # the whole agent; the download ends at once (was 12 s)
+        assert len(list(downloads.iterdir())) == 1  # kept for the resume
+
+        cfg = yaml.safe_load(a.config.read_text())
+        cfg["update"]["download_deadline_s"] = 3
+        a.config.write_text(yaml.safe_dump(cfg))
+        a.start()
+        done = final(sub, "cam-t", "t2", timeout=60)
+        assert done["state"] == "FAILED" and done["error"]["code"] == "timeout", done
+        assert any("resumed after a restart" in (d.get("message") or "")
+                   for d in docs(sub, "cam-t", "engine/update"))
+        idle = lambda: last_state(sub, "cam-t").get("update", {}).get("state") == "IDLE"  # noqa
+        assert wait_for(idle, 20)
+        assert not list(downloads.iterdir())
+        for t, p, _ in sub.snapshot():  # the NUL version reached no topic
+            assert b"evil" not in p or t.endswith("cmd/engine.update/reply"), t
+            assert b"\\u0000" not in p and b"\0" not in p or t.endswith("/reply"), t
+    finally:
+        a.stop()
+        srv.close()
+    print(f"cancel round trip {cancel_s:.3f} s, SIGTERM to exit {stop_s:.2f} s")

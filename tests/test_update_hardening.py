@@ -160,6 +160,24 @@ def test_failed_versions_pruned_by_version_order_not_text(tmp_path):
     assert kept == ["3.10.0", "3.16.0"]  # as text, 3.16.0 < 3.9.0 and would have gone first
 
 
+def test_the_floor_only_moves_up(tmp_path, capsys):
+    from edge_agent.cli import main as cli
+
+    store = ModelStore(tmp_path / "models")
+    model = tmp_path / "m.onnx"
+    model.write_bytes(b"x")
+    for v in ("1.1.0", "1.2.0"):
+        store.add(v, model, b"{}", None, name="m", sha256="0" * 64, source="test")
+        store.set_current(v)
+    assert cli(["engine", "rollback", "--state-dir", str(tmp_path)]) == 0  # the device's CLI
+    assert store.current == "1.1.0" and store.floor_version() == "1.2.0"
+    store.set_running("1.1.0", "0" * 64)
+    (tmp_path / "models" / "previous").unlink()  # even with nothing else left that says 1.2.0
+    assert store.floor_version() == "1.2.0"
+    assert cli(["engine", "list", "--state-dir", str(tmp_path)]) == 0
+    assert "floor    1.2.0" in capsys.readouterr().out
+
+
 # --- the updater on the real pipeline ----------------------------------------------------------
 
 

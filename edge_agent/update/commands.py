@@ -165,6 +165,8 @@ def store_lines(store) -> List[str]:
         lines.append(f"{mark:<9}{v.version:<14}{v.name:<22}{v.sha256[:12]}  {v.installed}  "
                      f"{v.source}{', signed by ' + v.signer if v.signer else ''}{ran}")
     lines += [f"{'failed':<9}{name}" for name in store.failed()]
+    if store.floor_version() is not None:
+        lines.append(f"{'floor':<9}{store.floor_version()} (updates must be above it)")
     return lines or ["(empty store)"]
 
 

@@ -209,7 +209,7 @@ class Updater:
             last = dict(self._last) if self._last else None
         return {"state": active["state"] if active else IDLE, "active": active, "last": last,
                 "current": self.store.current, "previous": self.store.previous,
-                "running": self._running_version(),
+                "floor": self.store.floor_version(), "running": self._running_version(),
                 "allow_unsigned": self.policy.allow_unsigned}
 
     def state_name(self) -> str:
@@ -234,7 +234,8 @@ class Updater:
                               "installed": v.installed, "source": v.source, "signer": v.signer}
                              for v in self.store.stored()],
                 "current": self.store.current, "previous": self.store.previous,
-                "running": self._running_version(), "failed": self.store.failed()}
+                "floor": self.store.floor_version(), "running": self._running_version(),
+                "failed": self.store.failed()}
 
     def _running_version(self) -> Optional[str]:
         try:
