@@ -81,6 +81,34 @@ def test_bad_urls_and_unreachable_hosts(tmp_path):
     assert e.value.code == "connection" and "secret" not in e.value.message
 
 
+def test_ipv6_literal_and_no_host(tmp_path):
+    try:
+        srv = ModelServer(host="::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    try:
+        url = srv.add("m.onnx", DATA)
+        assert url.startswith("http://[::1]:")
+        Downloader(timeout_s=5).fetch(url, tmp_path / "v6.part")
+        assert (tmp_path / "v6.part").read_bytes() == DATA
+    finally:
+        srv.close()
+    with pytest.raises(UpdateError, match="no host"):
+        Downloader(timeout_s=1).fetch("http://:80/m.onnx", tmp_path / "x")
+
+
+def test_credentials_go_to_their_own_host_only(server, tmp_path):
+    server.add("m.onnx", DATA)
+    server.redirect("away", f"http://localhost:{server.port}/m.onnx")  # another host name
+    url = f"http://ops:s3cret@127.0.0.1:{server.port}/away"
+    Downloader(timeout_s=5).fetch(url, tmp_path / "m.part")
+    assert (tmp_path / "m.part").read_bytes() == DATA
+    import base64
+
+    assert server.auth[-2] == ("/away", "Basic " + base64.b64encode(b"ops:s3cret").decode())
+    assert server.auth[-1] == ("/m.onnx", None)
+
+
 def test_https_with_the_configured_ca_and_refused_without(tmp_path):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",

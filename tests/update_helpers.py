@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -29,9 +30,10 @@ class ModelServer:
     Range header).
     """
 
-    def __init__(self, tls: Optional[Tuple[Path, Path]] = None) -> None:
+    def __init__(self, tls: Optional[Tuple[Path, Path]] = None, host: str = "127.0.0.1") -> None:
         self.files: Dict[str, Tuple[bytes, Optional[str]]] = {}
         self.requests: List[Tuple[str, Optional[str]]] = []
+        self.auth: List[Tuple[str, Optional[str]]] = []  # (path, Authorization header)
         self.drip_bytes, self.drip_s = 64 * 1024, 0.05
         self.stall_s = 30.0
         self._stop = threading.Event()
@@ -44,9 +46,13 @@ class ModelServer:
             def do_GET(self):
                 server._serve(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        self.httpd = Server((host, 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
+        self.host = f"[{host}]" if ":" in host else host
         self.scheme = "http"
         if tls is not None:  # (certificate, key): serve https
             import ssl
@@ -60,7 +66,7 @@ class ModelServer:
 
     def add(self, name: str, data: bytes, fault: Optional[str] = None) -> str:
         self.files[f"/{name}"] = (data, fault)
-        return f"{self.scheme}://127.0.0.1:{self.port}/{name}"
+        return f"{self.scheme}://{self.host}:{self.port}/{name}"
 
     def redirect(self, name: str, location: str, code: int = 302) -> str:
         """``name`` answers ``code`` with ``Location: location``."""
@@ -69,6 +75,7 @@ class ModelServer:
     def _serve(self, h: BaseHTTPRequestHandler) -> None:
         rng = h.headers.get("Range")
         self.requests.append((h.path, rng))
+        self.auth.append((h.path, h.headers.get("Authorization")))
         if h.path not in self.files:
             h.send_error(404, "not found")
             return

@@ -212,10 +212,12 @@ class Downloader:
     def _request(self, url: str, origin: str, have: int):
         parts = urllib.parse.urlsplit(url)
         try:
-            port = parts.port
+            port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError:
             raise UpdateError("bad_request", f"bad port in {_redact(url)[:100]!r}") from None
-        host = parts.hostname or ""
+        host = parts.hostname  # without the brackets of an IPv6 literal
+        if not host:
+            raise UpdateError("bad_request", f"no host in {_redact(url)[:100]!r}")
         if parts.scheme == "https":
             conn: Connection = http.client.HTTPSConnection(host, port, timeout=self.timeout_s,
                                                            context=self._ctx)
