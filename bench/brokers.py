@@ -9,6 +9,7 @@ ports and store, so what the broker had stored is all that survives.
 from __future__ import annotations
 
 import getpass
+import os
 import shutil
 import signal
 import socket
@@ -92,14 +93,19 @@ class _Process:
     def start(self, timeout: float = 30.0) -> _Process:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+            # its own process group: a broker started by a script (RabbitMQ) is killed whole
+            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         _wait_listening(self.proc, self.port, timeout, self.name, self.log)
         return self
 
     def kill(self) -> None:
-        """SIGKILL: nothing gets saved on the way out."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+        """SIGKILL of the broker's process group: nothing gets saved on the way out."""
+        if self.proc is not None and self.proc.returncode is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.proc.wait()
 
     def stop(self) -> None:
@@ -170,6 +176,43 @@ class NatsServer(_Process):
         return [_binary("nats-server"), "-c", str(self.conf)]
 
 
+class RabbitMq(_Process):
+    """A private RabbitMQ node (its own node name, ports, Erlang cookie and Mnesia directory)
+    with ``rabbitmq_mqtt`` (MQTT 3.1.1 in 3.10). It shares the system's epmd, which serves
+    every node on the machine."""
+
+    name = "rabbitmq"
+    protocol = "3.1.1"
+
+    def __init__(self, workdir: Path):
+        super().__init__(workdir)
+        self.amqp_port, self.port, self.dist_port = free_port(), free_port(), free_port()
+        self.node = f"edge-test-{self.port}@localhost"
+        (self.workdir / "enabled_plugins").write_text("[rabbitmq_mqtt].\n")
+        (self.workdir / "rabbitmq.conf").write_text(
+            f"listeners.tcp.default = 127.0.0.1:{self.amqp_port}\n"
+            f"mqtt.listeners.tcp.default = 127.0.0.1:{self.port}\n"
+            "mqtt.allow_anonymous = true\nloopback_users = none\n")
+        cookie = self.workdir / ".erlang.cookie"
+        if not cookie.exists():
+            cookie.write_text(f"edgetest{self.port}\n")
+            cookie.chmod(0o400)
+
+    def command(self) -> List[str]:
+        return [_binary("env"), f"HOME={self.workdir}", f"RABBITMQ_NODENAME={self.node}",
+                "RABBITMQ_NODE_IP_ADDRESS=127.0.0.1", f"RABBITMQ_NODE_PORT={self.amqp_port}",
+                f"RABBITMQ_DIST_PORT={self.dist_port}",
+                f"RABBITMQ_MNESIA_BASE={self.workdir}/mnesia",
+                f"RABBITMQ_LOG_BASE={self.workdir}/log",
+                f"RABBITMQ_ENABLED_PLUGINS_FILE={self.workdir}/enabled_plugins",
+                f"RABBITMQ_CONFIG_FILE={self.workdir}/rabbitmq",
+                f"RABBITMQ_PLUGINS_EXPAND_DIR={self.workdir}/plugins-expand",
+                "/usr/lib/rabbitmq/bin/rabbitmq-server"]
+
+    def start(self, timeout: float = 120.0) -> _Process:
+        return super().start(timeout)
+
+
 class NatsCluster:
     """Three NATS servers in one cluster, JetStream and MQTT on each, MQTT streams replicated
     on all three."""
@@ -186,7 +229,8 @@ class NatsCluster:
         procs = []
         for n in self.nodes:
             with open(n.log, "ab") as log:
-                n.proc = subprocess.Popen(n.command(), stdout=log, stderr=subprocess.STDOUT)
+                n.proc = subprocess.Popen(n.command(), stdout=log, stderr=subprocess.STDOUT,
+                                          start_new_session=True)
             procs.append(n)
         deadline = time.monotonic() + timeout
         for n in procs:

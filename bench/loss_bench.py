@@ -1,6 +1,7 @@
 """Events lost when the broker dies: the issue-22 scenario, N runs per broker and delivery mode.
 
-One run: a private broker (Mosquitto, or NATS with JetStream and its MQTT listener), the
+One run: a private broker (Mosquitto, NATS with JetStream and its MQTT listener, or RabbitMQ
+with rabbitmq_mqtt), the
 reference end-to-end consumer (edge_agent.mqtt.consumer, a persistent session, 2 ms of work per
 message, acking what it stored), the agent as its own process (bench/loss_agent.py) appending
 2,000 events 1.5 ms apart; mid-stream the broker is SIGKILLed and restarted twice and the agent
@@ -30,7 +31,7 @@ from typing import List, Optional, Tuple
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from brokers import Mosquitto, NatsServer  # noqa: E402
+from brokers import Mosquitto, NatsServer, RabbitMq  # noqa: E402
 
 from edge_agent.mqtt.consumer import AckConsumer, EventStore  # noqa: E402
 
@@ -138,8 +139,8 @@ def run_scenario(broker_kind: str, workdir: Path, delivery: str = "end_to_end",
     """One run of the scenario (module docstring) in ``workdir``; everything it started is
     stopped before it returns."""
     workdir.mkdir(parents=True, exist_ok=True)
-    broker = Mosquitto(workdir / "broker") if broker_kind == "mosquitto" else \
-        NatsServer(workdir / "broker")
+    kinds = {"mosquitto": Mosquitto, "nats": NatsServer, "rabbitmq": RabbitMq}
+    broker = kinds[broker_kind](workdir / "broker")
     busy_procs: List[subprocess.Popen] = []
     consumer: Optional[AckConsumer] = None
     agent: Optional[AgentProc] = None
@@ -212,7 +213,7 @@ def run_scenario(broker_kind: str, workdir: Path, delivery: str = "end_to_end",
 
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--broker", choices=["mosquitto", "nats"], default="mosquitto")
+    ap.add_argument("--broker", choices=["mosquitto", "nats", "rabbitmq"], default="mosquitto")
     ap.add_argument("--delivery", choices=["puback", "end_to_end"], default="end_to_end")
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--events", type=int, default=2000)
