@@ -6,7 +6,7 @@ import os
 import subprocess
 
 import pytest
-from update_helpers import ModelServer
+from update_helpers import ForwardProxy, ModelServer
 
 from edge_agent.update.download import Downloader
 from edge_agent.update.errors import UpdateError
@@ -109,7 +109,30 @@ def test_credentials_go_to_their_own_host_only(server, tmp_path):
     assert server.auth[-1] == ("/m.onnx", None)
 
 
-def test_https_with_the_configured_ca_and_refused_without(tmp_path):
+@pytest.fixture
+def proxy(monkeypatch):
+    for name in ("http_proxy", "https_proxy", "no_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    p = ForwardProxy()
+    yield p
+    p.close()
+
+
+def test_through_the_proxy_the_environment_names(server, proxy, tmp_path, monkeypatch):
+    import base64
+
+    monkeypatch.setenv("http_proxy", f"http://ops:pw@127.0.0.1:{proxy.port}")
+    url = server.add("m.onnx", DATA)
+    Downloader(timeout_s=5).fetch(url, tmp_path / "m.part")
+    assert (tmp_path / "m.part").read_bytes() == DATA
+    assert proxy.seen == [("GET", url, "Basic " + base64.b64encode(b"ops:pw").decode())]
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    Downloader(timeout_s=5).fetch(url, tmp_path / "direct.part")
+    assert len(proxy.seen) == 1 and (tmp_path / "direct.part").read_bytes() == DATA
+
+
+def test_https_with_the_configured_ca_and_refused_without(tmp_path, proxy, monkeypatch):
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
@@ -123,5 +146,9 @@ def test_https_with_the_configured_ca_and_refused_without(tmp_path):
         with pytest.raises(UpdateError) as e:  # the system CAs do not know this server
             Downloader(timeout_s=5, retries=0).fetch(url, tmp_path / "no.part")
         assert e.value.code == "connection" and "CERTIFICATE_VERIFY_FAILED" in e.value.message
+        monkeypatch.setenv("https_proxy", f"http://127.0.0.1:{proxy.port}")  # a CONNECT tunnel
+        Downloader(timeout_s=5, ca_file=str(cert)).fetch(url, tmp_path / "tunnel.part")
+        assert (tmp_path / "tunnel.part").read_bytes() == DATA
+        assert proxy.seen == [("CONNECT", f"127.0.0.1:{srv.port}", None)]
     finally:
         srv.close()

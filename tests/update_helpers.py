@@ -144,6 +144,84 @@ class ModelServer:
         self.httpd.server_close()
 
 
+class ForwardProxy:
+    """A minimal HTTP forward proxy on a free port: GET with an absolute URL is relayed, CONNECT
+    opens a tunnel. ``seen`` records (method, target, Proxy-Authorization header)."""
+
+    def __init__(self) -> None:
+        import http.client
+        import urllib.parse
+
+        self.seen: List[Tuple[str, str, Optional[str]]] = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _note(self):
+                proxy.seen.append((self.command, self.path,
+                                   self.headers.get("Proxy-Authorization")))
+
+            def do_GET(self):
+                self._note()
+                u = urllib.parse.urlsplit(self.path)
+                up = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+                skip = ("proxy-authorization", "host", "connection")
+                up.request("GET", u.path or "/", headers={k: v for k, v in self.headers.items()
+                                                          if k.lower() not in skip})
+                r = up.getresponse()
+                body = r.read()
+                self.send_response(r.status)
+                for k, v in r.getheaders():
+                    if k.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                up.close()
+
+            def do_CONNECT(self):
+                self._note()
+                host, port = self.path.rsplit(":", 1)
+                up = socket.create_connection((host, int(port)), timeout=10)
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.flush()
+                client = self.connection
+
+                def pipe(src, dst):
+                    try:
+                        while True:
+                            data = src.recv(65536)
+                            if not data:
+                                break
+                            dst.sendall(data)
+                    except OSError:
+                        pass
+                    for sock in (src, dst):
+                        try:
+                            sock.shutdown(socket.SHUT_RDWR)
+                        except OSError:
+                            pass
+
+                back = threading.Thread(target=pipe, args=(up, client), daemon=True)
+                back.start()
+                pipe(client, up)
+                back.join(10)
+                up.close()
+                self.close_connection = True
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 # --- tiny models ------------------------------------------------------------------------------
 
 ROWS = {  # x1, y1, x2, y2 (input px), objectness (set from the image), class scores

@@ -14,6 +14,8 @@ a read blocked on a slow server returns at once instead of after its timeout.
 
 Redirects are followed by hand (at most ``max_redirects``), each target checked with the same
 rules as the request's URL: ``http``/``https`` only, and never from ``https`` down to ``http``.
+Proxies come from the environment (``http_proxy``, ``https_proxy``, ``no_proxy``), as urllib
+reads them.
 """
 
 from __future__ import annotations
@@ -28,9 +30,10 @@ import ssl
 import threading
 import time
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, Dict, Optional, Tuple, Union
 
 from edge_agent.update.errors import UpdateError
 
@@ -218,12 +221,8 @@ class Downloader:
         host = parts.hostname  # without the brackets of an IPv6 literal
         if not host:
             raise UpdateError("bad_request", f"no host in {_redact(url)[:100]!r}")
-        if parts.scheme == "https":
-            conn: Connection = http.client.HTTPSConnection(host, port, timeout=self.timeout_s,
-                                                           context=self._ctx)
-        else:
-            conn = http.client.HTTPConnection(host, port, timeout=self.timeout_s)
-        headers = {"User-Agent": "edge-agent-update"}
+        conn, absolute, headers = self._connection(parts.scheme, host, port)
+        headers["User-Agent"] = "edge-agent-update"
         if have:
             headers["Range"] = f"bytes={have}-"
         same_origin = urllib.parse.urlsplit(origin)[:2] == parts[:2]
@@ -234,6 +233,9 @@ class Downloader:
         path = parts.path or "/"
         if parts.query:
             path += "?" + parts.query
+        if absolute:  # a plain-http proxy takes the whole URL (without credentials)
+            path = urllib.parse.urlunsplit((parts.scheme, _hostport(host, parts.port), path, "",
+                                            ""))
         try:
             conn.connect()
             with self._lock:  # kept here: the connection drops it once the response has it
@@ -250,6 +252,37 @@ class Downloader:
         except (OSError, http.client.HTTPException, ValueError) as exc:
             conn.close()
             raise UpdateError("connection", f"cannot reach {_redact(url)}: {exc}") from None
+
+    def _connection(self, scheme: str, host: str, port: int
+                    ) -> Tuple[Connection, bool, Dict[str, str]]:
+        """A connection to ``host`` or, as the environment says (``https_proxy``, ``http_proxy``,
+        ``no_proxy``), through a proxy: a CONNECT tunnel for https, else the whole URL in the
+        request line (then the second value is True; the third: headers for that proxy)."""
+        proxy = urllib.request.getproxies().get(scheme)
+        if proxy and urllib.request.proxy_bypass(host):
+            proxy = None
+        if proxy:
+            pp = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+            if pp.scheme != "http" or not pp.hostname:
+                raise UpdateError("bad_request", f"{scheme}_proxy must be an http:// proxy")
+            p_headers: Dict[str, str] = {}
+            if pp.username is not None:
+                cred = f"{urllib.parse.unquote(pp.username)}:" \
+                       f"{urllib.parse.unquote(pp.password or '')}"
+                p_headers["Proxy-Authorization"] = \
+                    "Basic " + base64.b64encode(cred.encode()).decode()
+            p_port = pp.port or 80
+            if scheme == "https":
+                conn: Connection = http.client.HTTPSConnection(
+                    pp.hostname, p_port, timeout=self.timeout_s, context=self._ctx)
+                conn.set_tunnel(host, port, headers=p_headers)
+                return conn, False, {}
+            conn = http.client.HTTPConnection(pp.hostname, p_port, timeout=self.timeout_s)
+            return conn, True, p_headers
+        if scheme == "https":
+            return http.client.HTTPSConnection(host, port, timeout=self.timeout_s,
+                                               context=self._ctx), False, {}
+        return http.client.HTTPConnection(host, port, timeout=self.timeout_s), False, {}
 
     def _read_body(self, resp: http.client.HTTPResponse, url: str, part: Path, have: int,
                    progress: Optional[Progress], cancelled: Callable[[], bool], limit: int,
@@ -338,6 +371,11 @@ def _check_total(total: Optional[int], limit: int, size: Optional[int]) -> None:
     if total > limit:
         raise UpdateError("too_large", f"the file is {total} bytes; update.max_download_mb "
                           f"allows {limit}")
+
+
+def _hostport(host: str, port: Optional[int]) -> str:
+    name = f"[{host}]" if ":" in host else host
+    return f"{name}:{port}" if port else name
 
 
 def _total_from_range(value: Optional[str]) -> Optional[int]:
