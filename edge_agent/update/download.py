@@ -105,6 +105,7 @@ class Downloader:
         self._sock: Optional[socket.socket] = None  # of the connection in use
         self._interrupted = False
         self._late = False  # the deadline fired
+        self._generation = 0  # of the fetch in progress: a late timer of an older one is void
 
     # --- control from other threads ---------------------------------------------------------
 
@@ -121,8 +122,10 @@ class Downloader:
             except OSError:
                 pass  # already closed
 
-    def _expire(self) -> None:
+    def _expire(self, generation: int) -> None:
         with self._lock:
+            if generation != self._generation:
+                return
             self._late = True
         self.abort()
 
@@ -151,8 +154,10 @@ class Downloader:
         check_url(url)
         with self._lock:
             self._interrupted, self._late = False, False
+            self._generation += 1
+            generation = self._generation
         start = part.stat().st_size if part.exists() else 0
-        timer = threading.Timer(self.deadline_s, self._expire)
+        timer = threading.Timer(self.deadline_s, self._expire, (generation,))
         timer.daemon = True
         timer.start()
         attempt = 0
