@@ -311,7 +311,8 @@ class Agent:
         except ValueError as exc:  # e.g. a TLS file that does not exist
             raise StartError(f"mqtt: {exc}") from None
         self.mqtt.register_command("snapshot", self.snapshot_command)
-        self.mqtt.register_command("config.reload", reload.command(self.reloader))
+        self.mqtt.register_command("config.reload",
+                                   reload.command(self.reloader, reload.mqtt_later(self.mqtt)))
         if self.updater is not None:
             from edge_agent.mqtt.commands import CommandError
 

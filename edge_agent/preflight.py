@@ -2,10 +2,11 @@
 
 Everything ``run`` would find wrong at start short of opening the cameras and the broker: the
 model (exists, has a manifest, is an ONNX graph that fits it), file sources that do not exist, a
-GStreamer source on an OpenCV without GStreamer, missing TLS files and an unusable state
-directory (tracker parameters, per head, are checked by the schema itself). Each problem is one
-``file:line: key: reason`` line (``config.problem``), the same shape as a schema error, so both
-commands report them alike and exit 2.
+GStreamer source on an OpenCV without GStreamer, missing TLS files, trusted update keys that are
+neither keys nor readable key files, event sink paths that cannot be written, and an unusable
+state directory (tracker parameters, per head, are checked by the schema itself). Each problem
+is one ``file:line: key: reason`` line (``config.problem``), the same shape as a schema error,
+so both commands report them alike and exit 2.
 """
 
 from __future__ import annotations
@@ -25,6 +26,12 @@ def check_model(cfg: cfgmod.Config) -> List[str]:
     for mc, where in _models_run_opens(cfg):
         out.extend(_check_one_model(cfg, mc, where))
     return out
+
+
+def check_configured_model(cfg: cfgmod.Config) -> List[str]:
+    """``model`` as the file names it, whatever the model store holds (a reload that changes
+    it: the next start will need it)."""
+    return _check_one_model(cfg, cfg.model, "")
 
 
 def _check_one_model(cfg: cfgmod.Config, mc: cfgmod.ModelConfig, where: str) -> List[str]:
@@ -103,6 +110,56 @@ def check_tls(cfg: cfgmod.Config) -> List[str]:
     return out
 
 
+def check_keys(cfg: cfgmod.Config) -> List[str]:
+    """Every trusted update key is 64 hex digits or a readable file holding a key."""
+    if not cfg.update.enabled:
+        return []
+    from edge_agent.update.signing import parse_public_key
+
+    out = []
+    for i, spec in enumerate(cfg.update.trusted_keys):
+        try:
+            parse_public_key(spec)
+        except ValueError as exc:
+            out.append(cfgmod.problem(cfg, ("update", "trusted_keys", i), str(exc)))
+    return out
+
+
+def check_sinks(cfg: cfgmod.Config) -> List[str]:
+    """The JSON-lines sink and the snapshot folder can be written (nothing is created)."""
+    state = Path(cfg.state_dir)
+    out = []
+    ev = cfg.events
+    if ev.sinks.jsonl:
+        why = _unwritable(state / ev.sinks.jsonl, folder=False)  # an absolute one stays as is
+        if why:
+            out.append(cfgmod.problem(cfg, ("events", "sinks", "jsonl"), why))
+    if ev.snapshots.enabled:
+        why = _unwritable(state / ev.snapshots.dir, folder=True)
+        if why:
+            out.append(cfgmod.problem(cfg, ("events", "snapshots", "dir"), why))
+    return out
+
+
+def _unwritable(path: Path, folder: bool) -> str:
+    """Why ``path`` (a file, or a folder when ``folder``) could not be written; '' when it can
+    (it may not exist yet, then its nearest existing parent must be a writable folder)."""
+    if path.exists():
+        if path.is_dir() != folder:
+            return f"{path} is {'not ' if folder else ''}a directory"
+        if not os.access(path, os.W_OK | (os.X_OK if folder else 0)):
+            return f"{path} is not writable"
+        return ""
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{path} cannot be created: {probe} is a file"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{path} cannot be created in {probe} (not writable)"
+    return ""
+
+
 def check_state_dir(cfg: cfgmod.Config) -> List[str]:
     """The state directory is a writable directory, or can be created (nothing is created)."""
     path = Path(cfg.state_dir)
@@ -121,6 +178,7 @@ def check_state_dir(cfg: cfgmod.Config) -> List[str]:
 CHECKS: List[Tuple[Check, Tuple[str, ...]]] = [  # each with the key its ImportError concerns
     (check_state_dir, ("state_dir",)), (check_model, ("model", "path")),
     (check_cameras, ("cameras",)), (check_tls, ("mqtt", "tls")),
+    (check_keys, ("update", "trusted_keys")), (check_sinks, ("events", "sinks")),
 ]
 
 

@@ -10,6 +10,9 @@ every failure as :class:`YamlProblem` with its 1-based line.
 
 from __future__ import annotations
 
+import os
+import stat
+import threading
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
@@ -17,6 +20,7 @@ import yaml
 MAX_BYTES = 256 * 1024  # a config is a few kilobytes
 MAX_DEPTH = 32  # nested mappings/sequences; the deepest config key (a polygon point) is 7
 MAX_NODES = 100_000  # nodes after alias expansion
+READ_TIMEOUT_S = 2.0  # a config on a local disk reads in microseconds
 
 LineIndex = Dict[Tuple[Any, ...], int]
 
@@ -114,8 +118,49 @@ def parse(text: str) -> Tuple[Any, LineIndex]:
     return data, lines
 
 
-def read_bounded(path: str, limit: int = MAX_BYTES) -> Optional[bytes]:
-    """The bytes of ``path``, or None when it holds more than ``limit`` (read no further)."""
-    with open(path, "rb") as f:
+def read_bounded(path: str, limit: int = MAX_BYTES,
+                 timeout_s: float = READ_TIMEOUT_S) -> Optional[bytes]:
+    """The bytes of ``path``, or None when it holds more than ``limit`` (read no further).
+
+    Only a regular file is read: a FIFO, a device or a socket would block the reader for as
+    long as its writer likes, so it is refused (``OSError`` naming it) without waiting. A read
+    that still takes longer than ``timeout_s`` (a hung network mount) raises ``TimeoutError``;
+    its thread is left behind, not waited for.
+    """
+    result: Dict[str, Any] = {}
+    done = threading.Event()
+
+    def read() -> None:
+        try:
+            result["data"] = _read_regular(path, limit)
+        except BaseException as exc:  # handed to the caller
+            result["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=read, name="config-read", daemon=True).start()
+    if not done.wait(timeout_s):
+        raise TimeoutError(f"reading it took longer than {timeout_s:g} s")
+    if "error" in result:
+        raise result["error"]
+    return result["data"]
+
+
+def _read_regular(path: str, limit: int) -> Optional[bytes]:
+    # O_NONBLOCK: opening a FIFO with no writer returns at once instead of waiting for one.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(fd, "rb") as f:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(f"not a regular file (a {_kind(mode)})")
         raw = f.read(limit + 1)
     return raw if len(raw) <= limit else None
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISDIR, "directory"),
+                       (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device")):
+        if test(mode):
+            return name
+    return "special file"

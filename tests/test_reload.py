@@ -61,20 +61,22 @@ def test_reloader_rejects_a_broken_file_and_reports_file_line(tmp_path):
     f = tmp_path / "site.yaml"
     f.write_text(BASE.replace("min_count: 5", "min_count: -1"))
     running = load(BASE)
+    running.state_dir = str(tmp_path)
     applied = []
     r = Reloader(str(f), lambda: running, applied.append)
     report = r.reload("test")
     assert not report["ok"] and not applied
     assert report["errors"] == [f"{f}:7: cameras[0].zones[0].min_count: Input should be "
                                 "greater than or equal to 1"]
-    f.write_text(BASE.replace("min_count: 5", "min_count: 4"))
+    f.write_text(BASE.replace("min_count: 5", "min_count: 4") + f"state_dir: {tmp_path}\n")
     report = r.reload("test")
     assert report["ok"] and report["applied"] == ["cameras.door"] and len(applied) == 1
 
 
 def test_reloader_reports_an_apply_failure(tmp_path):
     f = tmp_path / "site.yaml"
-    f.write_text(BASE.replace("high_thresh: 0.5", "high_thresh: 0.5, bogus: 1"))
+    f.write_text(BASE.replace("high_thresh: 0.5", "high_thresh: 0.5, bogus: 1")
+                 + f"state_dir: {tmp_path}\n")
 
     def apply(p):
         raise TypeError("Tracker() got unknown parameter(s) bogus")
