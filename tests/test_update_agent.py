@@ -265,6 +265,7 @@ def test_push_exits_non_zero_with_the_reason(tmp_path, broker, sub, kit, capsys)
         assert _push(broker, kit["server"].add("low.onnx", data), sig, "0.9", "cam-r") == 1
         out = capsys.readouterr().out
         assert "cam-r: REFUSED: version_not_newer" in out  # judged before any download
+        assert not [p for p, _ in kit["server"].requests if p == "/low.onnx"]
         assert _push(broker, "http://x/y", sig, "1.5", "cam-r") == 2  # --version != signed one
         # an MQTT 5 requester gets every transition on its response topic, correlated
         v5 = Subscriber(broker, ["my/replies"], v5=True).ready()

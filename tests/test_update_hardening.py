@@ -304,10 +304,12 @@ def test_stale_parts_swept_at_start_and_a_poisoned_one_fetched_again(env):
         req = _req(env, "poisoned.onnx", "2", "p1")
         poisoned = a.store.download_path(req["sha256"])
         poisoned.write_bytes(b"junk" * 100)  # a .part that is not the signed file's start
+        other = downloads / f"{'e' * 64}.part"  # kept by another update's broken connection
+        other.write_bytes(b"\0" * 1000)
         final = a.update(req)
         assert final["state"] == "COMMITTED", final
         ranges = [r for p, r in env["server"].requests if p == "/poisoned.onnx"]
         assert ranges == ["bytes=400-", None]  # resumed, failed its hash, fetched from byte 0
-        assert not list(downloads.iterdir())
+        assert not list(downloads.iterdir())  # the other one went when this download began
     finally:
         a.close()
