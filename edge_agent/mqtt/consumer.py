@@ -148,6 +148,7 @@ def _prev_of(event: Dict[str, Any]) -> Optional[int]:
 
 
 Message = Tuple[str, bytes]
+ACK_INTERVAL_S = 0.05
 
 
 class AckConsumer:
@@ -189,6 +190,8 @@ class AckConsumer:
         self.client.on_subscribe = self._on_subscribe
         self.subscribed = threading.Event()  # set by every granted SUBACK
         self._resubscribe_at: Optional[float] = None
+        self._unacked: Set[str] = set()  # devices with events stored since their last ack
+        self._acked_at = 0.0
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
 
@@ -241,13 +244,15 @@ class AckConsumer:
                 return 1
             if batch:
                 self._handle(batch)
+            self._send_acks()
+        self._send_acks(force=True)
         return 0
 
     def _next_batch(self) -> Optional[List[Message]]:
         """Queued messages (at most 500), after notes for connects / disconnects."""
         batch: List[Message] = []
         try:
-            item = self.q.get(timeout=0.2)
+            item = self.q.get(timeout=ACK_INTERVAL_S if self._unacked else 0.2)
         except queue.Empty:
             return batch
         while True:
@@ -273,7 +278,7 @@ class AckConsumer:
                 return batch
 
     def _handle(self, batch: List[Message]) -> None:
-        """Store the batch, one fsync, then one ack per device that has any."""
+        """Store the batch with one fsync; its devices are acknowledged next (_send_acks)."""
         devices: Set[str] = set()
         for topic, payload in batch:
             if self.delay_s:
@@ -294,17 +299,27 @@ class AckConsumer:
         self.store.sync()
         if self.on_batch is not None:
             self.on_batch()
-        for device in sorted(devices):
+        # Also for duplicates only: an agent that restarted refuses a retained ack above what
+        # it has sent again so far, and takes this one.
+        self._unacked.update(devices)
+
+    def _send_acks(self, force: bool = False) -> None:
+        """Each device's contiguous seq, at most every ACK_INTERVAL_S: an ack per stored batch
+        made the agent take (and the broker retain) hundreds of acks a second."""
+        now = time.monotonic()
+        if not self._unacked or (not force and now - self._acked_at < ACK_INTERVAL_S):
+            return
+        for device in sorted(self._unacked):
             mark = self.store.chain(device).mark
             try:
                 topic = ack_topic(self.prefix, device)
             except ValueError:
                 continue  # not a device name of ours: stored, never acknowledged
             if mark > 0:
-                # Also for duplicates only: an agent that restarted refuses a retained ack above
-                # what it has sent again so far, and takes this one.
                 self.client.publish(topic, str(mark), qos=1, retain=True)
                 self.acks_sent += 1
+        self._unacked.clear()
+        self._acked_at = now
 
 
 def _device_of(topic: str, prefix: str) -> str:
