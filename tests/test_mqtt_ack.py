@@ -96,9 +96,9 @@ def test_chain_follows_prev_seq_across_dropped_seqs():
     # sent again after the device dropped 11: the lower prev_seq wins
     assert not c.stored(12, 11)
     assert c.stored(12, 9) and c.mark == 12
-    # an agent in puback mode sends no prev_seq: strictly contiguous
+    # an agent in puback mode sends no prev_seq (and ignores acks): nothing is kept pending
     c2 = Chain()
-    assert c2.stored(1, None) and not c2.stored(3, None) and c2.mark == 1
+    assert c2.stored(1, None) and c2.stored(3, None) and c2.mark == 3 and not c2.pending
 
 
 def test_event_store_dedups_and_reads_back_its_file(tmp_path):

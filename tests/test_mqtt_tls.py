@@ -199,3 +199,34 @@ def test_tls_config_errors_name_the_setting(tmp_path, pki):
     with pytest.raises(ValueError, match="cannot load the certificates"):
         AgentMqtt(MqttConfig(tls=TlsConfig(ca_file=str(junk))), "d", ob)
     ob.close()
+
+
+def test_listen_ack_over_tls_with_a_password(broker_factory, pki, tmp_path, capsys):
+    """The reference end-to-end consumer on a TLS broker with a password (the fleet setup)."""
+    import threading
+
+    from edge_agent.cli import main
+
+    broker = _tls_broker(broker_factory, pki)
+    store = tmp_path / "events.jsonl"
+    rc: list = []
+    listener = threading.Thread(target=lambda: rc.append(main([
+        "listen", "--host", broker.host, "--port", str(broker.port), "--ack", "--store",
+        str(store), "--username", USER, "--password", PASSWORD, "--ca-file",
+        str(pki / "ca.crt"), "--count", "5", "--timeout", "60", "--quiet"])))
+    listener.start()
+    time.sleep(1.0)  # its SUBSCRIBE; the agent's ack timeout covers a late one
+    m, ob = _agent(broker, tmp_path, pki / "ca.crt", delivery="end_to_end", ack_timeout_s=2)
+    assert m.wait_connected(10), m.last_error
+    for i in range(5):
+        ob.append(event(i))
+    listener.join(90)
+    assert rc == [0]
+    deadline = time.monotonic() + 10
+    while len(ob) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(ob) == 0, "the consumer's acks did not reach the agent"
+    assert len(store.read_text().splitlines()) == 5
+    m.stop()
+    ob.close()
+    assert PASSWORD not in capsys.readouterr().err

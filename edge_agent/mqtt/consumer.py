@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import queue
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -45,9 +46,11 @@ class Chain:
     def stored(self, seq: int, prev: Optional[int]) -> bool:
         """Record a stored (or again received) event; True when the mark moved.
 
-        ``prev`` None (an agent in ``puback`` mode sends no prev_seq): the seq just below."""
+        ``prev`` None: an agent in ``puback`` mode, which sends no prev_seq and ignores acks;
+        its holes are never filled, so the mark just follows its highest seq (holes kept
+        pending would only grow)."""
         if prev is None:
-            prev = seq - 1
+            prev = 0
         if seq <= self.mark:
             return False
         if not self.pending and prev <= self.mark:  # the usual case: the next one, in order
@@ -162,7 +165,9 @@ class AckConsumer:
                  protocol: str = "5", delay_s: float = 0.0,
                  on_event: Optional[Callable[[str, Dict[str, Any], bool, bytes], None]] = None,
                  on_note: Optional[Callable[[str], None]] = None,
-                 on_batch: Optional[Callable[[], None]] = None):
+                 on_batch: Optional[Callable[[], None]] = None,
+                 username: Optional[str] = None, password: Optional[str] = None,
+                 ca_file: Optional[str] = None):
         self.host, self.port = host, port
         self.store = store
         self.prefix = prefix
@@ -181,6 +186,11 @@ class AckConsumer:
         else:
             self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
                                       protocol=paho.MQTTv311, clean_session=False)
+        if username:
+            self.client.username_pw_set(username, password)
+        if ca_file:
+            # ValueError/OSError (a bad file) reach the caller, which names the option
+            self.client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
         self.client.reconnect_delay_set(0.1, 2.0)
         self.client.max_inflight_messages_set(100)
         self.client.on_connect = self._on_connect

@@ -22,9 +22,10 @@ import queue
 import signal
 import ssl
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Set, TextIO
+from typing import Any, Dict, List, Set, TextIO
 
 import paho.mqtt.client as paho
 
@@ -189,9 +190,8 @@ def _ack_main(args: argparse.Namespace, prefix: str) -> int:
         print("edge-agent listen: --ack needs --store FILE (events are acknowledged only once "
               "stored there)", file=sys.stderr)
         return 2
-    if args.username or args.ca_file:
-        print("edge-agent listen: --ack does not take --username/--ca-file yet",
-              file=sys.stderr)
+    if args.ca_file and not os.path.isfile(args.ca_file):
+        print(f"edge-agent listen: --ca-file: no such file: {args.ca_file}", file=sys.stderr)
         return 2
     try:
         store = EventStore(args.store)
@@ -207,18 +207,22 @@ def _ack_main(args: argparse.Namespace, prefix: str) -> int:
     def note(text: str) -> None:
         print(f"edge-agent listen: {text}", file=sys.stderr)
 
+    password = args.password if args.password is not None else mqtt_password()
     try:
         consumer = AckConsumer(args.host, args.port, store, prefix=prefix, device=args.device,
                                client_id=args.client_id, protocol=args.protocol,
-                               on_event=shown, on_note=note, on_batch=printer.out.flush)
+                               on_event=shown, on_note=note, on_batch=printer.out.flush,
+                               username=args.username, password=password,
+                               ca_file=args.ca_file)
         consumer.connect()
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ssl.SSLError) as exc:
         print(f"edge-agent listen: cannot connect to {args.host}:{args.port}: {exc}",
               file=sys.stderr)
         store.close()
         return 1
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+    stop: List[int] = []
+    if threading.current_thread() is threading.main_thread():  # signals reach only that one
+        signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
     deadline = time.monotonic() + args.timeout if args.timeout > 0 else None
     try:
         rc = consumer.run(until=lambda: bool(stop) or (
