@@ -32,7 +32,7 @@ from pydantic import (
 
 from edge_agent import shipped, yamlsafe
 from edge_agent.mqtt.topics import topic_problem
-from edge_agent.secrets import PASSWORD_ENV
+from edge_agent.secrets import PASSWORD_ENV, resolve_refs
 from edge_agent.tracking import CAMERA_PARAMS as TRACKER_CAMERA_PARAMS
 from edge_agent.tracking import PARAMS as TRACKER_PARAMS
 from edge_agent.tracking import check_params as check_tracker_params
@@ -462,6 +462,8 @@ class Config(_Model):
     metrics: MetricsConfig = MetricsConfig()
     # (file name, line of every key path) when loaded from YAML, for edge_agent.preflight
     _origin: Optional[Tuple[str, Dict[Tuple[Any, ...], int]]] = PrivateAttr(None)
+    # values that ${NAME} references stood for: secrets (edge_agent.secrets)
+    _secrets: List[str] = PrivateAttr(default_factory=list)
 
     @field_validator("cameras")
     @classmethod
@@ -522,6 +524,10 @@ def load_text(text: str, filename: str = "<config>", environ=None) -> Config:
     if not isinstance(data, dict):
         raise ConfigError([f"{filename}:1: the top level must be a mapping of keys"])
     _apply_env(data, environ)
+    data, secret_values, unresolved = resolve_refs(data, environ)
+    if unresolved:
+        raise ConfigError([f"{filename}:{_line_for(loc, lines)}: {_format_loc(loc)}: {why}"
+                           for loc, why in unresolved])
     try:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
@@ -536,6 +542,7 @@ def load_text(text: str, filename: str = "<config>", environ=None) -> Config:
             problems.append(f"{filename}:{_line_for(loc, lines)}: {_format_loc(loc)}: {msg}")
         raise ConfigError(problems) from None
     cfg._origin = (filename, lines)
+    cfg._secrets = secret_values
     return cfg
 
 

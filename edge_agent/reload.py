@@ -91,6 +91,7 @@ def plan(old: cfgmod.Config, new: cfgmod.Config) -> ReloadPlan:
     merged["mqtt"] = dict(merged["mqtt"], password=None)  # the dump masks it; the old one stays
     cfg = cfgmod.Config.model_validate(merged).model_copy(update={"mqtt": old.mqtt})
     cfg._origin = old._origin
+    cfg._secrets = sorted(set(old._secrets) | set(new._secrets))  # masked wherever it shows
     return ReloadPlan(cfg, changed_cams, o["tracker"] != n["tracker"], o["events"] != events,
                       restart)
 

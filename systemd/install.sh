@@ -121,16 +121,99 @@ source_stamp() {
     | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
 }
 
+# --- paths into YAML and into the unit, whatever characters they hold --------------------------
+# (no sed: a '|' or '&' in a path must not become part of an expression)
+
+# replace_all TEXT FROM TO: every FROM in TEXT replaced by TO, both taken literally.
+replace_all() {
+  local text="$1" from="$2" to="$3" out=""
+  while [[ "$text" == *"$from"* ]]; do
+    out+="${text%%"$from"*}$to"
+    text="${text#*"$from"}"
+  done
+  printf '%s' "$out$text"
+}
+
+# The install paths as the shipped files spell them -> this install's.
+map_paths() {
+  local s
+  s="$(replace_all "$1" /opt/edge-agent "$app")"
+  s="$(replace_all "$s" /etc/edge-agent "$etc")"
+  replace_all "$s" /var/lib/edge-agent "$state"
+}
+
+plain_path() { [[ "$1" =~ ^[A-Za-z0-9_./+:@-]+$ ]]; }
+
+# yaml_str PATH: as a YAML scalar (single-quoted unless plain; the prefix has no quotes).
+yaml_str() { if plain_path "$1"; then printf '%s' "$1"; else printf "'%s'" "$1"; fi; }
+
+# systemd quoting (systemd.service(5), "Command lines"): % is a specifier everywhere (%%), $ a
+# variable in arguments ($$); a word with a space is double-quoted. Quotes, backslashes and
+# control characters are refused up front (check_prefix): systemd takes none in an executable.
+unit_value() { replace_all "$1" % %%; }
+exec_word() {  # WORD ARG?: one word of an Exec line; ARG=1 for an argument (not the program)
+  local w
+  w="$(unit_value "$1")"
+  [ "${2:-0}" = 0 ] || w="$(replace_all "$w" '$' '$$')"
+  if plain_path "$1"; then printf '%s' "$w"; else printf '"%s"' "$w"; fi
+}
+
+# The paths of an install end up in a unit, a YAML file and a venv; refuse what they cannot
+# take: systemd no quotes or backslashes in an executable's path, no control characters, only
+# UTF-8; pip's build (distutils) expands '$' in a venv's path.
+check_prefix() {
+  local LC_ALL=C
+  if [[ "$1" =~ [[:cntrl:]] || "$1" == *[\"\'\\\$]* ]] \
+     || ! printf '%s' "$1" | iconv -f UTF-8 -t UTF-8 >/dev/null 2>&1; then
+    echo "error: --prefix $(printf '%q' "$1"): quotes, backslashes, '\$', control characters" \
+         "and non-UTF-8 bytes cannot be in the paths of a systemd unit and a venv; choose" \
+         "another directory" >&2
+    exit 2
+  fi
+}
+
 # The state dir and the engine store are absolute; model.path keeps its default, which names
 # the model installed with the package.
 render_config() {
-  sed -e "s|^state_dir: /var/lib/edge-agent |state_dir: $state |" \
-      -e "s|^  engine_dir: \.\./engines |  engine_dir: $state/engines |" "$src/configs/edge-agent.yaml"
+  local line rest
+  while IFS= read -r line || [ -n "$line" ]; do
+    case "$line" in
+      "state_dir: /var/lib/edge-agent "*)
+        rest="${line#"state_dir: /var/lib/edge-agent "}"
+        line="state_dir: $(yaml_str "$state") $rest" ;;
+      "  engine_dir: ../engines "*)
+        rest="${line#"  engine_dir: ../engines "}"
+        line="  engine_dir: $(yaml_str "$state/engines") $rest" ;;
+    esac
+    printf '%s\n' "$line"
+  done <"$src/configs/edge-agent.yaml"
 }
 
+# The shipped unit with this install's paths: quoted words in ExecStart=, specifiers escaped in
+# the other settings, comments as they read.
 render_unit() {
-  sed -e "s|/opt/edge-agent|$app|g" -e "s|/etc/edge-agent|$etc|g" \
-      -e "s|/var/lib/edge-agent|$state|g" "$src/systemd/edge-agent.service"
+  local line key words w i out
+  while IFS= read -r line || [ -n "$line" ]; do
+    case "$line" in
+      ExecStart=*)
+        key="${line%%=*}"
+        read -ra words <<<"${line#*=}"
+        out=""
+        for i in "${!words[@]}"; do
+          w="${words[$i]}"
+          case "$w" in
+            /opt/edge-agent*|/etc/edge-agent*|/var/lib/edge-agent*)
+              w="$(exec_word "$(map_paths "$w")" "$([ "$i" = 0 ] && echo 0 || echo 1)")" ;;
+          esac
+          out+="${out:+ }$w"
+        done
+        line="$key=$out" ;;
+      "#"*) line="$(map_paths "$line")" ;;
+      *=*/opt/edge-agent*|*=*/etc/edge-agent*|*=*/var/lib/edge-agent*)
+        line="${line%%=*}=$(unit_value "$(map_paths "${line#*=}")")" ;;
+    esac
+    printf '%s\n' "$line"
+  done <"$src/systemd/edge-agent.service"
 }
 
 # Jetson GPU nodes have SoC-specific device group names, so they are allowed by path: every
@@ -323,6 +406,24 @@ do_uninstall() {
   fi
 }
 
+# One run at a time per target: two at once would build one venv together and race on the
+# records. Dry runs change nothing and take no lock.
+take_lock() {
+  [ "$dry_run" = 0 ] || return 0
+  local dir="${prefix:-/run/lock}"
+  [ -n "$prefix" ] || [ -d "$dir" ] || dir=/var/lock
+  mkdir -p "$dir"
+  lockfile="$dir/.edge-agent-install.lock"
+  exec 9>>"$lockfile"
+  if ! flock -n 9; then
+    echo "error: another edge-agent install or uninstall is running (it holds $lockfile);" \
+         "run this again once it has finished" >&2
+    exit 1
+  fi
+}
+
+[ -z "$prefix" ] || check_prefix "$prefix"
+take_lock
 if [ "$uninstall" = 1 ]; then do_uninstall; else do_install; fi
 
 if [ "$changes" = 0 ]; then

@@ -6,10 +6,13 @@ Run by the *system* python3 (which has ``gi``), not the venv::
 
 Without ``--file`` it serves a live test pattern encoded with x264 (small, 10 fps); with an H.264
 MP4 it serves the file's own stream without re-encoding (so it costs almost no CPU). Prints
-``READY rtsp://127.0.0.1:PORT/MOUNT`` on stdout once it listens; SIGTERM stops it.
+``READY rtsp://127.0.0.1:PORT/MOUNT`` on stdout once it listens; SIGTERM stops it. With
+``--user NAME`` it asks for Basic authentication, with the password from the environment
+variable ``RTSP_PASSWORD`` (not the command line, which every user can read).
 """
 
 import argparse
+import os
 import signal
 import sys
 
@@ -20,12 +23,25 @@ gi.require_version("GstRtspServer", "1.0")
 from gi.repository import GLib, Gst, GstRtspServer  # noqa: E402
 
 
+def _require_login(server, factory, user: str, password: str) -> None:
+    auth = GstRtspServer.RTSPAuth()
+    token = GstRtspServer.RTSPToken()
+    token.set_string("media.factory.role", "viewer")
+    auth.add_basic(GstRtspServer.RTSPAuth.make_basic(user, password), token)
+    server.set_auth(auth)
+    perms = GstRtspServer.RTSPPermissions()
+    perms.add_permission_for_role("viewer", "media.factory.access", True)
+    perms.add_permission_for_role("viewer", "media.factory.construct", True)
+    factory.set_permissions(perms)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--mount", default="/cam")
     ap.add_argument("--file", help="H.264 MP4 to serve (default: a live test pattern)")
     ap.add_argument("--fps", type=int, default=10)
+    ap.add_argument("--user", help="require this user and $RTSP_PASSWORD (Basic auth)")
     args = ap.parse_args()
 
     Gst.init(None)
@@ -47,6 +63,8 @@ def main() -> int:
     factory = GstRtspServer.RTSPMediaFactory()
     factory.set_launch(launch)
     factory.set_shared(True)
+    if args.user:
+        _require_login(server, factory, args.user, os.environ["RTSP_PASSWORD"])
     server.get_mount_points().add_factory(args.mount, factory)
     if server.attach(None) == 0:
         print(f"ERROR cannot listen on port {args.port}", flush=True)
