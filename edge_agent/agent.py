@@ -373,6 +373,7 @@ class Agent:
                       engine=lambda: pipeline_state(pipe)["engine"],
                       outbox_rows=lambda: len(ob), outbox_path=ob.path,
                       mqtt_connected=(lambda: mqtt.connected) if mqtt is not None else None,
+                      clips=pipe.clips.stats if pipe.clips is not None else None,
                       **({"update_state": self.updater.state_name} if self.updater else {}))
         given = mc.token.get_secret_value() if mc.token is not None else None
         route = ClipRoute(pipe.clips.store if pipe.clips is not None else None,

@@ -53,6 +53,7 @@ from prometheus_client.core import (
 from edge_agent import resources
 from edge_agent.clips.http import PREFIX as CLIP_PREFIX
 from edge_agent.clips.http import ClipResponse, ClipRoute, send_range
+from edge_agent.clips.service import ClipStats
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ class Sources:
     outbox_path: Optional[Path] = None
     mqtt_connected: Optional[Callable[[], bool]] = None
     update_state: Callable[[], str] = field(default=lambda: "idle")
+    clips: Optional[Callable[[], ClipStats]] = None
 
 
 def outbox_oldest_age(path: Path, now: Optional[float] = None) -> float:
@@ -209,6 +211,8 @@ class _Snapshot:
         yield StateSetMetricFamily("edge_agent_update_state", "Remote engine update state",
                                    value={s: s == cur for s in states})
         yield from _resources()
+        if src.clips is not None:
+            yield from _clips(src.clips())
 
     def _cameras(self) -> Iterable[Metric]:
         cams = self.src.stats().get("cameras", {})
@@ -243,6 +247,21 @@ class _Snapshot:
                 return
             yield GaugeMetricFamily("edge_agent_outbox_oldest_age_seconds",
                                     "Age of the oldest event in the outbox (0: empty)", value=age)
+
+
+def _clips(st: ClipStats) -> Iterable[Metric]:
+    ring = GaugeMetricFamily("edge_agent_clip_preroll_bytes",
+                             "Memory held by the camera's pre-roll ring", labels=["camera"])
+    for cam, n in st.preroll_bytes.items():
+        ring.add_metric([cam], float(n))
+    yield ring
+    yield GaugeMetricFamily("edge_agent_clip_store_bytes", "Bytes of clips on disk",
+                            value=float(st.store_bytes))
+    total = CounterMetricFamily("edge_agent_clip_events", "Clip outcomes and losses",
+                                labels=["what"])
+    for what, n in st.counters.items():
+        total.add_metric([what], float(n))
+    yield total
 
 
 def _resources() -> Iterable[Metric]:

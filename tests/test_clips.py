@@ -7,6 +7,9 @@ import hashlib
 import http.client
 import json
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -23,6 +26,7 @@ from edge_agent.clips.mp4 import Mp4Writer, encoder_name
 from edge_agent.clips.ring import FrameRing
 from edge_agent.clips.store import ClipStore, decodable_frames
 from edge_agent.exporter import Exporter, Sources
+from tests.conftest import wait_for
 from tests.test_model_events import MODEL, gun_images
 
 ID = "0123456789abcdef0123456789abcdef"
@@ -135,8 +139,9 @@ def test_recover_finishes_a_truncated_clip_and_drops_garbage(tmp_path):
 FPS = 10
 
 
-def _slideshow(path: Path, guns: List[Path], lead_s: float, tail_s: float) -> Dict[str, float]:
-    """Grey frames, the gun images (1.5 s each), grey frames; returns when the guns show."""
+def _slideshow(path: Path, guns: List[Path], lead_s: float, tail_s: float,
+               hold_s: float = 1.5) -> Dict[str, float]:
+    """Grey frames, the gun images (``hold_s`` each), grey frames; returns when guns show."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (416, 416))
     grey = np.full((416, 416, 3), 114, np.uint8)
     n = 0
@@ -148,7 +153,7 @@ def _slideshow(path: Path, guns: List[Path], lead_s: float, tail_s: float) -> Di
         frame = grey.copy()
         img = cv2.imread(str(p))
         frame[:img.shape[0], :img.shape[1]] = img
-        for _ in range(15):
+        for _ in range(int(hold_s * FPS)):
             writer.write(frame)
             n += 1
     last = (n - 1) / FPS
@@ -248,6 +253,31 @@ def test_clip_is_served_over_http_with_ranges(recorded, served):
     assert status == 404
 
 
+def test_preroll_memory_is_in_metrics(tmp_path):
+    from edge_agent.clips.service import ClipService
+    from edge_agent.config import ClipsConfig
+    from edge_agent.events import EventFactory, FrameContext
+    from edge_agent.events.event import EngineInfo
+
+    delivered: List[Any] = []
+    svc = ClipService(ClipsConfig(pre_s=1.0), ClipStore(tmp_path / "c", 10**8),
+                      EventFactory("dev", EngineInfo("m", "1", "0" * 64)), delivered.extend)
+    for i in range(40):
+        img = _numbered(i, 640, 360)
+        svc.observe(FrameContext("cam1", i, i / 10.0, 0.0, 640, 360, img), {}, [])
+    svc.close()
+    ex = Exporter(Sources(cameras=["cam1"], stats=dict, engine=dict, clips=svc.stats))
+    ex.start("127.0.0.1", 0)
+    try:
+        status, _, body = _get(ex.port, "/metrics")
+    finally:
+        ex.stop()
+    line = next(x for x in body.decode().splitlines()
+                if x.startswith('edge_agent_clip_preroll_bytes{camera="cam1"}'))
+    held = float(line.split()[-1])
+    assert 0 < held == svc.stats().preroll_bytes["cam1"] < 40 * 640 * 360 * 3 / 20
+
+
 def test_clip_needs_the_token_off_loopback(recorded, served):
     clip_id = next(e for e in recorded["events"] if e["type"] == "clip")["clip"]["id"]
     assert _get(served(None, loopback=False), f"/clips/{clip_id}.mp4")[0] == 403
@@ -271,3 +301,46 @@ def test_clips_command_lists_and_copies(recorded, tmp_path, capsys):
     assert hashlib.sha256(out.read_bytes()).hexdigest() == ready["clip"]["sha256"]
     assert cli.main(["clips", "--config", str(conf), "get", "a" * 32]) == 2
     assert "never recorded" in capsys.readouterr().err
+
+
+def test_sigkill_during_a_clip_then_restart_never_leaves_it_recording(tmp_path, weights_dir):
+    weapons = weights_dir.parent / "data" / "weapons" / "rf-gun-detection-v1" / "valid"
+    video = tmp_path / "guns.mp4"
+    # Read at its own pace (realtime), so frames drop on a busy machine: guns shown long.
+    _slideshow(video, gun_images(weapons, 2), lead_s=2.0, tail_s=30.0, hold_s=4.0)
+    conf = tmp_path / "agent.yaml"
+    conf.write_text(json.dumps({
+        "device_id": "clip-kill", "state_dir": str(tmp_path / "state"),
+        "model": {"path": str(MODEL)},
+        "cameras": [{"name": "lot", "source": str(video), "realtime": True}],
+        "events": {"sinks": {"jsonl": "events.jsonl"}},
+        "mqtt": {"enabled": False}, "metrics": {"enabled": False},
+        "update": {"enabled": False}}))
+    clips = tmp_path / "state" / "clips"
+    cmd = [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(conf)]
+    with open(tmp_path / "run1.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            assert wait_for(lambda: any(clips.glob("*.mp4.part")), 90), \
+                (tmp_path / "run1.log").read_text()[-2000:]
+            time.sleep(5)  # into the clip (it lasts ~15 s): fragments of it are on disk
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(10)
+    part = next(clips.glob("*.mp4.part"))
+    clip_id = part.name.split(".")[0]
+    grey = tmp_path / "grey.mp4"  # the restart: a second of nothing, then the agent exits
+    _slideshow(grey, [], lead_s=1.0, tail_s=0.0)
+    conf.write_text(conf.read_text().replace(str(video), str(grey)))
+    done = subprocess.run(cmd, capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert not list(clips.glob("*.part"))
+    events = [json.loads(x) for x in (tmp_path / "state" / "events.jsonl").read_text().split("\n")
+              if x]
+    ends = [e for e in events if e["type"] == "clip" and e["clip"]["id"] == clip_id]
+    assert len(ends) == 1 and ends[0]["clip"]["status"] in ("ready", "failed"), ends
+    store = ClipStore(clips, 10**9)
+    path, info, _ = store.lookup(clip_id)
+    assert info.status == ends[0]["clip"]["status"]
+    if info.status == "ready":  # finished from what was written: it plays
+        assert info.reason == "truncated_by_restart" and decodable_frames(path) > 0

@@ -34,6 +34,15 @@ _FINAL_REASONS = ("agent_stop", "camera_ended", "engine_swap", "config_reload")
 CONFIRM_S = 5.0  # longest a track may be followed before its event starts, for the pre-roll
 
 
+@dataclass(frozen=True)
+class ClipStats:
+    """What ``/metrics`` shows of the clips: memory per camera, the store, the counters."""
+
+    preroll_bytes: Dict[str, int]
+    store_bytes: int
+    counters: Dict[str, int]
+
+
 @dataclass
 class _Open:
     """A clip being written."""
@@ -143,9 +152,10 @@ class ClipService:
         for key in [k for k in self._first_seen if k[0] == ctx.camera and k not in alive]:
             del self._first_seen[key]
 
-    def ring_bytes(self) -> Dict[str, int]:
-        """Bytes held by each camera's pre-roll ring (for /metrics)."""
-        return {cam: ring.bytes for cam, ring in list(self._rings.items())}
+    def stats(self) -> ClipStats:
+        """Pre-roll bytes per camera, bytes in the store, counters (any thread)."""
+        rings = {cam: ring.bytes for cam, ring in list(self._rings.items())}
+        return ClipStats(rings, self.store.used_bytes(), dict(self.counters))
 
     def open_ids(self) -> Set[str]:
         """Clips still being written."""
