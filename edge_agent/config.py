@@ -122,6 +122,10 @@ class ZoneConfig(_Model):
 class CameraConfig(_Model):
     name: str = Field(..., pattern=_NAME_RE, description="unique; used in topics and events")
     source: str = Field(..., min_length=1, description="file path, rtsp:// URL, /dev/videoN or N")
+    record: Optional[str] = Field(
+        None, min_length=1, description="stream recorded for clips without decoding (e.g. the "
+        "camera's main stream while `source` is its substream); default: `source` when it is "
+        "RTSP, else clips are made of the decoded frames")
     type: Literal["auto", "file", "rtsp", "usb", "gstreamer"] = Field(
         "auto", description="auto: guessed from source (rtsp:// -> rtsp, /dev/video* -> usb, ...)"
     )
@@ -154,6 +158,12 @@ class CameraConfig(_Model):
         if "!" in src:  # a gst-launch style pipeline: elements separated by '!'
             return "gstreamer"
         return "file"
+
+    def record_stream(self) -> Optional[str]:
+        """The URL whose packets clips are made of, or None (clips from decoded frames)."""
+        if self.record is not None:
+            return self.record
+        return self.source if self.source_kind() == "rtsp" else None
 
 
 class ModelConfig(_Model):

@@ -120,7 +120,9 @@ class Pipeline:
         self.factory = EventFactory(cfg.device_id, self.engine_info)
         self.clips: Optional[ClipService] = None
         if clip_store is not None and cfg.events.clips.enabled:
-            self.clips = ClipService(cfg.events.clips, clip_store, self.factory, delivery.deliver)
+            records = {c.name: url for c in cfg.cameras if (url := c.record_stream())}
+            self.clips = ClipService(cfg.events.clips, clip_store, self.factory, delivery.deliver,
+                                     records=records)
         self._ocr: Optional[Any] = None
         self._ocr_status = "ocr_disabled"
         self._calls: queue.Queue[tuple] = queue.Queue()

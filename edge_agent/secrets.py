@@ -76,6 +76,8 @@ def masked_config(cfg: Config) -> Any:
         data["mqtt"]["password"] = MASK
     for cam in data["cameras"]:
         cam["source"] = mask_url_passwords(cam["source"])
+        if cam.get("record"):
+            cam["record"] = mask_url_passwords(cam["record"])
     return mask(data, cfg._secrets) if cfg._secrets else data
 
 
@@ -88,6 +90,7 @@ def config_secrets(cfg: Config) -> List[str]:
         out.append(cfg.metrics.token.get_secret_value())
     for cam in cfg.cameras:
         out.extend(url_passwords(cam.source))
+        out.extend(url_passwords(cam.record or ""))
     return out
 
 

@@ -39,14 +39,16 @@ def _server_usable() -> Optional[str]:
 class RtspServer:
     """tests/rtsp_server.py in a subprocess on a fixed port, so it can be restarted."""
 
-    def __init__(self, port: int):
+    def __init__(self, port: int, file: Optional[Path] = None):
         self.port = port
+        self.file = file  # an H.264 MP4 served as is; default: a live test pattern
         self.url = f"rtsp://127.0.0.1:{port}/cam"
         self.proc: Optional[subprocess.Popen] = None
 
     def start(self, timeout: float = 15.0) -> RtspServer:
         self.proc = subprocess.Popen(
-            [SYSTEM_PYTHON, str(HERE / "rtsp_server.py"), "--port", str(self.port)],
+            [SYSTEM_PYTHON, str(HERE / "rtsp_server.py"), "--port", str(self.port)]
+            + (["--file", str(self.file)] if self.file else []),
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         deadline = time.monotonic() + timeout
@@ -69,12 +71,17 @@ class RtspServer:
     kill = stop
 
 
-@pytest.fixture
-def rtsp_server():
+def require_rtsp_server() -> None:
+    """Fail (not skip) where the server cannot run: `make test` installs what it needs."""
     reason = _server_usable()
     if reason:
         pytest.fail(f"GStreamer RTSP server unavailable ({reason}); `make system-deps` installs "
                     "python3-gi and gir1.2-gst-rtsp-server-1.0", pytrace=False)
+
+
+@pytest.fixture
+def rtsp_server():
+    require_rtsp_server()
     srv = RtspServer(free_port()).start()
     yield srv
     srv.stop()

@@ -10,13 +10,18 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+import av
 import cv2
 import numpy as np
 import pytest
+from conftest import free_port, wait_for
+from test_capture_rtsp import RtspServer, require_rtsp_server
+from test_model_events import MODEL, gun_images
 
 from edge_agent import cli
 from edge_agent import config as cfgmod
@@ -26,8 +31,6 @@ from edge_agent.clips.mp4 import Mp4Writer, encoder_name
 from edge_agent.clips.ring import FrameRing
 from edge_agent.clips.store import ClipStore, decodable_frames
 from edge_agent.exporter import Exporter, Sources
-from tests.conftest import wait_for
-from tests.test_model_events import MODEL, gun_images
 
 ID = "0123456789abcdef0123456789abcdef"
 
@@ -344,3 +347,68 @@ def test_sigkill_during_a_clip_then_restart_never_leaves_it_recording(tmp_path, 
     assert info.status == ends[0]["clip"]["status"]
     if info.status == "ready":  # finished from what was written: it plays
         assert info.reason == "truncated_by_restart" and decodable_frames(path) > 0
+
+
+def _h264_slideshow(path: Path, guns: List[Path], lead_s: float, tail_s: float) -> None:
+    """The slideshow as a plain H.264 MP4 (what an RTSP camera sends), key frame every 1 s."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=FPS)
+        stream.width, stream.height, stream.pix_fmt = 416, 416, "yuv420p"
+        stream.codec_context.gop_size = FPS
+        grey = np.full((416, 416, 3), 114, np.uint8)
+        frames = [grey] * int(lead_s * FPS)
+        for p in guns:
+            frame = grey.copy()
+            img = cv2.imread(str(p))
+            frame[:img.shape[0], :img.shape[1]] = img
+            frames += [frame] * int(2.0 * FPS)
+        frames += [grey] * int(tail_s * FPS)
+        for i, img in enumerate(frames):
+            vf = av.VideoFrame.from_ndarray(img, format="bgr24")
+            vf.pts = i
+            for pkt in stream.encode(vf):
+                out.mux(pkt)
+        for pkt in stream.encode(None):
+            out.mux(pkt)
+
+
+def _decoded(path: Path) -> List[bytes]:
+    with av.open(str(path)) as f:
+        return [fr.to_ndarray(format="gray").tobytes() for fr in f.decode(video=0)]
+
+
+def test_rtsp_camera_clip_is_its_own_packets(tmp_path, weights_dir):
+    require_rtsp_server()
+    weapons = weights_dir.parent / "data" / "weapons" / "rf-gun-detection-v1" / "valid"
+    video = tmp_path / "cam.mp4"
+    _h264_slideshow(video, gun_images(weapons, 2), lead_s=7.0, tail_s=20.0)
+    server = RtspServer(free_port(), video).start()
+    try:
+        cfg = _config(tmp_path, Path("unused"), pre_s=3.0, post_s=2.0)
+        cfg.cameras[0].source = server.url
+        agent = Agent(cfg, source="clip-test")
+        jsonl = tmp_path / "state" / "events.jsonl"
+
+        def stop_when_ready():  # the agent runs on this (main) thread: it owns the signals
+            wait_for(lambda: jsonl.exists() and '"type": "clip"' in jsonl.read_text(), 120)
+            agent.stop()
+        watcher = threading.Thread(target=stop_when_ready, daemon=True)
+        watcher.start()
+        agent.run()
+        watcher.join(5)
+    finally:
+        server.stop()
+    events = [json.loads(x) for x in jsonl.read_text().split("\n") if x]
+    ready = next(e for e in events if e["type"] == "clip")
+    assert ready["clip"]["status"] == "ready", ready
+    path = ClipStore(tmp_path / "state" / "clips", 10**9).final_path(ready["clip"]["id"])
+    with av.open(str(path)) as f:
+        stream = f.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        assert (stream.codec_context.width, stream.codec_context.height) == (416, 416)
+        packets = sum(1 for p in f.demux(stream) if p.size)
+    clip = _decoded(path)
+    assert len(clip) == packets >= (3.0 + 2.0) * FPS * 0.8
+    # Not re-encoded: every decoded frame of the clip is bit for bit a frame of the source.
+    source = set(_decoded(video))
+    assert all(fr in source for fr in clip)

@@ -14,11 +14,13 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
 
+import av
 import numpy as np
 
 from edge_agent.clips.mp4 import Mp4Writer
+from edge_agent.clips.packets import PacketClip, PacketRing
 from edge_agent.clips.ring import FrameRing
 from edge_agent.clips.store import ClipInfo, ClipStore
 from edge_agent.config import ClipsConfig
@@ -50,7 +52,7 @@ class _Open:
     info: ClipInfo
     key: Tuple[str, str, str]  # camera, event type, track or zone
     start_t: float
-    writer: Optional[Mp4Writer] = None
+    writer: Union[Mp4Writer, PacketClip, None] = None
     end_t: Optional[float] = None
     ctx: Optional[FrameContext] = None
     event_fields: Dict[str, object] = field(default_factory=dict)
@@ -77,7 +79,8 @@ class ClipService:
 
     def __init__(self, settings: ClipsConfig, store: ClipStore, factory: EventFactory,
                  deliver: Callable[[Sequence[Emission]], None],
-                 protected: Optional[Callable[[], Set[str]]] = None, queue_size: int = 64):
+                 protected: Optional[Callable[[], Set[str]]] = None, queue_size: int = 64,
+                 records: Optional[Dict[str, str]] = None):
         self.settings = settings
         self.store = store
         self.factory = factory
@@ -85,6 +88,11 @@ class ClipService:
         self._protected = protected or set
         self._q: queue.Queue[Optional[_Item]] = queue.Queue(queue_size)
         self._rings: Dict[str, FrameRing] = {}
+        # Cameras with a record stream: clips are its packets, timed by the wall clock.
+        keep = settings.pre_s + CONFIRM_S
+        self._packets: Dict[str, PacketRing] = {
+            cam: PacketRing(cam, url, keep, int(settings.ring_max_mb * 1e6))
+            for cam, url in (records or {}).items()}
         self._open: Dict[str, _Open] = {}  # by clip id; written by the worker only
         self._by_key: Dict[Tuple[str, str, str], str] = {}  # inference thread only
         self._first_seen: Dict[Tuple[str, str, str], float] = {}  # inference thread only
@@ -103,8 +111,9 @@ class ClipService:
         """
         starts: List[_Open] = []
         ends: List[Tuple[str, float, bool]] = []
+        t = self._clock(ctx)
         if frame:
-            self._see(ctx, tracks)
+            self._see(ctx, tracks, t)
         for em in emissions:
             ev = em.event
             if ev["type"] not in self.settings.on:
@@ -116,8 +125,8 @@ class ClipService:
                 self._by_key[key] = info.id
                 # The clip's pre-roll counts from when the object was first tracked, not from
                 # when the rule was sure (its window and hold come after the first sighting).
-                first = self._first_seen.get(key, ctx.media_s)
-                starts.append(_Open(info, key, min(first, ctx.media_s), event_fields={
+                first = self._first_seen.get(key, t)
+                starts.append(_Open(info, key, min(first, t), event_fields={
                     "track_id": ev["track_id"], "label": ev["label"], "score": ev["score"],
                     "box": ev["bbox"]["px"] if ev["bbox"] else None}))
             clip_id = self._by_key.get(key)
@@ -127,7 +136,7 @@ class ClipService:
                           "sha256": None, "reason": None}
             if ev["phase"] == "end":
                 del self._by_key[key]
-                ends.append((clip_id, ctx.media_s, ev.get("reason") in _FINAL_REASONS))
+                ends.append((clip_id, t, ev.get("reason") in _FINAL_REASONS))
         item = _Item(ctx, ctx.image if frame else None, tracks, starts, ends)
         if starts or ends:
             self._q.put(item)  # must not be lost; the worker drains fast
@@ -137,7 +146,12 @@ class ClipService:
         except queue.Full:
             self.counters["frames_dropped"] += 1
 
-    def _see(self, ctx: FrameContext, tracks: Dict[str, HeadTracks]) -> None:
+    def _clock(self, ctx: FrameContext) -> float:
+        """A record stream's packets carry arrival times: its camera's clips use the wall
+        clock (a live source's media time is the wall clock anyway)."""
+        return ctx.wall if ctx.camera in self._packets else ctx.media_s
+
+    def _see(self, ctx: FrameContext, tracks: Dict[str, HeadTracks], t: float) -> None:
         """Remember when each track of a clip-worthy head was first seen on this camera."""
         alive = set()
         for head in self.settings.on:
@@ -148,13 +162,14 @@ class ClipService:
                 for tid in rows[:, TRACK_ID]:
                     key = (ctx.camera, head, str(int(tid)))
                     alive.add(key)
-                    self._first_seen.setdefault(key, ctx.media_s)
+                    self._first_seen.setdefault(key, t)
         for key in [k for k in self._first_seen if k[0] == ctx.camera and k not in alive]:
             del self._first_seen[key]
 
     def stats(self) -> ClipStats:
         """Pre-roll bytes per camera, bytes in the store, counters (any thread)."""
         rings = {cam: ring.bytes for cam, ring in list(self._rings.items())}
+        rings.update({cam: ring.bytes for cam, ring in self._packets.items()})
         return ClipStats(rings, self.store.used_bytes(), dict(self.counters))
 
     def open_ids(self) -> Set[str]:
@@ -191,6 +206,8 @@ class ClipService:
                               item.ctx.camera)
         for clip in list(self._open.values()):
             self._finish(clip, "agent_stop")
+        for ring in self._packets.values():
+            ring.stop()
 
     def _ring(self, camera: str) -> FrameRing:
         ring = self._rings.get(camera)
@@ -202,31 +219,48 @@ class ClipService:
         return ring
 
     def _handle(self, item: _Item) -> None:
-        ctx, ring = item.ctx, self._ring(item.ctx.camera)
+        ctx, t = item.ctx, self._clock(item.ctx)
+        packets = self._packets.get(ctx.camera)
         small = None
-        if item.image is not None:
+        if item.image is not None and packets is None:
+            ring = self._ring(ctx.camera)
             small = self._render(item.image, item.tracks)
-            ring.push(ctx.media_s, ring.encode(small))
+            ring.push(t, ring.encode(small))
         for clip in item.starts:
             clip.ctx = ctx
-            self._begin(clip, ring)
-        for clip in [c for c in self._open.values() if c.key[0] == ctx.camera]:
+            if packets is None:
+                self._begin(clip, self._ring(ctx.camera))
+            else:
+                self._begin_packets(clip, packets)
+        mine = [c for c in self._open.values() if c.key[0] == ctx.camera]
+        for clip in mine:
             clip.ctx = ctx
             done_t = clip.writer.last_t if clip.writer is not None else None
-            if small is not None and (done_t is None or ctx.media_s > done_t):
-                self._write(clip, small, ctx.media_s)  # the pre-roll may have had this frame
-        for clip_id, t, final in item.ends:
+            if small is not None and (done_t is None or t > done_t):
+                self._write(clip, small, t)  # the pre-roll may have had this frame
+        for clip_id, end_t, final in item.ends:
             clip = self._open.get(clip_id)
             if clip is not None:
-                clip.end_t = t
+                clip.end_t = end_t
                 if final:
                     self._finish(clip, None)
+        s = self.settings
         for clip in [c for c in self._open.values() if c.key[0] == ctx.camera]:
-            s = self.settings
-            if clip.end_t is not None and ctx.media_s >= clip.end_t + s.post_s:
+            if clip.end_t is not None and t >= clip.end_t + s.post_s:
                 self._finish(clip, None)
-            elif ctx.media_s >= clip.start_t + s.max_s:
+            elif t >= clip.start_t + s.max_s:
                 self._finish(clip, "max_s")
+
+    def _begin_packets(self, clip: _Open, packets: PacketRing) -> None:
+        self._open[clip.info.id] = clip
+        try:
+            clip.writer = packets.start_clip(self.store.part_path(clip.info.id),
+                                             clip.start_t - self.settings.pre_s)
+        except (OSError, ValueError, av.error.FFmpegError) as exc:
+            self._fail(clip, f"write_error: {exc}")
+            return
+        if clip.writer is None:
+            self._fail(clip, f"record stream not open: {packets.error or 'connecting'}")
 
     def _render(self, image: np.ndarray, tracks: Dict[str, HeadTracks]) -> np.ndarray:
         small, scale = fit(image, self.settings.max_dim)
