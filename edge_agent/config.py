@@ -35,6 +35,7 @@ from edge_agent.mqtt.topics import topic_problem
 from edge_agent.secrets import PASSWORD_ENV, resolve_refs
 from edge_agent.tracking import CAMERA_PARAMS as TRACKER_CAMERA_PARAMS
 from edge_agent.tracking import PARAMS as TRACKER_PARAMS
+from edge_agent.tracking import REMOVED_PARAMS as TRACKER_REMOVED
 from edge_agent.tracking import check_params as check_tracker_params
 
 # Environment variables that override config values, so secrets need not sit in the file.
@@ -201,9 +202,18 @@ class ModelConfig(_Model):
 _TRACKER_TYPES = {bool: StrictBool, int: StrictInt, float: float}
 TRACKER_CONFIG_PARAMS = tuple(n for n in TRACKER_PARAMS if n not in TRACKER_CAMERA_PARAMS)
 
+def _refuse_removed(cls, data: Any) -> Any:
+    """A tracker option that was removed is named as such, not as an unknown key."""
+    for name in sorted(set(data) & set(TRACKER_REMOVED)) if isinstance(data, dict) else ():
+        raise ValueError(f"{name} was removed ({TRACKER_REMOVED[name]}: off by default, it did "
+                         "not pay; docs/tracker.md): delete the key")
+    return data
+
+
 TrackerParams = create_model(
     "TrackerParams",
     __base__=_Model,
+    __validators__={"refuse_removed": model_validator(mode="before")(_refuse_removed)},
     __doc__="One head's tracker parameters; unset ones come from `default`, then the head's "
             "built-in defaults (HEAD_TRACKER_DEFAULTS), then the tracker's PARAMS.",
     **{n: (Optional[_TRACKER_TYPES[TRACKER_PARAMS[n].kind]],

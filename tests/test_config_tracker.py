@@ -55,6 +55,8 @@ BAD = {
                    "new_track_thresh is on the normalised range [0, 1]"),
     "frame_rate_is_the_cameras": ("tracker:\n  default: {frame_rate: 10}\n", 2,
                                   "tracker.default.frame_rate: unknown key"),
+    "removed_option": ("tracker:\n  weapon:\n    observation_centric: false\n", 2,
+                       "observation_centric was removed"),
     "frame_size_is_the_cameras": ("tracker:\n  weapon: {frame_width: 640}\n", 2,
                                   "tracker.weapon.frame_width: unknown key"),
 }

@@ -57,7 +57,7 @@ def _z(box):
 def test_kalman_steps_match_numpy_reference():
     rng = np.random.default_rng(7)
     wp, wv, wm = 0.05, 0.01, 0.07  # distinct, so a swapped weight would show
-    tracker = Tracker(probation_age=1, observation_centric=False, std_weight_position=wp,
+    tracker = Tracker(probation_age=1, std_weight_position=wp,
                       std_weight_velocity=wv, std_weight_measurement=wm)
     box = np.array([100.0, 50.0, 140.0, 150.0])
     ref = None
@@ -177,7 +177,7 @@ def test_class_separation():
 
 
 def test_probation_early_termination_and_shadow_expiry():
-    t = Tracker(probation_age=3, max_tentative_misses=0, frame_rate=10, max_shadow_s=0.5,
+    t = Tracker(probation_age=3, frame_rate=10, max_shadow_s=0.5,
                 shadow_min_frames=0,
                 coast_s=0.0)  # lost tracks go straight to lost() (tests/test_tracker_coast.py)
     t.update(np.empty((0, 6)))  # frame 1 confirms immediately; start later
@@ -370,54 +370,8 @@ def test_direction_consistency_prefers_the_continuing_detection(weight, ahead):
     assert (match[0, 0] > 130) == ahead
 
 
-def test_shadow_buffer_widens_the_search_for_lost_tracks():
-    def ids(**params):
-        t = Tracker(probation_age=1, recovery_thresh=0.0, direction_weight=0.0, **params)
-        seen = set()
-        for x in (100, 100, 100, None, None, None, 145):
-            d = np.empty((0, 6)) if x is None else np.array([_det(x, 10)])
-            seen.update(int(i) for i in t.update(d)[:, 4])
-        return seen
-    assert len(ids()) == 2
-    assert len(ids(shadow_buffer=0.3)) == 1
-
-
-@pytest.mark.parametrize("active_first", [False, True])
-def test_active_first_lets_tracks_seen_last_frame_choose_first(active_first):
-    t = Tracker(probation_age=1, active_first=active_first, recovery_thresh=0.0,
-                direction_weight=0.0)
-    for _ in range(3):
-        out = t.update(np.array([_det(100, 10), _det(125, 10)]))
-    id_a, id_b = (int(r[4]) for r in out[np.argsort(out[:, 0])])
-    t.update(np.array([_det(100, 10)]))  # B missed: shadow
-    out = t.update(np.array([_det(122, 10)]))  # overlaps B's box most, A's enough to match
-    assert [int(r[4]) for r in out] == ([id_a] if active_first else [id_b])
-
-
-def test_observation_centric_reupdate_replays_the_gap():
-    """With observation_centric, re-finding a track after a gap of g frames equals the reference
-    filter run from the last observation over g-1 boxes interpolated between the two
-    observations, then the new one (OC-SORT's re-update)."""
-    wp, wv, wm = 0.05, 0.01, 0.05
-    t = Tracker(probation_age=1, observation_centric=True, recovery_thresh=0.0, coast_s=0.0,
-                direction_weight=0.0, std_weight_position=wp, std_weight_velocity=wv,
-                std_weight_measurement=wm, match_thresh=0.05)
-    boxes = [np.array([100.0 + 4 * f, 50.0 + f, 140.0 + 4 * f, 150.0 + f]) for f in range(5)]
-    ref = RefKalman(_z(boxes[0]), wp, wv, wm)
-    t.update(np.array([[*boxes[0], 0.9, 0]]))
-    for b in boxes[1:]:
-        t.update(np.array([[*b, 0.9, 0]]))
-        ref.predict()
-        ref.update(_z(b))
-    gap = 4
-    for _ in range(gap - 1):
-        assert len(t.update(np.empty((0, 6)))) == 0  # lost: not reported
-    new = boxes[-1] + np.array([4.0, 1.0, 4.0, 1.0]) * gap
-    out = t.update(np.array([[*new, 0.9, 0]]))
-    for s in range(1, gap):
-        ref.predict()
-        ref.update(_z(boxes[-1] + (new - boxes[-1]) * s / gap))
-    ref.predict()
-    ref.update(_z(new))
-    assert len(out) == 1 and out[0, 4] == 1
-    np.testing.assert_allclose(out[0, :4], ref.box(), rtol=1e-9, atol=1e-7)
+@pytest.mark.parametrize("name", ["observation_centric", "active_first", "shadow_buffer",
+                                  "max_tentative_misses"])
+def test_removed_options_are_named_as_removed(name):
+    with pytest.raises(ValueError, match=f"{name} was removed"):
+        Tracker(**{name: 0})

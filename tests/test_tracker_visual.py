@@ -202,3 +202,17 @@ def test_a_new_frame_size_drops_the_looks_and_keeps_the_tracks():
     assert set(rows[:, 4]) | set(t.lost()[:, 4]) == ids  # the track is still there
     with pytest.raises(ValueError, match="size changed"):
         t.update(None, scene(110, 150))  # the new size holds from now on
+
+
+def test_a_missed_keyframe_leaves_no_gap_while_the_picture_shows_the_object():
+    """Detections every 3rd frame, one of them missing the object: it stays reported (coasted:
+    one missed attempt, and its filter still finds it) and keeps its ID at the next one."""
+    t = Tracker(frame_rate=30)
+    ids = []
+    for k in range(24):
+        x, y = 100 + 2.3 * k, 150
+        d = det(x, y) if k % 3 == 0 and k != 9 else (np.zeros((0, 6)) if k % 3 == 0 else None)
+        rows = t.update(d, scene(x, y))
+        ids.append(tuple(rows[:, 4]))
+    assert all(i == (1.0,) for i in ids), ids
+

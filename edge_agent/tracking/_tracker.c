@@ -36,7 +36,6 @@
 /* Distinct class ids with a score window each: the heads of a detector have a few classes. */
 #define MAX_CLASSES 1024
 #define HIST 4 /* observation centres kept per track, for the motion direction */
-#define ORU_MAX_GAP 300
 /* The detector's miss rate per class: decayed counts over about this many hit-or-miss frames
  * of confirmed tracks, and used only once this many are in. */
 #define MISS_WINDOW 500.0
@@ -57,7 +56,6 @@
 
 typedef struct {
     KF kf;
-    KF kf_obs;      /* filter state right after the last observation (for re-update) */
     double obs[4];  /* last observed box x1, y1, x2, y2 */
     double box[4];  /* current state as a box (refreshed after predict/update) */
     double hist[HIST][3]; /* ring of observed centres: cx, cy, frame */
@@ -69,7 +67,8 @@ typedef struct {
     int coasted;    /* lost, but its predicted box is reported this frame (coast_frames) */
     int rate;       /* index of its class's MissRate, -1 if none */
     int flt;        /* its correlation filter's slot, -1 if none */
-    int seen;       /* the filter found it in this frame's picture (PSR >= DCF_PSR_MIN) */
+    int looked;     /* its filter looked for it in this frame's picture */
+    int seen;       /* and found it (PSR >= DCF_PSR_MIN) */
     double vis[2];  /* where (centre), when seen */
 } Track;
 
@@ -81,18 +80,43 @@ typedef struct {
     double hits, misses;
 } MissRate;
 
+/*
+ * The core's parameters, declared once: this table makes the Params fields, parse_params'
+ * keyword list and format, and its range checks. X(C type, name, PyArg format, lo, hi).
+ * Meanings: PARAMS in __init__.py, which also checks the user-facing (narrower) ranges with
+ * friendlier messages; the wrapper turns seconds into frames (max_shadow_age, coast_frames)
+ * and rescales the Kalman weights to the frame rate. frame_width/height 0 = unknown.
+ */
+#define PARAM_TABLE(X)                                  \
+    X(double, high_thresh, "d", 0, 1e6)                 \
+    X(double, low_thresh, "d", 0, 1e6)                  \
+    X(double, new_track_thresh, "d", 0, 1e6)            \
+    X(double, match_thresh, "d", 0, 1)                  \
+    X(double, low_match_thresh, "d", 0, 1)              \
+    X(double, tentative_match_thresh, "d", 0, 1)        \
+    X(double, recovery_thresh, "d", 0, 1)               \
+    X(double, iou_buffer, "d", 0, 2)                    \
+    X(double, direction_weight, "d", 0, 10)             \
+    X(long, direction_delta, "l", 1, 1000)              \
+    X(int, fuse_score, "p", 0, 1)                       \
+    X(int, adaptive, "p", 0, 1)                         \
+    X(long, score_window, "l", 1, 1000000)              \
+    X(long, probation_age, "l", 1, 10000)               \
+    X(long, max_shadow_age, "l", 0, 1e9)                \
+    X(long, shadow_min_frames, "l", 0, 1000000)         \
+    X(long, coast_frames, "l", 0, 1e9)                  \
+    X(double, coast_overlap, "d", 0, 1)                 \
+    X(double, miss_rate_ref, "d", 0, 1)                 \
+    X(double, frame_width, "d", 0, 1e6)                 \
+    X(double, frame_height, "d", 0, 1e6)                \
+    X(double, std_weight_position, "d", 1e-12, 1e6)     \
+    X(double, std_weight_measurement, "d", 1e-12, 1e6)  \
+    X(double, std_weight_velocity, "d", 1e-12, 1e6)
+
+#define PARAM_FIELD(type, name, fmt, lo, hi) type name;
 typedef struct {
-    double high_thresh, low_thresh, new_track_thresh;
-    double match_thresh, low_match_thresh, tentative_match_thresh, recovery_thresh;
-    double iou_buffer, shadow_buffer, direction_weight;
-    long direction_delta;
-    int fuse_score, observation_centric, active_first, adaptive;
-    long score_window;
-    long probation_age, max_tentative_misses, max_shadow_age, shadow_min_frames, coast_frames;
-    double coast_overlap;         /* a coasted box must overlap every active box less */
-    double miss_rate_ref;         /* durations hold at this miss rate; 0 = no scaling */
-    double frame_w, frame_h;      /* image size; 0 = unknown (no inside-the-image check) */
-    KFParams kfp;
+    PARAM_TABLE(PARAM_FIELD)
+    KFParams kfp; /* the std_weight_* as the Kalman filter takes them */
 } Params;
 
 typedef struct {
@@ -255,10 +279,7 @@ static void associate(CoreObject *self, const int *tl, int nt, const int *dl, in
     for (int a = 0; a < nt; a++) {
         const Track *t = &self->tracks[tl[a]];
         double tb[4], db[4];
-        /* Shadow tracks get a search region that grows with the time since they were seen. */
         double bt = buf;
-        if (t->state == ST_LOST && self->p.shadow_buffer > 0)
-            bt += dmin(self->p.shadow_buffer * (double)(t->fsu - 1), 1.0);
         box_expand(use_obs ? t->obs : t->box, bt, tb);
         /* Where its correlation filter found it (seen tracks): the same box at that centre. */
         double vb[4];
@@ -559,7 +580,6 @@ static void track_push_hist(const CoreObject *self, Track *t, const double *det)
 /* After the filter took `det` in (initiate or update): remember it as the last observation. */
 static void track_remember(const CoreObject *self, Track *t, const double *det)
 {
-    t->kf_obs = t->kf;
     memcpy(t->obs, det, 4 * sizeof(double));
     track_push_hist(self, t, det);
     t->score = det[4];
@@ -621,24 +641,7 @@ static void track_observe(CoreObject *self, Track *t, const double *det)
 {
     double z[4];
     box_to_z(det, z);
-    const KFParams *kp = &self->p.kfp;
-    /* (gaps beyond ORU_MAX_GAP frames keep the plain prediction: bounded work per update) */
-    if (self->p.observation_centric && t->fsu > 1 && t->fsu <= ORU_MAX_GAP) {
-        /* OC-SORT re-update: replay the gap from the last observation along a straight line
-         * between the two observations instead of trusting the free-running prediction. */
-        long gap = t->fsu;
-        double zi[4], bi[4];
-        t->kf = t->kf_obs;
-        for (long s = 1; s < gap; s++) {
-            double f = (double)s / (double)gap;
-            for (int k = 0; k < 4; k++) bi[k] = t->obs[k] + f * (det[k] - t->obs[k]);
-            box_to_z(bi, zi);
-            kf_predict(&t->kf, kp);
-            kf_update(&t->kf, zi, kp);
-        }
-        kf_predict(&t->kf, kp);
-    }
-    kf_update(&t->kf, z, kp);
+    kf_update(&t->kf, z, &self->p.kfp);
     track_remember(self, t, det);
     if (t->id != 0) count_match(self, t);
     t->fsu = 0;
@@ -661,7 +664,7 @@ static void predict_all(CoreObject *self)
         kf_predict(&t->kf, &self->p.kfp);
         if (t->kf.m[2] <= 0) t->kf.m[2] = 1e-3;
         t->fsu++;
-        t->seen = 0;
+        t->seen = t->looked = 0;
         track_refresh_box(t);
     }
 }
@@ -765,13 +768,16 @@ static int sample_at(CoreObject *self, const DcfImage *img, const double *b, dou
                       DCF_WINDOW * (b[3] - b[1]), self->work);
 }
 
-/* Each confirmed track with a filter looks for its patch around its predicted box; where the
- * peak stands out of its sidelobes (PSR), the track is `seen` there (t->vis). */
-static void visual_look(CoreObject *self, const DcfImage *img)
+/* Each track with a filter looks for its patch around its predicted box; where the peak stands
+ * out of its sidelobes (PSR), the track is `seen` there (t->vis). Lost tracks look only on
+ * frames without detections (`lost_too`): where there are detections, theirs is the word on
+ * whether a track is still there. */
+static void visual_look(CoreObject *self, const DcfImage *img, int lost_too)
 {
     for (Py_ssize_t i = 0; i < self->ntracks; i++) {
         Track *t = &self->tracks[i];
-        if (t->flt < 0 || t->state == ST_LOST || t->state == ST_DEAD) continue;
+        if (t->flt < 0 || t->state == ST_DEAD || (t->state == ST_LOST && !lost_too)) continue;
+        t->looked = 1;
         const double *b = t->box;
         double cx = 0.5 * (b[0] + b[2]), cy = 0.5 * (b[1] + b[3]);
         if (sample_at(self, img, b, cx, cy) < 0) continue;
@@ -832,8 +838,10 @@ static void visual_learn(CoreObject *self, const DcfImage *img)
     }
 }
 
-/* Is track t reported this frame although lost? Only for coast_frames x s^3 after its last
- * match (s = miss_scale: a detector that misses people in view), while its predicted box lies
+/* Is track t reported this frame although lost? Only until the detector missed it on
+ * coast_frames x s^3 frames with detections (s = miss_scale: a detector that misses people in
+ * view; frames without detections are no attempt), not once its filter looked and did not find
+ * it in the picture, and only while its predicted box lies
  * wholly inside the image (when the image size is known: a track leaving the picture is gone,
  * not missed) and overlaps no active track's box by coast_overlap x s^3 IoU or more (there the
  * detection most likely went to that track: the person is occluded or the lost track was a
@@ -844,10 +852,13 @@ static int track_coasts(const CoreObject *self, const Track *t)
     if (t->state != ST_LOST) return 0;
     double s = miss_scale(self, t), s3 = s * s * s;
     double overlap = dmin(p->coast_overlap * s3, 1.0);
-    if ((double)t->fsu > (double)p->coast_frames * s3) return 0;
+    /* for coast_frames x s^3 missed detection attempts, and while the picture, when there is
+     * one, still shows it */
+    if ((double)t->misses > (double)p->coast_frames * s3) return 0;
+    if (t->looked && !t->seen) return 0;
     const double *b = t->box;
-    double fw = p->frame_w > 0 ? p->frame_w : self->img_w;
-    double fh = p->frame_h > 0 ? p->frame_h : self->img_h;
+    double fw = p->frame_width > 0 ? p->frame_width : self->img_w;
+    double fh = p->frame_height > 0 ? p->frame_height : self->img_h;
     if (fw > 0 && fh > 0 && !(b[0] >= 0 && b[1] >= 0 && b[2] <= fw && b[3] <= fh)) return 0;
     if (overlap < 1.0) {
         for (Py_ssize_t i = 0; i < self->ntracks; i++) {
@@ -952,7 +963,7 @@ static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
         if (img) {
             self->img_w = img->w;
             self->img_h = img->h;
-            visual_look(self, img);
+            visual_look(self, img, 1);
             visual_move(self, NULL);
         }
         for (Py_ssize_t i = 0; i < self->ntracks; i++) {
@@ -980,23 +991,15 @@ static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
     if (img) {
         self->img_w = img->w;
         self->img_h = img->h;
-        visual_look(self, img);
+        visual_look(self, img, 0);
     }
     score_dets(self, n);
     sort_frame_dets(self, n);
     for (Py_ssize_t j = 0; j < n; j++) self->dmatch[j] = -1;
 
-    /* 1: high-score detections vs active and lost tracks (predicted boxes); with
-     * active_first, tracks seen last frame choose first and shadow tracks take the rest. */
-    if (p->active_first) {
-        stage(self, n, ST_ACTIVE, -1, p->high_thresh, HUGE_VAL, 0, p->fuse_score,
-              p->match_thresh, p->iou_buffer, p->direction_weight, tmatched);
-        stage(self, n, ST_LOST, -1, p->high_thresh, HUGE_VAL, 0, p->fuse_score,
-              p->match_thresh, p->iou_buffer, p->direction_weight, tmatched);
-    } else {
-        stage(self, n, ST_ACTIVE, ST_LOST, p->high_thresh, HUGE_VAL, 0, p->fuse_score,
-              p->match_thresh, p->iou_buffer, p->direction_weight, tmatched);
-    }
+    /* 1: high-score detections vs active and lost tracks (predicted boxes). */
+    stage(self, n, ST_ACTIVE, ST_LOST, p->high_thresh, HUGE_VAL, 0, p->fuse_score,
+          p->match_thresh, p->iou_buffer, p->direction_weight, tmatched);
     /* 1b: OC-SORT recovery: leftovers vs the tracks' last observed boxes. */
     if (p->recovery_thresh > 0)
         stage(self, n, ST_ACTIVE, ST_LOST, p->high_thresh, HUGE_VAL, 1, 0, p->recovery_thresh,
@@ -1016,7 +1019,7 @@ static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
         if (tmatched[i]) continue;
         t->misses++;
         if (t->state == ST_TENTATIVE) {
-            if (t->misses > p->max_tentative_misses) t->state = ST_DEAD;
+            t->state = ST_DEAD; /* early termination: a tentative track lives on hits only */
         } else if (t->state == ST_ACTIVE) {
             t->state = ST_LOST; /* reported for coast_frames more if it coasts (below) */
         }
@@ -1106,40 +1109,23 @@ static PyObject *Core_get_num_tracks(CoreObject *self, void *Py_UNUSED(c))
 /* Parse and check keyword-only parameters into *p; 0, or -1 with an exception set. */
 static int parse_params(PyObject *args, PyObject *kwds, Params *p)
 {
-    static char *kwlist[] = {"high_thresh", "low_thresh", "new_track_thresh", "match_thresh",
-                             "low_match_thresh", "tentative_match_thresh", "recovery_thresh",
-                             "iou_buffer", "shadow_buffer", "direction_weight",
-                             "direction_delta", "fuse_score", "observation_centric",
-                             "active_first", "adaptive", "score_window", "probation_age",
-                             "max_tentative_misses", "max_shadow_age", "shadow_min_frames",
-                             "coast_frames", "coast_overlap", "miss_rate_ref", "frame_width",
-                             "frame_height",
-                             "std_weight_position", "std_weight_measurement",
-                             "std_weight_velocity", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$ddddddddddlppppllllllddddddd", kwlist,
-                                     &p->high_thresh, &p->low_thresh, &p->new_track_thresh,
-                                     &p->match_thresh, &p->low_match_thresh,
-                                     &p->tentative_match_thresh, &p->recovery_thresh,
-                                     &p->iou_buffer, &p->shadow_buffer, &p->direction_weight,
-                                     &p->direction_delta, &p->fuse_score,
-                                     &p->observation_centric, &p->active_first, &p->adaptive,
-                                     &p->score_window, &p->probation_age,
-                                     &p->max_tentative_misses, &p->max_shadow_age,
-                                     &p->shadow_min_frames, &p->coast_frames, &p->coast_overlap,
-                                     &p->miss_rate_ref, &p->frame_w, &p->frame_h, &p->kfp.w_pos,
-                                     &p->kfp.w_meas, &p->kfp.w_vel))
+#define PARAM_KW(type, name, fmt, lo, hi) #name,
+#define PARAM_FMT(type, name, fmt, lo, hi) fmt
+#define PARAM_PTR(type, name, fmt, lo, hi) , &p->name
+    static char *kwlist[] = {PARAM_TABLE(PARAM_KW) NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "$" PARAM_TABLE(PARAM_FMT), kwlist
+                                     PARAM_TABLE(PARAM_PTR)))
         return -1;
-    /* The wrapper checks ranges with friendlier messages; this guards the C invariants. */
-    if (p->probation_age < 1 || p->direction_delta < 1 || !(p->iou_buffer >= 0) ||
-        !(p->shadow_buffer >= 0) || p->max_tentative_misses < 0 || p->max_shadow_age < 0 ||
-        p->shadow_min_frames < 0 || p->coast_frames < 0 || !(p->coast_overlap >= 0) ||
-        !(p->frame_w >= 0) || !(p->miss_rate_ref >= 0 && p->miss_rate_ref <= 1) ||
-        !(p->frame_h >= 0) || p->score_window < 1 || p->score_window > 1000000 ||
-        !(p->kfp.w_pos > 0) || !(p->kfp.w_vel > 0) || !(p->kfp.w_meas > 0) ||
-        !isfinite(p->kfp.w_pos) || !isfinite(p->kfp.w_vel) || !isfinite(p->kfp.w_meas)) {
-        PyErr_SetString(PyExc_ValueError, "invalid tracker parameters");
-        return -1;
+    /* (NaN fails both comparisons) */
+#define PARAM_CHECK(type, name, fmt, lo, hi)                                               \
+    if (!((double)p->name >= (lo) && (double)p->name <= (hi))) {                           \
+        PyErr_SetString(PyExc_ValueError, "tracker parameter " #name " out of range");     \
+        return -1;                                                                         \
     }
+    PARAM_TABLE(PARAM_CHECK)
+    p->kfp.w_pos = p->std_weight_position;
+    p->kfp.w_meas = p->std_weight_measurement;
+    p->kfp.w_vel = p->std_weight_velocity;
     return 0;
 }
 
