@@ -301,6 +301,14 @@ class ClipsConfig(_Model):
     ring_max_mb: float = Field(32, gt=0, le=4096,
                                description="pre-roll memory cap per camera (MB)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: Any) -> Any:
+        """YAML 1.1 reads an unquoted ``on:`` key as the boolean true: take it as ``on``."""
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
 
 class SinksConfig(_Model):
     console: bool = Field(False, description="print events to stdout")

@@ -416,3 +416,11 @@ def test_rtsp_camera_clip_is_its_own_packets(tmp_path, weights_dir):
     # Not re-encoded: every decoded frame of the clip is bit for bit a frame of the source.
     source = set(_decoded(video))
     assert all(fr in source for fr in clip)
+
+
+def test_clips_on_key_survives_yaml_booleans():
+    # `on:` unquoted is the boolean true in YAML 1.1; the shipped config writes it that way
+    cfg = cfgmod.load_text("events:\n  clips:\n    on: [weapon, crowd]\n", "agent.yaml")
+    assert cfg.events.clips.on == ["weapon", "crowd"]
+    shipped = cfgmod.load(Path(__file__).resolve().parent.parent / "configs" / "edge-agent.yaml")
+    assert shipped.events.clips.on == ["weapon"]
