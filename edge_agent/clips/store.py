@@ -20,8 +20,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
 
-import cv2
-
 log = logging.getLogger(__name__)
 
 CLIP_ID = re.compile(r"^[0-9a-f]{32}$")  # an event_id
@@ -71,6 +69,8 @@ def sha256_of(path: Path) -> str:
 
 def decodable_frames(path: Path) -> int:
     """How many frames OpenCV decodes from ``path`` (0 for a file that is not video)."""
+    import cv2  # here: the CLI imports this module, and an --extra none install has no OpenCV
+
     cap = cv2.VideoCapture(str(path))
     n = 0
     try:
