@@ -216,7 +216,7 @@ static void sort_frame_dets(CoreObject *self, Py_ssize_t n)
         self->xkeys[j].idx = (int)j;
         self->dpos[j] = -1;
     }
-    qsort(self->xkeys, (size_t)n, sizeof(SortKey), cmp_key);
+    if (n > 1) qsort(self->xkeys, (size_t)n, sizeof(SortKey), cmp_key); /* (never NULL, 0) */
     self->nxkeys = n;
 }
 
