@@ -1,0 +1,175 @@
+"""How many cameras one box holds: detect on a 640x360 substream, record a 1080p main stream.
+
+    .venv/bin/python bench/cameras_bench.py [--shared ../shared] [--counts 2,4,6,8,10,12]
+                                            [--seconds 60]
+
+For each N, the test RTSP server (tests/rtsp_server.py, GStreamer, run by the system python3)
+serves N cameras, each as two streams cut from Retail02: a 640x360 H.264 substream the agent
+decodes and detects on (``detect_every: 6``, the shipped model on ONNX Runtime CPU) and a
+1920x1080 H.264 main stream it only keeps as packets for clips (``record:``). ``edge-agent run``
+runs for ``--seconds`` after a warm-up; from its /metrics the bench reads frames read and
+dropped per camera over that window, and from /proc the agent's resident memory. It prints a
+row per N and the largest N with under 1 % dropped frames. The RTSP servers run on the same box
+and take their share of the CPU, as a second box would not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from fractions import Fraction
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+import av
+
+REPO = Path(__file__).resolve().parent.parent
+WARMUP_S = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def encode(src: Path, dst: Path, size: Tuple[int, int], seconds: float) -> None:
+    """``src`` looped to ``seconds`` at 30 frames/s, scaled to ``size``, H.264, key frame 1 s."""
+    frames = []
+    with av.open(str(src)) as inp:
+        for frame in inp.decode(video=0):
+            frames.append(frame.reformat(width=size[0], height=size[1], format="yuv420p"))
+            if len(frames) >= 300:
+                break
+    with av.open(str(dst), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = size[0], size[1], "yuv420p"
+        stream.codec_context.gop_size = 30
+        stream.codec_context.options = {"preset": "ultrafast", "crf": "30"}
+        for i in range(int(seconds * 30)):
+            f = frames[i % len(frames)]
+            f.pts, f.time_base = i, Fraction(1, 30)
+            for pkt in stream.encode(f):
+                out.mux(pkt)
+        for pkt in stream.encode(None):
+            out.mux(pkt)
+
+
+def serve(video: Path) -> Tuple[subprocess.Popen, str]:
+    port = free_port()
+    proc = subprocess.Popen(["/usr/bin/python3", str(REPO / "tests" / "rtsp_server.py"),
+                             "--port", str(port), "--file", str(video)],
+                            stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    if not line.startswith("READY"):
+        proc.kill()
+        sys.exit(f"RTSP server did not start: {line!r}")
+    return proc, line.split()[1]
+
+
+def scrape(port: int) -> Dict[str, Dict[str, float]]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out: Dict[str, Dict[str, float]] = {}
+    for m in re.finditer(r'^edge_agent_frames_(in|dropped)_total\{camera="([^"]+)"\} (\S+)$',
+                         text, re.M):
+        out.setdefault(m.group(2), {})[m.group(1)] = float(m.group(3))
+    return out
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run(n: int, sub: Path, main: Path, seconds: float, work: Path) -> Tuple[float, float]:
+    """(dropped %, RSS MB) of the agent with ``n`` cameras."""
+    servers: List[subprocess.Popen] = []
+    cams = []
+    try:
+        for i in range(n):
+            p1, detect = serve(sub)
+            p2, record = serve(main)
+            servers += [p1, p2]
+            cams.append({"name": f"cam{i}", "source": detect, "record": record,
+                         "detect_every": 6})
+        port = free_port()
+        conf = work / f"agent-{n}.yaml"
+        conf.write_text(json.dumps({
+            "device_id": "bench", "state_dir": str(work / f"state-{n}"), "cameras": cams,
+            "mqtt": {"enabled": False}, "update": {"enabled": False},
+            "metrics": {"port": port}, "log": {"level": "warning"}}))
+        log = open(work / f"agent-{n}.log", "wb")
+        agent = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config",
+                                  str(conf)], stderr=log)
+        try:
+            deadline = time.monotonic() + 180
+            while True:  # start-up (model load, N RTSP opens) is not measured
+                try:
+                    scrape(port)
+                    break
+                except OSError:
+                    if agent.poll() is not None or time.monotonic() > deadline:
+                        log.close()
+                        sys.exit(f"agent did not start:\n"
+                                 f"{(work / f'agent-{n}.log').read_text()[-3000:]}")
+                    time.sleep(1)
+            time.sleep(WARMUP_S)
+            before = scrape(port)
+            time.sleep(seconds)
+            after = scrape(port)
+            rss = rss_mb(agent.pid)
+        finally:
+            agent.terminate()
+            agent.wait(60)
+            log.close()
+    finally:
+        for p in servers:
+            p.terminate()
+        for p in servers:
+            p.wait(10)
+    got = sum(after[c]["in"] - before[c]["in"] for c in after)
+    dropped = sum(after[c]["dropped"] - before[c]["dropped"] for c in after)
+    return (100.0 * dropped / got if got else 100.0), rss
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shared", type=Path, default=REPO.parent / "shared")
+    ap.add_argument("--counts", default="1,4,8,10,12",
+                    help="camera counts to try, ascending; 1 first gives the per-camera RSS")
+    ap.add_argument("--seconds", type=float, default=60.0)
+    args = ap.parse_args()
+    retail = args.shared / "data" / "video" / "nvidia_Retail02_short.mp4"
+    if not retail.exists():
+        sys.exit(f"needs {retail}")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        length = WARMUP_S + args.seconds + 20
+        sub, main_ = work / "sub.mp4", work / "main.mp4"
+        encode(retail, sub, (640, 360), length)
+        encode(retail, main_, (1920, 1080), length)
+        print(f"{'cameras':>7} {'dropped %':>9} {'RSS MB':>7} {'MB/camera beyond the first':>27}")
+        best, first_rss = 0, None
+        for n in (int(x) for x in args.counts.split(",")):
+            drop, rss = run(n, sub, main_, args.seconds, work)
+            if n == 1:
+                first_rss = rss
+            per = (rss - first_rss) / (n - 1) if first_rss is not None and n > 1 else rss / n
+            print(f"{n:7d} {drop:9.2f} {rss:7.0f} {per:27.1f}", flush=True)
+            if drop < 1.0:
+                best = n
+        print(f"largest N under 1 % dropped: {best}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
