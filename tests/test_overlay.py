@@ -17,6 +17,7 @@ from edge_agent.events.overlay import (
     Style,
     draw,
     hidden_counts,
+    label,
 )
 from edge_agent.events.rules import HeadTracks
 from edge_agent.events.zones import Zone
@@ -111,3 +112,16 @@ def test_plate_reads_are_kept_for_a_while_after_the_end_event():
     reads.write({**end, "type": "weapon", "track_id": 6})
     assert reads.current(120) == [PlateRead(4, "XY99", [1.0, 2.0, 30.0, 12.0])]
     assert reads.current(131) == []
+
+
+def test_labels_do_not_cover_each_other_or_the_legend(frame_1080):
+    image = frame_1080.copy()
+    style = Style.for_frame(1920, 1080)
+    taken = [(0, 0, 600, 40)]  # a legend line
+    for text in ("person #1 0.90", "person #2 0.80", "person #3 0.70"):
+        label(image, text, 100, 30, HEAD_COLORS["crowd"], style, taken=taken)
+    rects = taken
+    assert len(rects) == 4
+    for i, a in enumerate(rects):
+        for b in rects[i + 1:]:
+            assert not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]), (a, b)

@@ -53,16 +53,31 @@ def _text_color(bg: Color) -> Color:
     return (0, 0, 0) if 0.114 * b + 0.587 * g + 0.299 * r > 140 else (255, 255, 255)
 
 
+Rect = Tuple[int, int, int, int]  # x1, y1, x2, y2
+
+
+def _overlaps(a: Rect, b: Rect) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def label(image: np.ndarray, text: str, x: int, y: int, bg: Color, style: Style,
-          above: bool = True) -> None:
+          above: bool = True, taken: Optional[List[Rect]] = None) -> None:
     """``text`` on a filled ``bg`` box whose bottom-left is (x, y) (top-left when not ``above``
-    or when there is no room above), kept inside the frame."""
+    or when there is no room above), kept inside the frame. With ``taken`` (labels already
+    drawn), it moves down past those it would cover, and is added to them."""
     h, w = image.shape[:2]
     (tw, th), base = cv2.getTextSize(text, _FONT, style.font, style.thick)
     bw, bh = tw + 2 * style.pad, th + base + 2 * style.pad
     x = min(max(0, x), max(0, w - bw))
     top = y - bh if above and y - bh >= 0 else y
     top = min(max(0, top), max(0, h - bh))
+    for _ in range(len(taken or ())):
+        hit = [r for r in taken or () if _overlaps((x, top, x + bw, top + bh), r)]
+        if not hit or top + bh >= h:
+            break
+        top = min(max(r[3] for r in hit), h - bh)
+    if taken is not None:
+        taken.append((x, top, x + bw, top + bh))
     cv2.rectangle(image, (x, top), (x + bw, top + bh), bg, cv2.FILLED)
     cv2.putText(image, text, (x + style.pad, top + style.pad + th), _FONT, style.font,
                 _text_color(bg), style.thick, cv2.LINE_AA)
@@ -96,11 +111,16 @@ def _box(values: Sequence[float], w: int, h: int) -> Tuple[int, int, int, int]:
             int(round(min(max(x2, 0), w - 1))), int(round(min(max(y2, 0), h - 1))))
 
 
+Label = Tuple[str, int, int, Color]  # text, x, y (the box's top-left), background
+
+
 def _draw_tracks(image: np.ndarray, tracks: Mapping[str, HeadTracks], alerts: Collection[int],
-                 reads: Sequence[PlateRead], style: Style) -> None:
+                 reads: Sequence[PlateRead], style: Style) -> List[Label]:
+    """Draw the boxes; their labels are returned, to be drawn after the legend."""
     h, w = image.shape[:2]
     texts = {r.track_id: r.text for r in reads}
     drawn = set()
+    labels: List[Label] = []
     for head, tr in tracks.items():
         color = HEAD_COLORS.get(head, (255, 255, 255))
         for row in tr.active:
@@ -114,19 +134,21 @@ def _draw_tracks(image: np.ndarray, tracks: Mapping[str, HeadTracks], alerts: Co
                 text = f"plate #{tid} '{texts[tid]}'"
                 drawn.add(tid)
             cv2.rectangle(image, (x1, y1), (x2, y2), bg, thick)
-            label(image, text, x1, y1, bg, style)
+            labels.append((text, x1, y1, bg))
     for r in reads:  # the text comes at the track's end: shown at its best box for a while
         if r.track_id not in drawn:
             x1, y1, x2, y2 = _box(r.box, w, h)
             cv2.rectangle(image, (x1, y1), (x2, y2), HEAD_COLORS["plate"], style.thick)
-            label(image, f"plate #{r.track_id} '{r.text}'", x1, y1, HEAD_COLORS["plate"], style)
+            labels.append((f"plate #{r.track_id} '{r.text}'", x1, y1, HEAD_COLORS["plate"]))
+    return labels
 
 
-def _legend(image: np.ndarray, lines: List[Tuple[str, Color]], style: Style) -> None:
+def _legend(image: np.ndarray, lines: List[Tuple[str, Color]], style: Style,
+            taken: List[Rect]) -> None:
     (_, th), base = cv2.getTextSize("Ag", _FONT, style.font, style.thick)
     y = style.pad
     for text, bg in lines:
-        label(image, text, style.pad, y, bg, style, above=False)
+        label(image, text, style.pad, y, bg, style, above=False, taken=taken)
         y += th + base + 3 * style.pad
 
 
@@ -144,7 +166,7 @@ def draw(image: np.ndarray, tracks: Mapping[str, HeadTracks], zones: Sequence[Zo
     for z in zones:
         if z.polygon is not None:
             cv2.polylines(image, [z.pixel_polygon(w, h)], True, ZONE_COLOR, style.thick)
-    _draw_tracks(image, tracks, set(alerts), plate_reads, style)
+    labels = _draw_tracks(image, tracks, set(alerts), plate_reads, style)
     hidden = hidden_counts(tracks.get("crowd"), zones, w, h)
     lines: List[Tuple[str, Color]] = []
     for name, n in counts.items():
@@ -156,5 +178,8 @@ def draw(image: np.ndarray, tracks: Mapping[str, HeadTracks], zones: Sequence[Zo
         cv2.rectangle(image, (0, 0), (w - 1, h - 1), ALERT_COLOR, style.thick * 3)
     if footer:
         lines.append((footer, LEGEND_BG))
-    _legend(image, lines, style)
+    taken: List[Rect] = []  # labels move down past those drawn before them
+    _legend(image, lines, style, taken)
+    for text, x, y, bg in labels:
+        label(image, text, x, y, bg, style, taken=taken)
     return image
