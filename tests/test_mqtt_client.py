@@ -269,6 +269,17 @@ def test_home_assistant_discovery_and_entity_states(broker, outbox):
     assert sub.wait_for(lambda: sub.payloads("/ha/crowd/cam2/hall") == [b"12"])
     # a zone first seen in an event gets its discovery config then
     assert any(t.endswith("edge_agent_dev1_cam2_hall_crowd/config") for t, _, _ in sub.snapshot())
+    # the latest clip of a camera: a sensor whose state is the clip id, the URL path beside it
+    clip = {"id": "a" * 32, "status": "ready", "duration_s": 17.5, "bytes": 123456,
+            "sha256": "b" * 64, "reason": None}
+    m.ha_sink.write({"event_id": "k1", "type": "clip", "phase": "update", "camera": "cam1",
+                     "track_id": 5, "alert_type": "weapon", "clip": clip})
+    assert sub.wait_for(lambda: sub.payloads("/ha/clip/cam1"))
+    state = json.loads(sub.payloads("/ha/clip/cam1")[-1])
+    assert state["id"] == "a" * 32 and state["path"] == f"/clips/{'a' * 32}.mp4"
+    cfg = next(json.loads(p) for t, p, _ in sub.snapshot()
+               if t == f"homeassistant/sensor/{node}/{node}_cam1_clip/config")
+    assert cfg["state_topic"] == cfg["json_attributes_topic"] == f"{BASE}/ha/clip/cam1"
     m.stop()
     sub.close()
 

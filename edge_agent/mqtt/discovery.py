@@ -7,6 +7,9 @@ Entities, all bound to the device's ``status`` topic for availability (``online`
   (state topic ``<base>/ha/crowd/<camera>/<zone>``, retained).
 * ``binary_sensor`` per camera: ``ON`` while any weapon track is active on that camera
   (``weapon`` start/update -> ON, end of the last one -> OFF; ``<base>/ha/weapon/<camera>``).
+* ``sensor`` per camera: the latest clip around an alert (state: its id; attributes: ``path``
+  ``/clips/<id>.mp4`` on the agent's HTTP endpoint, status, seconds, bytes; from ``clip`` events;
+  ``<base>/ha/clip/<camera>``). MQTT has no video entity: HA links to the clip, it does not hold it.
 
 Configs go to ``<ha_prefix>/<component>/edge_agent_<device>/<object>/config`` (retained). Cameras
 and zones passed at start are announced on every connect; ones first seen in an event are
@@ -52,6 +55,7 @@ class HaBridge:
         self._zones: Set[Tuple[str, str]] = set()
         self._cameras: Set[str] = set()
         self._active_weapons: Dict[str, Set[Any]] = {}
+        self._clip_cameras: Set[str] = set()
         self._announced_initial = False
         for cam, zones in cameras.items():
             self._cameras.add(check_segment(cam, "camera"))
@@ -109,9 +113,18 @@ class HaBridge:
             payload_on="ON", payload_off="OFF", device_class="safety",
         )
 
+    def clip_config(self, camera: str) -> Message:
+        topic = self.topics.ha_state("clip", camera)
+        return self._config(
+            "sensor", self._obj(camera, "clip"), f"{camera} latest clip", topic,
+            value_template="{{ value_json.id }}", json_attributes_topic=topic,
+            icon="mdi:filmstrip",
+        )
+
     def discovery_messages(self) -> List[Message]:
         """All configs (every connect); on the first call also the initial idle states."""
         msgs = [self.weapon_config(c) for c in sorted(self._cameras)]
+        msgs += [self.clip_config(c) for c in sorted(self._clip_cameras)]
         msgs += [self.crowd_config(c, z) for c, z in sorted(self._zones)]
         if not self._announced_initial:
             self._announced_initial = True
@@ -146,6 +159,21 @@ class HaBridge:
             else:
                 active.add(track)
             out.append((self.topics.ha_state("weapon", camera), b"ON" if active else b"OFF", True))
+        elif etype == "clip":
+            out.extend(self._clip_state(event))
+        return out
+
+    def _clip_state(self, event: Dict[str, Any]) -> List[Message]:
+        camera = check_segment(event["camera"], "camera")
+        clip = event["clip"]
+        out: List[Message] = []
+        if camera not in self._clip_cameras:
+            self._clip_cameras.add(camera)
+            out.append(self.clip_config(camera))
+        state = {"id": clip["id"], "status": clip["status"], "path": f"/clips/{clip['id']}.mp4",
+                 "duration_s": clip["duration_s"], "bytes": clip["bytes"],
+                 "alert_type": event.get("alert_type")}
+        out.append((self.topics.ha_state("clip", camera), json.dumps(state).encode(), True))
         return out
 
 
