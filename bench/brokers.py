@@ -18,6 +18,8 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+REDELIVER_S = 5  # NATS: redelivery of unacknowledged QoS 1 messages to a subscriber
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -161,7 +163,10 @@ class NatsServer(_Process):
         lines = [f"server_name: {server_name}", f"listen: 127.0.0.1:{self.client_port}",
                  "jetstream {", f'  store_dir: "{store}"', "  max_memory_store: 64MB",
                  "  max_file_store: 1GB", "}",
-                 "mqtt {", f"  listen: 127.0.0.1:{self.port}"]
+                 "mqtt {", f"  listen: 127.0.0.1:{self.port}",
+                 # a QoS 1 message the subscriber did not PUBACK (its connection died) comes
+                 # again after this; NATS's default is 30 s
+                 f'  ack_wait: "{REDELIVER_S}s"']
         if replicas > 1:  # consumers too: a subscription must outlive the node it began on
             lines += [f"  stream_replicas: {replicas}", f"  consumer_replicas: {replicas}"]
         lines.append("}")

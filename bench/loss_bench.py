@@ -31,7 +31,7 @@ from typing import List, Optional, Tuple
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from brokers import Mosquitto, NatsServer, RabbitMq  # noqa: E402
+from brokers import REDELIVER_S, Mosquitto, NatsServer, RabbitMq  # noqa: E402
 
 from edge_agent.mqtt.consumer import AckConsumer, EventStore  # noqa: E402
 
@@ -193,7 +193,8 @@ def run_scenario(broker_kind: str, workdir: Path, delivery: str = "end_to_end",
                 n = len(store.ids) + store.duplicates
                 if n != last[0]:
                     last[:] = [n, time.monotonic()]
-                return want <= store.ids or time.monotonic() - last[1] > 5
+                # longer than a broker takes to redeliver what the consumer did not PUBACK
+                return want <= store.ids or time.monotonic() - last[1] > 3 * REDELIVER_S
             _wait(quiet, settle_s)
         lost = len(want - store.ids)
         return Result(broker_kind, delivery, events, lost, store.stored_total,
