@@ -137,6 +137,8 @@ def _case(env, case):
     if case == "path_traversal":
         return request(srv.add("c8.onnx", data), data, "../../etc",
                        signed(man, data, "../../etc", key)), "bad_version"
+    if case == "version_mismatch":  # the request names another version than was signed
+        return request(srv.add("c11.onnx", data), data, "3", good), "version_mismatch"
     if case == "bad_name":
         return request(srv.add("c10.onnx", data), data, "2",
                        signed(dict(man, name="../../x"), data, "2", key)), "bad_name"
@@ -149,7 +151,7 @@ def _case(env, case):
 
 # judged by the signed envelope alone: refused in the command's reply, nothing is fetched
 PRE_CASES = ["wrong_sha256", "bad_signature", "unknown_key", "expired", "unsigned", "oversize",
-             "missing_head", "lower_version", "path_traversal", "bad_name"]
+             "missing_head", "lower_version", "path_traversal", "bad_name", "version_mismatch"]
 # accepted, then FAILED in DOWNLOADING or VERIFYING
 CASES = ["truncated", "http_404", "http_500", "stalled", "served_bigger", "served_other_file",
          "not_onnx"]
