@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -272,3 +274,42 @@ def test_when_every_slot_is_busy_a_new_connection_is_refused(outbox):
         for s in socks:
             s.close()
         ex.stop()
+
+
+_LOW_FDS = """
+import json, os, urllib.error, urllib.request
+from edge_agent.exporter import Exporter, Sources
+
+def healthz(port):
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+ex = Exporter(Sources(cameras=[], stats=lambda: {"cameras": {}}, engine=lambda: {}))
+ex.start("127.0.0.1", 0)
+out = {"before": healthz(ex.port)}
+hoard = []
+while len(os.listdir("/proc/self/fd")) < 256 - 20:  # 20 left: under the 64 that are "low"
+    hoard.append(os.open("/dev/null", os.O_RDONLY))
+out["short"] = healthz(ex.port)
+for fd in hoard:
+    os.close(fd)
+out["after"] = healthz(ex.port)
+ex.stop()
+print(json.dumps(out))
+"""
+
+
+def test_healthz_says_when_descriptors_run_low_and_recovers(tmp_path):
+    # a real `ulimit -n 256` and a real table nearly full
+    proc = subprocess.run(["bash", "-c", 'ulimit -n 256 && exec "$0" -c "$1"', sys.executable,
+                           _LOW_FDS], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["before"][0] == 200, out
+    code, doc = out["short"]
+    assert code == 503 and doc["resources"]["fds_limit"] == 256, doc
+    assert any(r.startswith("low on file descriptors: ") for r in doc["reasons"]), doc
+    assert out["after"][0] == 200 and not out["after"][1]["reasons"], out
