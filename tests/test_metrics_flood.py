@@ -25,7 +25,10 @@ from test_exporter import get, sample
 
 REPO = Path(__file__).resolve().parent.parent
 CAMS = {"car": "intel_car-detection.mp4", "door": "intel_one-by-one-person-detection.mp4"}
-IDLE = 1000
+# More than the 1,000 of the issue: this agent holds only ~15 descriptors of its own, so 1,000
+# left the old server a few to spare here; 1,100 ran it out (checked on the code before the fix:
+# /healthz timed out throughout, the car camera was called "corrupt" and stayed at 0 fps).
+IDLE = 1100
 FPS = 4.0
 
 
