@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import resource
 import shutil
 import signal
 import subprocess
@@ -143,8 +144,9 @@ FPS = 10
 
 
 def _slideshow(path: Path, guns: List[Path], lead_s: float, tail_s: float,
-               hold_s: float = 1.5) -> Dict[str, float]:
-    """Grey frames, the gun images (``hold_s`` each), grey frames; returns when guns show."""
+               hold_s: float = 1.5, noisy_tail: bool = False) -> Dict[str, float]:
+    """Grey frames, the gun images (``hold_s`` each), grey (or noise) frames; returns when
+    the guns show."""
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), FPS, (416, 416))
     grey = np.full((416, 416, 3), 114, np.uint8)
     n = 0
@@ -160,8 +162,9 @@ def _slideshow(path: Path, guns: List[Path], lead_s: float, tail_s: float,
             writer.write(frame)
             n += 1
     last = (n - 1) / FPS
+    noise = np.random.default_rng(0)
     for _ in range(int(tail_s * FPS)):
-        writer.write(grey)
+        writer.write(noise.integers(0, 256, grey.shape, np.uint8) if noisy_tail else grey)
     writer.release()
     return {"first": first, "last": last}
 
@@ -424,3 +427,35 @@ def test_clips_on_key_survives_yaml_booleans():
     assert cfg.events.clips.on == ["weapon", "crowd"]
     shipped = cfgmod.load(Path(__file__).resolve().parent.parent / "configs" / "edge-agent.yaml")
     assert shipped.events.clips.on == ["weapon"]
+
+
+def _file_size_limit(nbytes: int):
+    def apply() -> None:  # in the child: writes past it fail with EFBIG (Python ignores SIGXFSZ)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, nbytes))
+    return apply
+
+
+def test_a_disk_that_fills_while_writing_fails_the_clip_not_the_agent(tmp_path, weights_dir):
+    weapons = weights_dir.parent / "data" / "weapons" / "rf-gun-detection-v1" / "valid"
+    video = tmp_path / "guns.mp4"
+    _slideshow(video, gun_images(weapons, 2), lead_s=2.0, tail_s=12.0, noisy_tail=True)
+    conf = tmp_path / "agent.yaml"
+    conf.write_text(json.dumps({
+        "device_id": "clip-full", "state_dir": str(tmp_path / "state"),
+        "model": {"path": str(MODEL)},
+        "cameras": [{"name": "lot", "source": str(video)}],
+        "events": {"sinks": {"jsonl": "events.jsonl"}, "weapon": {"require_carrier": False},
+                   "clips": {"overlay": False}},
+        "mqtt": {"enabled": False}, "metrics": {"enabled": False},
+        "update": {"enabled": False}}))
+    # No file may grow past 2 MB: the clip of noise hits it, the event files do not.
+    done = subprocess.run([sys.executable, "-m", "edge_agent.cli", "run", "--config", str(conf)],
+                          capture_output=True, timeout=300, preexec_fn=_file_size_limit(2_000_000))
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    events = [json.loads(x) for x in (tmp_path / "state" / "events.jsonl").read_text().split("\n")
+              if x]
+    weapon = [e for e in events if e["type"] == "weapon"]
+    assert {"start", "end"} <= {e["phase"] for e in weapon}  # the alert itself went out whole
+    clip = next(e for e in events if e["type"] == "clip")
+    assert clip["clip"]["status"] == "failed" and "write_error" in clip["clip"]["reason"]
+    assert not list((tmp_path / "state" / "clips").glob("*.part"))

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # End reasons after which no frame of the camera follows: the clip is finished at once.
 _FINAL_REASONS = ("agent_stop", "camera_ended", "engine_swap", "config_reload")
+# What writing a clip raises when the disk is full or the encoder fails (PyAV has its own kinds).
+_WRITE_ERRORS = (OSError, ValueError, RuntimeError, av.error.FFmpegError)
 CONFIRM_S = 5.0  # longest a track may be followed before its event starts, for the pre-roll
 
 
@@ -256,7 +258,7 @@ class ClipService:
         try:
             clip.writer = packets.start_clip(self.store.part_path(clip.info.id),
                                              clip.start_t - self.settings.pre_s)
-        except (OSError, ValueError, av.error.FFmpegError) as exc:
+        except _WRITE_ERRORS as exc:
             self._fail(clip, f"write_error: {exc}")
             return
         if clip.writer is None:
@@ -286,7 +288,7 @@ class ClipService:
                                     first.shape[0])
             for rf in pre:
                 clip.writer.write(rf.image(), rf.t)
-        except (OSError, ValueError, RuntimeError) as exc:
+        except _WRITE_ERRORS as exc:
             self._fail(clip, f"write_error: {exc}")
 
     def _write(self, clip: _Open, small: np.ndarray, t: float) -> None:
@@ -295,7 +297,7 @@ class ClipService:
                 clip.writer = Mp4Writer(self.store.part_path(clip.info.id), small.shape[1],
                                         small.shape[0])
             clip.writer.write(small, t)
-        except (OSError, ValueError, RuntimeError) as exc:  # a full disk ends up here
+        except _WRITE_ERRORS as exc:  # a full disk ends up here
             self._fail(clip, f"write_error: {exc}")
 
     def _fail(self, clip: _Open, reason: str) -> None:
@@ -319,7 +321,7 @@ class ClipService:
             writer.close()
             info = self.store.commit(clip.info.id, writer.duration_s(), reason,
                                      (writer.first_t, writer.last_t))
-        except (OSError, ValueError) as exc:
+        except _WRITE_ERRORS as exc:
             self.counters["clips_failed"] += 1
             self._announce(clip, self.store.fail(clip.info.id, f"write_error: {exc}"))
             return
