@@ -227,7 +227,8 @@ def test_run_bad_config_and_gstreamer_without_gstreamer(tmp_path, yolox_nano, vi
     config = write_config(tmp_path, yolox_nano, [{"name": "c", "source": video}],
                           events={"sinks": {"jsonl": "evdir"}})
     assert cli.main(["run", "--config", str(config)]) == 2
-    assert "events: [Errno 21] Is a directory" in capsys.readouterr().err
+    err = capsys.readouterr().err  # refused by the start-up checks, with file:line
+    assert "agent.yaml:" in err and "events.sinks.jsonl:" in err and "is a directory" in err
     config.write_text("cameras: [{name: x}]\n")
     assert cli.main(["run", "--config", str(config)]) == 2
     assert "cameras[0].source" in capsys.readouterr().err
