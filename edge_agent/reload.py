@@ -37,7 +37,7 @@ CAMERA_RESTART_FIELDS = ("source", "type", "loop", "realtime", "stall_timeout_s"
 # the delivery, and the OCR reader is loaded (or not) with the pipeline.
 EVENTS_RESTART_KEYS: Tuple[Tuple[str, ...], ...] = (("sinks",), ("snapshots",), ("plate", "ocr"))
 # How long a burst of requests is gathered into one reload, and the longest a request waits.
-QUIET_S, MAX_DELAY_S = 0.25, 2.0
+QUIET_S, MAX_DELAY_S = 0.5, 3.0
 # How long cmd/config.reload waits for its report before answering "pending".
 COMMAND_WAIT_S = 1.0
 

@@ -109,9 +109,10 @@ def test_reload_claims_match_what_the_agent_does(tmp_path, video_dir, yolox_nano
         t0 = time.monotonic()
         sub.request("edge-agent/rl-1/cmd/config.reload", b'{"request_id": "f"}')
         sub.request("edge-agent/rl-1/cmd/ping", b'{"request_id": "p"}')
-        assert sub.wait_for(lambda: replies("ping") and len(replies("config.reload")) == 2, 5)
-        assert time.monotonic() - t0 < 1.0 + 0.5  # +0.5: the broker round trips
+        assert sub.wait_for(lambda: replies("ping") and len(replies("config.reload")) == 2, 10)
+        assert time.monotonic() - t0 < 5.0  # broker round trips on a loaded machine included
         fifo = replies("config.reload")[-1]
+        # not "pending": the agent itself had the verdict within the command's 1 s wait
         assert fifo["request_id"] == "f" and fifo["ok"] is False
         assert "not a regular file (a FIFO)" in fifo["error"]["message"], fifo
         assert replies("ping")[-1]["ok"] is True
@@ -124,7 +125,7 @@ def test_reload_claims_match_what_the_agent_does(tmp_path, video_dir, yolox_nano
         before = reloads()
         for _ in range(20):
             proc.send_signal(signal.SIGHUP)
-            time.sleep(0.02)
+            time.sleep(0.01)
         assert wait_for(lambda: reloads() > before, 10)
         time.sleep(3.0)  # any further reload of the burst would have run by now
         assert reloads() == before + 1, log.read_text()[-2000:]
