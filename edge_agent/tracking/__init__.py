@@ -90,15 +90,18 @@ PARAMS: Dict[str, _Param] = {
                                 "frame rate (re-finding it takes detector attempts, and a low "
                                 "frame rate makes fewer per second); times s, see miss_rate_ref"),
     "miss_rate_ref": _Param(float, 0.15, 0.0, 1.0,
-                            "the miss rate of a strong detector on tracked objects (frames missed "
-                            "inside gaps that ended in a re-match, per class, running over ~500 "
-                            "frames of tracks); a class missed s times as often (s at most 2.5) "
+                            "the miss rate of a strong detector on tracked objects (frames with "
+                            "detections missed inside gaps that ended in a re-match, per class, "
+                            "running over ~500 frames of tracks); a class missed s times as "
+                            "often (s at most 2.5) "
                             "keeps lost tracks at least shadow_min_frames x s frames and coasts "
                             "coast_s x s^3 with coast_overlap x s^3; 0 = off"),
     "coast_s": _Param(float, 0.1, 0.0, 36_000.0,
                       "seconds a lost track's predicted box stays reported (frames_since_update "
-                      "> 0) while it lies inside the image and overlaps no active track by "
-                      "coast_overlap; 0 = off"),
+                      "> 0), counted in frames with detections that missed it (detect_every > "
+                      "1: one missed detection frame is one frame), while it lies inside the "
+                      "image, overlaps no active track by coast_overlap and, with a picture, its "
+                      "filter still finds it; 0 = off"),
     "coast_overlap": _Param(float, 0.1, 0.0, 1.0,
                             "a coasted box is not reported while its IoU with an active track's "
                             "box of the same class is at least this (1 = never suppressed)"),
