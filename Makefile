@@ -32,8 +32,16 @@ MODEL_CFG    := configs/train$(VARIANT:%=-%).yaml
 MODEL_RUN    := out/model/$(if $(VARIANT),nc,default)
 MODEL_ONNX   := $(if $(VARIANT),out/model/edge_multihead_nc.onnx,engines/models/edge_multihead.onnx)
 
+# Stage 3, the surveillance recipe (MODEL_CARD.md "Surveillance recipe"): the weapon head with its
+# own stride-8 adapter, fine-tuned on pasted small guns and clip negatives, from stage 2's export
+# (`make model` first; its export is copied to LIGHT_ONNX, the stage this one starts from).
+SURV_CFG     := configs/train$(VARIANT:%=-%)-surveil.yaml
+SURV_RUN     := out/model/$(if $(VARIANT),nc-surveil,surveil)
+SURV_ONNX    := out/model/edge_multihead$(VARIANT:%=_%)_surveil.onnx
+LIGHT_ONNX   := out/model/edge_multihead$(VARIANT:%=_%)_light.onnx
+
 .PHONY: venv system-deps test test-debug lint demo check-runtime clean bench-tracker model \
-        model-smoke
+        model-smoke model-surveil
 
 # Two layers of one venv: the runtime (.stamp-run: the package with its [cpu] extra; no PyTorch,
 # no test tools) is all `make demo` installs; `make test` and the rest add [dev], the OCR and
@@ -97,7 +105,14 @@ model: venv
 	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent export $(MODEL_RUN)/best.pt -o $(MODEL_ONNX) \
 	  --config $(MODEL_CFG)
 
-# Both stages, a few steps on a few images of each source, then export (about a minute).
+model-surveil: venv
+	[ -f $(MODEL_ONNX) ] || $(MAKE) model NC=$(NC)
+	cmp -s $(MODEL_ONNX) $(LIGHT_ONNX) || cp $(MODEL_ONNX) $(LIGHT_ONNX)
+	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent train --config $(SURV_CFG) --resume
+	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent export $(SURV_RUN)/best.pt -o $(SURV_ONNX) \
+	  --config $(SURV_CFG)
+
+# All three stages, a few steps on a few images of each source, then export (a few minutes).
 model-smoke: venv
 	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent train --config configs/train-full.yaml --smoke
 	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent export out/model/full-smoke/last.pt \
@@ -105,6 +120,10 @@ model-smoke: venv
 	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent train --config configs/train.yaml --smoke
 	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent export out/model/default-smoke/last.pt \
 	  -o out/model/smoke.onnx --val-limit 4
+	cp out/model/smoke.onnx out/model/edge_multihead_light-smoke.onnx
+	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent train --config configs/train-surveil.yaml --smoke
+	OMP_NUM_THREADS=1 $(VENV)/bin/edge-agent export out/model/surveil-smoke/last.pt \
+	  -o out/model/surveil-smoke.onnx --val-limit 4
 
 demo: $(VENV)/.stamp-run
 	$(PY) -m edge_agent.demo --shared $(SHARED)

@@ -448,3 +448,70 @@ def test_train_config_base_file(tmp_path):
     (tmp_path / "gone.yaml").write_text("base: missing.yaml\n")
     with pytest.raises(SystemExit, match="missing.yaml: cannot read"):
         TrainConfig.load(tmp_path / "gone.yaml")
+
+
+def test_weapon_adapter_starts_as_identity_exports_and_loads_back(tmp_path, yolox_nano):
+    from edge_agent.model import export as E
+
+    specs = {"weapon": N.HeadSpec(32, 1, 24), "plate": N.HeadSpec(64, 2)}
+    net = N.MultiHeadNet(HEADS, specs)
+    N.load_coco(net, yolox_nano, {"crowd": [0]})
+    plain = N.MultiHeadNet(HEADS, {"weapon": N.HeadSpec(32, 1), "plate": N.HeadSpec(64, 2)})
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if "adapter" not in k})
+    x = torch.rand(1, 3, 64, 96) * 255
+    with torch.no_grad():  # an untrained adapter adds zero: the head is the plain one
+        for a, b in zip(net(x)["weapon"], plain(x)["weapon"]):
+            assert torch.equal(a, b)
+        net.heads.weapon.adapter.out.weight.normal_(0, 0.05)  # "trained"
+    adapter_params = sum(p.numel() for p in net.heads.weapon.adapter.parameters())
+    assert adapter_params == 64 * 24 + 24 + 24 * 9 + 24 + 24 * 24 + 24 + 24 * 64 + 64
+    path = tmp_path / "a.onnx"
+    E.to_onnx(net.eval(), 64, 96, path)
+    back = N.exported_net(path)
+    assert back.heads["weapon"].spec == N.HeadSpec(32, 1, 24)
+    assert back.heads["crowd"].adapter is None
+    with torch.no_grad():
+        for a, b in zip(net(x)["weapon"], back(x)["weapon"]):
+            assert torch.allclose(a, b, atol=1e-4)
+    with pytest.raises(ValueError, match="adapter"):
+        N.HeadSpec(32, 1, -1)
+
+
+def test_paste_composites_small_guns_into_frames_and_caches_them(tmp_path):
+    from edge_agent.model import synth
+
+    obj = tmp_path / "gun.jpg"
+    img = np.full((200, 300, 3), 200, np.uint8)
+    img[80:120, 100:180] = 20  # the "gun", 80 x 40
+    cv2.imwrite(str(obj), img)
+    bg = tmp_path / "bg.jpg"
+    cv2.imwrite(str(bg), np.full((432, 768, 3), 90, np.uint8))
+    objects = [(obj, (300, 200), np.array([[100, 80, 180, 120, 0]], np.float32))]
+    recipe = synth.PasteRecipe(count=5, gun_px=(10.0, 10.0), per_image=(2, 2), decoys=(1, 1),
+                               blur=(0.0, 0.0), grey=0.0)
+    items = synth.build(objects, [bg], recipe, tmp_path / "out")
+    assert len(items) == 5
+    for path, size, boxes in items:
+        assert size == (416, 234) and cv2.imread(str(path)).shape == (234, 416, 3)
+        assert len(boxes) == 2
+        long_side = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        assert np.allclose(long_side, 10, atol=1.0)  # 10 px at the model's input
+        assert (boxes[:, :4] >= 0).all() and (boxes[:, 2] <= 416).all()
+        x1, y1, x2, y2 = boxes[0, :4].round().astype(int)  # the dark gun is where the box is
+        assert cv2.imread(str(path))[y1 + 1:y2 - 1, x1 + 1:x2 - 1].mean() < 60
+    stamp = items[0][0].stat().st_mtime_ns
+    again = synth.build(objects, [bg], recipe, tmp_path / "out")  # same recipe: reused
+    assert again[0][0].stat().st_mtime_ns == stamp
+    assert all(np.array_equal(a[2], b[2]) for a, b in zip(items, again))
+    with pytest.raises(D.DataError, match="no object image has a gun"):
+        synth.build([(obj, (300, 200), np.zeros((0, 5), np.float32))], [bg], recipe, tmp_path)
+
+
+def test_distillation_counts_only_on_the_named_sources():
+    from edge_agent.model.train import distill_mask
+
+    samples = [D.Sample(Path(f"{i}.jpg"), src, (8, 8)) for i, src in
+               enumerate(["ugr", "paste", "plates", "paste"])]
+    assert distill_mask({"head": "weapon"}, samples) is None
+    got = distill_mask({"head": "weapon", "sources": ["ugr", "plates"]}, samples)
+    assert got.tolist() == [True, False, True, False]

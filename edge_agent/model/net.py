@@ -14,6 +14,7 @@ with two convs per branch, and a lighter head is what keeps three heads cheap.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -38,6 +39,7 @@ class HeadSpec:
 
     width: int = HEAD_WIDTH
     convs: int = 2
+    adapter: int = 0  # channels of a trainable branch on the stride-8 features (0: none)
 
     def __post_init__(self):
         if not (isinstance(self.width, int) and 8 <= self.width <= HEAD_WIDTH):
@@ -45,6 +47,8 @@ class HeadSpec:
                              f"got {self.width!r}")
         if not (isinstance(self.convs, int) and 0 <= self.convs <= 2):
             raise ValueError(f"head convs must be 0, 1 or 2, got {self.convs!r}")
+        if not (isinstance(self.adapter, int) and 0 <= self.adapter <= 128):
+            raise ValueError(f"head adapter must be an integer in 0..128, got {self.adapter!r}")
 
 
 COCO_HEAD = HeadSpec(HEAD_WIDTH, 2)
@@ -162,6 +166,26 @@ class Body(nn.Module):
         return p3, p4, p5
 
 
+class Adapter(nn.Module):
+    """A head's own trainable branch on the shared stride-8 features, added to them.
+
+    The frozen COCO neck's stride-8 map was made for COCO objects; a 10-px gun needs features
+    of its own. 1 x 1 in, a depthwise 3 x 3 and 1 x 1, then a 1 x 1 out that starts at zero, so
+    an untrained adapter leaves the head exactly as it was.
+    """
+
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        self.inp = Conv(channels, width, 1)
+        self.mid = DWConv(width, width, 3)
+        self.out = nn.Conv2d(width, channels, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x):
+        return x + self.out(self.mid(self.inp(x)))
+
+
 class Head(nn.Module):
     """One decoupled YOLOX head: per stride a stem, then cls and reg/obj branches.
 
@@ -182,10 +206,13 @@ class Head(nn.Module):
         self.cls_preds = nn.ModuleList([nn.Conv2d(width, num_classes, 1) for _ in STRIDES])
         self.reg_preds = nn.ModuleList([nn.Conv2d(width, 4, 1) for _ in STRIDES])
         self.obj_preds = nn.ModuleList([nn.Conv2d(width, 1, 1) for _ in STRIDES])
+        self.adapter = Adapter(NECK_CHANNELS[0], spec.adapter) if spec.adapter else None
 
     def forward(self, feats: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         out = []
         for k, x in enumerate(feats):
+            if k == 0 and self.adapter is not None:
+                x = self.adapter(x)
             x = self.stems[k](x)
             cls = self.cls_preds[k](self.cls_convs[k](x))  # YOLOX's order (matters for loading)
             reg_feat = self.reg_convs[k](x)
@@ -402,13 +429,16 @@ def exported_net(path: Path) -> MultiHeadNet:
         raise ValueError(f"{path}: cannot read the ONNX file: {exc}") from None
     n_body = sum(isinstance(m, nn.Conv2d) for m in Body().modules())
     specs, classes, i = {}, {}, n_body
+    adapters = _adapter_widths(model)
     try:
         for h in heads:
+            a = adapters.get(h, 0)
+            i += 4 if a else 0  # the adapter's convs run before the stride-8 stem
             width, n = convs[i][1].shape[0], 0
             while convs[i + 1 + 2 * n][1].shape[1] == 1:  # depthwise, then pointwise: one conv
                 n += 1
             classes[h] = [f"class{k}" for k in range(convs[i + 1 + 2 * n][1].shape[0])]
-            specs[h] = HeadSpec(int(width), n)
+            specs[h] = HeadSpec(int(width), n, a)
             i += len(STRIDES) * (1 + 4 * n + 3)  # stem, cls and reg convs, three predictors
         net = MultiHeadNet(classes, specs)
     except (IndexError, AttributeError, ValueError) as exc:
@@ -418,10 +448,25 @@ def exported_net(path: Path) -> MultiHeadNet:
     return net
 
 
+def _adapter_widths(model) -> Dict[str, int]:
+    """Per head, the width of its :class:`Adapter` in an exported graph (from the node names,
+    which the exporter takes from the module path: ``/net/<head>/adapter/inp/conv/Conv``)."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    out = {}
+    for node in model.graph.node:
+        m = re.search(r"/([^/]+)/adapter/inp/", node.name) if node.op_type == "Conv" else None
+        if m and node.input[1] in inits:
+            out[m.group(1)] = int(numpy_helper.to_array(inits[node.input[1]]).shape[0])
+    return out
+
+
 def load_heads(net: MultiHeadNet, path: Path, heads: Sequence[str]) -> List[str]:
     """Copy the named heads' tensors from our exported ``path`` into ``net``; returns the keys.
 
-    Each head must have the same design (shapes) in both; a mismatch names the tensor.
+    Each head must have the same design (shapes) in both; a mismatch names the tensor. A head
+    that has an :class:`Adapter` here but none there keeps its adapter's (identity) start.
     """
     src = exported_net(Path(path)).state_dict()
     state = net.state_dict()
@@ -431,6 +476,8 @@ def load_heads(net: MultiHeadNet, path: Path, heads: Sequence[str]) -> List[str]
             raise ValueError(f"heads_from: {h!r} is not a head of this model ({list(net.heads)})")
         keys = [k for k in state if k.startswith(f"heads.{h}.")]
         for k in keys:
+            if k not in src and f"heads.{h}.adapter." in k:
+                continue
             if k not in src or tuple(src[k].shape) != tuple(state[k].shape):
                 got = list(src[k].shape) if k in src else "no such tensor"
                 raise ValueError(f"{path}: {k} is {got}, this model's head_design needs "

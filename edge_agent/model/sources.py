@@ -1,6 +1,7 @@
 """Turn the ``sources:`` of a training config into :class:`~edge_agent.model.data.Sample` lists.
 
-A source names its format (``yolo``, ``voc``, ``coco`` or ``video``), its folders, which head its
+A source names its format (``yolo``, ``voc``, ``coco``, ``video`` or ``paste``: gun cut-outs
+pasted into clip frames, :mod:`edge_agent.model.synth`), its folders, which head its
 boxes belong to (``head``, with a class-name ``map`` into that head's classes), which heads it is
 a verified negative for (``negatives``), optional file-name filters (``include`` / ``exclude``
 prefixes) and which part of a split file it takes (``split: {file, part}``).
@@ -24,7 +25,7 @@ import numpy as np
 
 from edge_agent.model import data as D
 
-FORMATS = ("yolo", "voc", "coco", "video")
+FORMATS = ("yolo", "voc", "coco", "video", "paste")
 
 
 def _get(src: Mapping[str, Any], key: str, where: str, default: Any = ...) -> Any:
@@ -111,11 +112,36 @@ def _read(src: Mapping[str, Any], classes: Sequence[str], where: str, base: Path
         items = D.read_voc(base / src["images"], base / src["annots"], classes, mapping)
     elif fmt == "coco":
         items = D.read_coco(base / src["images"], base / src["annotations"], classes, mapping)
+    elif fmt == "paste":
+        items = _paste(src, classes, where, base, cache)
     else:
         items = video_frames(base / src["path"], int(_get(src, "every", where, 10)),
                              float(_get(src, "start", where, 0.0)),
                              float(_get(src, "end", where, 1.0)), cache)
     return items
+
+
+def _paste(src: Mapping[str, Any], classes: Sequence[str], where: str, base: Path, cache: Path):
+    """``format: paste``: gun cut-outs of ``objects`` (a yolo source, with its own filters and
+    split) pasted into frames of ``backgrounds`` (video sources); see :mod:`synth`."""
+    from edge_agent.model import synth
+
+    obj = dict(_get(src, "objects", where))
+    if obj.get("format", "yolo") != "yolo":
+        raise D.DataError(f"{where}: objects must be a yolo source")
+    ow = f"{where}.objects"
+    objects = _split(_filters(_read({**obj, "format": "yolo"}, classes, ow, base, cache), obj, ow),
+                     obj, ow, base)
+    frames: List[Path] = []
+    for n, bg in enumerate(_get(src, "backgrounds", where)):
+        items = _read({**bg, "format": "video"}, classes, f"{where}.backgrounds[{n}]", base, cache)
+        frames += [Path(p) for p, _, _ in items]
+    try:
+        recipe = synth.PasteRecipe(**{k: tuple(v) if isinstance(v, list) else v
+                                      for k, v in dict(src.get("recipe") or {}).items()})
+    except TypeError as exc:
+        raise D.DataError(f"{where}: recipe: {exc}") from None
+    return synth.build(objects, frames, recipe, cache / str(_get(src, "name", where)))
 
 
 def build(sources: Sequence[Mapping[str, Any]], heads: Mapping[str, Sequence[str]],

@@ -96,8 +96,12 @@ class TrainConfig:
         for name, d in self.head_design.items():
             if name not in self.heads:
                 return f"{name!r} is not a head (heads: {list(self.heads)})"
-            if not isinstance(d, dict) or set(d) - {"width", "convs"}:
-                return f"{name}: expected {{width: 8..64, convs: 0..2}}, got {d!r}"
+            if not isinstance(d, dict) or set(d) - {"width", "convs", "adapter"}:
+                return (f"{name}: expected {{width: 8..64, convs: 0..2, adapter: 0..128}}, "
+                        f"got {d!r}")
+            a = d.get("adapter", 0)
+            if type(a) is not int or not 0 <= a <= 128:
+                return f"{name}: adapter must be an integer in 0..128, got {a!r}"
             w, c = d.get("width", DEFAULT_HEAD["width"]), d.get("convs", DEFAULT_HEAD["convs"])
             if type(w) is not int or not 8 <= w <= 64:
                 return f"{name}: width must be an integer in 8..64, got {w!r}"
@@ -121,7 +125,7 @@ class TrainConfig:
             base = ({"width": COCO_HEAD.width, "convs": COCO_HEAD.convs} if name in coco
                     else DEFAULT_HEAD)
             d = {**base, **self.head_design.get(name, {})}  # a key left out: that default's
-            out[name] = HeadSpec(int(d["width"]), int(d["convs"]))
+            out[name] = HeadSpec(int(d["width"]), int(d["convs"]), int(d.get("adapter", 0)))
         return out
 
     @property
@@ -170,7 +174,10 @@ def build_data(cfg: TrainConfig):
     va = _limit(sources.build(cfg.val, cfg.heads, cache=out.parent / "frames"), cfg.val)
     if cfg.teacher:
         tc = teacher.TeacherConfig(**cfg.teacher)
-        n = teacher.label(tr + va, tc, out.parent / "teacher.json")
+        # a head frozen in every stage learns nothing from pseudo-labels: only validation needs them
+        stages = [s for s in (cfg.stage_a, cfg.stage_b) if s.epochs]
+        learns = any(f"heads.{tc.head}" not in s.freeze for s in stages)
+        n = teacher.label(tr + va if learns else va, tc, out.parent / "teacher.json")
         log.info("teacher: %d new images labelled", n)
     return tr, va
 
@@ -293,8 +300,12 @@ def set_frozen(model, prefixes: Sequence[str]) -> None:
 
 
 def train_step(model, imgs, boxes, ignore, frozen_body: bool, teacher=None,
-               distill: Optional[Dict[str, Any]] = None):
-    """Forward + masked per-head losses (+ distillation); returns (total, {name: loss value})."""
+               distill: Optional[Dict[str, Any]] = None, dmask: Optional[np.ndarray] = None):
+    """Forward + masked per-head losses (+ distillation); returns (total, {name: loss value}).
+
+    ``dmask`` (N bools): the images distillation counts on (all when None), e.g. not the pasted
+    small guns that the teacher never learnt to see.
+    """
     import torch
 
     from edge_agent.model import loss as L
@@ -320,15 +331,29 @@ def train_step(model, imgs, boxes, ignore, frozen_body: bool, teacher=None,
         # a head teacher (distill.teacher) works in every stage, the starting model while the
         # body trains
         if teacher is not None and h in dheads \
-                and (not frozen_body or distill.get("teacher")):
+                and (not frozen_body or distill.get("teacher")) \
+                and (dmask is None or dmask.any()):
             with torch.no_grad():
                 ref = teacher(x, feats, h)
-            ld = float(distill.get("weight", 1.0)) * L.distill_loss(maps, ref)
+            if dmask is not None and not dmask.all():
+                keep = torch.from_numpy(np.asarray(dmask, bool))
+                maps_d, ref = [m[keep] for m in maps], [r[keep] for r in ref]
+            else:
+                maps_d = maps
+            ld = float(distill.get("weight", 1.0)) * L.distill_loss(maps_d, ref)
             key = "distill" if len(dheads) == 1 else f"distill_{h}"
             parts[key] = ld.item()
             lh = lh + ld
         total = lh if total is None else total + lh
     return total, parts
+
+
+def distill_mask(distill: Optional[Dict[str, Any]], samples) -> Optional[np.ndarray]:
+    """``distill.sources``: the sources whose images distillation counts on (None: all)."""
+    if not distill or not distill.get("sources"):
+        return None
+    allowed = set(distill["sources"])
+    return np.array([s.source in allowed for s in samples], bool)
 
 
 def distilled_heads(distill: Optional[Dict[str, Any]]) -> List[str]:
@@ -428,9 +453,11 @@ def run(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Dict[s
             warm = min(1.0, (it + 1) / 20) if epoch == first else 1.0
             for g in opt.param_groups:
                 g["lr"] = st.lr * warm * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * frac)))
-            batch = collate(ds[int(i)] for i in idx[it * cfg.batch:(it + 1) * cfg.batch])
+            ids = idx[it * cfg.batch:(it + 1) * cfg.batch]
+            batch = collate(ds[int(i)] for i in ids)
             total, parts = train_step(model, *batch, frozen_body="body" in st.freeze,
-                                      teacher=teacher_net, distill=cfg.distill)
+                                      teacher=teacher_net, distill=cfg.distill,
+                                      dmask=distill_mask(cfg.distill, [tr[int(i)] for i in ids]))
             if total is None:
                 raise SystemExit("stage freezes every head: nothing to train")
             opt.zero_grad(set_to_none=True)
@@ -480,6 +507,9 @@ def smoke(cfg: TrainConfig) -> TrainConfig:
     """The same config shrunk to a few steps on a few images of each source (``--smoke``)."""
     for spec in cfg.train + cfg.val:
         spec["limit"] = min(int(spec.get("limit") or 12), 12)
+        if spec.get("format") == "paste":  # composites are made before the limit applies
+            spec["recipe"] = {**(spec.get("recipe") or {}), "count": 12}
+            spec["name"] = f"{spec['name']}-smoke"
     cfg.stage_a = Stage(1, 3, cfg.stage_a.lr, list(cfg.stage_a.freeze))
     cfg.stage_b = Stage(1 if cfg.stage_b.epochs else 0, 2, cfg.stage_b.lr,
                         list(cfg.stage_b.freeze))
