@@ -60,9 +60,11 @@ def test_reload_claims_match_what_the_agent_does(tmp_path, video_dir, yolox_nano
     jsonl, other = state / "events.jsonl", state / "other.jsonl"
     sub = Subscriber(broker, ["edge-agent/rl-1/cmd/+/reply"]).ready()
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config",
-                                 str(config)], stdout=out, stderr=subprocess.STDOUT,
-                                cwd=str(REPO))
+        # the unchanged agent, plus SIGUSR1: its inference loop hangs for a few seconds
+        proc = subprocess.Popen([sys.executable, str(REPO / "tests" / "agent_harness.py"),
+                                 "run", "--config", str(config)], stdout=out,
+                                stderr=subprocess.STDOUT, cwd=str(REPO),
+                                env=dict(os.environ, EDGE_AGENT_TEST_HANG_S="6"))
 
     def replies(name: str) -> List[Dict[str, Any]]:
         return [json.loads(p) for p in sub.payloads(f"/cmd/{name}/reply")]
@@ -123,12 +125,32 @@ def test_reload_claims_match_what_the_agent_does(tmp_path, video_dir, yolox_nano
 
         # 4. a burst of SIGHUPs is one reload
         before = reloads()
-        for _ in range(20):
+        for _ in range(20):  # back to back: the burst must not straddle the 0.5 s quiet time
             proc.send_signal(signal.SIGHUP)
-            time.sleep(0.01)
         assert wait_for(lambda: reloads() > before, 10)
         time.sleep(3.0)  # any further reload of the burst would have run by now
         assert reloads() == before + 1, log.read_text()[-2000:]
+
+        # 5. a reload that waits for a hung inference loop: the command answers "pending" and
+        # frees the command thread (ping answers at once); the report follows when it is done
+        data["cameras"][0]["zones"][0]["hold_s"] = 0.2
+        _write(config, data)
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.5)
+        n_reload = len(replies("config.reload"))
+        sub.request("edge-agent/rl-1/cmd/config.reload", b'{"request_id": "slow"}')
+        t0 = time.monotonic()
+        time.sleep(0.2)
+        sub.request("edge-agent/rl-1/cmd/ping", b'{"request_id": "p2"}')
+        assert sub.wait_for(lambda: any(r["request_id"] == "p2" for r in replies("ping")), 10)
+        t_ping = time.monotonic() - t0
+        mine = [r for r in replies("config.reload")[n_reload:] if r["request_id"] == "slow"]
+        assert mine and mine[0]["result"]["pending"] is True, mine
+        assert t_ping < 4.0, t_ping  # well before the 6 s hang ended
+        assert sub.wait_for(lambda: len([r for r in replies("config.reload")
+                                         if r["request_id"] == "slow"]) == 2, 20)
+        final = [r for r in replies("config.reload") if r["request_id"] == "slow"][-1]
+        assert final["ok"] is True and final["result"]["applied"] == ["cameras.door"], final
         assert proc.poll() is None
     finally:
         sub.close()
