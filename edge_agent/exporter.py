@@ -355,10 +355,11 @@ class Exporter:
             self._server = None
 
     def connections(self) -> Dict[str, int]:
-        """Open, refused and evicted connections of the server (zeros when not started)."""
+        """Open (busy: answering a request), refused and evicted connections of the server
+        (zeros when not started)."""
         srv = self._server
         if srv is None:
-            return {"open": 0, "refused": 0, "evicted": 0, "accept_failures": 0}
+            return {"open": 0, "busy": 0, "refused": 0, "evicted": 0, "accept_failures": 0}
         return srv.counts()
 
 
@@ -387,8 +388,9 @@ class BoundedHTTPServer(ThreadingHTTPServer):
 
     def counts(self) -> Dict[str, int]:
         with self._conns_lock:
-            return {"open": len(self._conns), "refused": self._refused,
-                    "evicted": self._evicted, "accept_failures": self._accept_failures}
+            return {"open": len(self._conns), "busy": sum(self._conns.values()),
+                    "refused": self._refused, "evicted": self._evicted,
+                    "accept_failures": self._accept_failures}
 
     def get_request(self) -> Tuple[socket.socket, Any]:
         try:
