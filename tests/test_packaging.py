@@ -14,6 +14,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import cv2
 import pytest
 from test_installer import _copy_checkout
 
@@ -142,13 +143,17 @@ def test_demo_runs_the_shipped_model_on_the_sample_without_shared(tmp_path, caps
     from edge_agent import demo
 
     rc = demo.main(["--shared", str(tmp_path / "no-shared"), "--out", str(tmp_path / "out"),
-                    "--max-frames", "30"])
+                    "--max-frames", "40"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "model " + str(shipped.path(shipped.DEFAULT_MODEL)) in out
-    events = (tmp_path / "out" / "demo-events.jsonl").read_text().splitlines()
+    events = [json.loads(e) for e in
+              (tmp_path / "out" / "demo-events.jsonl").read_text().splitlines()]
+    # Every event is printed, one line each (which ones the tracker raises is not pinned here).
     assert f"{len(events)} events:" in out
-    # The sample is a busy shop: the crowd head sees the default zone's five persons.
-    assert any(json.loads(e)["type"] == "crowd" for e in events)
-    assert "crowd start" in out and not (tmp_path / "out" / "demo-parking.mp4").exists()
-    assert (tmp_path / "out" / "demo.mp4").stat().st_size > 0
+    assert all(f"frame {e['frame']:>4}  {e['type']} {e['phase']}" in out for e in events)
+    assert not (tmp_path / "out" / "demo-parking.mp4").exists()
+    cap = cv2.VideoCapture(str(tmp_path / "out" / "demo.mp4"))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 40
+    assert cap.get(cv2.CAP_PROP_FRAME_WIDTH) == 1920
+    cap.release()
