@@ -159,8 +159,8 @@ class CameraReader:
             return False
         self.last_error = f"no frame for {self.frame_age():.1f} s"
         log.warning("camera %s: %s; reopening", self.cam.name, self.last_error)
+        self.state = "reconnecting"  # before the count: whoever sees the count sees the state
         self.reconnects += 1
-        self.state = "reconnecting"
         self._spawn()  # the stuck worker sees the new generation and quits when read() returns
         return True
 
@@ -266,11 +266,11 @@ class CameraReader:
                 self._finish(gen, "ended")
                 return
             # A live source stopped delivering: reopen after a pause.
+            self.state = "reconnecting"
             self.reconnects += 1
             self.last_error = "stream ended or read failed"
             log.warning("camera %s: %s; reconnecting in %.1f s", cam.name, self.last_error,
                         backoff)
-            self.state = "reconnecting"
             self._pause(backoff, bool(resources.usage().problems()))
             backoff = min(backoff * 2, cam.reconnect.max_s)
 
@@ -287,9 +287,9 @@ class CameraReader:
             return False
         why = "; ".join(short) if short else "no frame could be decoded (corrupt now?)"
         self.last_error = f"camera {cam.name}: {cam.source}: {why}"
+        self.state = "reconnecting"
         self.reconnects += 1
         log.warning("%s; retrying in %.1f s", self.last_error, backoff)
-        self.state = "reconnecting"
         self._pause(backoff, bool(short))
         return True
 
