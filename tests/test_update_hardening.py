@@ -87,7 +87,9 @@ def test_a_trickle_below_the_minimum_rate_fails(server, tmp_path):
     url = server.add("t.onnx", DATA, "trickle")
     t0 = time.monotonic()
     with pytest.raises(UpdateError) as e:
-        Downloader(timeout_s=1.0, deadline_s=600, min_rate=100).fetch(url, tmp_path / "t.part")
+        # A per-read timeout twice the server's 1 s between bytes: only the rate check can end it
+        # (at 1.0 a byte late by scheduling ended it as a stall instead, on a loaded machine)
+        Downloader(timeout_s=2.0, deadline_s=600, min_rate=100).fetch(url, tmp_path / "t.part")
     assert e.value.code == "timeout" and "below update.download_min_rate_kb_s" in e.value.message
     assert time.monotonic() - t0 < 10
 
