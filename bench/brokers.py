@@ -223,14 +223,30 @@ class NatsCluster:
     on all three."""
 
     def __init__(self, workdir: Path, size: int = 3):
-        cports = [free_port() for _ in range(size)]
-        self.nodes = [
-            NatsServer(Path(workdir) / f"n{i + 1}", f"n{i + 1}", cports[i],
-                       [p for j, p in enumerate(cports) if j != i], replicas=size)
-            for i in range(size)
+        self.workdir, self.size = Path(workdir), size
+        self.nodes = self._nodes(self.workdir)
+
+    def _nodes(self, where: Path) -> list:
+        cports = [free_port() for _ in range(self.size)]
+        return [
+            NatsServer(where / f"n{i + 1}", f"n{i + 1}", cports[i],
+                       [p for j, p in enumerate(cports) if j != i], replicas=self.size)
+            for i in range(self.size)
         ]
 
     def start(self, timeout: float = 60.0) -> NatsCluster:
+        # A free port can be taken by someone else before a node binds it: new ports, again.
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except RuntimeError as exc:
+                self.kill()
+                if "address already in use" not in str(exc) or attempt == 2:
+                    raise
+                self.nodes = self._nodes(self.workdir / f"retry{attempt + 1}")
+        return self
+
+    def _start(self, timeout: float) -> NatsCluster:
         procs = []
         for n in self.nodes:
             with open(n.log, "ab") as log:
