@@ -134,6 +134,10 @@ class CameraConfig(_Model):
     realtime: bool = Field(False, description="file sources: pace reading at the file's own fps")
     fps_limit: float = Field(0, ge=0, le=1000, description="max frames/s processed; 0 = no limit")
     detect_every: int = Field(1, ge=1, le=10000, description="run the detector on every Nth frame")
+    frame_queue: int = Field(
+        4, ge=1, le=60, description="live sources: decoded frames kept for the inference loop "
+        "(each W x H x 3 bytes: 690 kB at 640x360, 6.2 MB at 1080p); when full the oldest is "
+        "dropped; 1 = newest frame only")
     # Bounded: OpenCV rejects open/read timeouts of 2^31 ms and more; below 1 ms they read as 0.
     stall_timeout_s: float = Field(
         5.0, ge=0.01, le=DAY_S, description="reopen when no frame for this long"

@@ -1,10 +1,11 @@
 """The inference loop: collect -> infer -> track -> rules, for any number of cameras.
 
-One thread (``Pipeline.run``) owns the engine. Each pass it takes the newest frame of every due
-camera (round-robin, up to ``max_batch``), runs one ``infer`` (only for frames whose camera is on
-a ``detect_every`` frame), updates each camera's per-head trackers and rules, and hands every
-event to the :class:`~edge_agent.delivery.EventDelivery`. Calls from other threads (an engine
-swap, a health check) run between two batches through :meth:`Pipeline.run_in_loop`.
+One thread (``Pipeline.run``) owns the engine. Each pass it takes the oldest queued frame of every
+due camera (round-robin, at most ``max_batch`` of them due for detection), runs one ``infer`` (only
+for frames whose camera is on a ``detect_every`` frame), updates each camera's per-head trackers
+and rules, and hands every event to the :class:`~edge_agent.delivery.EventDelivery`. Calls from
+other threads (an engine swap, a health check) run between two batches through
+:meth:`Pipeline.run_in_loop`.
 
 Metrics are read from here by ``edge_agent.metrics``; nothing here publishes anything.
 """
@@ -298,23 +299,38 @@ class Pipeline:
         return True
 
     def _collect(self) -> List[Frame]:
-        """Newest frame of each camera that is due (fps limit), round-robin, up to max batch."""
+        """One frame (the oldest queued) of each camera that is due (fps limit), round-robin;
+        at most ``max_batch`` of them due for the detector. Frames between detections only
+        track, which is cheap, so every camera's queue moves on every pass; a camera whose
+        detection did not fit in the batch waits for the next pass, which starts with it."""
         now = time.monotonic()
         out: List[Frame] = []
         n = len(self._order)
+        detect, first_left = 0, None
         for k in range(n):
             name = self._order[(self._rr + k) % n]
             st = self.cams[name]
             limit = st.cfg.fps_limit
             if limit > 0 and now - st.last_processed_t < 1.0 / limit:
-                continue  # not due: a live reader replaces (and counts) the frame meanwhile
-            f = self.capture.readers[name].take()
+                continue  # not due: a live reader's queue fills and drops its oldest meanwhile
+            due = self._detects(st)
+            reader = self.capture.readers[name]
+            if due and detect >= self.engine.max_batch:
+                if first_left is None and reader.queued():
+                    first_left = (self._rr + k) % n
+                continue
+            # fps_limit thins the stream: its newest frame, not a backlog of stale ones
+            f = reader.take(newest=limit > 0)
             if f is not None:
                 out.append(f)
-                if len(out) >= self.engine.max_batch:
-                    self._rr = (self._rr + k + 1) % n  # the next batch starts after us
-                    break
+                detect += due
+        if first_left is not None:
+            self._rr = first_left
         return out
+
+    def _detects(self, st: CameraState) -> bool:
+        """The camera's next frame goes to the detector (``detect_every``)."""
+        return st.processed % st.cfg.detect_every == 0
 
     def _process(self, frames: List[Frame]) -> None:
         dets = self._infer(frames)
@@ -327,8 +343,7 @@ class Pipeline:
 
     def _infer(self, frames: List[Frame]) -> List[Optional[Dict[str, np.ndarray]]]:
         """Detections per frame; None for frames not due for detection (predict only)."""
-        det_idx = [i for i, f in enumerate(frames)
-                   if self.cams[f.camera].processed % self.cams[f.camera].cfg.detect_every == 0]
+        det_idx = [i for i, f in enumerate(frames) if self._detects(self.cams[f.camera])]
         dets: List[Optional[Dict[str, np.ndarray]]] = [None] * len(frames)
         if not det_idx:
             return dets

@@ -77,16 +77,56 @@ def test_looped_file_keeps_counting(video_dir):
     assert r.frames_in >= 400 and r.state == "stopped"
 
 
-def test_realtime_file_drops_frames_nobody_takes(video_dir):
-    r = CameraReader(_cam(video_dir / CAR, realtime=True)).start()
-    assert r.backpressure is False
+def test_realtime_file_queues_the_newest_frames_and_drops_the_oldest(video_dir):
+    r = CameraReader(_cam(video_dir / CAR, realtime=True, frame_queue=3)).start()
+    assert r.backpressure is False and r.capacity == 3
     time.sleep(1.2)  # ~15 frames at 12.5 fps, none taken
+    assert r.stop() is True
+    assert 8 <= r.frames_in <= 20  # paced at the file's fps, not as fast as it decodes
+    assert r.queued() == 3 and r.dropped == r.frames_in - 3  # a full queue drops its oldest
+    got = [r.take().index for _ in range(3)]
+    assert got == [r.frames_in - 3, r.frames_in - 2, r.frames_in - 1]  # oldest first, in order
+    assert r.take() is None
+
+
+def test_frame_queue_1_keeps_only_the_newest_frame(video_dir):
+    r = CameraReader(_cam(video_dir / CAR, realtime=True, frame_queue=1)).start()
+    time.sleep(1.2)
     assert r.stop() is True
     f = r.take()
     assert f is not None
-    assert 8 <= r.frames_in <= 20  # paced at the file's fps, not as fast as it decodes
     assert r.dropped == r.frames_in - 1  # only the newest was kept ...
     assert f.index == r.frames_in - 1  # ... and it is the last one read
+
+
+def test_take_newest_counts_the_skipped_frames_as_dropped(video_dir):
+    r = CameraReader(_cam(video_dir / CAR, realtime=True, frame_queue=4)).start()
+    deadline = time.monotonic() + 10
+    while r.queued() < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert r.stop() is True
+    before, queued = r.dropped, r.queued()
+    f = r.take(newest=True)
+    assert f.index == r.frames_in - 1 and r.queued() == 0
+    assert r.dropped == before + queued - 1
+
+
+def test_a_slow_consumer_loses_no_frame_of_a_live_source_within_its_queue(video_dir):
+    # The consumer is busy for 2 frame periods every 6 frames (a detection) and quick between:
+    # a queue of 4 absorbs it, where the newest-frame-only reader dropped a frame each time.
+    r = CameraReader(_cam(video_dir / CAR, realtime=True, frame_queue=4)).start()
+    got = []
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        f = r.wait(0.5)
+        if f is None:
+            continue
+        got.append(f.index)
+        if len(got) % 6 == 1:
+            time.sleep(2 / 12.5)
+    assert r.stop() is True
+    assert r.dropped == 0 and len(got) >= 30
+    assert got == list(range(got[0], got[0] + len(got)))
 
 
 def test_missing_file_fails_clearly(tmp_path):

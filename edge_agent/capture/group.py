@@ -44,7 +44,7 @@ class CaptureGroup:
         return self
 
     def take_all(self) -> List[Frame]:
-        """The newest unread frame of every camera that has one."""
+        """The oldest queued frame of every camera that has one."""
         out = []
         for r in self.readers.values():
             f = r.take()

@@ -1,9 +1,13 @@
-"""One reader thread per camera that keeps only the newest frame.
+"""One reader thread per camera that keeps the newest few frames.
 
-Live sources (RTSP, USB, GStreamer) never wait for the consumer: a frame that is replaced before
-it was taken is counted as dropped. A stream that stops delivering (frame age over
-``stall_timeout_s``) is released and reopened with doubling backoff; a reader stuck inside
-``VideoCapture.read()`` (opencv#4506) is abandoned, not waited for, so it never blocks anything.
+Live sources (RTSP, USB, GStreamer) never wait for the consumer: each keeps a short queue of
+``frame_queue`` decoded frames (default 4), so an inference pass that takes longer than a frame
+period (a detection, a batch) costs no frame; only when the queue is full is its oldest frame
+dropped and counted. ``frame_queue: 1`` keeps only the newest frame (the lowest latency).
+
+A stream that stops delivering (frame age over ``stall_timeout_s``) is released and reopened
+with doubling backoff; a reader stuck inside ``VideoCapture.read()`` (opencv#4506) is abandoned,
+not waited for, so it never blocks anything.
 
 A failure to open a source is retried with the camera's backoff for as long as the agent runs,
 once the source has been opened once (a missing or undecodable file at start-up fails the camera,
@@ -12,16 +16,17 @@ as soon as the shortage has passed.
 
 File sources that are not ``realtime`` are read at the consumer's pace instead (a file is not
 live, so dropping its frames would only lose data): the reader decodes the next frame while the
-consumer works on the current one.
+consumer works on the current one, and waits while that one is not taken (a queue of 1).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Deque, Dict, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -73,7 +78,7 @@ class Frame:
 
 
 class CameraReader:
-    """Reads one camera in its own thread; ``take()`` returns the newest unread frame or None."""
+    """Reads one camera in its own thread; ``take()`` returns the oldest queued frame or None."""
 
     STATES = ("starting", "running", "reconnecting", "ended", "failed", "stopped")
 
@@ -93,7 +98,10 @@ class CameraReader:
         self._notify = notify
         self._opener = opener
         self._cond = threading.Condition()
-        self._slot: Optional[Frame] = None
+        # A backpressured file waits for its one frame to be taken; a live source drops the
+        # oldest when full (memory: frame_queue decoded frames, 690 kB each at 640x360).
+        self.capacity = 1 if self.backpressure else cam.frame_queue
+        self._queue: Deque[Frame] = collections.deque()
         self._stop = threading.Event()
         self._gen = 0  # bumped to abandon a worker stuck in read()
         self._threads: Dict[int, threading.Thread] = {}
@@ -114,19 +122,33 @@ class CameraReader:
         self._spawn()
         return self
 
-    def take(self) -> Optional[Frame]:
-        """The newest frame not yet taken, or None (never blocks)."""
+    def take(self, newest: bool = False) -> Optional[Frame]:
+        """The oldest queued frame, or None (never blocks).
+
+        ``newest``: the newest instead, the older ones counted as dropped (a camera whose
+        ``fps_limit`` thins its stream wants the latest picture, not the backlog).
+        """
         with self._cond:
-            frame, self._slot = self._slot, None
-            if frame is not None:
-                self._cond.notify_all()  # a backpressured reader may go on
+            if not self._queue:
+                return None
+            if newest:
+                self.dropped += len(self._queue) - 1
+                frame = self._queue.pop()
+                self._queue.clear()
+            else:
+                frame = self._queue.popleft()
+            self._cond.notify_all()  # a backpressured reader may go on
             return frame
+
+    def queued(self) -> int:
+        """Frames waiting to be taken."""
+        return len(self._queue)
 
     def wait(self, timeout: float) -> Optional[Frame]:
         """Like ``take()`` but waits up to ``timeout`` s for a frame."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._slot is None and not self.done:
+            while not self._queue and not self.done:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return None
@@ -141,7 +163,7 @@ class CameraReader:
     def exhausted(self) -> bool:
         """Done and its last frame taken."""
         with self._cond:
-            return self.done and self._slot is None
+            return self.done and not self._queue
 
     def frame_age(self) -> float:
         """Seconds since the last frame arrived (or since the source was opened)."""
@@ -338,11 +360,12 @@ class CameraReader:
     def _publish(self, frame: Frame) -> None:
         with self._cond:
             if self.backpressure:
-                while self._slot is not None and not self._stop.is_set():
+                while len(self._queue) >= self.capacity and not self._stop.is_set():
                     self._cond.wait(0.5)
-            elif self._slot is not None:
+            while len(self._queue) >= self.capacity:
+                self._queue.popleft()  # full: the oldest goes, the newest is what matters
                 self.dropped += 1
-            self._slot = frame
+            self._queue.append(frame)
             self._cond.notify_all()
         if self._notify is not None:
             self._notify.set()
