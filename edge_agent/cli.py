@@ -4,7 +4,7 @@ Each subcommand's arguments are declared here; its handler lives in the module t
 work and is imported only when the subcommand runs (so `config show` does not load OpenCV or
 ONNX Runtime). A handler takes the parsed ``argparse.Namespace`` and returns the exit status.
 
-Exit status: 0 ok, 1 runtime failure, 2 bad input (config, arguments, model), 3 not built yet.
+Exit statuses: :mod:`edge_agent.common.exitcodes`.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import sys
 from typing import Callable, Dict, List, Optional
 
 from edge_agent import __version__
+from edge_agent.common.exitcodes import EXIT_INTERRUPTED
 
-# subcommand -> "module:function", plus the issue that delivers it (named when it is missing).
+# subcommand -> "module:function" of its handler, imported only when the subcommand runs
 HANDLERS: Dict[str, str] = {
     "config": "edge_agent.config_cmd:main",
     "run": "edge_agent.agent:cmd_run",
@@ -29,17 +30,6 @@ HANDLERS: Dict[str, str] = {
     "service": "edge_agent.install_cmd:main",
     "clips": "edge_agent.clips.command:main",
 }
-_ISSUE = {
-    "run": "daemon pipeline",
-    "track": "daemon pipeline",
-    "engine": "inference backends",
-    "train": "multi-head model",
-    "export": "multi-head model",
-    "listen": "MQTT",
-    "bench": "tracker",
-    "service": "service",
-}
-EXIT_NOT_BUILT = 3
 
 
 def _add_config(sub) -> None:
@@ -189,33 +179,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _resolve(command: str, spec: Optional[str] = None
-             ) -> Optional[Callable[[argparse.Namespace], int]]:
+def _resolve(command: str, spec: Optional[str] = None) -> Callable[[argparse.Namespace], int]:
     module_name, func_name = (spec or HANDLERS[command]).split(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name == module_name:  # our module is not written yet; anything else is a real bug
-            return None
-        raise
-    return getattr(module, func_name, None)
+    return getattr(importlib.import_module(module_name), func_name)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `edge-agent` console script."""
     args = build_parser().parse_args(argv)
     handler = _resolve(args.command, getattr(args, "handler", None))
-    if handler is None:
-        print(
-            f"edge-agent {args.command}: not built yet (waiting on the {_ISSUE[args.command]}"
-            " work); nothing was done",
-            file=sys.stderr,
-        )
-        return EXIT_NOT_BUILT
     try:
         return int(handler(args) or 0)
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

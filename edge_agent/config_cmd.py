@@ -13,6 +13,7 @@ import yaml
 
 from edge_agent import config as cfgmod
 from edge_agent import preflight
+from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_OK
 from edge_agent.secrets import masked_config
 
 
@@ -28,9 +29,9 @@ def main(args: argparse.Namespace) -> int:
     except cfgmod.ConfigError as exc:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     if args.config_cmd == "validate":
         print(f"{args.file}: ok ({len(cfg.cameras)} camera(s))")
     else:
         sys.stdout.write(yaml.safe_dump(masked_config(cfg), sort_keys=False))
-    return 0
+    return EXIT_OK

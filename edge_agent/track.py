@@ -20,13 +20,13 @@ from tqdm import tqdm
 from edge_agent import config as cfgmod
 from edge_agent import logsetup
 from edge_agent.capture import Frame
+from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from edge_agent.delivery import EventDelivery
 from edge_agent.eventlog import MemoryLog
 from edge_agent.events import ConsoleSink, HeadTracks, JsonlSink
 from edge_agent.events.overlay import PlateRead
 from edge_agent.pipeline import CameraState, Pipeline
 
-EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT = 0, 1, 2
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")
 
 
@@ -242,7 +242,7 @@ def _report(args: argparse.Namespace, run: _Run, pipe: Pipeline, elapsed: float)
     reader = next(iter(pipe.capture.readers.values()))
     if reader.state == "failed":
         print(f"error: {reader.last_error}", file=sys.stderr)
-        return EXIT_RUNTIME
+        return EXIT_FAILED
     n = next(iter(pipe.cams.values())).processed
     print(f"{n} frames in {elapsed:.1f} s ({n / max(elapsed, 1e-6):.1f} fps), "
           f"{pipe.delivery.events_total()} events"

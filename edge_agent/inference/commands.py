@@ -13,11 +13,9 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from edge_agent.inference import manifest as mf
 from edge_agent.inference.errors import BackendUnavailableError, ModelError
-
-EXIT_UNAVAILABLE = 1
-EXIT_BAD_MODEL = 2
 
 
 def _fmt_shape(shape) -> str:
@@ -82,7 +80,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         k = side["key"]
         print(f"plan      {side['plan']}: TensorRT {k['trt_version']}, {k['gpu_name']} "
               f"sm {k['compute_capability']}, {k['precision']}, max batch {k['max_batch']}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -97,7 +95,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"edge-agent engine build: cannot build here: {why}. A TensorRT plan is built on "
               "the device that runs it (Jetson: JetPack's TensorRT and pycuda); elsewhere the "
               "model runs on ONNX Runtime.", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return EXIT_FAILED
     from edge_agent.inference.provision import ensure_plan
     from edge_agent.inference.trtenv import plan_batch
 
@@ -109,7 +107,7 @@ def cmd_build(args: argparse.Namespace) -> int:
                        workspace_mb=args.workspace_mb,
                        progress=not getattr(args, "no_progress", False))
     print(f"plan      {path}")
-    return 0
+    return EXIT_OK
 
 
 def bench_frames(video: str, n: int) -> List[np.ndarray]:
@@ -177,7 +175,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             r = bench_engine(eng, frames, batch, args.iterations)
             print(f"{batch:>5} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} {r['pre_ms']:>7.2f} "
                   f"{r['infer_ms']:>9.2f} {r['post_ms']:>8.2f} {r['fps']:>9.1f}")
-    return 0
+    return EXIT_OK
 
 
 COMMANDS = {"inspect": cmd_inspect, "build": cmd_build, "bench": cmd_bench}
@@ -191,10 +189,10 @@ def main(args: argparse.Namespace) -> int:
         return COMMANDS[args.engine_cmd](args)
     except BackendUnavailableError as exc:
         print(f"edge-agent engine {args.engine_cmd}: cannot run here: {exc}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
+        return EXIT_FAILED
     except ModelError as exc:
         print(f"edge-agent engine {args.engine_cmd}: {exc}", file=sys.stderr)
-        return EXIT_BAD_MODEL
+        return EXIT_BAD_INPUT
     except ValueError as exc:
         print(f"edge-agent engine {args.engine_cmd}: {exc}", file=sys.stderr)
-        return EXIT_BAD_MODEL
+        return EXIT_BAD_INPUT

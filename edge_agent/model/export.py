@@ -21,6 +21,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_MISSING_EXTRA, EXIT_OK
 from edge_agent.model import checks
 
 OPSET = 17
@@ -215,15 +216,15 @@ def main(args: argparse.Namespace) -> int:
     except ImportError:
         print("edge-agent export: PyTorch is not installed (pip install 'edge-agent[train]')",
               file=sys.stderr)
-        return 3
+        return EXIT_MISSING_EXTRA
     ckpt = Path(args.checkpoint)
     if not ckpt.is_file():
         print(f"edge-agent export: {ckpt}: no such checkpoint", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     cfg = Path(args.config) if args.config else None
     export(ckpt, Path(args.output), check=not args.no_check, val_limit=args.val_limit or None,
            config=cfg)
-    return 0
+    return EXIT_OK
 
 
 def markdown_tables(manifest: Dict[str, Any]) -> str:

@@ -22,6 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
+from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_MISSING_EXTRA, EXIT_OK
+
 log = logging.getLogger(__name__)
 
 
@@ -532,13 +534,13 @@ def main(args: argparse.Namespace) -> int:
     """CLI handler of ``edge-agent train``."""
     if not args.config:
         print("edge-agent train: --config FILE is required", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     try:
         import torch  # noqa: F401
     except ImportError:
         print("edge-agent train: PyTorch is not installed (pip install 'edge-agent[train]')",
               file=sys.stderr)
-        return 3
+        return EXIT_MISSING_EXTRA
     from edge_agent.model.data import DataError
 
     cfg = TrainConfig.load(Path(args.config))
@@ -549,5 +551,5 @@ def main(args: argparse.Namespace) -> int:
             progress=not getattr(args, "no_progress", False))
     except DataError as exc:
         print(f"edge-agent train: bad dataset: {exc}", file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_BAD_INPUT
+    return EXIT_OK
