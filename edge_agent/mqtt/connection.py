@@ -26,6 +26,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent.config import MqttConfig
+from edge_agent.mqtt.paho_client import ClientTls, new_client
 from edge_agent.mqtt.topics import Topics
 from edge_agent.secrets import mqtt_credentials
 
@@ -104,20 +105,20 @@ class Connection:
 
     def _make_client(self, device_id: str, inflight: int) -> paho.Client:
         cfg = self.cfg
-        v5 = cfg.protocol == "5"
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             protocol=paho.MQTTv5 if v5 else paho.MQTTv311,
-                             clean_session=None if v5 else True)
+        username, password = mqtt_credentials(cfg)
+        tls = self._tls()
+        try:
+            client = new_client(self.client_id, cfg.protocol, username=username,
+                                password=password, tls=tls)
+        except (ssl.SSLError, OSError) as exc:
+            raise ValueError(f"mqtt.tls: cannot load the certificates: {exc}") from None
+        if tls is not None and tls.insecure:
+            log.warning("mqtt.tls.insecure is true: the broker's hostname is NOT verified")
         plog = logging.getLogger(f"edge_agent.mqtt.paho.{device_id}")
         for f in [f for f in plog.filters if isinstance(f, _PahoLog)]:
             plog.removeFilter(f)  # an earlier connection of this device
         plog.addFilter(_PahoLog(self))
         client.enable_logger(plog)
-        username, password = mqtt_credentials(cfg)
-        if username:
-            client.username_pw_set(username, password)
-        if cfg.tls is not None:
-            self._setup_tls(client)
         client.will_set(self.topics.status, "offline", qos=1, retain=True)
         client.reconnect_delay_set(cfg.reconnect_min_s, max(cfg.reconnect_max_s,
                                                             cfg.reconnect_min_s))
@@ -147,23 +148,18 @@ class Connection:
             self.last_connect_error = exc
             raise
 
-    def _setup_tls(self, client: paho.Client) -> None:
+    def _tls(self) -> Optional[ClientTls]:
+        """``mqtt.tls`` with its files checked (ValueError naming the key), or None."""
         tls = self.cfg.tls
-        assert tls is not None
+        if tls is None:
+            return None
         for what, path in (("ca_file", tls.ca_file), ("cert_file", tls.cert_file),
                            ("key_file", tls.key_file)):
             if path is not None and not Path(path).is_file():
                 raise ValueError(f"mqtt.tls.{what}: no such file: {path}")
         if tls.key_file and not tls.cert_file:
             raise ValueError("mqtt.tls.key_file is set but mqtt.tls.cert_file is not")
-        try:
-            client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
-                           cert_reqs=ssl.CERT_REQUIRED, tls_version=ssl.PROTOCOL_TLS_CLIENT)
-        except (ssl.SSLError, OSError) as exc:
-            raise ValueError(f"mqtt.tls: cannot load the certificates: {exc}") from None
-        if tls.insecure:
-            log.warning("mqtt.tls.insecure is true: the broker's hostname is NOT verified")
-            client.tls_insecure_set(True)
+        return ClientTls(tls.ca_file, tls.cert_file, tls.key_file, tls.insecure)
 
     # --- use --------------------------------------------------------------------------------
 

@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import queue
-import ssl
 import threading
 import time
 from pathlib import Path
@@ -31,7 +30,8 @@ import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from edge_agent.mqtt.topics import ack_topic, event_filter
+from edge_agent.mqtt.paho_client import ClientTls, new_client
+from edge_agent.mqtt.topics import ack_topic, event_filter, split_device_topic
 
 log = logging.getLogger(__name__)
 
@@ -180,17 +180,9 @@ class AckConsumer:
         self.bad_messages = 0
         self.q: queue.Queue[Tuple[str, Any]] = queue.Queue()
         self.v5 = protocol == "5"
-        if self.v5:
-            self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                      protocol=paho.MQTTv5)
-        else:
-            self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
-                                      protocol=paho.MQTTv311, clean_session=False)
-        if username:
-            self.client.username_pw_set(username, password)
-        if ca_file:
-            # ValueError/OSError (a bad file) reach the caller, which names the option
-            self.client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        # ValueError/OSError (a bad CA file) reach the caller, which names the option
+        self.client = new_client(client_id, protocol, persistent=True, username=username,
+                                 password=password, tls=ClientTls(ca_file) if ca_file else None)
         self.client.reconnect_delay_set(0.1, 2.0)
         self.client.max_inflight_messages_set(100)
         self.client.on_connect = self._on_connect
@@ -293,7 +285,7 @@ class AckConsumer:
         for topic, payload in batch:
             if self.delay_s:
                 time.sleep(self.delay_s)
-            device = _device_of(topic, self.prefix)
+            device = split_device_topic(self.prefix, topic)[0]
             try:
                 event = json.loads(payload)
                 if not isinstance(event, dict):
@@ -330,8 +322,3 @@ class AckConsumer:
                 self.acks_sent += 1
         self._unacked.clear()
         self._acked_at = now
-
-
-def _device_of(topic: str, prefix: str) -> str:
-    rest = topic[len(prefix) + 1:] if topic.startswith(prefix + "/") else topic
-    return rest.split("/", 1)[0]

@@ -27,7 +27,7 @@ import threading
 from typing import Any, Dict, List, Set, Tuple
 
 from edge_agent.mqtt.connection import Connection
-from edge_agent.mqtt.topics import Topics, check_segment
+from edge_agent.mqtt.topics import Topics, check_segment, ha_discovery_topic
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class HaBridge:
             "device": self._device(),
             **self._availability(),
         }
-        topic = f"{self.prefix}/{component}/{self.node}/{obj}/config"
+        topic = ha_discovery_topic(self.prefix, component, self.node, obj)
         return topic, json.dumps(cfg).encode(), True
 
     def crowd_config(self, camera: str, zone: str) -> Message:

@@ -27,10 +27,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Set, TextIO
 
-import paho.mqtt.client as paho
-
+from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from edge_agent.mqtt.consumer import AckConsumer, EventStore
-from edge_agent.mqtt.topics import event_filter, status_filter
+from edge_agent.mqtt.paho_client import ClientTls, new_client
+from edge_agent.mqtt.topics import event_filter, split_device_topic, status_filter
 from edge_agent.secrets import mqtt_password
 
 _COLUMNS = [("TIME", 12), ("DEVICE", 12), ("SEQ", 7), ("TYPE", 7), ("PHASE", 6),
@@ -179,25 +179,20 @@ class Printer:
         self._line(format_event(device, event, seen["mark"]))
 
 
-def _device_of(topic: str, prefix: str) -> str:
-    rest = topic[len(prefix) + 1:] if topic.startswith(prefix + "/") else topic
-    return rest.split("/", 1)[0]
-
-
 def _ack_main(args: argparse.Namespace, prefix: str) -> int:
     """``listen --ack --store FILE``: store, then acknowledge (module docstring)."""
     if not args.store:
         print("edge-agent listen: --ack needs --store FILE (events are acknowledged only once "
               "stored there)", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     if args.ca_file and not os.path.isfile(args.ca_file):
         print(f"edge-agent listen: --ca-file: no such file: {args.ca_file}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     try:
         store = EventStore(args.store)
     except OSError as exc:
         print(f"edge-agent listen: --store: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     printer = Printer(sys.stdout, args.json, flush_each=False)
     printer.quiet = args.quiet
 
@@ -219,7 +214,7 @@ def _ack_main(args: argparse.Namespace, prefix: str) -> int:
         print(f"edge-agent listen: cannot connect to {args.host}:{args.port}: {exc}",
               file=sys.stderr)
         store.close()
-        return 1
+        return EXIT_FAILED
     stop: List[int] = []
     if threading.current_thread() is threading.main_thread():  # signals reach only that one
         signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
@@ -249,23 +244,20 @@ def main(args: argparse.Namespace) -> int:
         status_topic = status_filter(prefix, args.device)
     except ValueError as exc:
         print(f"edge-agent listen: --device: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     password = args.password if args.password is not None else mqtt_password()
 
     q: queue.Queue = queue.Queue()
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, protocol=paho.MQTTv5)
-    if args.username:
-        client.username_pw_set(args.username, password)
-    if args.ca_file:
-        if not os.path.isfile(args.ca_file):
-            print(f"edge-agent listen: --ca-file: no such file: {args.ca_file}", file=sys.stderr)
-            return 2
-        try:
-            client.tls_set(ca_certs=args.ca_file, cert_reqs=ssl.CERT_REQUIRED)
-        except (ssl.SSLError, OSError) as exc:
-            print(f"edge-agent listen: --ca-file: cannot load {args.ca_file}: {exc}",
-                  file=sys.stderr)
-            return 2
+    if args.ca_file and not os.path.isfile(args.ca_file):
+        print(f"edge-agent listen: --ca-file: no such file: {args.ca_file}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        client = new_client(username=args.username, password=password,
+                            tls=ClientTls(args.ca_file) if args.ca_file else None)
+    except (ssl.SSLError, OSError) as exc:
+        print(f"edge-agent listen: --ca-file: cannot load {args.ca_file}: {exc}",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
 
     def on_connect(c, userdata, flags, reason_code, properties):
         q.put(("connect", reason_code))
@@ -280,11 +272,11 @@ def main(args: argparse.Namespace) -> int:
     except (OSError, ssl.SSLError) as exc:
         print(f"edge-agent listen: cannot connect to {args.host}:{args.port}: {exc}",
               file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     client.loop_start()
     printer = Printer(out, args.json)
     deadline = time.monotonic() + args.timeout if args.timeout > 0 else None
-    rc = 0
+    rc = EXIT_OK
     try:
         while True:
             if args.count and printer.events >= args.count:
@@ -301,7 +293,7 @@ def main(args: argparse.Namespace) -> int:
                 if item[1].is_failure:
                     print(f"edge-agent listen: {args.host}:{args.port} refused the connection: "
                           f"{item[1]}", file=sys.stderr)
-                    rc = 1
+                    rc = EXIT_FAILED
                     break
                 print(f"edge-agent listen: connected to {args.host}:{args.port}, listening on "
                       f"{events_topic}", file=sys.stderr)
@@ -310,8 +302,8 @@ def main(args: argparse.Namespace) -> int:
                       file=sys.stderr)
             else:
                 _, topic, payload = item
-                device = _device_of(topic, prefix)
-                if topic.endswith("/status"):
+                device, rest = split_device_topic(prefix, topic)
+                if rest == "status":
                     printer.status(device, payload)
                 else:
                     printer.event(device, payload)

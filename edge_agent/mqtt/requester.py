@@ -18,7 +18,8 @@ from typing import Any, Dict, Optional, Tuple
 
 import paho.mqtt.client as paho
 
-from edge_agent.mqtt.topics import Topics
+from edge_agent.mqtt.paho_client import ClientTls, new_client
+from edge_agent.mqtt.topics import Topics, split_device_topic
 
 
 class Requester:
@@ -32,17 +33,13 @@ class Requester:
         self._connected = threading.Event()
         self._subacks: Dict[int, threading.Event] = {}
         self._lock = threading.Lock()
-        self._client = paho.Client(paho.CallbackAPIVersion.VERSION2,
-                                   client_id=f"edge-agent-push-{uuid.uuid4().hex[:8]}",
-                                   protocol=paho.MQTTv5)
-        if username:
-            if password is None:
-                password = os.environ.get("EDGE_AGENT_MQTT_PASSWORD")
-            self._client.username_pw_set(username, password)
-        if ca_file:
-            if not os.path.isfile(ca_file):
-                raise ValueError(f"--ca-file: no such file: {ca_file}")
-            self._client.tls_set(ca_certs=ca_file, cert_reqs=ssl.CERT_REQUIRED)
+        if username and password is None:
+            password = os.environ.get("EDGE_AGENT_MQTT_PASSWORD")
+        if ca_file and not os.path.isfile(ca_file):
+            raise ValueError(f"--ca-file: no such file: {ca_file}")
+        self._client = new_client(f"edge-agent-push-{uuid.uuid4().hex[:8]}", "5",
+                                  username=username, password=password,
+                                  tls=ClientTls(ca_file) if ca_file else None)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
@@ -71,13 +68,12 @@ class Requester:
 
     def _on_message(self, client, userdata, msg) -> None:
         try:
-            parts = msg.topic.split("/")
-            device = parts[-3] if parts[-2:] == ["engine", "update"] else parts[-4]
-            kind = "progress" if parts[-2:] == ["engine", "update"] else "reply"
+            device, rest = split_device_topic(self.prefix, msg.topic)
+            kind = "progress" if rest == "engine/update" else "reply"
             doc = json.loads(bytes(msg.payload).decode("utf-8"))
             if isinstance(doc, dict):
                 self.inbox.put((device, kind, doc))
-        except (ValueError, IndexError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError):
             pass  # not ours to judge; a bad message is simply not a reply
 
     def watch(self, device: str, command: str, timeout: float = 10.0) -> None:
@@ -91,7 +87,7 @@ class Requester:
             raise ConnectionError(f"could not subscribe to {device}'s replies")
 
     def send(self, device: str, command: str, payload: Dict[str, Any]) -> None:
-        topic = f"{Topics(self.prefix, device).base}/cmd/{command}"
+        topic = Topics(self.prefix, device).command(command)
         info = self._client.publish(topic, json.dumps(payload).encode(), qos=1)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             raise ConnectionError(f"publishing to {topic} failed (rc {info.rc})")

@@ -1,4 +1,4 @@
-"""The MQTT topic tree of one device (DESIGN section 7); the only place topic strings are built.
+"""The MQTT topic tree of one device (docs/mqtt.md); the only place topic strings are built.
 
 ``<prefix>/<device_id>/`` followed by:
 
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 SEGMENT_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 MAX_TOPIC_BYTES = 65535  # MQTT: a topic is a UTF-8 string with a 16-bit length
@@ -121,6 +121,10 @@ class Topics:
         """Subscription for requests; single level, so replies (cmd/x/reply) are not matched."""
         return f"{self.base}/cmd/+"
 
+    def command(self, name: str) -> str:
+        """Where a requester sends ``cmd/<name>`` to this device."""
+        return f"{self.base}/cmd/{check_segment(name, 'command')}"
+
     def event(self, event_type: str) -> str:
         return f"{self.base}/events/{check_segment(event_type, 'event type')}"
 
@@ -194,6 +198,19 @@ def ack_topic(prefix: str, device: str) -> str:
 def status_filter(prefix: str, device: str = "+") -> str:
     """Subscription for the status of one device (or all with ``+``)."""
     return f"{_device_level(prefix, device)}/status"
+
+
+def split_device_topic(prefix: str, topic: str) -> Tuple[str, str]:
+    """``(device, rest)`` of a received ``<prefix>/<device>/<rest>``; a topic outside
+    ``prefix`` is read from its first level."""
+    rest = topic[len(prefix) + 1:] if topic.startswith(prefix + "/") else topic
+    device, _, tail = rest.partition("/")
+    return device, tail
+
+
+def ha_discovery_topic(ha_prefix: str, component: str, node: str, obj: str) -> str:
+    """Home Assistant's discovery config topic of one entity (its own tree, not ours)."""
+    return f"{ha_prefix}/{component}/{node}/{obj}/config"
 
 
 def _device_level(prefix: str, device: str) -> str:
