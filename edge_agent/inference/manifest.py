@@ -32,7 +32,6 @@ sha256 against the manifests shipped in ``engines/manifests/``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from edge_agent import shipped
+from edge_agent.common.hashing import sha256_file
 from edge_agent.inference.errors import ModelError
 
 FORMAT = 1
@@ -297,11 +297,7 @@ def file_sha256(path: os.PathLike) -> str:
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
+        _SHA_CACHE[key] = sha256_file(p)
     return _SHA_CACHE[key]
 
 

@@ -25,12 +25,12 @@ plan, and rules go by head and class *name*.
 from __future__ import annotations
 
 import base64
-import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
+from edge_agent.common.hashing import sha256_file
 from edge_agent.inference import manifest as mf
 from edge_agent.inference.errors import BackendUnavailableError, ModelError
 from edge_agent.update import signing, versions
@@ -83,14 +83,6 @@ def needed_heads(events_cfg, running_heads: Mapping[str, Sequence[str]],
         if enabled[head] and head in running_heads:
             out[head] = [c for c in classes if c in running_heads[head]]
     return out
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def declared_size(m: mf.Manifest) -> Optional[int]:

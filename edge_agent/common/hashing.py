@@ -1,0 +1,20 @@
+"""The sha256 of a file, read in blocks (models, clips, downloads).
+
+Standard library only: the `clips` command imports this at argument-parse time and the daemon's
+start-up before any heavy package."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+BLOCK = 1 << 20  # 1 MiB: large enough that a 100 MB model hashes at disk speed
+
+
+def sha256_file(path: os.PathLike) -> str:
+    """Hex sha256 of the file at ``path`` (OSError when it cannot be read)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(BLOCK), b""):
+            h.update(block)
+    return h.hexdigest()
