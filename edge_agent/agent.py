@@ -11,7 +11,7 @@ failed start or a crash of the pipeline. The steps::
 
 The state directory is locked first (``statelock``: one agent per directory); ``open_events``
 ends what a crash of the previous run left open (``openevents``) before the first new event.
-The engine is the model store's current version (``update/wiring.py``); ``update`` starts the
+The engine is the model store's current version (``update/startup.py``); ``update`` starts the
 remote-update worker, whose ``cmd/engine.*`` commands the mqtt step registers, and
 ``update_recovery`` resumes or reports an update a crash interrupted (docs/update.md).
 
@@ -44,6 +44,7 @@ from edge_agent import config as cfgmod
 from edge_agent.capture import CaptureError, check_sources
 from edge_agent.clips import ClipInfo, ClipStore
 from edge_agent.clips.http import ClipRoute, http_token, is_loopback
+from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from edge_agent.delivery import EventDelivery
 from edge_agent.eventlog import Outbox
 from edge_agent.events import ConsoleSink, Emission, JsonlSink, SnapshotStore, encode_jpeg
@@ -55,11 +56,13 @@ from edge_agent.sdnotify import Notifier
 from edge_agent.secrets import config_secrets, masked_config
 from edge_agent.statelock import StateDirLocked, StateLock
 from edge_agent.supervise import Supervisor, status_line
-from edge_agent.update import wiring as update_wiring
+from edge_agent.update import remote as update_remote
+from edge_agent.update import startup as update_startup
+from edge_agent.update import worker as update_worker
+from edge_agent.update.host import PipelineHost
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_RUNTIME, EXIT_BAD_INPUT = 0, 1, 2
 
 Undo = Optional[Callable[[], None]]
 
@@ -182,7 +185,7 @@ class Agent:
             return EXIT_BAD_INPUT
         except Exception as exc:  # e.g. the engine failing at run time
             log.error("pipeline failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
-            return EXIT_RUNTIME
+            return EXIT_FAILED
         return EXIT_OK
 
     def _exit_status(self, rc: int) -> int:
@@ -194,7 +197,7 @@ class Agent:
         failed = [n for n, r in pipe.capture.readers.items() if r.state == "failed"]
         if rc == EXIT_OK and failed and len(failed) == len(pipe.cams):
             log.error("every camera failed: %s", ", ".join(failed))
-            return EXIT_RUNTIME
+            return EXIT_FAILED
         return rc
 
     # --- the steps (each returns its undo) -------------------------------------------------
@@ -225,8 +228,8 @@ class Agent:
         try:
             with self.supervisor.extend_start("loading the engine"):  # a TensorRT build: minutes
                 # the model store's current version (seeded from model.path on first start)
-                self.store = update_wiring.open_store(self.cfg)
-                self.engine = update_wiring.open_running(self.cfg, self.store, open_engine)
+                self.store = update_startup.open_store(self.cfg)
+                self.engine = update_startup.open_running(self.cfg, self.store, open_engine)
         except (ModelError, ValueError, OSError) as exc:
             raise StartError(f"model: {exc}") from None
         return self._close_engines
@@ -314,10 +317,7 @@ class Agent:
         self.mqtt.register_command("config.reload",
                                    reload.command(self.reloader, reload.mqtt_later(self.mqtt)))
         if self.updater is not None:
-            from edge_agent.mqtt.commands import CommandError
-
-            handlers = update_wiring.command_handlers(self.updater, CommandError,
-                                                      self.mqtt.reply_route)
+            handlers = update_remote.command_handlers(self.updater, self.mqtt.reply_route)
             for name, fn in handlers.items():
                 self.mqtt.register_command(name, fn)
         if self.mqtt.ha_sink is not None:
@@ -331,9 +331,10 @@ class Agent:
             return None
         assert self.pipeline is not None
         try:
-            up = update_wiring.make_updater(
-                self.cfg, self.store, update_wiring.PipelineHost(self.pipeline),
-                update_wiring.mqtt_publisher(lambda: self.mqtt), self.supervisor)
+            up = update_worker.make_updater(
+                self.cfg, self.store, PipelineHost(self.pipeline),
+                update_remote.mqtt_publisher(lambda: self.mqtt),
+                self.supervisor.notifier.extend_timeout)
         except ValueError as exc:  # e.g. a trusted key that is not a key
             raise StartError(f"update: {exc}") from None
         self.updater = up

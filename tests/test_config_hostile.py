@@ -360,7 +360,7 @@ def test_an_install_without_the_runtime_libraries_is_a_problem_not_a_traceback(
 
 def test_validate_checks_the_model_run_opens_from_the_model_store(tmp_path, yolox_nano,
                                                                    video_dir, capsys):
-    from edge_agent.update import wiring
+    from edge_agent.update import startup
 
     def write(model: Path) -> Path:
         f = tmp_path / "c.yaml"
@@ -369,7 +369,7 @@ def test_validate_checks_the_model_run_opens_from_the_model_store(tmp_path, yolo
         return f
 
     cfg = cfgmod.load(write(yolox_nano))
-    running = wiring.model_config(cfg, wiring.open_store(cfg))  # the first start seeds the store
+    running = startup.model_config(cfg, startup.open_store(cfg))  # the first start seeds the store
     f = write(tmp_path / "gone.onnx")  # model.path only seeds: run opens the store's version
     assert cli_main(["config", "validate", str(f)]) == 0, capsys.readouterr().err
     Path(running.path).write_bytes(b"broken")

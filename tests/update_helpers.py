@@ -344,7 +344,8 @@ class LocalAgent:
                  **update: Any):
         from edge_agent import config as cfgmod
         from edge_agent.inference import open_engine
-        from edge_agent.update import wiring
+        from edge_agent.update import startup, worker
+        from edge_agent.update.host import PipelineHost
 
         # latency factor 10: a loaded machine is noisy; the slow model (200 MatMuls) is ~200x slower
         upd = {"trusted_keys": keys, "health_check_batches": 8, "download_timeout_s": 2,
@@ -355,12 +356,12 @@ class LocalAgent:
             "cameras": [{"name": "cam", "source": str(clip), "loop": True}],
             "mqtt": {"enabled": False}, "events": {"snapshots": {"enabled": False}},
             "update": upd})
-        self.store = wiring.open_store(self.cfg)
-        engine = open_engine(wiring.model_config(self.cfg, self.store))
+        self.store = startup.open_store(self.cfg)
+        engine = open_engine(startup.model_config(self.cfg, self.store))
         self.frames: List[Tuple[int, str, List[int]]] = []
         self.docs: List[Dict[str, Any]] = []
         self.pipe = _pipeline(self.cfg, engine, self._hook)
-        self.updater = wiring.make_updater(self.cfg, self.store, wiring.PipelineHost(self.pipe),
+        self.updater = worker.make_updater(self.cfg, self.store, PipelineHost(self.pipe),
                                            lambda doc, route=None: self.docs.append(doc))
         self._thread = threading.Thread(target=self.pipe.run, daemon=True)
         self._thread.start()
@@ -403,13 +404,9 @@ class LocalAgent:
 
 
 def _pipeline(cfg, engine, hook):
-    """The pipeline without event delivery to anywhere (the restructured API, or the old one)."""
-    try:
-        from edge_agent.delivery import EventDelivery
-        from edge_agent.eventlog import MemoryLog
-        from edge_agent.pipeline import Pipeline
-    except ImportError:
-        from edge_agent.service import Pipeline, SeqCounter
+    """The pipeline without event delivery to anywhere."""
+    from edge_agent.delivery import EventDelivery
+    from edge_agent.eventlog import MemoryLog
+    from edge_agent.pipeline import Pipeline
 
-        return Pipeline(cfg, engine, SeqCounter(), [], on_frame=hook)
     return Pipeline(cfg, engine, EventDelivery(MemoryLog(), []), on_frame=hook)

@@ -11,17 +11,15 @@ Exit status: 0 ok, 1 the update did not commit (or the broker/device could not b
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import sys
-import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List
 
-from edge_agent.update import signing, versions
+from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_OK
+from edge_agent.common.hashing import sha256_file
+from edge_agent.update import signing
 from edge_agent.update.errors import UpdateError
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def add_parsers(esub) -> None:
@@ -87,27 +85,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def signed_manifest(model: Path, version: str, base_manifest: Optional[str],
-                    valid_days: float) -> bytes:
-    """The manifest bytes to sign: the base manifest re-pointed at ``model`` and ``version``."""
-    from edge_agent.inference import manifest as mf
-
-    versions.check(version)
-    if valid_days <= 0:
-        raise UpdateError("bad_request", f"--valid-days must be > 0, got {valid_days}")
-    mf.check_model_file(model)
-    base = mf.resolve(model, base_manifest, verify_sha=False)
-    data = base.to_dict()
-    now = time.time()
-    data.update(sha256=mf.file_sha256(model), size=model.stat().st_size, version=version,
-                signed_at=signing.format_time(now),
-                not_after=signing.format_time(now + valid_days * 86400))
-    return (json.dumps(data, indent=2) + "\n").encode()
-
-
 def cmd_sign(args: argparse.Namespace) -> int:
     model = Path(args.model)
-    data = signed_manifest(model, args.version, args.manifest, args.valid_days)
+    data = signing.manifest_to_sign(model, args.version, args.manifest, args.valid_days)
     env = signing.sign(data, args.key)
     prefix = Path(args.out) if args.out else model.with_name(f"{model.stem}-{args.version}")
     man_path = prefix.with_name(prefix.name + ".manifest.json")
@@ -119,21 +99,6 @@ def cmd_sign(args: argparse.Namespace) -> int:
           f"expires {m['not_after']})")
     print(f"signature {sig_path} (key {env['key_id']})")
     return EXIT_OK
-
-
-def read_sig(path: str) -> Dict[str, Any]:
-    try:
-        return signing.read_envelope(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UpdateError("bad_signature", f"cannot read {path}: {exc.strerror}") from None
-
-
-def sig_manifest(env: Dict[str, Any]) -> Dict[str, Any]:
-    """The manifest JSON inside an envelope (not verified: the device verifies)."""
-    try:
-        return signing.manifest_json(base64.b64decode(env.get("manifest", ""), validate=True))
-    except ValueError:
-        raise UpdateError("bad_signature", "the envelope's manifest is not base64") from None
 
 
 # --- device side: the store ---------------------------------------------------------------------
@@ -181,14 +146,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_install(args: argparse.Namespace) -> int:
     from edge_agent.inference import manifest as mf
     from edge_agent.update import verify as vf
-    from edge_agent.update.wiring import policy
+    from edge_agent.update.worker import policy
 
     cfg = _load_cfg(args)
     store = _store(cfg)
-    env = read_sig(args.sig)
+    env = signing.read_envelope_file(args.sig)
     path = mf.check_model_file(args.file)
-    m = sig_manifest(env)
-    request = {"sha256": vf.sha256_file(path), "version": str(m.get("version")),
+    m = signing.envelope_manifest(env)
+    request = {"sha256": sha256_file(path), "version": str(m.get("version")),
                "signature": env}
     running = store.get(store.current) if store.current else None
     heads = mf.load(running.manifest).heads if running else {}

@@ -16,8 +16,9 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from edge_agent.update.commands import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, read_sig, sig_manifest
+from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from edge_agent.update.errors import UpdateError
+from edge_agent.update.signing import envelope_manifest, read_envelope_file
 
 COMMAND = "engine.update"
 TERMINAL = ("COMMITTED", "ROLLED_BACK", "FAILED")
@@ -110,8 +111,8 @@ def push(args: argparse.Namespace) -> int:
     from edge_agent.mqtt.requester import Requester
 
     devices = plan(args)
-    env = read_sig(args.sig)
-    m = sig_manifest(env)
+    env = read_envelope_file(args.sig)
+    m = envelope_manifest(env)
     if str(m.get("version")) != args.version:
         print(f"edge-agent engine push: --version {args.version} but {args.sig} signs version "
               f"{m.get('version')}", file=sys.stderr)

@@ -245,3 +245,44 @@ def manifest_json(data: bytes) -> Dict[str, Any]:
     if not isinstance(obj, dict):
         raise UpdateError("bad_manifest", "the manifest is not a JSON object")
     return obj
+
+
+def manifest_bytes(obj: Dict[str, Any]) -> bytes:
+    """A manifest as the bytes that are signed and stored (indented JSON, newline at the end)."""
+    return (json.dumps(obj, indent=2) + "\n").encode()
+
+
+def manifest_to_sign(model: Path, version: str, base_manifest: Optional[str],
+                     valid_days: float) -> bytes:
+    """The manifest bytes to sign: the base manifest re-pointed at ``model`` and ``version``,
+    valid for ``valid_days`` from now."""
+    from edge_agent.inference import manifest as mf  # the inference package is heavy to import
+    from edge_agent.update import versions
+
+    versions.check(version)
+    if valid_days <= 0:
+        raise UpdateError("bad_request", f"--valid-days must be > 0, got {valid_days}")
+    mf.check_model_file(model)
+    base = mf.resolve(model, base_manifest, verify_sha=False)
+    data = base.to_dict()
+    now = time.time()
+    data.update(sha256=mf.file_sha256(model), size=model.stat().st_size, version=version,
+                signed_at=format_time(now), not_after=format_time(now + valid_days * 86400))
+    return manifest_bytes(data)
+
+
+def read_envelope_file(path: str) -> Dict[str, Any]:
+    """The envelope in the ``.sig`` file at ``path``; UpdateError ``bad_signature`` when it
+    cannot be read or is not one."""
+    try:
+        return read_envelope(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UpdateError("bad_signature", f"cannot read {path}: {exc.strerror}") from None
+
+
+def envelope_manifest(env: Dict[str, Any]) -> Dict[str, Any]:
+    """The manifest JSON inside an envelope, not verified (the device verifies)."""
+    try:
+        return manifest_json(base64.b64decode(env.get("manifest", ""), validate=True))
+    except ValueError:
+        raise UpdateError("bad_signature", "the envelope's manifest is not base64") from None
