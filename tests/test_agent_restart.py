@@ -6,16 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict
 
 import jsonschema
 import pytest
-import yaml
+from agent_procs import agent_config, read_events, start_agent, stop_agent
 from conftest import wait_for
 from mqtt_helpers import Subscriber
 
@@ -26,45 +25,16 @@ VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 def _config(tmp_path: Path, model: Path, video: Path, name: str = "agent.yaml",
             device: str = "rs-1", broker=None) -> Path:
-    data: Dict[str, Any] = {
-        "device_id": device,
-        "state_dir": str(tmp_path / "state"),
-        "log": {"format": "human", "level": "info"},
-        "model": {"path": str(model)},
-        "cameras": [{"name": "shop", "source": str(video), "loop": True, "realtime": True,
-                     "zones": [{"name": "all", "min_count": 1, "hold_s": 0}]}],
-        "events": {"sinks": {"jsonl": "events.jsonl"}, "snapshots": {"enabled": False}},
-        "mqtt": {"enabled": False},
-        "metrics": {"enabled": False},
-    }
+    mqtt: Dict[str, Any] = {"enabled": False}
     if broker is not None:
-        data["mqtt"] = {"host": broker.host, "port": broker.port, "reconnect_min_s": 0.1,
-                        "reconnect_max_s": 0.5, "ha_discovery": True}
-    path = tmp_path / name
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def _start(config: Path, log: Path) -> subprocess.Popen:
-    out = open(log, "a")
-    return subprocess.Popen([sys.executable, "-m", "edge_agent.cli", "run", "--config",
-                             str(config)], stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO))
-
-
-def _events(path: Path) -> List[Dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-
-
-def _stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    try:
-        return proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+        mqtt = {"host": broker.host, "port": broker.port, "reconnect_min_s": 0.1,
+                "reconnect_max_s": 0.5, "ha_discovery": True}
+    cams = [{"name": "shop", "source": str(video), "loop": True, "realtime": True,
+             "zones": [{"name": "all", "min_count": 1, "hold_s": 0}]}]
+    return agent_config(tmp_path, model, cams, device_id=device, name=name, mqtt=mqtt,
+                        events={"sinks": {"jsonl": "events.jsonl"},
+                                "snapshots": {"enabled": False}},
+                        metrics={"enabled": False})
 
 
 @pytest.fixture
@@ -77,7 +47,7 @@ def test_second_agent_on_one_state_dir_exits_2_naming_the_holder(tmp_path, yolox
     # another file, another device id, the same state_dir: still the same outbox and seq
     other = _config(tmp_path, yolox_nano, retail, name="other.yaml", device="rs-2")
     log = tmp_path / "a.log"
-    a = _start(first, log)
+    a = start_agent(first, log)
     try:
         lock = tmp_path / "state" / "agent.lock"
         assert wait_for(lambda: lock.exists() and lock.read_text().strip() == str(a.pid), 60), \
@@ -94,12 +64,12 @@ def test_second_agent_on_one_state_dir_exits_2_naming_the_holder(tmp_path, yolox
     finally:
         a.kill()  # SIGKILL: the kernel frees the lock
         a.wait()
-    c = _start(first, tmp_path / "c.log")
+    c = start_agent(first, tmp_path / "c.log")
     try:
         assert wait_for(lambda: lock.read_text().strip() == str(c.pid), 60)
         assert wait_for(lambda: "camera(s), engine" in (tmp_path / "c.log").read_text(), 60)
     finally:
-        assert _stop(c) == 0
+        assert stop_agent(c) == 0
 
 
 def test_crash_leaves_no_event_open_and_seq_survives_a_lost_outbox(tmp_path, yolox_nano, retail,
@@ -110,15 +80,15 @@ def test_crash_leaves_no_event_open_and_seq_survives_a_lost_outbox(tmp_path, yol
     log = tmp_path / "agent.log"
 
     # run 1: a crowd starts, then SIGKILL: its end never goes out
-    a = _start(config, log)
+    a = start_agent(config, log)
     try:
-        assert wait_for(lambda: any(e["phase"] == "start" for e in _events(jsonl)), 90), \
+        assert wait_for(lambda: any(e["phase"] == "start" for e in read_events(jsonl)), 90), \
             log.read_text()
         assert sub.wait_for(lambda: any(e["phase"] == "start" for e in sub.events()), 20)
     finally:
         a.kill()
         a.wait()
-    run1 = _events(jsonl)
+    run1 = read_events(jsonl)
     opened = {(e["type"], e["camera"], e["track_id"], e.get("zone")) for e in run1
               if e["phase"] == "start"}
     closed = {(e["type"], e["camera"], e["track_id"], e.get("zone")) for e in run1
@@ -127,13 +97,13 @@ def test_crash_leaves_no_event_open_and_seq_survives_a_lost_outbox(tmp_path, yol
     assert left_open
 
     # run 2: before any new event, an end with reason agent_restarted for each; then SIGTERM
-    b = _start(config, log)
+    b = start_agent(config, log)
     try:
-        assert wait_for(lambda: len(_events(jsonl)) >= len(run1) + len(left_open), 90), \
+        assert wait_for(lambda: len(read_events(jsonl)) >= len(run1) + len(left_open), 90), \
             log.read_text()
     finally:
-        assert _stop(b) == 0
-    run2 = _events(jsonl)[len(run1):]
+        assert stop_agent(b) == 0
+    run2 = read_events(jsonl)[len(run1):]
     first = run2[:len(left_open)]
     assert {(e["type"], e["camera"], e["track_id"], e.get("zone")) for e in first} == left_open
     for e in first:
@@ -146,7 +116,7 @@ def test_crash_leaves_no_event_open_and_seq_survives_a_lost_outbox(tmp_path, yol
     # the subscriber got them too
     want = {e["event_id"] for e in first}
     assert sub.wait_for(lambda: want <= {e["event_id"] for e in sub.events()}, 20)
-    last_seq = max(e["seq"] for e in _events(jsonl))
+    last_seq = max(e["seq"] for e in read_events(jsonl))
 
     # run 3 after a clean stop: nothing was left open, so nothing is closed again
     def _lost_outbox(how: str) -> None:
@@ -161,37 +131,37 @@ def test_crash_leaves_no_event_open_and_seq_survives_a_lost_outbox(tmp_path, yol
 
     for how in ("emptied", "deleted"):
         _lost_outbox(how)
-        n = len(_events(jsonl))
-        c = _start(config, log)
+        n = len(read_events(jsonl))
+        c = start_agent(config, log)
         try:
-            assert wait_for(lambda n=n: len(_events(jsonl)) > n, 90), log.read_text()
+            assert wait_for(lambda n=n: len(read_events(jsonl)) > n, 90), log.read_text()
         finally:
-            assert _stop(c) == 0
-        new = _events(jsonl)[n:]
+            assert stop_agent(c) == 0
+        new = read_events(jsonl)[n:]
         assert new[0]["seq"] == last_seq + 1, (how, new[0]["seq"], last_seq)  # no reuse, no gap
         assert all(e.get("reason") != "agent_restarted" for e in new)
         assert "was recreated, emptied or restored from an old copy" in log.read_text()
-        last_seq = max(e["seq"] for e in _events(jsonl))
+        last_seq = max(e["seq"] for e in read_events(jsonl))
 
     # run 4: a crash, then the outbox is lost: seq jumps ahead, never back
-    d = _start(config, log)
-    n = len(_events(jsonl))
+    d = start_agent(config, log)
+    n = len(read_events(jsonl))
     try:
-        assert wait_for(lambda: len(_events(jsonl)) > n, 90)
+        assert wait_for(lambda: len(read_events(jsonl)) > n, 90)
     finally:
         d.kill()
         d.wait()
-    crashed_last = max(e["seq"] for e in _events(jsonl))
+    crashed_last = max(e["seq"] for e in read_events(jsonl))
     _lost_outbox("deleted")
-    n = len(_events(jsonl))
-    e_ = _start(config, log)
+    n = len(read_events(jsonl))
+    e_ = start_agent(config, log)
     try:
-        assert wait_for(lambda: len(_events(jsonl)) > n, 90)
+        assert wait_for(lambda: len(read_events(jsonl)) > n, 90)
     finally:
-        assert _stop(e_) == 0
-    after = _events(jsonl)[n:]
+        assert stop_agent(e_) == 0
+    after = read_events(jsonl)[n:]
     assert after[0]["seq"] > crashed_last
-    seqs = [e["seq"] for e in _events(jsonl)]
+    seqs = [e["seq"] for e in read_events(jsonl)]
     assert len(seqs) == len(set(seqs)) and seqs == sorted(seqs)
     sub.close()
     assert not os.path.exists(tmp_path / "state" / "agent.lock.tmp")

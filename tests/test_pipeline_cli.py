@@ -8,17 +8,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Dict, List
 
 import cv2
 import jsonschema
 import pytest
 import yaml
+from agent_procs import agent_config, read_events, start_agent
 from conftest import wait_for
 
 from edge_agent import cli
@@ -28,35 +27,6 @@ SCHEMA = json.loads((REPO / "edge_agent" / "schemas" / "event.schema.json").read
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 RETAIL = "nvidia_Retail02_short.mp4"
 CAR = "intel_car-detection.mp4"
-
-
-def read_events(path: Path) -> List[Dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def write_config(tmp_path: Path, model: Path, cameras: List[Dict[str, Any]], **extra) -> Path:
-    data = {
-        "device_id": "cli-test",
-        "state_dir": str(tmp_path / "state"),
-        "log": {"format": "human", "level": "info"},
-        "model": {"path": str(model)},
-        "cameras": cameras,
-        "events": {"sinks": {"jsonl": "events.jsonl"}},
-        "mqtt": {"enabled": False},
-    }
-    for k, v in extra.items():
-        data[k] = v
-    path = tmp_path / "agent.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def start_agent(config: Path, tmp_path: Path) -> subprocess.Popen:
-    log = open(tmp_path / "agent.log", "w")
-    cmd = [sys.executable, "-m", "edge_agent.cli", "run", "--config", str(config)]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO))
 
 
 # --- track -----------------------------------------------------------------------------------
@@ -146,9 +116,9 @@ def test_run_sigterm_flushes_end_events_and_seq_persists(tmp_path, video_dir, yo
              "zones": [{"name": "all", "min_count": 1, "hold_s": 0}]},
             # a device that does not exist: retried in the background, never blocks the rest
             {"name": "ghost", "source": "/dev/video91", "reconnect": {"min_s": 0.2, "max_s": 1}}]
-    config = write_config(tmp_path, yolox_nano, cams)
+    config = agent_config(tmp_path, yolox_nano, cams)
     jsonl = tmp_path / "state" / "events.jsonl"
-    proc = start_agent(config, tmp_path)
+    proc = start_agent(config, tmp_path / "agent.log")
     try:
         assert wait_for(lambda: any(e["phase"] == "start" for e in read_events(jsonl)), 60), \
             (tmp_path / "agent.log").read_text()
@@ -173,7 +143,7 @@ def test_run_sigterm_flushes_end_events_and_seq_persists(tmp_path, video_dir, yo
     assert snaps and {p.stem for p in snaps} <= {e["event_id"] for e in evs}
 
     # Restart: seq continues from the outbox in state_dir (persisted, never reused).
-    proc = start_agent(config, tmp_path)
+    proc = start_agent(config, tmp_path / "agent.log")
     try:
         assert wait_for(lambda: len(read_events(jsonl)) > len(evs), 60)
         proc.send_signal(signal.SIGINT)
@@ -189,8 +159,8 @@ def test_run_sigterm_flushes_end_events_and_seq_persists(tmp_path, video_dir, yo
 def test_run_file_that_ends_exits_cleanly_with_end_events(tmp_path, video_dir, yolox_nano):
     cams = [{"name": "lot", "source": str(video_dir / CAR), "detect_every": 4,
              "zones": [{"name": "all", "min_count": 1, "hold_s": 0}]}]
-    config = write_config(tmp_path, yolox_nano, cams)
-    proc = start_agent(config, tmp_path)
+    config = agent_config(tmp_path, yolox_nano, cams)
+    proc = start_agent(config, tmp_path / "agent.log")
     assert proc.wait(90) == 0, (tmp_path / "agent.log").read_text()
     log = (tmp_path / "agent.log").read_text()
     assert "end of file after 377 frames" in log and "all cameras ended" in log
@@ -199,8 +169,8 @@ def test_run_file_that_ends_exits_cleanly_with_end_events(tmp_path, video_dir, y
 def test_run_corrupt_file_fails_clearly(tmp_path, yolox_nano):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"\x00\x00\x00\x18ftypisom" + b"x" * 10000)
-    config = write_config(tmp_path, yolox_nano, [{"name": "broken", "source": str(bad)}])
-    proc = start_agent(config, tmp_path)
+    config = agent_config(tmp_path, yolox_nano, [{"name": "broken", "source": str(bad)}])
+    proc = start_agent(config, tmp_path / "agent.log")
     assert proc.wait(60) == 1
     log = (tmp_path / "agent.log").read_text()
     assert "camera broken: cannot open video file" in log and "every camera failed" in log
@@ -208,23 +178,23 @@ def test_run_corrupt_file_fails_clearly(tmp_path, yolox_nano):
 
 def test_run_bad_config_and_gstreamer_without_gstreamer(tmp_path, yolox_nano, video_dir, capsys):
     video = str(video_dir / CAR)  # the start-up checks want an existing file source
-    config = write_config(tmp_path, yolox_nano, [])
+    config = agent_config(tmp_path, yolox_nano, [])
     assert cli.main(["run", "--config", str(config)]) == 2
-    config = write_config(tmp_path, yolox_nano, [
+    config = agent_config(tmp_path, yolox_nano, [
         {"name": "csi", "source": "nvarguscamerasrc ! nvvidconv ! appsink"}])
     if "GStreamer:                   NO" in cv2.getBuildInformation():
         assert cli.main(["run", "--config", str(config)]) == 2
         assert "JetPack" in capsys.readouterr().err
-    config = write_config(tmp_path, yolox_nano, [{"name": "c", "source": video}],
+    config = agent_config(tmp_path, yolox_nano, [{"name": "c", "source": video}],
                           tracker={"default": {"max_shadow_ages": 3}})
     assert cli.main(["run", "--config", str(config)]) == 2
     assert "tracker.default.max_shadow_ages: unknown key" in capsys.readouterr().err
-    config = write_config(tmp_path, yolox_nano, [{"name": "c", "source": video}],
+    config = agent_config(tmp_path, yolox_nano, [{"name": "c", "source": video}],
                           mqtt={"tls": {"ca_file": str(tmp_path / "no-such-ca.pem")}})
     assert cli.main(["run", "--config", str(config)]) == 2
     assert "no-such-ca.pem" in capsys.readouterr().err
     (tmp_path / "state" / "evdir").mkdir(parents=True)  # the events file is a directory
-    config = write_config(tmp_path, yolox_nano, [{"name": "c", "source": video}],
+    config = agent_config(tmp_path, yolox_nano, [{"name": "c", "source": video}],
                           events={"sinks": {"jsonl": "evdir"}})
     assert cli.main(["run", "--config", str(config)]) == 2
     err = capsys.readouterr().err  # refused by the start-up checks, with file:line
@@ -257,9 +227,9 @@ def test_run_publishes_events_and_snapshots_over_mqtt(tmp_path, video_dir, yolox
     sub.loop_start()
     cams = [{"name": "shop", "source": str(video_dir / RETAIL), "loop": True, "realtime": True,
              "zones": [{"name": "all", "min_count": 1, "hold_s": 0}]}]
-    config = write_config(tmp_path, yolox_nano, cams,
+    config = agent_config(tmp_path, yolox_nano, cams, device_id="cli-test",
                           mqtt={"enabled": True, "host": broker.host, "port": broker.port})
-    proc = start_agent(config, tmp_path)
+    proc = start_agent(config, tmp_path / "agent.log")
     try:
         assert wait_for(lambda: got["events"] and got["snapshots"], 60), \
             (tmp_path / "agent.log").read_text()

@@ -12,15 +12,13 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import pytest
-import yaml
+from agent_procs import agent_config, read_events, start_agent, stop_agent
 from conftest import free_port, wait_for
 from mqtt_helpers import Subscriber
 from test_exporter import get, sample
@@ -61,48 +59,24 @@ class NotifySocket:
         self.sock.close()
 
 
-def write_config(path: Path, tmp_path: Path, model: Path, cameras: List[Dict[str, Any]],
-                 metrics_port: int, **extra) -> None:
-    data: Dict[str, Any] = {
-        "device_id": "svc-test",
-        "state_dir": str(tmp_path / "state"),
-        "log": {"format": "human", "level": "info"},
-        "model": {"path": str(model), "intra_op_threads": 1},
-        "cameras": cameras,
-        "events": {"sinks": {"jsonl": "events.jsonl"}, "snapshots": {"enabled": False}},
-        "mqtt": {"enabled": False},
-        "metrics": {"port": metrics_port, "max_frame_age_s": 1.5},
-    }
-    data.update(extra)
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-
-
-def start_agent(config: Path, tmp_path: Path, env: Dict[str, str]) -> subprocess.Popen:
-    log = open(tmp_path / "agent.log", "w")
-    return subprocess.Popen([sys.executable, str(HERE / "agent_harness.py"), "run", "--config",
-                             str(config)], stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, **env), cwd=str(HERE.parent))
+def write_config(tmp_path: Path, model: Path, cameras: List[Dict[str, Any]], metrics_port: int,
+                 **sections: Any) -> Path:
+    """The agent's config for these tests: one ONNX thread, no snapshots, metrics on a port."""
+    return agent_config(tmp_path, model, cameras, device_id="svc-test",
+                        model={"path": str(model), "intra_op_threads": 1},
+                        events={"sinks": {"jsonl": "events.jsonl"},
+                                "snapshots": {"enabled": False}},
+                        metrics={"port": metrics_port, "max_frame_age_s": 1.5}, **sections)
 
 
 def events(tmp_path: Path) -> List[Dict[str, Any]]:
-    p = tmp_path / "state" / "events.jsonl"
-    return [json.loads(x) for x in p.read_text().splitlines()] if p.exists() else []
+    return read_events(tmp_path / "state" / "events.jsonl")
 
 
 def scrape(port: int, metric: str, **labels) -> float:
     code, text = get(port, "/metrics")
     assert code == 200
     return sample(text, metric, **labels)
-
-
-def stop(proc: subprocess.Popen) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    return proc.wait()
 
 
 def frames_during(port: int, seconds: float) -> List[Tuple[float, float]]:
@@ -134,10 +108,10 @@ def test_notify_watchdog_metrics_and_reload_on_a_real_clip(tmp_path, video_dir, 
     cam = {"name": "door", "source": str(video_dir / PERSONS), "loop": True, "realtime": True,
            "zones": [{"name": "hall", "min_count": 50, "hold_s": 0}]}
     mqtt = {"host": broker.host, "port": broker.port, "reconnect_min_s": 0.2}
-    write_config(config, tmp_path, yolox_nano, [cam], port, mqtt=mqtt)
+    write_config(tmp_path, yolox_nano, [cam], port, mqtt=mqtt)
     sock = NotifySocket(tmp_path / "notify.sock")
-    proc = start_agent(config, tmp_path, {"NOTIFY_SOCKET": str(sock.path),
-                                          "WATCHDOG_USEC": "1000000"})
+    proc = start_agent(config, tmp_path / "agent.log", harness=True,
+                       env=dict(os.environ, NOTIFY_SOCKET=str(sock.path), WATCHDOG_USEC="1000000"))
     log = tmp_path / "agent.log"
     try:
         # READY=1 comes once the camera delivered frames, and says so.
@@ -177,7 +151,7 @@ def test_notify_watchdog_metrics_and_reload_on_a_real_clip(tmp_path, video_dir, 
         # SIGHUP with a lower min_count: crowd events start, the stream goes on without a gap.
         assert not [e for e in events(tmp_path) if e["type"] == "crowd"]
         cam["zones"][0]["min_count"] = 1
-        write_config(config, tmp_path, yolox_nano, [cam], port, mqtt=mqtt)
+        write_config(tmp_path, yolox_nano, [cam], port, mqtt=mqtt)
         reconnects = scrape(port, "edge_agent_camera_reconnects_total", camera="door")
         t_hup = time.monotonic()
         proc.send_signal(signal.SIGHUP)
@@ -207,7 +181,7 @@ def test_notify_watchdog_metrics_and_reload_on_a_real_clip(tmp_path, video_dir, 
         assert not ends  # nothing was rebuilt by the rejected reload
 
         # A change that needs a restart is reported and not applied.
-        write_config(config, tmp_path, yolox_nano, [cam, dict(cam, name="yard")], port,
+        write_config(tmp_path, yolox_nano, [cam, dict(cam, name="yard")], port,
                      mqtt=mqtt)
         proc.send_signal(signal.SIGHUP)
         assert wait_for(lambda: "needs a restart, not applied: cameras.yard added"
@@ -225,12 +199,12 @@ def test_notify_watchdog_metrics_and_reload_on_a_real_clip(tmp_path, video_dir, 
         assert reply["result"]["ok"] is True
         assert reply["result"]["needs_restart"] == ["cameras.yard added"]
 
-        assert stop(proc) == 0
+        assert stop_agent(proc) == 0
         assert sock.with_field("STOPPING")
         for e in events(tmp_path):
             VALIDATOR.validate(e)
     finally:
-        stop(proc)
+        stop_agent(proc)
         sock.close()
 
 
@@ -247,8 +221,8 @@ def test_healthz_turns_503_while_the_rtsp_camera_is_frozen(tmp_path, yolox_nano)
     config = tmp_path / "agent.yaml"
     cam = {"name": "door", "source": srv.url, "stall_timeout_s": 2.0,
            "reconnect": {"min_s": 0.3, "max_s": 1.0}}
-    write_config(config, tmp_path, yolox_nano, [cam], port)
-    proc = start_agent(config, tmp_path, {})
+    write_config(tmp_path, yolox_nano, [cam], port)
+    proc = start_agent(config, tmp_path / "agent.log", harness=True)
     try:
         assert wait_for(lambda: get(port, "/healthz")[0] == 200, 60), \
             (tmp_path / "agent.log").read_text()
@@ -263,7 +237,7 @@ def test_healthz_turns_503_while_the_rtsp_camera_is_frozen(tmp_path, yolox_nano)
         before = scrape(port, "edge_agent_frames_processed_total", camera="door")
         assert wait_for(lambda: scrape(port, "edge_agent_frames_processed_total",
                                        camera="door") > before, 5)
-        assert stop(proc) == 0
+        assert stop_agent(proc) == 0
     finally:
-        stop(proc)
+        stop_agent(proc)
         srv.stop()
