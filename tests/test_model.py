@@ -15,6 +15,7 @@ torch = pytest.importorskip("torch")
 from edge_agent.model import data as D  # noqa: E402
 from edge_agent.model import loss as L  # noqa: E402
 from edge_agent.model import net as N  # noqa: E402
+from edge_agent.model import onnxweights as W  # noqa: E402
 from edge_agent.model.evaluate import average_precision, evaluate, match  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -139,7 +140,7 @@ def test_ap_hand_computed_case():
 def test_coco_weights_reproduce_the_onnx_model(yolox_nano):
     import onnxruntime as ort
 
-    ref = N.coco_reference(yolox_nano).eval()
+    ref = W.coco_reference(yolox_nano).eval()
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 255, (1, 3, 416, 416)).astype(np.float32)
     want = ort.InferenceSession(str(yolox_nano), providers=["CPUExecutionProvider"]).run(
@@ -149,7 +150,7 @@ def test_coco_weights_reproduce_the_onnx_model(yolox_nano):
     rows[..., 4:] = 1 / (1 + np.exp(-rows[..., 4:]))
     assert np.abs(rows - want).max() < 1e-3
     net = N.MultiHeadNet(HEADS)
-    rep = N.load_coco(net, yolox_nano, {"crowd": [0]})
+    rep = W.load_coco(net, yolox_nano, {"crowd": [0]})
     assert not [k for k in rep.missing if "crowd" in k]  # the crowd head is all COCO
     assert all("cls_preds" in k for k in rep.missing)  # new heads: only their classifiers
 
@@ -167,9 +168,9 @@ LIGHT = {"weapon": N.HeadSpec(32, 1), "plate": N.HeadSpec(48, 0)}
 
 
 def test_light_heads_load_the_coco_head_cut_to_their_shape(yolox_nano):
-    ref = N.coco_reference(yolox_nano)
+    ref = W.coco_reference(yolox_nano)
     net = N.MultiHeadNet(HEADS, LIGHT)
-    rep = N.load_coco(net, yolox_nano, {"crowd": [0]})
+    rep = W.load_coco(net, yolox_nano, {"crowd": [0]})
     assert all("cls_preds" in k and "crowd" not in k for k in rep.missing)
     w = net.heads["weapon"]
     assert len(w.cls_convs[0]) == 1 and len(net.heads["plate"].reg_convs[2]) == 0
@@ -237,7 +238,7 @@ def test_ignore_region_removes_objectness_loss():
 
 
 def _tiny_config(tmp_path, yolox_nano):
-    from edge_agent.model.train import Stage, TrainConfig
+    from edge_agent.model.train import TrainConfig
 
     items = _items(tmp_path / "guns")
     D.write_yolo(items, tmp_path / "guns" / "images", tmp_path / "guns" / "labels")
@@ -249,13 +250,15 @@ def _tiny_config(tmp_path, yolox_nano):
     pl = {"name": "plates", "format": "voc", "images": str(tmp_path / "plates" / "images"),
           "annots": str(tmp_path / "plates" / "annots"), "head": "plate",
           "map": {"license-plate": "plate", "x": "plate"}, "negatives": ["weapon"]}
-    return TrainConfig(
-        name="tiny", version="0.0.1", heads=HEADS, train=[guns, pl], val=[guns, pl],
-        input={"height": 64, "width": 96}, init={"weights": str(yolox_nano),
-                                                  "classes": {"crowd": [0]}},
-        teacher={"model": str(yolox_nano)}, out_dir=str(tmp_path / "run"), threads=1, batch=3,
-        stage_a=Stage(1, 2, 1e-3, ["body", "heads.crowd"]), stage_b=Stage(1, 2, 1e-4, []),
-        distill={"head": "crowd", "weight": 1.0})
+    return TrainConfig.from_mapping({
+        "name": "tiny", "version": "0.0.1", "heads": HEADS, "train": [guns, pl],
+        "val": [guns, pl], "input": {"height": 64, "width": 96},
+        "init": {"weights": str(yolox_nano), "classes": {"crowd": [0]}},
+        "teacher": {"model": str(yolox_nano)}, "out_dir": str(tmp_path / "run"), "threads": 1,
+        "batch": 3, "stage_a": {"epochs": 1, "iters": 2, "lr": 1e-3,
+                                "freeze": ["body", "heads.crowd"]},
+        "stage_b": {"epochs": 1, "iters": 2, "lr": 1e-4},
+        "distill": {"head": "crowd", "weight": 1.0}}, "the tiny test config")
 
 
 def test_tiny_model_trains_resumes_and_exports(tmp_path, yolox_nano):
@@ -298,7 +301,7 @@ def test_tiny_model_trains_resumes_and_exports(tmp_path, yolox_nano):
 
 
 def test_head_design_config_defaults_and_errors(tmp_path):
-    from edge_agent.model.train import TrainConfig
+    from edge_agent.model.train import TrainConfig, TrainConfigError
 
     base = ("name: x\nversion: 1\nheads: {weapon: [gun], crowd: [person], plate: [plate]}\n"
             "init: {classes: {crowd: [0]}}\ntrain: []\nval: []\n")
@@ -311,13 +314,15 @@ def test_head_design_config_defaults_and_errors(tmp_path):
     f.write_text(base + "head_design: {plate: {width: 64}, crowd: {convs: 1}}\n")
     specs = TrainConfig.load(f).head_specs()
     assert specs["plate"] == N.HeadSpec(64, 1) and specs["crowd"] == N.HeadSpec(64, 1)
-    for bad, msg in [("{knife: {width: 32}}", "'knife' is not a head"),
-                     ("{plate: {width: 128}}", "plate: width must be an integer in 8..64"),
-                     ("{plate: {convs: 3}}", "plate: convs must be 0, 1 or 2"),
-                     ("{plate: {depth: 1}}", "plate: expected"),
-                     ("[32, 1]", "expected a mapping")]:
+    for bad, msg in [("{knife: {width: 32}}", "head_design: 'knife' is not a head"),
+                     ("{plate: {width: 128}}", "head_design.plate.width: must be an integer "
+                                               "in 8..64"),
+                     ("{plate: {width: wide}}", "head_design.plate.width: expected an integer"),
+                     ("{plate: {convs: 3}}", "head_design.plate.convs: must be 0, 1 or 2"),
+                     ("{plate: {depth: 1}}", "head_design.plate.depth: unknown key"),
+                     ("[32, 1]", "head_design: expected a mapping")]:
         f.write_text(base + f"head_design: {bad}\n")
-        with pytest.raises(SystemExit, match=f"{f}: head_design: .*{msg}"):
+        with pytest.raises(TrainConfigError, match=f"^{f}: {msg}"):
             TrainConfig.load(f)
 
 
@@ -357,19 +362,25 @@ def test_make_model_stage_two_reads_what_stage_one_exports(nc):
     stage1_onnx = re.findall(r"-o (\S+)", cmds)[0]
     full, light = (TrainConfig.load(c) for c in configs)
     assert set(full.head_specs().values()) == {N.COCO_HEAD}
-    assert light.init["heads_from"] == {"model": stage1_onnx, "heads": ["crowd", "plate"]}
-    assert light.distill["teacher"] == stage1_onnx and light.distill["head"] == "weapon"
+    hf = light.init.heads_from
+    assert hf is not None and (hf.model, hf.heads) == (stage1_onnx, ["crowd", "plate"])
+    assert light.distill is not None
+    assert light.distill.teacher == stage1_onnx and light.distill.head == "weapon"
     assert light.stage_a.freeze == ["body", "heads.crowd", "heads.plate"]
     assert full.train == light.train and full.val == light.val  # the same data in both stages
 
 
-def test_train_cli_errors(tmp_path):
+def test_train_cli_errors(tmp_path, capsys):
     from edge_agent.cli import main
 
     bad = tmp_path / "t.yaml"
     bad.write_text("name: x\nversion: 1\nheads: {a: [b]}\ntrain: []\nval: []\nbogus: 1\n")
-    with pytest.raises(SystemExit, match="unknown keys"):
-        main(["train", "--config", str(bad)])
+    assert main(["train", "--config", str(bad)]) == 2
+    assert f"{bad}: bogus: unknown key" in capsys.readouterr().err
+    bad.write_text("name: x\nversion: 1\nheads: {a: [b]}\ntrain: []\nval: []\n"
+                   "eval: {nms_iou: high}\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert f"{bad}: eval.nms_iou: expected a number, got 'high'" in capsys.readouterr().err
     assert main(["export", str(tmp_path / "none.pt"), "-o", str(tmp_path / "m.onnx")]) == 2
 
 
@@ -380,18 +391,18 @@ def test_stage_two_copies_heads_and_distils_from_an_export(tmp_path, yolox_nano)
     from edge_agent.model import train as T
 
     stage1 = N.MultiHeadNet(HEADS)
-    N.load_coco(stage1, yolox_nano, {"crowd": [0]})
+    W.load_coco(stage1, yolox_nano, {"crowd": [0]})
     with torch.no_grad():  # a "trained" plate head: anything but its COCO start
         stage1.heads.plate.cls_preds[0].bias.fill_(1.5)
     path = tmp_path / "stage1.onnx"
     E.to_onnx(stage1.eval(), 64, 96, path)
 
     cfg = _tiny_config(tmp_path, yolox_nano)
-    cfg.head_design = {"weapon": {"width": 16, "convs": 1}, "plate": {"width": 64, "convs": 2}}
-    cfg.init = {**cfg.init, "heads_from": {"model": str(path), "heads": ["crowd", "plate"]}}
+    cfg.head_design = {"weapon": T.HeadDesign(16, 1), "plate": T.HeadDesign(64, 2)}
+    cfg.init.heads_from = T.HeadsFrom(str(path), ["crowd", "plate"])
     cfg.stage_a = T.Stage(1, 2, 1e-3, ["body", "heads.crowd", "heads.plate"])
     cfg.stage_b.epochs = 0
-    cfg.distill = {"head": "weapon", "weight": 1.0, "teacher": str(path)}
+    cfg.distill = T.DistillConfig("weapon", 1.0, teacher=str(path))
     rec = T.run(cfg, progress=False)
     assert set(rec["loss"]) == {"weapon", "distill"} and rec["loss"]["distill"] > 0
     after = torch.load(tmp_path / "run" / "last.pt", weights_only=False)["model"]
@@ -420,21 +431,21 @@ def test_heads_from_and_teacher_errors_name_the_tensor(tmp_path, yolox_nano):
     light = N.MultiHeadNet(HEADS, {"weapon": N.HeadSpec(32, 1)})
     with pytest.raises(ValueError, match=r"heads\.weapon\.stems\.0\.conv\.weight is "
                                          r"\[64, 64, 1, 1\].*needs \[32, 64, 1, 1\]"):
-        N.load_heads(light, path, ["weapon"])
+        W.load_heads(light, path, ["weapon"])
     with pytest.raises(ValueError, match="'knife' is not a head"):
-        N.load_heads(light, path, ["knife"])
+        W.load_heads(light, path, ["knife"])
     with pytest.raises(ValueError, match="its body differs from ours at body.stem"):
-        N.exported_heads(path, ["weapon"], N.coco_reference(yolox_nano).body)
+        W.exported_heads(path, ["weapon"], W.coco_reference(yolox_nano).body)
     with pytest.raises(ValueError, match="no head 'weapon'"):  # the COCO model: one head
-        N.exported_heads(yolox_nano, ["weapon"], src.body)
+        W.exported_heads(yolox_nano, ["weapon"], src.body)
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not onnx")
     with pytest.raises(ValueError, match="bad.onnx: cannot read"):
-        N.exported_net(bad)
+        W.exported_net(bad)
 
 
 def test_train_config_base_file(tmp_path):
-    from edge_agent.model.train import TrainConfig
+    from edge_agent.model.train import TrainConfig, TrainConfigError
 
     (tmp_path / "one.yaml").write_text(
         "name: one\nversion: 1\nheads: {weapon: [gun]}\ntrain: []\nval: []\nbatch: 4\n")
@@ -443,10 +454,10 @@ def test_train_config_base_file(tmp_path):
     assert (cfg.name, cfg.batch, cfg.heads) == ("two", 2, {"weapon": ["gun"]})
     (tmp_path / "loop.yaml").write_text("base: loop2.yaml\n")
     (tmp_path / "loop2.yaml").write_text("base: loop.yaml\n")
-    with pytest.raises(SystemExit, match="includes itself"):
+    with pytest.raises(TrainConfigError, match="loop2.yaml: base: loop.yaml includes itself"):
         TrainConfig.load(tmp_path / "loop.yaml")
     (tmp_path / "gone.yaml").write_text("base: missing.yaml\n")
-    with pytest.raises(SystemExit, match="missing.yaml: cannot read"):
+    with pytest.raises(TrainConfigError, match="missing.yaml: cannot read"):
         TrainConfig.load(tmp_path / "gone.yaml")
 
 
@@ -455,7 +466,7 @@ def test_weapon_adapter_starts_as_identity_exports_and_loads_back(tmp_path, yolo
 
     specs = {"weapon": N.HeadSpec(32, 1, 24), "plate": N.HeadSpec(64, 2)}
     net = N.MultiHeadNet(HEADS, specs)
-    N.load_coco(net, yolox_nano, {"crowd": [0]})
+    W.load_coco(net, yolox_nano, {"crowd": [0]})
     plain = N.MultiHeadNet(HEADS, {"weapon": N.HeadSpec(32, 1), "plate": N.HeadSpec(64, 2)})
     plain.load_state_dict({k: v for k, v in net.state_dict().items() if "adapter" not in k})
     x = torch.rand(1, 3, 64, 96) * 255
@@ -467,7 +478,7 @@ def test_weapon_adapter_starts_as_identity_exports_and_loads_back(tmp_path, yolo
     assert adapter_params == 64 * 24 + 24 + 24 * 9 + 24 + 24 * 24 + 24 + 24 * 64 + 64
     path = tmp_path / "a.onnx"
     E.to_onnx(net.eval(), 64, 96, path)
-    back = N.exported_net(path)
+    back = W.exported_net(path)
     assert back.heads["weapon"].spec == N.HeadSpec(32, 1, 24)
     assert back.heads["crowd"].adapter is None
     with torch.no_grad():
@@ -508,10 +519,10 @@ def test_paste_composites_small_guns_into_frames_and_caches_them(tmp_path):
 
 
 def test_distillation_counts_only_on_the_named_sources():
-    from edge_agent.model.train import distill_mask
+    from edge_agent.model.train import DistillConfig, distill_mask
 
     samples = [D.Sample(Path(f"{i}.jpg"), src, (8, 8)) for i, src in
                enumerate(["ugr", "paste", "plates", "paste"])]
-    assert distill_mask({"head": "weapon"}, samples) is None
-    got = distill_mask({"head": "weapon", "sources": ["ugr", "plates"]}, samples)
+    assert distill_mask(DistillConfig("weapon"), samples) is None
+    got = distill_mask(DistillConfig("weapon", sources=["ugr", "plates"]), samples)
     assert got.tolist() == [True, False, True, False]

@@ -38,7 +38,7 @@ def frames_of(video: str, n: int) -> List[np.ndarray]:
     """``n`` frames spread evenly over a video."""
     cap = cv2.VideoCapture(video)
     if not cap.isOpened():
-        raise SystemExit(f"{video}: video does not open")
+        raise ValueError(f"{video}: video does not open")
     total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
     want = set(np.linspace(0, total - 1, n).astype(int).tolist())
     out, i = [], 0

@@ -21,6 +21,8 @@ from typing import Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequence,
 import cv2
 import numpy as np
 
+from edge_agent.model.trainconfig import Augment
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 EMPTY = np.zeros((0, 5), np.float32)  # x1, y1, x2, y2, class id (pixels of the image)
 EDGE_SLACK = 1.0  # pixels a box may pass the image edge (rounding in exported labels)
@@ -305,16 +307,6 @@ def split_groups(groups: Sequence, val_fraction: float, seed: int) -> List[bool]
 
 
 # --- augmentation and batching --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Augment:
-    """Cheap augmentation: random scale/translate (one affine warp), flip, HSV jitter."""
-
-    scale: Tuple[float, float] = (0.6, 1.4)
-    translate: float = 0.15
-    flip: float = 0.5
-    hsv: Tuple[float, float, float] = (0.015, 0.5, 0.3)
 
 
 def letterbox_matrix(size: Tuple[int, int], out_hw: Tuple[int, int]) -> np.ndarray:

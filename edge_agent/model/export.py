@@ -23,6 +23,7 @@ import numpy as np
 
 from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_MISSING_EXTRA, EXIT_OK
 from edge_agent.model import checks
+from edge_agent.model.trainconfig import TrainConfigError
 
 OPSET = 17
 
@@ -34,15 +35,13 @@ def load_checkpoint(path: Path, config: Optional[Path] = None):
     """
     import torch
 
-    from edge_agent.model.train import Stage, TrainConfig, build_net
+    from edge_agent.model.train import TrainConfig, build_net
 
     ck = torch.load(path, map_location="cpu", weights_only=False)
     if config is not None:
         cfg = TrainConfig.load(config)
     else:
-        c = dict(ck["config"])
-        c["stage_a"], c["stage_b"] = Stage(**c["stage_a"]), Stage(**c["stage_b"])
-        cfg = TrainConfig(**c)
+        cfg = TrainConfig.from_mapping(ck["config"], f"{path} (its saved config)")
     model = build_net(cfg, load_weights=False)
     model.load_state_dict(ck["model"])
     model.eval()
@@ -222,8 +221,12 @@ def main(args: argparse.Namespace) -> int:
         print(f"edge-agent export: {ckpt}: no such checkpoint", file=sys.stderr)
         return EXIT_BAD_INPUT
     cfg = Path(args.config) if args.config else None
-    export(ckpt, Path(args.output), check=not args.no_check, val_limit=args.val_limit or None,
-           config=cfg)
+    try:
+        export(ckpt, Path(args.output), check=not args.no_check,
+               val_limit=args.val_limit or None, config=cfg)
+    except TrainConfigError as exc:
+        print(f"edge-agent export: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     return EXIT_OK
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Sequence
 
@@ -18,20 +17,9 @@ import cv2
 import numpy as np
 
 from edge_agent.model.data import DataError, Sample
+from edge_agent.model.trainconfig import TeacherConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    """Where the teacher is and how its scores split into positives / ignore / background."""
-
-    model: str = "../shared/weights/yolox_nano_coco.onnx"
-    head: str = "crowd"  # the student head the teacher labels
-    teacher_head: str = "crowd"  # the teacher manifest's head holding the class
-    positive: float = 0.5
-    ignore: float = 0.2
-    nms_iou: float = 0.45
 
 
 def open_teacher(cfg: TeacherConfig, threads: int = 2):

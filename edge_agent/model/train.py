@@ -15,146 +15,25 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-import yaml
 
 from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_MISSING_EXTRA, EXIT_OK
+from edge_agent.model.trainconfig import (
+    DistillConfig,
+    HeadDesign,
+    HeadsFrom,
+    Stage,
+    TrainConfig,
+    TrainConfigError,
+)
+
+__all__ = ["DistillConfig", "HeadDesign", "HeadsFrom", "Stage", "TrainConfig", "TrainConfigError",
+           "build_net", "distill_mask", "distill_teacher", "main", "run", "smoke"]
 
 log = logging.getLogger(__name__)
-
-
-# A new head's default design: 32 channels, one depthwise conv per branch (COCO: 64, two).
-# bench/multihead_bench.py measured it cheapest among designs that keep a 3x3 branch conv.
-DEFAULT_HEAD = {"width": 32, "convs": 1}
-
-
-@dataclass
-class Stage:
-    epochs: int = 1
-    iters: int = 100  # batches per epoch
-    lr: float = 2e-3
-    freeze: List[str] = field(default_factory=list)  # module name prefixes, e.g. body
-
-
-@dataclass
-class TrainConfig:
-    """The training YAML (see ``configs/train.yaml``); paths are relative to the working dir."""
-
-    name: str
-    version: str
-    heads: Dict[str, List[str]]
-    train: List[Dict[str, Any]]
-    val: List[Dict[str, Any]]
-    input: Dict[str, int] = field(default_factory=lambda: {"height": 288, "width": 512})
-    # weights: the COCO ONNX; classes: {head: [COCO ids]}; heads_from: {model: X.onnx, heads: [...]}
-    init: Dict[str, Any] = field(default_factory=dict)
-    teacher: Optional[Dict[str, Any]] = None
-    out_dir: str = "out/model/default"
-    threads: int = 2
-    batch: int = 8
-    seed: int = 0
-    weight_decay: float = 5e-4
-    source_weights: Dict[str, float] = field(default_factory=dict)
-    augment: Dict[str, Any] = field(default_factory=dict)
-    eval: Dict[str, Any] = field(default_factory=dict)
-    stage_a: Stage = field(default_factory=Stage)
-    stage_b: Stage = field(default_factory=lambda: Stage(epochs=0, lr=2e-4))
-    # {head: crowd, weight: 1.0}: while the body trains, keep that head's maps close to the
-    # starting (COCO) model's, run on the same batch (loss.distill_loss). With teacher: X.onnx
-    # (an export of ours with the same body), pull the head(s) towards X's in every stage.
-    distill: Optional[Dict[str, Any]] = None
-    description: str = ""
-    licence: str = ""
-    # per head {width: 8..64, convs: 0..2}; see head_specs() for the defaults
-    head_design: Dict[str, Dict[str, int]] = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: Path) -> TrainConfig:
-        data = _read_with_base(Path(path), ())
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise SystemExit(f"train config {path}: unknown keys {unknown}")
-        for k in ("stage_a", "stage_b"):
-            if k in data:
-                data[k] = Stage(**data[k])
-        try:
-            cfg = cls(**data)
-        except TypeError as exc:
-            raise SystemExit(f"train config {path}: {exc}") from None
-        problem = cfg.head_design_problem()
-        if problem:
-            raise SystemExit(f"train config {path}: head_design: {problem}")
-        return cfg
-
-    def head_design_problem(self) -> Optional[str]:
-        """What is wrong with ``head_design``, or None."""
-        if not isinstance(self.head_design, dict):
-            return "expected a mapping of head name to {width, convs}"
-        for name, d in self.head_design.items():
-            if name not in self.heads:
-                return f"{name!r} is not a head (heads: {list(self.heads)})"
-            if not isinstance(d, dict) or set(d) - {"width", "convs", "adapter"}:
-                return (f"{name}: expected {{width: 8..64, convs: 0..2, adapter: 0..128}}, "
-                        f"got {d!r}")
-            a = d.get("adapter", 0)
-            if type(a) is not int or not 0 <= a <= 128:
-                return f"{name}: adapter must be an integer in 0..128, got {a!r}"
-            w, c = d.get("width", DEFAULT_HEAD["width"]), d.get("convs", DEFAULT_HEAD["convs"])
-            if type(w) is not int or not 8 <= w <= 64:
-                return f"{name}: width must be an integer in 8..64, got {w!r}"
-            if type(c) is not int or not 0 <= c <= 2:
-                return f"{name}: convs must be 0, 1 or 2, got {c!r}"
-        return None
-
-    def head_specs(self) -> Dict[str, Any]:
-        """Each head's :class:`~edge_agent.model.net.HeadSpec`.
-
-        A head listed in ``head_design`` gets what it says. Otherwise a head whose classifier
-        starts from COCO classes (``init.classes``, e.g. crowd) keeps the full COCO head
-        (width 64, two convs per branch), and a new head gets the light one (``DEFAULT_HEAD``);
-        a key missing from a listed head's entry comes from that same default.
-        """
-        from edge_agent.model.net import COCO_HEAD, HeadSpec
-
-        coco = set(self.init.get("classes", {}) or {})
-        out = {}
-        for name in self.heads:
-            base = ({"width": COCO_HEAD.width, "convs": COCO_HEAD.convs} if name in coco
-                    else DEFAULT_HEAD)
-            d = {**base, **self.head_design.get(name, {})}  # a key left out: that default's
-            out[name] = HeadSpec(int(d["width"]), int(d["convs"]), int(d.get("adapter", 0)))
-        return out
-
-    @property
-    def hw(self):
-        return int(self.input["height"]), int(self.input["width"])
-
-
-def _read_with_base(path: Path, seen: Tuple[Path, ...]) -> Dict[str, Any]:
-    """The YAML mapping at ``path``; with ``base: other.yaml`` (relative to this file) the
-    other file's keys first, each top-level key here replacing the base's."""
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SystemExit(f"train config {path}: cannot read: {exc.strerror or exc}") from None
-    except yaml.YAMLError as exc:
-        raise SystemExit(f"train config {path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise SystemExit(f"train config {path}: expected a mapping")
-    base = data.pop("base", None)
-    if base is None:
-        return data
-    if not isinstance(base, str):
-        raise SystemExit(f"train config {path}: base: expected a file name, got {base!r}")
-    bpath = (path.parent / base).resolve()
-    if bpath in seen or bpath == path.resolve():
-        raise SystemExit(f"train config {path}: base: {base} includes itself")
-    return {**_read_with_base(bpath, seen + (path.resolve(),)), **data}
 
 
 def _limit(samples, specs):
@@ -174,8 +53,8 @@ def build_data(cfg: TrainConfig):
     out = Path(cfg.out_dir)
     tr = _limit(sources.build(cfg.train, cfg.heads, cache=out.parent / "frames"), cfg.train)
     va = _limit(sources.build(cfg.val, cfg.heads, cache=out.parent / "frames"), cfg.val)
-    if cfg.teacher:
-        tc = teacher.TeacherConfig(**cfg.teacher)
+    if cfg.teacher is not None:
+        tc = cfg.teacher
         # a head frozen in every stage learns nothing from pseudo-labels: only validation needs them
         stages = [s for s in (cfg.stage_a, cfg.stage_b) if s.epochs]
         learns = any(f"heads.{tc.head}" not in s.freeze for s in stages)
@@ -186,15 +65,16 @@ def build_data(cfg: TrainConfig):
 
 def build_net(cfg: TrainConfig, load_weights: bool = True):
     from edge_agent.model import net as N
+    from edge_agent.model import onnxweights as W
 
     model = N.MultiHeadNet(cfg.heads, cfg.head_specs())
-    if load_weights and cfg.init.get("weights"):
-        rep = N.load_coco(model, Path(cfg.init["weights"]), cfg.init.get("classes", {}))
+    if load_weights and cfg.init.weights:
+        rep = W.load_coco(model, Path(cfg.init.weights), cfg.init.classes)
         print(rep.summary(), file=sys.stderr)
-    hf = cfg.init.get("heads_from")
+    hf = cfg.init.heads_from
     if load_weights and hf:  # heads of an earlier export, e.g. kept frozen while another trains
-        keys = N.load_heads(model, Path(hf["model"]), hf["heads"])
-        print(f"heads {hf['heads']}: {len(keys)} tensors from {hf['model']}", file=sys.stderr)
+        keys = W.load_heads(model, Path(hf.model), hf.heads)
+        print(f"heads {hf.heads}: {len(keys)} tensors from {hf.model}", file=sys.stderr)
     return model
 
 
@@ -238,8 +118,7 @@ def validate(model, samples, cfg: TrainConfig, half: bool = False) -> Dict[str, 
     from edge_agent.model.evaluate import evaluate
 
     ds = CombinedDataset(samples, list(cfg.heads), cfg.hw)
-    thr = float(cfg.eval.get("score_threshold", 0.01))
-    iou = float(cfg.eval.get("nms_iou", 0.6))
+    thr, iou = cfg.eval.score_threshold, cfg.eval.nms_iou
     dets: List[Dict[str, np.ndarray]] = []
     gts: List[Dict[str, Optional[np.ndarray]]] = []
     bs = 8
@@ -263,7 +142,7 @@ def validate(model, samples, cfg: TrainConfig, half: bool = False) -> Dict[str, 
             sidx = [i for i in idx if samples[i].source == src]
             per[src] = evaluate([dets[i][h] for i in sidx], [gts[i][h] for i in sidx],
                                 len(classes))
-        for gname, members in cfg.eval.get("groups", {}).get(h, {}).items():
+        for gname, members in cfg.eval.groups.get(h, {}).items():
             gidx = [i for i in idx if samples[i].source in members]
             if gidx:
                 per[gname] = evaluate([dets[i][h] for i in gidx], [gts[i][h] for i in gidx],
@@ -275,11 +154,11 @@ def validate(model, samples, cfg: TrainConfig, half: bool = False) -> Dict[str, 
 
 def score_of(metrics: Dict[str, Any], cfg: TrainConfig) -> float:
     """One number for picking best.pt: mean AP@0.5 over the heads in ``eval.select``."""
-    heads = cfg.eval.get("select", [h for h in cfg.heads])
+    heads = cfg.eval.select if cfg.eval.select is not None else list(cfg.heads)
     vals = []
     for h in heads:
         m = metrics.get(h, {})
-        srcs = cfg.eval.get("select_sources", {}).get(h)
+        srcs = cfg.eval.select_sources.get(h)
         if srcs:
             vals.extend(m.get("per_source", {}).get(s, {}).get("ap50", 0.0) for s in srcs)
         else:
@@ -302,7 +181,7 @@ def set_frozen(model, prefixes: Sequence[str]) -> None:
 
 
 def train_step(model, imgs, boxes, ignore, frozen_body: bool, teacher=None,
-               distill: Optional[Dict[str, Any]] = None, dmask: Optional[np.ndarray] = None):
+               distill: Optional[DistillConfig] = None, dmask: Optional[np.ndarray] = None):
     """Forward + masked per-head losses (+ distillation); returns (total, {name: loss value}).
 
     ``dmask`` (N bools): the images distillation counts on (all when None), e.g. not the pasted
@@ -323,7 +202,7 @@ def train_step(model, imgs, boxes, ignore, frozen_body: bool, teacher=None,
         feats = model.body(x)
     total = None
     parts: Dict[str, float] = {}
-    dheads = distilled_heads(distill)
+    dheads = distill.heads() if distill is not None else []
     for h, head in model.heads.items():
         if not any(p.requires_grad for p in head.parameters()):
             continue
@@ -332,8 +211,8 @@ def train_step(model, imgs, boxes, ignore, frozen_body: bool, teacher=None,
         parts[h] = lh.item()
         # a head teacher (distill.teacher) works in every stage, the starting model while the
         # body trains
-        if teacher is not None and h in dheads \
-                and (not frozen_body or distill.get("teacher")) \
+        if teacher is not None and distill is not None and h in dheads \
+                and (not frozen_body or distill.teacher) \
                 and (dmask is None or dmask.any()):
             with torch.no_grad():
                 ref = teacher(x, feats, h)
@@ -342,7 +221,7 @@ def train_step(model, imgs, boxes, ignore, frozen_body: bool, teacher=None,
                 maps_d, ref = [m[keep] for m in maps], [r[keep] for r in ref]
             else:
                 maps_d = maps
-            ld = float(distill.get("weight", 1.0)) * L.distill_loss(maps_d, ref)
+            ld = distill.weight * L.distill_loss(maps_d, ref)
             key = "distill" if len(dheads) == 1 else f"distill_{h}"
             parts[key] = ld.item()
             lh = lh + ld
@@ -350,20 +229,12 @@ def train_step(model, imgs, boxes, ignore, frozen_body: bool, teacher=None,
     return total, parts
 
 
-def distill_mask(distill: Optional[Dict[str, Any]], samples) -> Optional[np.ndarray]:
+def distill_mask(distill: Optional[DistillConfig], samples) -> Optional[np.ndarray]:
     """``distill.sources``: the sources whose images distillation counts on (None: all)."""
-    if not distill or not distill.get("sources"):
+    if distill is None or not distill.sources:
         return None
-    allowed = set(distill["sources"])
+    allowed = set(distill.sources)
     return np.array([s.source in allowed for s in samples], bool)
-
-
-def distilled_heads(distill: Optional[Dict[str, Any]]) -> List[str]:
-    """``distill.head``: one head's name or a list of them."""
-    if not distill:
-        return []
-    h = distill["head"]
-    return [h] if isinstance(h, str) else list(h)
 
 
 def distill_teacher(cfg: TrainConfig, model):
@@ -372,13 +243,13 @@ def distill_teacher(cfg: TrainConfig, model):
     With ``distill.teacher`` (an exported model of ours) it is that model's heads run on our
     own features; otherwise the starting model, frozen before any training.
     """
-    from edge_agent.model import net as N
+    from edge_agent.model import onnxweights as W
 
-    if not cfg.distill:
+    if cfg.distill is None:
         return None
-    if cfg.distill.get("teacher"):
-        src = Path(cfg.distill["teacher"])
-        heads = N.exported_heads(src, distilled_heads(cfg.distill), model.body)
+    if cfg.distill.teacher:
+        src = Path(cfg.distill.teacher)
+        heads = W.exported_heads(src, cfg.distill.heads(), model.body)
         for h, t in heads.items():
             print(f"distill: {h} head of {src} (width {t.spec.width}, convs {t.spec.convs})",
                   file=sys.stderr)
@@ -399,7 +270,6 @@ def run(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Dict[s
     from tqdm import tqdm
 
     from edge_agent.model.data import (
-        Augment,
         CombinedDataset,
         balanced_weights,
         collate,
@@ -414,11 +284,11 @@ def run(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Dict[s
     tr, va = build_data(cfg)
     model = build_net(cfg)
     teacher_net = distill_teacher(cfg, model)
-    ds = CombinedDataset(tr, list(cfg.heads), cfg.hw, Augment(**cfg.augment), seed=cfg.seed)
+    ds = CombinedDataset(tr, list(cfg.heads), cfg.hw, cfg.augment, seed=cfg.seed)
     weights = balanced_weights(tr, cfg.source_weights)
     plan = _stages(cfg)
     # per-epoch validation on at most eval.epoch_limit images per source (export uses them all)
-    lim = cfg.eval.get("epoch_limit")
+    lim = cfg.eval.epoch_limit
     va_epoch = _limit(va, [{**s, "limit": lim} for s in cfg.val]) if lim else va
     history: List[Dict[str, Any]] = []
     start, best = 0, -1.0
@@ -461,7 +331,8 @@ def run(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Dict[s
                                       teacher=teacher_net, distill=cfg.distill,
                                       dmask=distill_mask(cfg.distill, [tr[int(i)] for i in ids]))
             if total is None:
-                raise SystemExit("stage freezes every head: nothing to train")
+                raise TrainConfigError("training config", f"stage_{sname.lower()}.freeze",
+                                       "freezes every head: nothing to train")
             opt.zero_grad(set_to_none=True)
             total.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -479,8 +350,7 @@ def run(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Dict[s
         print(format_metrics(rec), file=sys.stderr)
         ckpt = {"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
                 "stage": sname, "best": max(best, score), "history": history,
-                "config": {**cfg.__dict__, "stage_a": st_dict(cfg.stage_a),
-                                          "stage_b": st_dict(cfg.stage_b)}}
+                "config": cfg.to_dict()}
         torch.save(ckpt, out / "last.pt.tmp")
         (out / "last.pt.tmp").replace(ck)
         torch.save(ckpt, out / f"epoch_{epoch + 1:02d}.pt")
@@ -490,10 +360,6 @@ def run(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Dict[s
         (out / "history.json").write_text(json.dumps(history, indent=1))
         state = None
     return history[-1] if history else {}
-
-
-def st_dict(s: Stage) -> Dict[str, Any]:
-    return {"epochs": s.epochs, "iters": s.iters, "lr": s.lr, "freeze": list(s.freeze)}
 
 
 def format_metrics(rec: Dict[str, Any]) -> str:
@@ -517,11 +383,11 @@ def smoke(cfg: TrainConfig) -> TrainConfig:
                         list(cfg.stage_b.freeze))
     cfg.out_dir = cfg.out_dir.rstrip("/") + "-smoke"
     # a stage-2 config reads stage 1's export: read stage 1's smoke export instead
-    hf = cfg.init.get("heads_from")
-    if hf:
-        cfg.init = {**cfg.init, "heads_from": {**hf, "model": _smoke_name(hf["model"])}}
-    if cfg.distill and cfg.distill.get("teacher"):
-        cfg.distill = {**cfg.distill, "teacher": _smoke_name(cfg.distill["teacher"])}
+    hf = cfg.init.heads_from
+    if hf is not None:
+        hf.model = _smoke_name(hf.model)
+    if cfg.distill is not None and cfg.distill.teacher:
+        cfg.distill.teacher = _smoke_name(cfg.distill.teacher)
     return cfg
 
 
@@ -543,7 +409,11 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_MISSING_EXTRA
     from edge_agent.model.data import DataError
 
-    cfg = TrainConfig.load(Path(args.config))
+    try:
+        cfg = TrainConfig.load(Path(args.config))
+    except TrainConfigError as exc:
+        print(f"edge-agent train: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if getattr(args, "smoke", False):
         cfg = smoke(cfg)
     try:
@@ -551,5 +421,8 @@ def main(args: argparse.Namespace) -> int:
             progress=not getattr(args, "no_progress", False))
     except DataError as exc:
         print(f"edge-agent train: bad dataset: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except TrainConfigError as exc:
+        print(f"edge-agent train: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     return EXIT_OK
