@@ -86,12 +86,11 @@ class AgentMqtt:
         ha = HaBridge(self.topics, cfg.ha_prefix, device_id, __version__, cameras or {}) \
             if cfg.ha_discovery else None
         wake = threading.Event()
-        self.publisher: OutboxPublisher
         self.connection = Connection(cfg, device_id, self.topics, self.counters, wake,
-                                     self.commands.enqueue, lambda: self.publisher.oldest_unacked(),
-                                     int(cfg.max_inflight) + _HEADROOM)
+                                     self.commands.enqueue, int(cfg.max_inflight) + _HEADROOM)
         self.publisher = OutboxPublisher(cfg, self.connection, outbox, self.counters,
                                          None if snapshot_dir is None else Path(snapshot_dir))
+        self.connection.outstanding = self.publisher.oldest_unacked
         self.status = StatusPublisher(self.connection, metrics, cfg.stats_interval_s)
         self.ha_sink = HaSink(ha, self.connection) if ha is not None else None
         self.publisher.on_connected.append(self.status.on_connected)

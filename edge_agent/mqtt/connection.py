@@ -65,20 +65,20 @@ class Connection:
     """paho client + connection state and diagnostics (module docstring).
 
     ``counters`` is shared with the other MQTT parts (one ``mqtt`` stats section);
-    ``outstanding()`` returns the oldest unacknowledged event seq, for the flap hint.
+    :attr:`outstanding` (set by whoever publishes events, the ``OutboxPublisher``) returns the
+    oldest unacknowledged event seq, for the flap hint.
     """
 
     def __init__(self, cfg: MqttConfig, device_id: str, topics: Topics,
                  counters: Dict[str, int], wake: threading.Event,
-                 on_request: Callable[[Request], None],
-                 outstanding: Callable[[], Optional[int]], extra_inflight: int):
+                 on_request: Callable[[Request], None], extra_inflight: int):
         self.cfg = cfg
         self.client_id = f"edge-agent-{device_id}"
         self.topics = topics
         self.counters = counters
         self.wake = wake
         self._on_request = on_request
-        self._outstanding = outstanding
+        self.outstanding: Callable[[], Optional[int]] = lambda: None  # no events published
         self.connected = threading.Event()
         self.subscribed = threading.Event()
         self.connect_pending = False  # a CONNACK the publisher has not followed up yet
@@ -286,7 +286,7 @@ class Connection:
         # flapping), and an exception here would stop paho's network thread for good.
         delay = min(cfg.reconnect_max_s, cfg.reconnect_min_s * 2.0 ** min(self.flaps, 1000))
         client.reconnect_delay_set(delay, max(cfg.reconnect_max_s, delay))
-        oldest = self._outstanding()
+        oldest = self.outstanding()
         hint = ""
         if oldest is not None:
             hint = (f"; event seq {oldest} was unacknowledged - check that the broker's ACL lets "
