@@ -26,6 +26,7 @@ import numpy as np
 from edge_agent import config as cfgmod
 from edge_agent.capture import CaptureGroup, Frame
 from edge_agent.clips import ClipStore
+from edge_agent.clips.scale import to_record
 from edge_agent.clips.service import ClipService
 from edge_agent.delivery import EventDelivery
 from edge_agent.events import (
@@ -123,7 +124,8 @@ class Pipeline:
         if clip_store is not None and cfg.events.clips.enabled:
             records = {c.name: url for c in cfg.cameras if (url := c.record_stream())}
             self.clips = ClipService(cfg.events.clips, clip_store, self.factory, delivery.deliver,
-                                     records=records)
+                                     records=records,
+                                     rescale=[c.name for c in cfg.cameras if c.record])
         self._ocr: Optional[Any] = None
         self._ocr_status = "ocr_disabled"
         self._calls: queue.Queue[tuple] = queue.Queue()
@@ -431,4 +433,7 @@ class Pipeline:
         """Events to the clips (which tag them) and then to the delivery."""
         if self.clips is not None:
             self.clips.observe(ctx, tracks, emissions, frame)
+            self.clips.boxes_to_record(ctx, emissions)  # detect -> record stream pixels
+        elif self.cams[ctx.camera].cfg.record is not None:
+            to_record(emissions, (ctx.width, ctx.height), None)  # not read: bbox.frame says so
         self.delivery.deliver(emissions)

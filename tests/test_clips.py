@@ -397,7 +397,8 @@ def test_rtsp_camera_clip_is_its_own_packets(tmp_path, weights_dir):
         jsonl = tmp_path / "state" / "events.jsonl"
 
         def stop_when_ready():  # the agent runs on this (main) thread: it owns the signals
-            wait_for(lambda: jsonl.exists() and '"type": "clip"' in jsonl.read_text(), 120)
+            # a finished clip: its event is delivered before the agent's sinks close
+            wait_for(lambda: any((tmp_path / "state" / "clips").glob("*.mp4")), 120)
             agent.stop()
         watcher = threading.Thread(target=stop_when_ready, daemon=True)
         watcher.start()
@@ -459,3 +460,70 @@ def test_a_disk_that_fills_while_writing_fails_the_clip_not_the_agent(tmp_path, 
     clip = next(e for e in events if e["type"] == "clip")
     assert clip["clip"]["status"] == "failed" and "write_error" in clip["clip"]["reason"]
     assert not list((tmp_path / "state" / "clips").glob("*.part"))
+
+
+def _h264_pair(detect: Path, record: Path, guns: List[Path], lead_s: float,
+               tail_s: float) -> Tuple[int, int]:
+    """One scene as a camera serves it twice: a 640x360 substream and a 1920x1080 main stream
+    (H.264, key frame every 1 s). The guns fill a 360 px square at x 200 of the substream;
+    returns that square's x range."""
+    grey = np.full((360, 640, 3), 114, np.uint8)
+    scenes = [grey] * int(lead_s * FPS)
+    for p in guns:
+        frame = grey.copy()
+        frame[:, 200:560] = cv2.resize(cv2.imread(str(p)), (360, 360))
+        scenes += [frame] * int(2.0 * FPS)
+    scenes += [grey] * int(tail_s * FPS)
+    for path, (w, h) in ((detect, (640, 360)), (record, (1920, 1080))):
+        with av.open(str(path), "w") as out:
+            stream = out.add_stream("libx264", rate=FPS)
+            stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+            stream.codec_context.gop_size = FPS
+            stream.codec_context.options = {"preset": "ultrafast"}
+            for i, img in enumerate(scenes):
+                vf = av.VideoFrame.from_ndarray(cv2.resize(img, (w, h)), format="bgr24")
+                vf.pts = i
+                for pkt in stream.encode(vf):
+                    out.mux(pkt)
+            for pkt in stream.encode(None):
+                out.mux(pkt)
+    return 200, 560
+
+
+def test_boxes_of_a_detect_stream_are_scaled_to_its_record_stream(tmp_path, weights_dir):
+    require_rtsp_server()
+    weapons = weights_dir.parent / "data" / "weapons" / "rf-gun-detection-v1" / "valid"
+    sub, main = tmp_path / "sub.mp4", tmp_path / "main.mp4"
+    x0, x1 = _h264_pair(sub, main, gun_images(weapons, 2), lead_s=7.0, tail_s=20.0)
+    detect, record = RtspServer(free_port(), sub).start(), RtspServer(free_port(), main).start()
+    try:
+        cfg = _config(tmp_path, Path("unused"), pre_s=3.0, post_s=2.0)
+        cfg.cameras[0].source, cfg.cameras[0].record = detect.url, record.url
+        agent = Agent(cfg, source="clip-test")
+        jsonl = tmp_path / "state" / "events.jsonl"
+
+        def stop_when_ready():  # the agent runs on this (main) thread: it owns the signals
+            # a finished clip: its event is delivered before the agent's sinks close
+            wait_for(lambda: any((tmp_path / "state" / "clips").glob("*.mp4")), 120)
+            agent.stop()
+        watcher = threading.Thread(target=stop_when_ready, daemon=True)
+        watcher.start()
+        agent.run()
+        watcher.join(5)
+    finally:
+        detect.stop()
+        record.stop()
+    events = [json.loads(x) for x in jsonl.read_text().split("\n") if x]
+    start = next(e for e in events if e["type"] == "weapon" and e["phase"] == "start")
+    ready = next(e for e in events if e["type"] == "clip")
+    for ev in (start, ready):
+        assert ev["bbox"]["frame"] == [1920, 1080], ev
+        px, norm = ev["bbox"]["px"], ev["bbox"]["norm"]
+        assert px == pytest.approx([n * s for n, s in zip(norm, (1920, 1080) * 2)], abs=0.2)
+        # in the main stream's pixels: the gun's square is x 600..1680 there (200..560 detected)
+        assert 3 * x0 - 40 <= px[0] < px[2] <= 3 * x1 + 40, ev
+    assert ready["bbox"]["px"] == start["bbox"]["px"]  # the clip event names the same box
+    path = ClipStore(tmp_path / "state" / "clips", 10**9).final_path(ready["clip"]["id"])
+    with av.open(str(path)) as f:  # the clip is the main stream's own packets
+        cc = f.streams.video[0].codec_context
+        assert (cc.name, cc.width, cc.height) == ("h264", 1920, 1080)

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Deque, List, Optional
+from typing import Callable, Deque, List, Optional, Tuple
 
 import av
 
@@ -90,6 +90,7 @@ class PacketRing:
         self.max_bytes = max_bytes
         self.bytes = 0
         self.codec: Optional[str] = None
+        self.size: Optional[Tuple[int, int]] = None  # (width, height) once the stream is open
         self.error: Optional[str] = None
         self._kept: Deque[_Kept] = collections.deque()
         self._clips: List[PacketClip] = []
@@ -123,6 +124,8 @@ class PacketRing:
             with self._lock:
                 self._template = stream
                 self.codec = stream.codec_context.name
+                cc = stream.codec_context
+                self.size = (cc.width, cc.height) if cc.width > 0 and cc.height > 0 else None
                 self._kept.clear()
                 self.bytes = 0
             self._ready.set()

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Set, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import av
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 from edge_agent.clips.mp4 import Mp4Writer
 from edge_agent.clips.packets import PacketClip, PacketRing
 from edge_agent.clips.ring import FrameRing
+from edge_agent.clips.scale import to_record
 from edge_agent.clips.store import ClipInfo, ClipStore
 from edge_agent.config import ClipsConfig
 from edge_agent.events import Emission, EventFactory, FrameContext, HeadTracks
@@ -82,7 +83,7 @@ class ClipService:
     def __init__(self, settings: ClipsConfig, store: ClipStore, factory: EventFactory,
                  deliver: Callable[[Sequence[Emission]], None],
                  protected: Optional[Callable[[], Set[str]]] = None, queue_size: int = 64,
-                 records: Optional[Dict[str, str]] = None):
+                 records: Optional[Dict[str, str]] = None, rescale: Iterable[str] = ()):
         self.settings = settings
         self.store = store
         self.factory = factory
@@ -95,6 +96,8 @@ class ClipService:
         self._packets: Dict[str, PacketRing] = {
             cam: PacketRing(cam, url, keep, int(settings.ring_max_mb * 1e6))
             for cam, url in (records or {}).items()}
+        # Cameras whose record stream is not their detect stream: boxes in its pixels.
+        self._rescale = frozenset(rescale)
         self._open: Dict[str, _Open] = {}  # by clip id; written by the worker only
         self._by_key: Dict[Tuple[str, str, str], str] = {}  # inference thread only
         self._first_seen: Dict[Tuple[str, str, str], float] = {}  # inference thread only
@@ -147,6 +150,15 @@ class ClipService:
             self._q.put_nowait(item)
         except queue.Full:
             self.counters["frames_dropped"] += 1
+
+    def boxes_to_record(self, ctx: FrameContext, emissions: Sequence[Emission]) -> None:
+        """Event boxes of a camera with a ``record:`` stream in that stream's pixels, with
+        ``bbox.frame`` naming the size (clips/scale.py); other cameras' are left alone. Call
+        after :meth:`observe` (it keeps the detect stream's box for the clip event)."""
+        if ctx.camera not in self._rescale:
+            return
+        ring = self._packets.get(ctx.camera)
+        to_record(emissions, (ctx.width, ctx.height), ring.size if ring is not None else None)
 
     def _clock(self, ctx: FrameContext) -> float:
         """A record stream's packets carry arrival times: its camera's clips use the wall
@@ -339,4 +351,6 @@ class ClipService:
         ev = self.factory.make(ctx, "clip", "update", f["track_id"], str(f["label"]), f["score"],
                                box if isinstance(box, list) else None, alert_type=clip.key[1],
                                clip=info.payload())
-        self._deliver([Emission(ev)])
+        ems = [Emission(ev)]
+        self.boxes_to_record(ctx, ems)
+        self._deliver(ems)
