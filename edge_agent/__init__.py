@@ -1,3 +1,49 @@
-"""edge-agent: detection, tracking and durable MQTT events on edge cameras."""
+"""edge-agent: detection, tracking and durable MQTT events on edge cameras.
+
+docs/architecture.md draws the packages. Modules that moved into them keep their old import
+paths (``edge_agent.outbox.eventlog`` is ``edge_agent.outbox.eventlog``), so scripts written against
+the old layout keep working; new code imports the new paths. The old paths import nothing until
+used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+from types import ModuleType
+from typing import Dict, Optional, Sequence
 
 __version__ = "0.1.0"
+
+# old module path -> where it lives now
+MOVED: Dict[str, str] = {}
+
+
+class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Resolves an old path of :data:`MOVED` to the module itself (one module object under
+    two names, so a test that patches one patches both)."""
+
+    def find_spec(self, fullname: str, path: Optional[Sequence[str]],
+                  target: Optional[ModuleType] = None):
+        if fullname not in MOVED:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def __init__(self) -> None:
+        self._specs: Dict[str, object] = {}
+
+    def create_module(self, spec) -> ModuleType:
+        module = importlib.import_module(MOVED[spec.name])
+        self._specs[module.__name__] = module.__spec__
+        return module
+
+    def exec_module(self, module: ModuleType) -> None:
+        # Nothing to run (imported under its new name); the import system has just set the
+        # alias's spec on it: give it back its own, so it still reads as what it is.
+        module.__spec__ = self._specs.pop(module.__name__, module.__spec__)
+
+
+if not any(isinstance(f, _MovedModules) for f in sys.meta_path):
+    sys.meta_path.append(_MovedModules())

@@ -210,3 +210,18 @@ def test_only_mqtt_constructs_paho_clients():
     assert all(m.startswith("edge_agent.mqtt.") for m in makers), makers
     # and inside mqtt/, one factory: the connection, the requester and listen use it
     assert makers == ["edge_agent.mqtt.paho_client"], makers
+
+
+def test_old_module_paths_are_the_moved_modules():
+    """Every path in edge_agent.MOVED has no file of its own and imports as the module it names
+    (one object: a patch through either name is seen through both)."""
+    import importlib
+
+    import edge_agent
+
+    for old, new in edge_agent.MOVED.items():
+        assert old not in project_modules(), f"{old} still has a file"
+        assert new in project_modules(), f"{old} points to {new}, which does not exist"
+        mod = importlib.import_module(old)
+        assert mod is importlib.import_module(new)
+        assert mod.__spec__.name == new  # still reads as what it is
