@@ -36,8 +36,8 @@ from typing import Dict, List, Optional
 import paho.mqtt.client as mqtt
 
 from edge_agent.config import MqttConfig
-from edge_agent.eventlog import Outbox
 from edge_agent.mqtt.client import AgentMqtt
+from edge_agent.outbox.eventlog import Outbox
 
 
 def _free_port() -> int:

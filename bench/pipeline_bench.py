@@ -32,11 +32,11 @@ import numpy as np
 import onnxruntime as ort
 
 from edge_agent import config as cfgmod
-from edge_agent.delivery import EventDelivery
-from edge_agent.eventlog import MemoryLog
 from edge_agent.inference import open_engine
 from edge_agent.inference.preprocess import Preprocessor
 from edge_agent.metrics import pipeline_stats
+from edge_agent.outbox.delivery import EventDelivery
+from edge_agent.outbox.eventlog import MemoryLog
 from edge_agent.pipeline import Pipeline
 
 CLIP = ("data", "video", "nvidia_Retail02_short.mp4")

@@ -18,7 +18,12 @@ from typing import Dict, Optional, Sequence
 __version__ = "0.1.0"
 
 # old module path -> where it lives now
-MOVED: Dict[str, str] = {}
+MOVED: Dict[str, str] = {
+    "edge_agent.eventlog": "edge_agent.outbox.eventlog",
+    "edge_agent.seqmark": "edge_agent.outbox.seqmark",
+    "edge_agent.delivery": "edge_agent.outbox.delivery",
+    "edge_agent.openevents": "edge_agent.outbox.openevents",
+}
 
 
 class _MovedModules(importlib.abc.MetaPathFinder, importlib.abc.Loader):

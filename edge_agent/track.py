@@ -21,10 +21,10 @@ from edge_agent import config as cfgmod
 from edge_agent import logsetup
 from edge_agent.capture import Frame
 from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
-from edge_agent.delivery import EventDelivery
-from edge_agent.eventlog import MemoryLog
 from edge_agent.events import ConsoleSink, HeadTracks, JsonlSink
 from edge_agent.events.overlay import PlateRead
+from edge_agent.outbox.delivery import EventDelivery
+from edge_agent.outbox.eventlog import MemoryLog
 from edge_agent.pipeline import CameraState, Pipeline
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv")

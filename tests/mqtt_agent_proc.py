@@ -17,8 +17,8 @@ import time
 from mqtt_helpers import metrics_of
 
 from edge_agent.config import MqttConfig
-from edge_agent.eventlog import Outbox
 from edge_agent.mqtt.client import AgentMqtt
+from edge_agent.outbox.eventlog import Outbox
 
 
 def main() -> int:

@@ -10,10 +10,10 @@ from typing import Dict, List
 import numpy as np
 
 from edge_agent import config as cfgmod
-from edge_agent.delivery import EventDelivery
-from edge_agent.eventlog import MemoryLog
 from edge_agent.inference import open_engine
 from edge_agent.metrics import pipeline_stats
+from edge_agent.outbox.delivery import EventDelivery
+from edge_agent.outbox.eventlog import MemoryLog
 from edge_agent.pipeline import Pipeline
 
 CAR = "intel_car-detection.mp4"  # 768x432, 12.5 fps

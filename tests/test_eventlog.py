@@ -11,7 +11,7 @@ import textwrap
 import pytest
 from mqtt_helpers import event
 
-from edge_agent.eventlog import Outbox
+from edge_agent.outbox.eventlog import Outbox
 
 
 def test_seq_is_assigned_in_order_and_written_into_the_event(tmp_path):
@@ -147,7 +147,7 @@ def test_appends_survive_sigkill_of_the_writer(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal, sys
-        from edge_agent.eventlog import Outbox
+        from edge_agent.outbox.eventlog import Outbox
         ob = Outbox({str(path)!r}, commit_interval_ms=1000)
         for i in range(300):
             ob.append({{"event_id": f"k-{{i}}", "type": "crowd"}})
@@ -178,7 +178,7 @@ def test_from_config_puts_a_relative_path_under_the_state_dir(tmp_path):
 def test_storage_failure_is_a_clear_error_and_the_outbox_recovers(tmp_path):
     """A real I/O failure: SQLite refuses to grow the file past max_page_count (like a full
     disk)."""
-    from edge_agent.eventlog import OutboxError
+    from edge_agent.outbox.eventlog import OutboxError
 
     with Outbox(tmp_path / "ob.sqlite", commit_interval_ms=0) as ob:
         ob._db.execute("PRAGMA max_page_count = 20")

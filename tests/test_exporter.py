@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.eventlog import Outbox
 from edge_agent.exporter import Exporter, Sources, outbox_oldest_age, outbox_problem
+from edge_agent.outbox.eventlog import Outbox
 
 
 def get(port: int, path: str):

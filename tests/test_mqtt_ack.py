@@ -17,10 +17,10 @@ import paho.mqtt.client as mqtt
 import pytest
 from mqtt_helpers import Subscriber, event, make_cfg
 
-from edge_agent.eventlog import Outbox
 from edge_agent.mqtt.acks import AckTracker
 from edge_agent.mqtt.client import AgentMqtt
 from edge_agent.mqtt.consumer import AckConsumer, Chain, EventStore
+from edge_agent.outbox.eventlog import Outbox
 
 BASE = "edge-agent/dev1"
 

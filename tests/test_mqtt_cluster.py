@@ -15,9 +15,9 @@ import pytest
 from mqtt_helpers import event
 
 from edge_agent.config import MqttConfig
-from edge_agent.eventlog import Outbox
 from edge_agent.mqtt.client import AgentMqtt
 from edge_agent.mqtt.consumer import AckConsumer, EventStore
+from edge_agent.outbox.eventlog import Outbox
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from brokers import NatsCluster  # noqa: E402

@@ -7,8 +7,8 @@ import pytest
 from mqtt_helpers import Subscriber, event
 
 from edge_agent.config import MqttConfig, parse_host_port
-from edge_agent.eventlog import Outbox
 from edge_agent.mqtt.client import AgentMqtt
+from edge_agent.outbox.eventlog import Outbox
 
 BASE = "edge-agent/dev1"
 

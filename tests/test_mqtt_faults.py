@@ -17,7 +17,7 @@ from typing import List, Tuple
 import pytest
 from mqtt_helpers import Subscriber
 
-from edge_agent.eventlog import Outbox
+from edge_agent.outbox.eventlog import Outbox
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from loss_bench import run_scenario  # noqa: E402

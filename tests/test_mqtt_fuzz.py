@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from mqtt_helpers import Subscriber, event, make_cfg
 
-from edge_agent.eventlog import Outbox
 from edge_agent.mqtt.client import AgentMqtt
+from edge_agent.outbox.eventlog import Outbox
 
 BASE = "edge-agent/dev1"
 MAX_BYTES = 512

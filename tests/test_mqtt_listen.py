@@ -11,9 +11,9 @@ import time
 import paho.mqtt.client as mqtt
 from mqtt_helpers import event, make_cfg
 
-from edge_agent.eventlog import Outbox
 from edge_agent.mqtt.client import AgentMqtt
 from edge_agent.mqtt.listen import SeqTracker
+from edge_agent.outbox.eventlog import Outbox
 
 
 def _listen(broker, *extra: str) -> subprocess.Popen:

@@ -18,9 +18,9 @@ import pytest
 from mqtt_helpers import event
 
 from edge_agent.config import MqttConfig
-from edge_agent.eventlog import Outbox
 from edge_agent.mqtt.client import AgentMqtt
 from edge_agent.mqtt.consumer import AckConsumer, EventStore
+from edge_agent.outbox.eventlog import Outbox
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "bench"))

@@ -10,8 +10,8 @@ import logging
 import pytest
 from mqtt_helpers import Subscriber, make_cfg
 
-from edge_agent.eventlog import Outbox
 from edge_agent.mqtt.client import AgentMqtt
+from edge_agent.outbox.eventlog import Outbox
 
 BASE = "edge-agent/dev1"
 OTHER = "edge-agent/dev2"

@@ -10,9 +10,9 @@ from typing import Dict
 import pytest
 from mqtt_helpers import Subscriber, make_cfg, metrics_of
 
-from edge_agent.eventlog import Outbox
 from edge_agent.mqtt.client import AgentMqtt
 from edge_agent.mqtt.status import state_key
+from edge_agent.outbox.eventlog import Outbox
 
 BASE = "edge-agent/dev1"
 

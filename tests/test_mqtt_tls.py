@@ -14,8 +14,8 @@ import pytest
 from mqtt_helpers import event, make_cfg
 
 from edge_agent.config import TlsConfig
-from edge_agent.eventlog import Outbox
 from edge_agent.mqtt.client import AgentMqtt
+from edge_agent.outbox.eventlog import Outbox
 
 USER, PASSWORD = "agent", "s3cret-Pa55word"
 

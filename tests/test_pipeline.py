@@ -27,10 +27,10 @@ import numpy as np
 import pytest
 
 from edge_agent import config as cfgmod
-from edge_agent.delivery import EventDelivery
-from edge_agent.eventlog import MemoryLog
 from edge_agent.inference import open_engine
 from edge_agent.metrics import pipeline_stats
+from edge_agent.outbox.delivery import EventDelivery
+from edge_agent.outbox.eventlog import MemoryLog
 from edge_agent.pipeline import Pipeline
 from edge_agent.tracking.columns import TRACK_ID
 

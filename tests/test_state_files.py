@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from edge_agent.openevents import OpenEvents
-from edge_agent.seqmark import SeqMark
+from edge_agent.outbox.openevents import OpenEvents
+from edge_agent.outbox.seqmark import SeqMark
 from edge_agent.statelock import StateDirLocked, StateLock
 
 HOLDER = """
@@ -91,7 +91,7 @@ def test_mark_after_clean_stop_never_goes_back(tmp_path, left_in_outbox, caplog)
     for s in range(1, 26):
         m.reserve(s)
     m.close(25)
-    with caplog.at_level(logging.ERROR, logger="edge_agent.seqmark"):
+    with caplog.at_level(logging.ERROR, logger="edge_agent.outbox.seqmark"):
         last = SeqMark(tmp_path / "ob.seq", block=10).resume(left_in_outbox, "outbox X")
     assert last == 25  # continues right after the last seq handed out: no reuse, no gap
     assert "outbox X holds seq up to" in caplog.text and "continuing at seq 26" in caplog.text
@@ -112,7 +112,7 @@ def test_mark_after_crash_jumps_past_the_reservation_only_when_seqs_were_lost(
 def test_mark_file_missing_or_garbage_trusts_the_outbox(tmp_path, caplog):
     assert SeqMark(tmp_path / "none.seq").resume(41) == 41  # an outbox from before the mark
     (tmp_path / "bad.seq").write_text("{not json")
-    with caplog.at_level(logging.ERROR, logger="edge_agent.seqmark"):
+    with caplog.at_level(logging.ERROR, logger="edge_agent.outbox.seqmark"):
         assert SeqMark(tmp_path / "bad.seq").resume(7) == 7
     assert "unreadable" in caplog.text
     assert json.loads((tmp_path / "bad.seq").read_text())["reserved"] == 7

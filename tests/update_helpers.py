@@ -405,8 +405,8 @@ class LocalAgent:
 
 def _pipeline(cfg, engine, hook):
     """The pipeline without event delivery to anywhere."""
-    from edge_agent.delivery import EventDelivery
-    from edge_agent.eventlog import MemoryLog
+    from edge_agent.outbox.delivery import EventDelivery
+    from edge_agent.outbox.eventlog import MemoryLog
     from edge_agent.pipeline import Pipeline
 
     return Pipeline(cfg, engine, EventDelivery(MemoryLog(), []), on_frame=hook)

@@ -44,7 +44,6 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 from edge_agent import __version__
 from edge_agent.config import MqttConfig
-from edge_agent.eventlog import Outbox
 from edge_agent.metrics import Metrics
 from edge_agent.mqtt.commands import Handler
 from edge_agent.mqtt.connection import Connection
@@ -53,6 +52,7 @@ from edge_agent.mqtt.publisher import OutboxPublisher
 from edge_agent.mqtt.server import CommandServer
 from edge_agent.mqtt.status import StatusPublisher
 from edge_agent.mqtt.topics import Topics
+from edge_agent.outbox.eventlog import Outbox
 
 log = logging.getLogger(__name__)
 

@@ -33,9 +33,9 @@ from typing import Callable, Dict, List, Optional
 import paho.mqtt.client as paho
 
 from edge_agent.config import MqttConfig
-from edge_agent.eventlog import Outbox, OutboxRow
 from edge_agent.mqtt.acks import AckTracker
 from edge_agent.mqtt.connection import Connection
+from edge_agent.outbox.eventlog import Outbox, OutboxRow
 
 log = logging.getLogger(__name__)
 

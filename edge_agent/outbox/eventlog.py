@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
-from edge_agent.seqmark import SeqMark
+from edge_agent.outbox.seqmark import SeqMark
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class Outbox:
             # The newest row carries the last seq; meta keeps it once rows are deleted.
             newest = self._db.execute("SELECT MAX(seq) FROM events").fetchone()[0] or 0
             self._last_seq = max(int(meta.get("last_seq", 0)), int(newest))
-            # seq never goes back, even when this file was lost: see edge_agent.seqmark
+            # seq never goes back, even when this file was lost: see edge_agent.outbox.seqmark
             self._mark = SeqMark(self.path.with_name(self.path.name + ".seq"))
             self._last_seq = self._mark.resume(self._last_seq, f"outbox {self.path}")
             rows, nbytes = self._db.execute(
