@@ -11,8 +11,8 @@ _cflags = ["-std=c99", "-Wall", "-Wextra"]
 _cflags += ["-O0", "-g", "-UNDEBUG"] if _debug else ["-O3", "-flto"]
 
 # The default model, its manifest and card, and the manifests matched by sha256: package data
-# under edge_agent/_shipped/ (edge_agent.shipped finds them there), so an installed daemon runs
-# the default config from any working directory.
+# under edge_agent/_shipped/ (edge_agent.config.shipped finds them there), so an installed daemon
+# runs the default config from any working directory.
 _HERE = Path(__file__).resolve().parent
 _SHIPPED = ("engines/models/*.onnx", "engines/models/*.json", "engines/models/MODEL_CARD.md",
             "engines/manifests/*.json")

@@ -19,6 +19,9 @@ __version__ = "0.1.0"
 
 # old module path -> where it lives now
 MOVED: Dict[str, str] = {
+    "edge_agent.yamlsafe": "edge_agent.config.yamlsafe",
+    "edge_agent.secrets": "edge_agent.config.secrets",
+    "edge_agent.shipped": "edge_agent.config.shipped",
     "edge_agent.eventlog": "edge_agent.outbox.eventlog",
     "edge_agent.seqmark": "edge_agent.outbox.seqmark",
     "edge_agent.delivery": "edge_agent.outbox.delivery",

@@ -45,6 +45,7 @@ from edge_agent.capture import CaptureError, check_sources
 from edge_agent.clips import ClipInfo, ClipStore
 from edge_agent.clips.http import ClipRoute, http_token, is_loopback
 from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from edge_agent.config.secrets import config_secrets, masked_config
 from edge_agent.events import ConsoleSink, Emission, JsonlSink, SnapshotStore, encode_jpeg
 from edge_agent.metrics import Metrics, pipeline_state, pipeline_stats
 from edge_agent.outbox.delivery import EventDelivery
@@ -53,7 +54,6 @@ from edge_agent.outbox.openevents import REASON as OPEN_REASON
 from edge_agent.outbox.openevents import OpenEvents
 from edge_agent.pipeline import Pipeline
 from edge_agent.sdnotify import Notifier
-from edge_agent.secrets import config_secrets, masked_config
 from edge_agent.statelock import StateDirLocked, StateLock
 from edge_agent.supervise import Supervisor, status_line
 from edge_agent.update import remote as update_remote

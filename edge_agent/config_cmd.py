@@ -14,7 +14,7 @@ import yaml
 from edge_agent import config as cfgmod
 from edge_agent import preflight
 from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_OK
-from edge_agent.secrets import masked_config
+from edge_agent.config.secrets import masked_config
 
 
 def main(args: argparse.Namespace) -> int:

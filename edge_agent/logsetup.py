@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Iterable
 
-from edge_agent.secrets import redact
+from edge_agent.config.secrets import redact
 
 
 class _RedactFilter(logging.Filter):

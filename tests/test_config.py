@@ -11,7 +11,7 @@ from config_helpers import assert_validate_refuses
 
 from edge_agent import config as cfgmod
 from edge_agent.cli import main as cli_main
-from edge_agent.secrets import config_secrets, masked_config
+from edge_agent.config.secrets import config_secrets, masked_config
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -18,8 +18,8 @@ import pytest
 from config_helpers import assert_validate_refuses
 
 from edge_agent import config as cfgmod
-from edge_agent import yamlsafe
 from edge_agent.cli import main as cli_main
+from edge_agent.config import yamlsafe
 
 REPO = Path(__file__).resolve().parent.parent
 MEMORY_CAP = 1536 << 20  # address space of the child running all cases; a bomb needs far more

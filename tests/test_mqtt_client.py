@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from mqtt_helpers import Subscriber, event, make_cfg, metrics_of, wait_persisted
 
+from edge_agent.config.secrets import masked_config
 from edge_agent.mqtt.client import AgentMqtt
 from edge_agent.outbox.eventlog import Outbox
-from edge_agent.secrets import masked_config
 
 BASE = "edge-agent/dev1"
 

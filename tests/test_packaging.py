@@ -19,8 +19,8 @@ import pytest
 from test_installer import _copy_checkout
 
 from edge_agent import config as cfgmod
-from edge_agent import shipped
 from edge_agent.cli import main as cli_main
+from edge_agent.config import shipped
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLE = REPO / "samples" / "retail02_12s.mp4"

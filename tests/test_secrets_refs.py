@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from edge_agent import config as cfgmod
+from edge_agent.config.secrets import MASK, config_secrets, masked_config
 from edge_agent.reload import plan
-from edge_agent.secrets import MASK, config_secrets, masked_config
 
 TEXT = """\
 mqtt: {username: agent, password: "${MQTT_PASSWORD}"}

@@ -26,9 +26,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge_agent.config import MqttConfig
+from edge_agent.config.secrets import mqtt_credentials
 from edge_agent.mqtt.paho_client import ClientTls, new_client
 from edge_agent.mqtt.topics import Topics
-from edge_agent.secrets import mqtt_credentials
 
 log = logging.getLogger(__name__)
 

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Set, TextIO
 
 from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from edge_agent.config.secrets import mqtt_password
 from edge_agent.mqtt.consumer import AckConsumer, EventStore
 from edge_agent.mqtt.paho_client import ClientTls, new_client
 from edge_agent.mqtt.topics import event_filter, split_device_topic, status_filter
-from edge_agent.secrets import mqtt_password
 
 _COLUMNS = [("TIME", 12), ("DEVICE", 12), ("SEQ", 7), ("TYPE", 7), ("PHASE", 6),
             ("CAMERA", 10), ("TRACK", 6), ("LABEL", 10), ("SCORE", 5), ("DETAIL", 22),

@@ -20,10 +20,10 @@ import threading
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from edge_agent.config import MqttConfig
+from edge_agent.config.secrets import mask, mqtt_credentials
 from edge_agent.metrics import Metrics
 from edge_agent.mqtt.commands import Dispatcher, Handler, require
 from edge_agent.mqtt.connection import Connection, Request
-from edge_agent.secrets import mask, mqtt_credentials
 
 log = logging.getLogger(__name__)
 

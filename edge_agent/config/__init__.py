@@ -30,9 +30,9 @@ from pydantic import (
     model_validator,
 )
 
-from edge_agent import shipped, yamlsafe
+from edge_agent.config import shipped, yamlsafe
+from edge_agent.config.secrets import PASSWORD_ENV, resolve_refs
 from edge_agent.mqtt.topics import topic_problem
-from edge_agent.secrets import PASSWORD_ENV, resolve_refs
 from edge_agent.tracking import CAMERA_PARAMS as TRACKER_CAMERA_PARAMS
 from edge_agent.tracking import PARAMS as TRACKER_PARAMS
 from edge_agent.tracking import REMOVED_PARAMS as TRACKER_REMOVED
@@ -494,7 +494,7 @@ class Config(_Model):
     metrics: MetricsConfig = MetricsConfig()
     # (file name, line of every key path) when loaded from YAML, for edge_agent.preflight
     _origin: Optional[Tuple[str, Dict[Tuple[Any, ...], int]]] = PrivateAttr(None)
-    # values that ${NAME} references stood for: secrets (edge_agent.secrets)
+    # values that ${NAME} references stood for: secrets (edge_agent.config.secrets)
     _secrets: List[str] = PrivateAttr(default_factory=list)
 
     @field_validator("cameras")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-_PACKAGE = Path(__file__).resolve().parent
+_PACKAGE = Path(__file__).resolve().parent.parent  # edge_agent/
 _INSTALLED = _PACKAGE / "_shipped"
 _CHECKOUT = _PACKAGE.parent
 
