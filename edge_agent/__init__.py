@@ -19,6 +19,8 @@ __version__ = "0.1.0"
 
 # old module path -> where it lives now
 MOVED: Dict[str, str] = {
+    "edge_agent.interfaces": "edge_agent.common.interfaces",
+    "edge_agent.resources": "edge_agent.common.resources",
     "edge_agent.yamlsafe": "edge_agent.config.yamlsafe",
     "edge_agent.secrets": "edge_agent.config.secrets",
     "edge_agent.shipped": "edge_agent.config.shipped",

@@ -39,11 +39,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from edge_agent import __version__, logsetup, preflight, reload, resources
+from edge_agent import __version__, logsetup, preflight, reload
 from edge_agent import config as cfgmod
 from edge_agent.capture import CaptureError, check_sources
 from edge_agent.clips import ClipInfo, ClipStore
 from edge_agent.clips.http import ClipRoute, http_token, is_loopback
+from edge_agent.common import resources
 from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from edge_agent.config.secrets import config_secrets, masked_config
 from edge_agent.events import ConsoleSink, Emission, JsonlSink, SnapshotStore, encode_jpeg

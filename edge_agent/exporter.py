@@ -50,10 +50,10 @@ from prometheus_client.core import (
     StateSetMetricFamily,
 )
 
-from edge_agent import resources
 from edge_agent.clips.http import PREFIX as CLIP_PREFIX
 from edge_agent.clips.http import ClipResponse, ClipRoute, send_range
 from edge_agent.clips.service import ClipStats
+from edge_agent.common import resources
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from edge_agent import config as cfgmod
-from edge_agent import interfaces
 from edge_agent.agent import EXIT_BAD_INPUT, EXIT_OK, Agent
+from edge_agent.common import interfaces
 from edge_agent.events import ConsoleSink, JsonlSink
 from edge_agent.events.event import Event
 from edge_agent.inference import open_engine

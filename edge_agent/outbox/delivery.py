@@ -22,8 +22,8 @@ import logging
 import threading
 from typing import Dict, List, Optional, Sequence
 
+from edge_agent.common.interfaces import EventLog, Sink
 from edge_agent.events import Emission, SnapshotStore
-from edge_agent.interfaces import EventLog, Sink
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
+from edge_agent.common.interfaces import Engine
 from edge_agent.config import ModelConfig
-from edge_agent.interfaces import Engine
 
 if TYPE_CHECKING:  # the pipeline imports capture, OpenCV ...: only its type is needed here
     from edge_agent.pipeline import Pipeline

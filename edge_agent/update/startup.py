@@ -11,8 +11,8 @@ import logging
 from pathlib import Path
 from typing import Callable, Optional
 
+from edge_agent.common.interfaces import Engine
 from edge_agent.config import Config, ModelConfig
-from edge_agent.interfaces import Engine
 from edge_agent.update import signing, versions
 from edge_agent.update.errors import UpdateError
 from edge_agent.update.store import ModelStore
