@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from edge_agent.clips.http import ClipRoute
 from edge_agent.clips.store import ClipStore
-from edge_agent.exporter import Exporter, Sources
+from edge_agent.daemon.exporter import Exporter, Sources
 
 CLIP_ID = "c" * 32
 PAGE = """<!doctype html><html><body style="margin:0;background:#000">

@@ -19,6 +19,13 @@ __version__ = "0.1.0"
 
 # old module path -> where it lives now
 MOVED: Dict[str, str] = {
+    "edge_agent.supervise": "edge_agent.daemon.supervise",
+    "edge_agent.reload": "edge_agent.daemon.reload",
+    "edge_agent.sdnotify": "edge_agent.daemon.sdnotify",
+    "edge_agent.statelock": "edge_agent.daemon.statelock",
+    "edge_agent.exporter": "edge_agent.daemon.exporter",
+    "edge_agent.logsetup": "edge_agent.daemon.logsetup",
+    "edge_agent.preflight": "edge_agent.daemon.preflight",
     "edge_agent.interfaces": "edge_agent.common.interfaces",
     "edge_agent.resources": "edge_agent.common.resources",
     "edge_agent.yamlsafe": "edge_agent.config.yamlsafe",

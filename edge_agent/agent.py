@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from edge_agent import __version__, logsetup, preflight, reload
+from edge_agent import __version__
 from edge_agent import config as cfgmod
 from edge_agent.capture import CaptureError, check_sources
 from edge_agent.clips import ClipInfo, ClipStore
@@ -47,6 +47,10 @@ from edge_agent.clips.http import ClipRoute, http_token, is_loopback
 from edge_agent.common import resources
 from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
 from edge_agent.config.secrets import config_secrets, masked_config
+from edge_agent.daemon import logsetup, preflight, reload
+from edge_agent.daemon.sdnotify import Notifier
+from edge_agent.daemon.statelock import StateDirLocked, StateLock
+from edge_agent.daemon.supervise import Supervisor, status_line
 from edge_agent.events import ConsoleSink, Emission, JsonlSink, SnapshotStore, encode_jpeg
 from edge_agent.metrics import Metrics, pipeline_state, pipeline_stats
 from edge_agent.outbox.delivery import EventDelivery
@@ -54,9 +58,6 @@ from edge_agent.outbox.eventlog import Outbox
 from edge_agent.outbox.openevents import REASON as OPEN_REASON
 from edge_agent.outbox.openevents import OpenEvents
 from edge_agent.pipeline import Pipeline
-from edge_agent.sdnotify import Notifier
-from edge_agent.statelock import StateDirLocked, StateLock
-from edge_agent.supervise import Supervisor, status_line
 from edge_agent.update import remote as update_remote
 from edge_agent.update import startup as update_startup
 from edge_agent.update import worker as update_worker
@@ -367,7 +368,7 @@ class Agent:
         mc = self.cfg.metrics
         if not mc.enabled:
             return None
-        from edge_agent.exporter import Exporter, Sources
+        from edge_agent.daemon.exporter import Exporter, Sources
 
         pipe, ob, mqtt = self.pipeline, self.event_log, self.mqtt
         assert pipe is not None and ob is not None and self.delivery is not None

@@ -1,7 +1,7 @@
 """`edge-agent config validate|show`.
 
-``validate`` runs the same checks as ``run``'s start-up (``edge_agent.preflight``: model, file
-sources, TLS files, state directory) after the schema, so a config it accepts starts;
+``validate`` runs the same checks as ``run``'s start-up (``edge_agent.daemon.preflight``: model,
+file sources, TLS files, state directory) after the schema, so a config it accepts starts;
 ``--schema-only`` checks the file alone (e.g. on another machine, or right after an install)."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 import yaml
 
 from edge_agent import config as cfgmod
-from edge_agent import preflight
 from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_OK
 from edge_agent.config.secrets import masked_config
+from edge_agent.daemon import preflight
 
 
 def main(args: argparse.Namespace) -> int:

@@ -18,9 +18,9 @@ import numpy as np
 from tqdm import tqdm
 
 from edge_agent import config as cfgmod
-from edge_agent import logsetup
 from edge_agent.capture import Frame
 from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from edge_agent.daemon import logsetup
 from edge_agent.events import ConsoleSink, HeadTracks, JsonlSink
 from edge_agent.events.overlay import PlateRead
 from edge_agent.outbox.delivery import EventDelivery

@@ -19,12 +19,12 @@ import pytest
 from edge_agent import config as cfgmod
 from edge_agent.agent import EXIT_BAD_INPUT, EXIT_OK, Agent
 from edge_agent.common import interfaces
+from edge_agent.daemon.sdnotify import Notifier
+from edge_agent.daemon.supervise import Supervisor
 from edge_agent.events import ConsoleSink, JsonlSink
 from edge_agent.events.event import Event
 from edge_agent.inference import open_engine
 from edge_agent.outbox.eventlog import MemoryLog, Outbox
-from edge_agent.sdnotify import Notifier
-from edge_agent.supervise import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 STEPS = ["state_dir", "event_log", "engine", "cameras", "delivery", "pipeline", "update", "reload",

@@ -7,7 +7,8 @@ import logging
 
 import pytest
 
-from edge_agent import cli, logsetup
+from edge_agent import cli
+from edge_agent.daemon import logsetup
 
 
 @pytest.mark.parametrize("command", sorted(cli.HANDLERS))

@@ -31,7 +31,7 @@ from edge_agent.clips.http import ClipRoute
 from edge_agent.clips.mp4 import Mp4Writer, encoder_name
 from edge_agent.clips.ring import FrameRing
 from edge_agent.clips.store import ClipStore, decodable_frames
-from edge_agent.exporter import Exporter, Sources
+from edge_agent.daemon.exporter import Exporter, Sources
 
 ID = "0123456789abcdef0123456789abcdef"
 

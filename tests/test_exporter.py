@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.exporter import Exporter, Sources, outbox_oldest_age, outbox_problem
+from edge_agent.daemon.exporter import Exporter, Sources, outbox_oldest_age, outbox_problem
 from edge_agent.outbox.eventlog import Outbox
 
 
@@ -283,7 +283,7 @@ def test_when_every_slot_is_busy_a_new_connection_is_refused(outbox):
 
 _LOW_FDS = """
 import json, os, urllib.error, urllib.request
-from edge_agent.exporter import Exporter, Sources
+from edge_agent.daemon.exporter import Exporter, Sources
 
 def healthz(port):
     try:

@@ -12,9 +12,9 @@ import time
 import pytest
 
 from edge_agent import config as cfgmod
-from edge_agent.reload import Reloader, plan
-from edge_agent.sdnotify import Notifier
-from edge_agent.supervise import Supervisor
+from edge_agent.daemon.reload import Reloader, plan
+from edge_agent.daemon.sdnotify import Notifier
+from edge_agent.daemon.supervise import Supervisor
 
 BASE = """
 mqtt: {username: cam, password: s3cret}

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent import config as cfgmod
-from edge_agent.reload import Reloader, command, plan
+from edge_agent.daemon.reload import Reloader, command, plan
 
 BASE = """\
 state_dir: {state}

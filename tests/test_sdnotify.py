@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from edge_agent.sdnotify import Notifier
+from edge_agent.daemon.sdnotify import Notifier
 
 
 @pytest.fixture(params=["path", "abstract"])

@@ -9,7 +9,7 @@ import pytest
 
 from edge_agent import config as cfgmod
 from edge_agent.config.secrets import MASK, config_secrets, masked_config
-from edge_agent.reload import plan
+from edge_agent.daemon.reload import plan
 
 TEXT = """\
 mqtt: {username: agent, password: "${MQTT_PASSWORD}"}

@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
+from edge_agent.daemon.statelock import StateDirLocked, StateLock
 from edge_agent.outbox.openevents import OpenEvents
 from edge_agent.outbox.seqmark import SeqMark
-from edge_agent.statelock import StateDirLocked, StateLock
 
 HOLDER = """
 import sys, time
-from edge_agent.statelock import StateLock
+from edge_agent.daemon.statelock import StateLock
 lock = StateLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(60)

@@ -492,7 +492,7 @@ class Config(_Model):
     mqtt: MqttConfig = MqttConfig()
     update: UpdateConfig = UpdateConfig()
     metrics: MetricsConfig = MetricsConfig()
-    # (file name, line of every key path) when loaded from YAML, for edge_agent.preflight
+    # (file name, line of every key path) when loaded from YAML, for edge_agent.daemon.preflight
     _origin: Optional[Tuple[str, Dict[Tuple[Any, ...], int]]] = PrivateAttr(None)
     # values that ${NAME} references stood for: secrets (edge_agent.config.secrets)
     _secrets: List[str] = PrivateAttr(default_factory=list)
@@ -632,6 +632,7 @@ def resolve_paths(cfg: Config, base: Path) -> None:
 
 
 def problem(cfg: Config, loc: Tuple[Any, ...], reason: str) -> str:
-    """``file:line: key: reason`` for a check made after loading (see ``edge_agent.preflight``)."""
+    """``file:line: key: reason`` for a check made after loading (see
+    ``edge_agent.daemon.preflight``)."""
     filename, lines = cfg._origin or ("<config>", {})
     return f"{filename}:{_line_for(loc, lines)}: {_format_loc(loc)}: {reason}"

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, Iterator, Optional
 
-from edge_agent.sdnotify import Notifier
+from edge_agent.daemon.sdnotify import Notifier
 
 
 class Supervisor:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from edge_agent import config as cfgmod
-from edge_agent import preflight
+from edge_agent.daemon import preflight
 
 log = logging.getLogger(__name__)
 
