@@ -126,7 +126,7 @@ model-smoke: venv
 	  -o out/model/surveil-smoke.onnx --val-limit 4
 
 demo: $(VENV)/.stamp-run
-	$(PY) -m edge_agent.demo --shared $(SHARED)
+	$(PY) -m edge_agent.cli.demo --shared $(SHARED)
 
 # CI (.ci/run) adds this to `make test`: a plain `pip install .` in a fresh venv (the runtime)
 # must not pull PyTorch.

@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 from edge_agent.config import ModelConfig
 from edge_agent.inference import open_engine
-from edge_agent.inference.commands import bench_frames
+from edge_agent.inference.cli import bench_frames
 
 
 def stats(ms) -> str:

@@ -29,7 +29,7 @@ import onnx
 import onnxruntime as ort
 
 from edge_agent.inference import manifest as mf
-from edge_agent.inference.commands import bench_frames
+from edge_agent.inference.cli import bench_frames
 from edge_agent.inference.preprocess import Preprocessor
 
 

@@ -19,6 +19,14 @@ __version__ = "0.1.0"
 
 # old module path -> where it lives now
 MOVED: Dict[str, str] = {
+    "edge_agent.config_cmd": "edge_agent.cli.config_cmd",
+    "edge_agent.bench_cmd": "edge_agent.cli.bench_cmd",
+    "edge_agent.install_cmd": "edge_agent.cli.service_cmd",
+    "edge_agent.demo": "edge_agent.cli.demo",
+    "edge_agent.track": "edge_agent.cli.track_cmd",
+    "edge_agent.mqtt.commands": "edge_agent.mqtt.dispatch",
+    "edge_agent.update.commands": "edge_agent.update.cli",
+    "edge_agent.inference.commands": "edge_agent.inference.cli",
     "edge_agent.supervise": "edge_agent.daemon.supervise",
     "edge_agent.reload": "edge_agent.daemon.reload",
     "edge_agent.sdnotify": "edge_agent.daemon.sdnotify",

@@ -350,7 +350,7 @@ def test_an_install_without_the_runtime_libraries_is_a_problem_not_a_traceback(
     text, _, _ = startup_cases["file_source_missing"]
     f = tmp_path / "c.yaml"
     f.write_text(text)
-    for mod in ("edge_agent.inference.commands", "edge_agent.capture"):
+    for mod in ("edge_agent.inference.cli", "edge_agent.capture"):
         monkeypatch.setitem(sys.modules, mod, None)  # importing it raises ImportError
     assert cli_main(["config", "validate", str(f)]) == 2
     err = capsys.readouterr().err

@@ -203,9 +203,8 @@ def test_cli_service_install_runs_the_script(tmp_path):
 
 
 def test_cli_service_without_checkout_says_so(tmp_path, capsys):
-    from edge_agent import install_cmd
-    from edge_agent.cli import build_parser
+    from edge_agent.cli import build_parser, service_cmd
 
     args = build_parser().parse_args(["service", "install", "--dry-run"])
-    assert install_cmd.main(args, script=tmp_path / "missing.sh") == 1
+    assert service_cmd.main(args, script=tmp_path / "missing.sh") == 1
     assert "source checkout" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge_agent.cli.track_cmd import _PlateReads
 from edge_agent.events.event import bbox_fields
 from edge_agent.events.overlay import (
     ALERT_COLOR,
@@ -21,7 +22,6 @@ from edge_agent.events.overlay import (
 )
 from edge_agent.events.rules import HeadTracks
 from edge_agent.events.zones import Zone
-from edge_agent.track import _PlateReads
 
 SAMPLE = Path(__file__).resolve().parent.parent / "samples" / "retail02_12s.mp4"
 

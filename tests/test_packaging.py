@@ -140,7 +140,7 @@ def test_track_from_another_folder_with_the_default_model(tmp_path):
 
 
 def test_demo_runs_the_shipped_model_on_the_sample_without_shared(tmp_path, capsys):
-    from edge_agent import demo
+    from edge_agent.cli import demo
 
     rc = demo.main(["--shared", str(tmp_path / "no-shared"), "--out", str(tmp_path / "out"),
                     "--max-frames", "40"])

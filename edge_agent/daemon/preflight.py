@@ -37,7 +37,7 @@ def check_configured_model(cfg: cfgmod.Config) -> List[str]:
 def _check_one_model(cfg: cfgmod.Config, mc: cfgmod.ModelConfig, where: str) -> List[str]:
     from edge_agent.inference import ModelError
     from edge_agent.inference import manifest as mf
-    from edge_agent.inference.commands import check_graph
+    from edge_agent.inference.cli import check_graph
 
     try:
         path = mf.check_model_file(mc.path)

@@ -45,9 +45,9 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 from edge_agent import __version__
 from edge_agent.config import MqttConfig
 from edge_agent.metrics import Metrics
-from edge_agent.mqtt.commands import Handler
 from edge_agent.mqtt.connection import Connection
 from edge_agent.mqtt.discovery import HaBridge, HaSink
+from edge_agent.mqtt.dispatch import Handler
 from edge_agent.mqtt.publisher import OutboxPublisher
 from edge_agent.mqtt.server import CommandServer
 from edge_agent.mqtt.status import StatusPublisher

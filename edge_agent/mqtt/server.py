@@ -2,7 +2,7 @@
 
 paho's thread only queues a request (:meth:`CommandServer.enqueue`; a full queue drops it and
 counts ``commands_dropped``); the worker decodes and runs it through the
-:class:`~edge_agent.mqtt.commands.Dispatcher` and publishes the reply on ``cmd/<name>/reply``,
+:class:`~edge_agent.mqtt.dispatch.Dispatcher` and publishes the reply on ``cmd/<name>/reply``,
 or on the MQTT 5 Response Topic with the request's Correlation Data echoed, when
 ``Topics.route_reply`` allows that topic; otherwise the request is not run and gets a
 ``bad_response_topic`` error on ``cmd/<name>/reply``.
@@ -22,8 +22,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from edge_agent.config import MqttConfig
 from edge_agent.config.secrets import mask, mqtt_credentials
 from edge_agent.metrics import Metrics
-from edge_agent.mqtt.commands import Dispatcher, Handler, require
 from edge_agent.mqtt.connection import Connection, Request
+from edge_agent.mqtt.dispatch import Dispatcher, Handler, require
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Protocol
 
-from edge_agent.mqtt.commands import CommandError, Handler
+from edge_agent.mqtt.dispatch import CommandError, Handler
 from edge_agent.update.errors import UpdateError
 from edge_agent.update.updater import FAILED, ROLLED_BACK, TERMINAL, Publish, Updater
 

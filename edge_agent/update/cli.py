@@ -65,7 +65,7 @@ def add_parsers(esub) -> None:
         esub.choices[name].set_defaults(handler=HANDLER)
 
 
-HANDLER = "edge_agent.update.commands:main"
+HANDLER = "edge_agent.update.cli:main"
 
 
 def _store_args(p) -> None:

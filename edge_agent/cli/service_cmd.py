@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-SCRIPT = Path(__file__).resolve().parent.parent / "systemd" / "install.sh"
+SCRIPT = Path(__file__).resolve().parents[2] / "systemd" / "install.sh"  # edge_agent/cli/ -> repo
 
 
 def script_args(args: argparse.Namespace) -> List[str]:

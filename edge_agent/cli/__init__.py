@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 from typing import Callable, Dict, List, Optional
 
 from edge_agent import __version__
@@ -19,15 +18,15 @@ from edge_agent.common.exitcodes import EXIT_INTERRUPTED
 
 # subcommand -> "module:function" of its handler, imported only when the subcommand runs
 HANDLERS: Dict[str, str] = {
-    "config": "edge_agent.config_cmd:main",
+    "config": "edge_agent.cli.config_cmd:main",
     "run": "edge_agent.agent:cmd_run",
-    "track": "edge_agent.track:cmd_track",
-    "engine": "edge_agent.inference.commands:main",
+    "track": "edge_agent.cli.track_cmd:cmd_track",
+    "engine": "edge_agent.inference.cli:main",
     "train": "edge_agent.model.train:main",
     "export": "edge_agent.model.export:main",
     "listen": "edge_agent.mqtt.listen:main",
-    "bench": "edge_agent.bench_cmd:main",
-    "service": "edge_agent.install_cmd:main",
+    "bench": "edge_agent.cli.bench_cmd:main",
+    "service": "edge_agent.cli.service_cmd:main",
     "clips": "edge_agent.clips.command:main",
 }
 
@@ -86,7 +85,7 @@ def _add_engine(sub) -> None:
     n.add_argument("--engine-dir", default="engines")
     n.add_argument("--video", help="take frames from this video (default: 1080p noise)")
     n.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads")
-    from edge_agent.update.commands import add_parsers  # keygen, sign, list, install, push, ...
+    from edge_agent.update.cli import add_parsers  # keygen, sign, list, install, push, ...
 
     add_parsers(esub)
 
@@ -192,7 +191,3 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(handler(args) or 0)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,7 @@ from typing import List, Optional
 from edge_agent import cli
 from edge_agent import config as cfgmod
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # edge_agent/cli/ -> the repository
 CONFIG = REPO / "configs" / "edge-agent.yaml"
 SAMPLE = REPO / "samples" / "retail02_12s.mp4"
 SHARED_CLIP = ("data", "video", "intel_car-detection.mp4")
@@ -49,7 +49,7 @@ def track(clip: Path, out: Path, name: str, max_frames: int = 0) -> int:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the demo; returns the exit status."""
-    ap = argparse.ArgumentParser(prog="edge_agent.demo")
+    ap = argparse.ArgumentParser(prog="edge_agent.cli.demo")
     ap.add_argument("--shared", default=str(REPO.parent / "shared"),
                     help="the shared data folder (optional: a second clip from it)")
     ap.add_argument("--out", default="out", help="where the videos and events go")
