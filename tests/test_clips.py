@@ -399,7 +399,7 @@ def test_rtsp_camera_clip_is_its_own_packets(tmp_path, weights_dir):
         def stop_when_ready():  # the agent runs on this (main) thread: it owns the signals
             # a finished clip: its event is delivered before the agent's sinks close
             wait_for(lambda: any((tmp_path / "state" / "clips").glob("*.mp4")), 120)
-            agent.stop()
+            agent.pipeline.stop()  # as SIGTERM does: run() then stops the rest in order
         watcher = threading.Thread(target=stop_when_ready, daemon=True)
         watcher.start()
         agent.run()
@@ -505,7 +505,7 @@ def test_boxes_of_a_detect_stream_are_scaled_to_its_record_stream(tmp_path, weig
         def stop_when_ready():  # the agent runs on this (main) thread: it owns the signals
             # a finished clip: its event is delivered before the agent's sinks close
             wait_for(lambda: any((tmp_path / "state" / "clips").glob("*.mp4")), 120)
-            agent.stop()
+            agent.pipeline.stop()  # as SIGTERM does: run() then stops the rest in order
         watcher = threading.Thread(target=stop_when_ready, daemon=True)
         watcher.start()
         agent.run()
