@@ -8,8 +8,9 @@ serves N cameras, each as two streams cut from Retail02: a 640x360 H.264 substre
 decodes and detects on (``detect_every: 6``, the shipped model on ONNX Runtime CPU) and a
 1920x1080 H.264 main stream it only keeps as packets for clips (``record:``). ``edge-agent run``
 runs for ``--seconds`` after a warm-up; from its /metrics the bench reads frames read and
-dropped per camera over that window, and from /proc the agent's resident memory. It prints a
-row per N and the largest N with under 1 % dropped frames. The RTSP servers run on the same box
+dropped per camera over that window and the detector's time per batch, and from /proc the
+agent's resident memory, its CPU time and the box's load average. It prints a row per N and the
+largest N with under 1 % dropped frames. The RTSP servers run on the same box
 and take their share of the CPU, as a second box would not.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import socket
 import subprocess
@@ -26,7 +28,7 @@ import time
 import urllib.request
 from fractions import Fraction
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 import av
 
@@ -74,13 +76,33 @@ def serve(video: Path) -> Tuple[subprocess.Popen, str]:
     return proc, line.split()[1]
 
 
+class Row(NamedTuple):
+    """What one N measured over the window."""
+
+    dropped_pct: float
+    rss_mb: float
+    cpu_pct: float  # the agent's CPU time over the window, % of one core
+    infer_ms: float  # detector time per batch (mean over the window)
+    load: float  # the box's 1-minute load average at the end of the window
+
+
 def scrape(port: int) -> Dict[str, Dict[str, float]]:
+    """Frames in / dropped per camera, and the detector's time (``_infer``: sum, count)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     out: Dict[str, Dict[str, float]] = {}
     for m in re.finditer(r'^edge_agent_frames_(in|dropped)_total\{camera="([^"]+)"\} (\S+)$',
                          text, re.M):
         out.setdefault(m.group(2), {})[m.group(1)] = float(m.group(3))
+    for m in re.finditer(r"^edge_agent_inference_seconds_(sum|count)(?:\{[^}]*\})? (\S+)$",
+                         text, re.M):
+        out.setdefault("_infer", {})[m.group(1)] = float(m.group(2))
     return out
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of the process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -90,8 +112,8 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run(n: int, sub: Path, main: Path, seconds: float, work: Path) -> Tuple[float, float]:
-    """(dropped %, RSS MB) of the agent with ``n`` cameras."""
+def run(n: int, sub: Path, main: Path, seconds: float, work: Path) -> Row:
+    """What the agent with ``n`` cameras did over ``seconds``."""
     servers: List[subprocess.Popen] = []
     cams = []
     try:
@@ -123,10 +145,11 @@ def run(n: int, sub: Path, main: Path, seconds: float, work: Path) -> Tuple[floa
                                  f"{(work / f'agent-{n}.log').read_text()[-3000:]}")
                     time.sleep(1)
             time.sleep(WARMUP_S)
-            before = scrape(port)
+            before, cpu0, t0 = scrape(port), cpu_s(agent.pid), time.monotonic()
             time.sleep(seconds)
-            after = scrape(port)
+            after, cpu1, t1 = scrape(port), cpu_s(agent.pid), time.monotonic()
             rss = rss_mb(agent.pid)
+            load = os.getloadavg()[0]
         finally:
             agent.terminate()
             agent.wait(60)
@@ -136,9 +159,13 @@ def run(n: int, sub: Path, main: Path, seconds: float, work: Path) -> Tuple[floa
             p.terminate()
         for p in servers:
             p.wait(10)
+    infer, infer0 = after.pop("_infer", {}), before.pop("_infer", {})
     got = sum(after[c]["in"] - before[c]["in"] for c in after)
     dropped = sum(after[c]["dropped"] - before[c]["dropped"] for c in after)
-    return (100.0 * dropped / got if got else 100.0), rss
+    batches = infer.get("count", 0.0) - infer0.get("count", 0.0)
+    spent = infer.get("sum", 0.0) - infer0.get("sum", 0.0)
+    return Row(100.0 * dropped / got if got else 100.0, rss, 100.0 * (cpu1 - cpu0) / (t1 - t0),
+               1000.0 * spent / batches if batches else 0.0, load)
 
 
 def main() -> int:
@@ -157,15 +184,20 @@ def main() -> int:
         sub, main_ = work / "sub.mp4", work / "main.mp4"
         encode(retail, sub, (640, 360), length)
         encode(retail, main_, (1920, 1080), length)
-        print(f"{'cameras':>7} {'dropped %':>9} {'RSS MB':>7} {'MB/camera beyond the first':>27}")
+        # 2 cores: a load above 2 means other work takes CPU the agent would use
+        print(f"load average before: {os.getloadavg()[0]:.2f}")
+        print(f"{'cameras':>7} {'dropped %':>9} {'RSS MB':>7} {'MB/camera beyond the first':>27} "
+              f"{'agent CPU %':>11} {'infer ms/batch':>14} {'load':>5}")
         best, first_rss = 0, None
         for n in (int(x) for x in args.counts.split(",")):
-            drop, rss = run(n, sub, main_, args.seconds, work)
+            row = run(n, sub, main_, args.seconds, work)
+            rss = row.rss_mb
             if n == 1:
                 first_rss = rss
             per = (rss - first_rss) / (n - 1) if first_rss is not None and n > 1 else rss / n
-            print(f"{n:7d} {drop:9.2f} {rss:7.0f} {per:27.1f}", flush=True)
-            if drop < 1.0:
+            print(f"{n:7d} {row.dropped_pct:9.2f} {rss:7.0f} {per:27.1f} {row.cpu_pct:11.0f} "
+                  f"{row.infer_ms:14.1f} {row.load:5.2f}", flush=True)
+            if row.dropped_pct < 1.0:
                 best = n
         print(f"largest N under 1 % dropped: {best}")
     return 0
