@@ -30,6 +30,7 @@ from edge_agent.agent import EXIT_OK, Agent
 from edge_agent.clips.http import ClipRoute
 from edge_agent.clips.mp4 import Mp4Writer, encoder_name
 from edge_agent.clips.ring import FrameRing
+from edge_agent.clips.scale import scale_bbox
 from edge_agent.clips.store import ClipStore, decodable_frames
 from edge_agent.daemon.exporter import Exporter, Sources
 
@@ -52,6 +53,19 @@ def _write_clip(path: Path, frames: int, fps: float = 10.0) -> Mp4Writer:
         w.write(_numbered(i), i / fps)
     w.close()
     return w
+
+
+def test_scale_bbox_to_the_record_stream_and_says_which_frame():
+    px = [100.0, 50.5, 200.0, 300.0]
+    box = {"px": px, "norm": [0.15625, 0.14028, 0.3125, 0.83333]}
+    scale_bbox(box, (640, 360), (1920, 1080))
+    assert box["px"] == [300.0, 151.5, 600.0, 900.0] and box["frame"] == [1920, 1080]
+    assert px == [100.0, 50.5, 200.0, 300.0]  # a new list: a clip keeps the detect stream's
+    scale_bbox(box, (640, 360), (1920, 1080))
+    assert box["px"] == [300.0, 151.5, 600.0, 900.0]  # once only
+    unknown = {"px": [1.0, 2.0, 3.0, 4.0], "norm": [0.0, 0.0, 0.0, 0.0]}
+    scale_bbox(unknown, (640, 360), None)  # the record stream not open yet: says so
+    assert unknown["px"] == [1.0, 2.0, 3.0, 4.0] and unknown["frame"] == [640, 360]
 
 
 def test_ring_keeps_the_last_seconds_within_its_byte_cap():
