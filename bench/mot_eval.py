@@ -140,7 +140,8 @@ def run_tracker(make: Callable[[Sequence], Runner], seq: Sequence, dets: List[np
 
 def trackeval_scores(gt_dir: Path, trk_dir: Path, names: List[str],
                      seqs: List[Sequence]) -> Dict[str, Dict[str, float]]:
-    """HOTA / MOTA / IDF1 / IDSW over all sequences combined, per tracker (percent)."""
+    """HOTA (and its DetA, AssA, LocA) / MOTA / IDF1 / IDSW per sequence and combined, per
+    tracker (percent)."""
     import trackeval
 
     eval_cfg = trackeval.Evaluator.get_default_eval_config()
@@ -164,6 +165,9 @@ def trackeval_scores(gt_dir: Path, trk_dir: Path, names: List[str],
             r = per_seq[key]["pedestrian"]
             out[name][key] = {
                 "HOTA": 100 * float(np.mean(r["HOTA"]["HOTA"])),
+                "DetA": 100 * float(np.mean(r["HOTA"]["DetA"])),
+                "AssA": 100 * float(np.mean(r["HOTA"]["AssA"])),
+                "LocA": 100 * float(np.mean(r["HOTA"]["LocA"])),
                 "MOTA": 100 * float(r["CLEAR"]["MOTA"]),
                 "IDF1": 100 * float(r["Identity"]["IDF1"]),
                 "IDSW": int(r["CLEAR"]["IDSW"]),

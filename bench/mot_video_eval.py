@@ -3,7 +3,10 @@
 The sequences (see ../shared/data/mot/SOURCES.md): TUD-Campus (its own 640x480 video) and
 PETS09-S2L1 (OpenCV's vtest.avi, the same view shrunk to 480x360: ground truth and SORT's
 detections are multiplied by 0.625). Detections are SORT's Faster R-CNN ``det/det.txt``; with
-``detect_every N`` only frames 1, 1 + N, 1 + 2N, ... have detections (keyframes).
+``detect_every N`` only frames 1, 1 + N, 1 + 2N, ... have detections (keyframes); with
+``--phases all`` each sequence is also run with its keyframes shifted by 1 .. N - 1 frames
+(frame 1 stays a keyframe: the detector runs on a stream's first frame), each shift scored as a
+sequence of its own, so that a result does not hang on which frames happened to be keyframes.
 
 Trackers, each scored on every frame:
 * ours with the frame: ``update(dets, frame)`` on keyframes, ``update(None, frame)`` between;
@@ -14,6 +17,7 @@ Trackers, each scored on every frame:
   ``correlation_tracker`` started on each of its output boxes, followed between keyframes.
 
     .venv-bench/bin/python bench/mot_video_eval.py [--every 1,3,6] [--only ours,ours_boxes,...]
+        [--per-seq] [--phases all]
 """
 
 from __future__ import annotations
@@ -42,10 +46,16 @@ class VideoSeq(NamedTuple):
     video: Path
     scale: float           # MOT boxes x scale = video pixels
     dets: List[np.ndarray]
+    phase: int = 0         # keyframes: frame 0 and the frames k with k = phase (mod N)
+
+    def keyframe(self, k: int, every: int) -> bool:
+        """Does frame k (0-based) have detections at detect_every ``every``?"""
+        return k == 0 or (k - self.phase) % every == 0
 
 
-def video_sequences(mot_dir: Path) -> List[VideoSeq]:
-    """The sequences whose video is in ../shared, with boxes in video pixels."""
+def video_sequences(mot_dir: Path, det_file: str = "det.txt") -> List[VideoSeq]:
+    """The sequences whose video is in ../shared, with boxes in video pixels; ``det_file``:
+    det.txt (SORT's Faster R-CNN) or det_acf.txt (MOT15's ACF: more misses and false boxes)."""
     found = []
     for name, video, scale in (
         ("TUD-Campus", mot_dir / "TUD-Campus" / "video" / "TUD-Campus.avi", 1.0),
@@ -55,7 +65,9 @@ def video_sequences(mot_dir: Path) -> List[VideoSeq]:
         if not (video.exists() and (mot_dir / name / "seqinfo.ini").exists()):
             continue
         s = read_seqinfo(mot_dir / name)
-        dets = [np.c_[d[:, :4] * scale, d[:, 4:]] for d in load_dets(s)]
+        # ACF scores below 0 clipped to 0, as in the MOT15 tables (tracker_cv.load_set)
+        dets = [np.c_[d[:, :4] * scale, np.clip(d[:, 4], 0, None), d[:, 5]]
+                for d in load_dets(s, det_file)]
         seq = s._replace(width=round(s.width * scale), height=round(s.height * scale))
         found.append(VideoSeq(seq, video, scale, dets))
     return found
@@ -97,7 +109,7 @@ def ours(with_frame: bool, **params) -> Run:
         out = []
         pics = frames(vs) if with_frame else (None for _ in range(vs.seq.length))
         for k, pic in enumerate(pics):
-            out.append(t.update(vs.dets[k] if k % every == 0 else None, pic)[:, :5])
+            out.append(t.update(vs.dets[k] if vs.keyframe(k, every) else None, pic)[:, :5])
         return out
     return run
 
@@ -124,7 +136,7 @@ def peer(cls_name: str) -> Run:
         tr = getattr(trackers, cls_name)(frame_rate=vs.seq.frame_rate / every)
         out, held = [], np.zeros((0, 5))
         for k in range(vs.seq.length):
-            if k % every == 0:
+            if vs.keyframe(k, every):
                 held = _rows(tr.update(_sv(vs.dets[k])))
             out.append(held)
         return out
@@ -140,7 +152,7 @@ def seed(vs: VideoSeq, every: int) -> List[np.ndarray]:
     tr = trackers.SORTTracker(frame_rate=vs.seq.frame_rate / every)
     out, followed = [], []
     for k, pic in enumerate(frames(vs)):
-        if k % every == 0:
+        if vs.keyframe(k, every):
             rows = _rows(tr.update(_sv(vs.dets[k])))
             out.append(rows)
             if every > 1:
@@ -181,20 +193,31 @@ def write_rows(rows: List[np.ndarray], path: Path) -> None:
     path.write_text("\n".join(lines) + ("\n" if lines else ""))
 
 
+def shifted(vs: VideoSeq, phase: int) -> VideoSeq:
+    """The sequence with its keyframes shifted by ``phase`` frames, named apart for TrackEval."""
+    if phase == 0:
+        return vs
+    return vs._replace(seq=vs.seq._replace(name=f"{vs.seq.name}-shift{phase}"), phase=phase)
+
+
 def evaluate(mot_dir: Path, names: List[str], everies: List[int],
              runs: Optional[Dict[str, tuple]] = None,
-             log: Callable[[str], None] = lambda m: None) -> Dict[int, Dict[str, Dict]]:
-    """TrackEval scores: every N -> tracker -> sequence name or COMBINED_SEQ -> metrics."""
+             log: Callable[[str], None] = lambda m: None,
+             all_phases: bool = False, det_file: str = "det.txt") -> Dict[int, Dict[str, Dict]]:
+    """TrackEval scores: every N -> tracker -> sequence name or COMBINED_SEQ -> metrics.
+    ``all_phases``: each sequence at every keyframe shift 0 .. N - 1 (each a sequence)."""
     runs = runs or RUNS
-    vseqs = video_sequences(mot_dir)
-    if not vseqs:
+    base = video_sequences(mot_dir, det_file)
+    if not base:
         raise FileNotFoundError(f"no sequence with video under {mot_dir}")
     out: Dict[int, Dict[str, Dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         gt_root = Path(tmp) / "gt"
-        for vs in vseqs:
-            write_gt(vs, gt_root)
         for every in everies:
+            vseqs = [shifted(vs, p) for vs in base for p in range(every if all_phases else 1)]
+            for vs in vseqs:
+                if not (gt_root / vs.seq.name).exists():
+                    write_gt(vs, gt_root)
             trk = Path(tmp) / f"every{every}"
             for name in names:
                 for vs in vseqs:
@@ -210,13 +233,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     ap.add_argument("--every", default="1,3,6")
     ap.add_argument("--only", default=",".join(RUNS))
     ap.add_argument("--per-seq", action="store_true")
+    ap.add_argument("--phases", choices=("first", "all"), default="first",
+                    help="all: also every shift of the keyframes (1 .. N - 1 frames)")
+    ap.add_argument("--dets", default="det.txt",
+                    help="detections: det.txt (Faster R-CNN) or det_acf.txt (ACF)")
     args = ap.parse_args(argv)
     names = [n for n in args.only.split(",") if n]
     everies = [int(x) for x in args.every.split(",")]
     res = evaluate(Path(args.mot_dir), names, everies,
-                   log=lambda m: print(m, file=sys.stderr, flush=True))
+                   log=lambda m: print(m, file=sys.stderr, flush=True),
+                   all_phases=args.phases == "all", det_file=args.dets)
     print("TrackEval 1.3.0 (BENCHMARK=MOT15), TUD-Campus + PETS09-S2L1 (video, x0.625) "
-          "combined; SORT's Faster R-CNN detections on every N-th frame.\n")
+          f"combined; {args.dets} detections on every N-th frame"
+          + (", every keyframe shift" if args.phases == "all" else "") + ".\n")
     print("| tracker | N | HOTA | MOTA | IDF1 | ID sw |")
     print("|---|---:|---:|---:|---:|---:|")
     for every in everies:
@@ -225,14 +254,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"| {RUNS[n][0]} | {every} | {c['HOTA']:.1f} | {c['MOTA']:.1f} | "
                   f"{c['IDF1']:.1f} | {c['IDSW']} |")
     if args.per_seq:
-        seqs = [k for k in next(iter(res.values()))[names[0]] if k != "COMBINED_SEQ"]
+        # per sequence; with every shift, the mean over its shifts
         print("\n| sequence | N | " + " | ".join(f"{n} HOTA/IDF1" for n in names) + " |")
         print("|---|---:|" + "---:|" * len(names))
-        for s in seqs:
+        for vs in video_sequences(Path(args.mot_dir), args.dets):
             for every in everies:
-                cells = [f"{res[every][n][s]['HOTA']:.1f}/{res[every][n][s]['IDF1']:.1f}"
-                         for n in names]
-                print(f"| {s} | {every} | " + " | ".join(cells) + " |")
+                cells = []
+                for n in names:
+                    rows = [v for k, v in res[every][n].items()
+                            if k == vs.seq.name or k.startswith(vs.seq.name + "-shift")]
+                    cells.append(f"{np.mean([r['HOTA'] for r in rows]):.1f}/"
+                                 f"{np.mean([r['IDF1'] for r in rows]):.1f}")
+                print(f"| {vs.seq.name} | {every} | " + " | ".join(cells) + " |")
     if "ours" in names:
         print()
         for every in everies:

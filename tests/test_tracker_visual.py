@@ -216,3 +216,48 @@ def test_a_missed_keyframe_leaves_no_gap_while_the_picture_shows_the_object():
         ids.append(tuple(rows[:, 4]))
     assert all(i == (1.0,) for i in ids), ids
 
+
+
+def _first_reported(every: int, score: float, frames: int = 30, redetect: bool = True,
+                    **params) -> Optional[int]:
+    """The first frame the object (in view from frame 6, detections every ``every``-th frame,
+    none on frame 0 so that nothing is confirmed at once) is reported on, or None."""
+    t = Tracker(frame_rate=30, **params)
+    for k in range(frames):
+        x, y = 100 + 2.3 * k, 150 + 0.7 * k
+        pic = scene(x, y) if k >= 6 else BACKGROUND.copy()
+        d = None
+        if k % every == 0:
+            d = det(x, y) if k >= 6 and (redetect or k == 6) else np.zeros((0, 6))
+            d[:, 4] = score
+        if len(t.update(d, pic)):
+            return k
+    return None
+
+
+def test_a_followed_tentative_track_is_confirmed_after_probation_age_frames():
+    """Hits count frames the track was seen in, by a detection or by its filter: at
+    detect_every 6 a new object is reported on the same frame as with a detection on every
+    frame (born on frame 6, probation_age 3: reported on frame 8), not at the next keyframe."""
+    assert _first_reported(every=1, score=0.9) == 8
+    assert _first_reported(every=6, score=0.9) == 8
+    assert _first_reported(every=6, score=0.9, probation_age=5) == 10
+
+
+def test_a_detection_under_the_birth_threshold_needs_the_next_attempt_to_find_it_again():
+    """Raw thresholds here (adaptive off): 0.4 is a high detection (>= high_thresh 0.3) that
+    starts no track (< new_track_thresh 0.5). At detect_every 1 it never does; at detect_every
+    6 it starts a candidate that the filter follows, born as a track when the next attempt
+    (frame 12) finds it again, and never when that attempt misses it."""
+    raw = {"adaptive": False, "high_thresh": 0.3, "new_track_thresh": 0.5}
+    assert _first_reported(every=1, score=0.4, **raw) is None
+    assert _first_reported(every=6, score=0.4, **raw) == 12
+    assert _first_reported(every=6, score=0.4, redetect=False, **raw) is None
+    assert _first_reported(every=6, score=0.2, **raw) is None  # under high_thresh: nothing
+    # without the picture nothing follows it: the threshold alone decides
+    t = Tracker(frame_rate=30, **raw)
+    for k in range(30):
+        d = det(100 + 2.3 * k, 150) if k >= 6 and k % 6 == 0 else None
+        if d is not None:
+            d[:, 4] = 0.4
+        assert len(t.update(d)) == 0

@@ -69,6 +69,8 @@ typedef struct {
     int flt;        /* its correlation filter's slot, -1 if none */
     int looked;     /* its filter looked for it in this frame's picture */
     int seen;       /* and found it (PSR >= DCF_PSR_MIN) */
+    int cand;       /* tentative from a detection under new_track_thresh (a candidate) */
+    int followed;   /* seen by its filter on a frame without detections since its birth */
     double vis[2];  /* where (centre), when seen */
 } Track;
 
@@ -710,6 +712,7 @@ static void stage(CoreObject *self, Py_ssize_t n, int st1, int st2, double dlo, 
         self->dmatch[dl[b]] = tl[a];
         tmatched[tl[a]] = 1;
         track_observe(self, t, det);
+        t->cand = 0; /* found again: a tentative track like any other */
         if (t->state == ST_LOST) track_confirm(self, t);
         else if (t->state == ST_TENTATIVE && t->hits >= self->p.probation_age)
             track_confirm(self, t);
@@ -814,6 +817,13 @@ static void visual_learn(CoreObject *self, const DcfImage *img)
         const double *b = t->fsu == 0 ? t->obs : (t->seen ? t->box : NULL);
         if (!b || (t->flt < 0 && t->fsu != 0)) continue;
         double cx = 0.5 * (b[0] + b[2]), cy = 0.5 * (b[1] + b[3]);
+        /* Where the filter itself found it, not the Kalman box (which blends in the prediction):
+         * trained at a lagging centre, the filter learns the lag, and the next frame lags more
+         * (measured: boxes fell behind the walking direction from frame to frame). */
+        if (t->fsu != 0) {
+            cx = t->vis[0];
+            cy = t->vis[1];
+        }
         if (t->flt >= 0) {
             if (sample_at(self, img, b, cx, cy) == 0)
                 dcf_train(self->plan, &self->flt[t->flt], self->work, DCF_RATE);
@@ -822,10 +832,13 @@ static void visual_learn(CoreObject *self, const DcfImage *img)
         if ((t->flt = take_slot(self)) < 0) continue;
         /* A new filter learns the patch and the patch stretched by +-10 % in each direction
          * (MOSSE starts from perturbed copies of the first frame, so that the filter does not
-         * fit one exact look): the mean of the nine. */
-        int k = 0;
-        for (int sy = -1; sy <= 1; sy++)
-            for (int sx = -1; sx <= 1; sx++) {
+         * fit one exact look): the mean of the nine. A candidate's starts from its patch alone:
+         * it has to last until the next detection attempt only, and at detect_every 1 every
+         * candidate ends on the next frame (nine samples for each would cost more than all the
+         * tracks' looks together in a frame with many detections under new_track_thresh). */
+        int k = 0, d = t->cand ? 0 : 1;
+        for (int sy = -d; sy <= d; sy++)
+            for (int sx = -d; sx <= d; sx++) {
                 double w = (b[2] - b[0]) * (1.0 + 0.1 * sx), h = (b[3] - b[1]) * (1.0 + 0.1 * sy);
                 double box[4] = {cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h};
                 if (sample_at(self, img, box, cx, cy) < 0) continue;
@@ -969,9 +982,15 @@ static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
         for (Py_ssize_t i = 0; i < self->ntracks; i++) {
             Track *t = &self->tracks[i];
             if (img && t->state == ST_ACTIVE && t->flt >= 0 && !t->seen) t->state = ST_LOST;
-            /* a tentative track that its filter follows gathers evidence (it is confirmed
-             * only with a detection all the same) */
-            if (t->state == ST_TENTATIVE && t->seen) t->hits++;
+            /* A tentative track that its filter follows gathers a hit per frame, as it would
+             * from a detection per frame at detect_every 1: confirmed after probation_age
+             * frames, not probation_age detection attempts. A candidate waits for the
+             * detector's word (below). */
+            if (t->state == ST_TENTATIVE && t->seen) {
+                t->hits++;
+                t->followed = 1;
+                if (!t->cand && t->hits >= p->probation_age) track_confirm(self, t);
+            }
             if (t->state == ST_LOST && shadow_expired(self, t)) t->state = ST_DEAD;
         }
         if (img) visual_learn(self, img);
@@ -992,6 +1011,12 @@ static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
         self->img_w = img->w;
         self->img_h = img->h;
         visual_look(self, img, 0);
+    }
+    /* A candidate that no frame without detections followed (detect_every 1) ends here, before
+     * it could take a detection: with a detection on every frame, births are the threshold's. */
+    for (Py_ssize_t i = 0; i < self->ntracks; i++) {
+        Track *t = &self->tracks[i];
+        if (t->cand && !t->followed) t->state = ST_DEAD;
     }
     score_dets(self, n);
     sort_frame_dets(self, n);
@@ -1030,7 +1055,16 @@ static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
     for (Py_ssize_t j = 0; j < n; j++) {
         const double *det = self->dets + (size_t)j * DET_COLS;
         double ascore = self->dscore[j];
-        if (self->dmatch[j] >= 0 || ascore < p->new_track_thresh || ascore < p->high_thresh)
+        /* With the picture, an unmatched high detection under new_track_thresh starts a
+         * candidate: its filter follows it through the frames without detections, and the
+         * detector's next attempt must find it again (a tentative match) before it counts as a
+         * track. At detect_every 1 a person whose score hovers at the threshold gets an attempt
+         * per frame and soon one above it; at N the attempts are N times rarer, and the frames
+         * between (the filter kept finding it) plus the re-detection stand for the ones missing.
+         * Without frames between, the candidate ends unmatched (above). */
+        int cand = img && ascore < p->new_track_thresh;
+        if (self->dmatch[j] >= 0 || ascore < p->high_thresh ||
+            (ascore < p->new_track_thresh && !cand))
             continue;
         if (!(det[2] > det[0] && det[3] > det[1])) continue;
         assert(self->ntracks < (Py_ssize_t)self->cap_tracks);
@@ -1045,7 +1079,8 @@ static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
         t->rate = find_rate(self, t->cls);
         t->hits = 1;
         t->state = ST_TENTATIVE;
-        if (p->probation_age <= 1 || self->frame_count == 1) track_confirm(self, t);
+        t->cand = cand;
+        if (!cand && (p->probation_age <= 1 || self->frame_count == 1)) track_confirm(self, t);
     }
     if (img) visual_learn(self, img);
     compact(self);
