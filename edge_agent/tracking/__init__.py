@@ -78,7 +78,9 @@ PARAMS: Dict[str, _Param] = {
                               "frames between the observations that define a track's direction"),
     "fuse_score": _Param(bool, True, 0, 1, "multiply IoU by detection score in stages 1 and 3"),
     "probation_age": _Param(int, 3, 1, 10_000,
-                            "hits before a tentative track becomes active (reported)"),
+                            "hits before a tentative track becomes active (reported): frames "
+                            "with a detection matched to it or, with the picture, frames its "
+                            "filter found it in"),
     "frame_rate": _Param(float, 30.0, 0.1, 1000.0,
                          "frames per second that update() is called at (the camera's "
                          "processed rate); turns the *_s parameters into frames"),
