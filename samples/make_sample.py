@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from fractions import Fraction
 
 import av
 
@@ -26,7 +27,8 @@ def main() -> None:
     args = ap.parse_args()
     with av.open(args.source) as inp, av.open(args.dest, "w") as out:
         vin = inp.streams.video[0]
-        vout = out.add_stream("libx264", rate=round(float(vin.average_rate) / args.step))
+        rate = round(float(vin.average_rate) / args.step)
+        vout = out.add_stream("libx264", rate=rate)
         vout.width, vout.height, vout.pix_fmt = vin.width, vin.height, "yuv420p"
         vout.options = {"crf": str(args.crf), "preset": "slow", "movflags": "+faststart"}
         kept = 0
@@ -36,7 +38,9 @@ def main() -> None:
             if i < args.start or (i - args.start) % args.step:
                 continue
             frame = frame.reformat(format="yuv420p")
-            frame.pts = kept
+            # pts counts output frames, so its time base must be the output rate's (the
+            # decoder's own time base would leave every packet at pts 0: no frame rate).
+            frame.pts, frame.time_base = kept, Fraction(1, rate)
             kept += 1
             out.mux(vout.encode(frame))
         out.mux(vout.encode())
