@@ -14,11 +14,60 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import paho.mqtt.client as mqtt
 
 REDELIVER_S = 5  # NATS: redelivery of unacknowledged QoS 1 messages to a subscriber
+
+
+def wait_for(cond: Callable[[], object], timeout: float, step: float = 0.05) -> bool:
+    """Poll ``cond()`` until it is true or ``timeout`` s passed; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return bool(cond())
+
+
+class Recorder:
+    """A paho 3.1.1 client (the protocol every broker here speaks) that records every message
+    on ``topics``; returns once the broker granted the subscription. ``clean=False``: a
+    persistent session, whose QoS 1 messages the broker queues while it is away."""
+
+    def __init__(self, port: int, client_id: str, topics: Sequence[str], clean: bool = True,
+                 host: str = "127.0.0.1", timeout: float = 30.0):
+        self.messages: List[Tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        self.subscribed = threading.Event()
+        self.c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             clean_session=clean)
+        self.c.reconnect_delay_set(0.1, 0.5)
+        self.c.on_connect = lambda c, u, f, rc, p: [c.subscribe(t, 1) for t in topics]
+        self.c.on_subscribe = lambda *a: self.subscribed.set()
+        self.c.on_message = self._on_message
+        self.c.connect(host, port, keepalive=10)
+        self.c.loop_start()
+        if topics and not self.subscribed.wait(timeout):
+            self.close()
+            raise RuntimeError(f"{client_id}: no SUBACK within {timeout:g} s")
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self.lock:
+            self.messages.append((msg.topic, bytes(msg.payload)))
+
+    def payloads(self, suffix: str) -> List[bytes]:
+        """The payloads of the messages whose topic ends with ``suffix``, in arrival order."""
+        with self.lock:
+            return [p for t, p in self.messages if t.endswith(suffix)]
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
 
 
 def free_port() -> int:

@@ -31,7 +31,7 @@ from typing import List, Optional, Tuple
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from brokers import REDELIVER_S, Mosquitto, NatsServer, RabbitMq  # noqa: E402
+from brokers import REDELIVER_S, Mosquitto, NatsServer, RabbitMq, wait_for  # noqa: E402
 
 from edge_agent.mqtt.consumer import AckConsumer, EventStore  # noqa: E402
 
@@ -114,14 +114,6 @@ class AgentProc:
         self.log.close()
 
 
-def _wait(pred, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
-
 
 def _kill_plan(broker_kills: int, agent_kills: int, events: int) -> List[Tuple[int, str]]:
     """(appended events, what to kill), evenly spread, agent kills between broker kills."""
@@ -154,7 +146,7 @@ def run_scenario(broker_kind: str, workdir: Path, delivery: str = "end_to_end",
             raise RuntimeError("the consumer did not subscribe")
         if broker_kind == "mosquitto":  # its session must be saved before the first kill
             db, since = broker.workdir / "mosquitto.db", time.time()
-            if not _wait(lambda: db.exists() and db.stat().st_mtime > since, 20):
+            if not wait_for(lambda: db.exists() and db.stat().st_mtime > since, 20):
                 raise RuntimeError("mosquitto did not save its persistence file")
         busy_procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
                       for _ in range(busy)]
@@ -182,11 +174,11 @@ def run_scenario(broker_kind: str, workdir: Path, delivery: str = "end_to_end",
         agent.wait_line("APPENDED", 300)
         want = {f"r-{i}" for i in range(events)}
         if delivery == "end_to_end":
-            _wait(lambda: want <= store.ids, settle_s)
+            wait_for(lambda: want <= store.ids, settle_s)
         else:
             # puback: the outbox empty means every event got its PUBACK; then give the
             # consumer time to drain what the broker still has queued for it
-            _wait(lambda: agent.left == 0, settle_s)
+            wait_for(lambda: agent.left == 0, settle_s)
             last = [-1, time.monotonic()]
 
             def quiet() -> bool:
@@ -195,7 +187,7 @@ def run_scenario(broker_kind: str, workdir: Path, delivery: str = "end_to_end",
                     last[:] = [n, time.monotonic()]
                 # longer than a broker takes to redeliver what the consumer did not PUBACK
                 return want <= store.ids or time.monotonic() - last[1] > 3 * REDELIVER_S
-            _wait(quiet, settle_s)
+            wait_for(quiet, settle_s)
         lost = len(want - store.ids)
         return Result(broker_kind, delivery, events, lost, store.stored_total,
                       store.duplicates, time.monotonic() - t0, agent.left)

@@ -9,6 +9,7 @@ import uuid
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import paho.mqtt.client as mqtt
+from conftest import wait_for
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -103,12 +104,7 @@ class Subscriber:
         return [json.loads(p) for t, p, _ in self.snapshot() if "/events/" in t]
 
     def wait_for(self, pred: Callable[[], bool], timeout: float = 10.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if pred():
-                return True
-            time.sleep(0.02)
-        return pred()
+        return wait_for(pred, timeout, step=0.02)
 
     def request(self, topic: str, payload: bytes, response_topic: Optional[str] = None,
                 correlation: Optional[bytes] = None) -> None:

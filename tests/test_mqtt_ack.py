@@ -15,6 +15,7 @@ import time
 
 import paho.mqtt.client as mqtt
 import pytest
+from conftest import wait_for
 from mqtt_helpers import Subscriber, event, make_cfg
 
 from edge_agent.mqtt.acks import AckTracker
@@ -24,14 +25,6 @@ from edge_agent.outbox.eventlog import Outbox
 
 BASE = "edge-agent/dev1"
 
-
-def _wait(pred, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 def _publisher(broker) -> mqtt.Client:
@@ -146,7 +139,7 @@ def test_rows_stay_until_the_consumer_acks_and_bad_acks_are_refused(broker, tmp_
     for i in range(10):
         ob.append(event(i))
     assert sub.wait_for(lambda: len(sub.events()) == 10)
-    assert _wait(lambda: m.counters["acked"] == 10)
+    assert wait_for(lambda: m.counters["acked"] == 10, 20)
     assert len(ob) == 10, "end_to_end: a PUBACK deletes nothing"
     got = sub.events()
     assert [e["seq"] for e in got] == list(range(1, 11))
@@ -154,15 +147,15 @@ def test_rows_stay_until_the_consumer_acks_and_bad_acks_are_refused(broker, tmp_
 
     acker = _publisher(broker)
     _ack(acker, b"4")
-    assert _wait(lambda: len(ob) == 6) and ob.acked_seq == 4
+    assert wait_for(lambda: len(ob) == 6, 20) and ob.acked_seq == 4
     bad = [b"999", b"not a number", b"-1", b"7.0", b"x" * (10 << 20)]
     for payload in bad:
         _ack(acker, payload)
     _ack(acker, b"2")  # backwards
     _ack(acker, b"10", topic="edge-agent/dev2/ack")  # another device's ack
     c = m.counters
-    assert _wait(lambda: c["acks_refused_future"] + c["acks_refused_invalid"]
-                 + c["acks_refused_backwards"] == 6)
+    assert wait_for(lambda: c["acks_refused_future"] + c["acks_refused_invalid"]
+                 + c["acks_refused_backwards"] == 6, 20)
     assert (c["acks_refused_future"], c["acks_refused_invalid"],
             c["acks_refused_backwards"]) == (1, 4, 1)
     assert len(ob) == 6 and ob.acked_seq == 4, "no bad ack (nor dev2's) deleted a row"
@@ -175,7 +168,7 @@ def test_rows_stay_until_the_consumer_acks_and_bad_acks_are_refused(broker, tmp_
     assert st["consumer_lag_events"] == 11 and st["consumer_lag_s"] >= 0
     assert m.metrics.state()["delivery"]["consumer_lag_events"] == 11
     _ack(acker, b"15")
-    assert _wait(lambda: len(ob) == 0)
+    assert wait_for(lambda: len(ob) == 0, 20)
     assert c["consumer_acks"] == 2
     m.stop()
     ob.close()
@@ -196,7 +189,7 @@ def test_unacknowledged_events_go_again_after_the_ack_timeout(broker, tmp_path):
     assert [e["seq"] for e in again] == [1, 2, 3, 4, 5], "same seq when sent again"
     acker = _publisher(broker)
     _ack(acker, b"5")
-    assert _wait(lambda: len(ob) == 0)
+    assert wait_for(lambda: len(ob) == 0, 20)
     n = len(sub.events())
     time.sleep(2.5)  # well past the timeout: nothing outstanding, nothing sent again
     assert len(sub.events()) == n
@@ -214,7 +207,7 @@ def test_prev_seq_skips_what_a_full_outbox_dropped(broker, tmp_path):
     consumer = AckConsumer(broker.host, broker.port, store, client_id="c-drop").start()
     assert consumer.subscribed.wait(10)
     m = _agent(broker, ob)
-    assert _wait(lambda: len(ob) == 0), "the consumer acks past the dropped seqs"
+    assert wait_for(lambda: len(ob) == 0, 20), "the consumer acks past the dropped seqs"
     assert store.chain("dev1").mark == 8
     consumer.stop()
     m.stop()
@@ -237,7 +230,7 @@ def test_listen_ack_stores_dedups_and_acknowledges(broker, tmp_path):
     time.sleep(1.0)  # the listener's SUBSCRIBE
     for i in range(30):
         ob.append(event(i))
-    assert _wait(lambda: len(ob) == 0, 30), f"outbox still holds {len(ob)}"
+    assert wait_for(lambda: len(ob) == 0, 30), f"outbox still holds {len(ob)}"
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
@@ -252,7 +245,7 @@ def test_listen_ack_stores_dedups_and_acknowledges(broker, tmp_path):
     ob.append(event(30))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
-    assert _wait(lambda: len(ob) == 0, 30)
+    assert wait_for(lambda: len(ob) == 0, 30)
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=20)

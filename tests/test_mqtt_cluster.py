@@ -20,18 +20,10 @@ from edge_agent.mqtt.consumer import AckConsumer, EventStore
 from edge_agent.outbox.eventlog import Outbox
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-from brokers import NatsCluster  # noqa: E402
+from brokers import NatsCluster, wait_for  # noqa: E402
 
 N = 1000
 
-
-def _wait(pred, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.05)
-    return pred()
 
 
 @pytest.mark.slow
@@ -60,13 +52,13 @@ def test_three_node_nats_cluster_node_a_sigkilled_mid_stream_nothing_lost(tmp_pa
 
         producer = threading.Thread(target=produce)
         producer.start()
-        assert _wait(lambda: ob.last_seq >= N // 3, 30)
+        assert wait_for(lambda: ob.last_seq >= N // 3, 30)
         a.kill()
         assert producer.is_alive(), "node A must die mid-stream"
         producer.join()
         want = {f"r-{i}" for i in range(N)}
-        assert _wait(lambda: want <= store.ids, 120), f"lost {len(want - store.ids)}"
-        assert _wait(lambda: len(ob) == 0, 30), "acknowledged rows not deleted"
+        assert wait_for(lambda: want <= store.ids, 120), f"lost {len(want - store.ids)}"
+        assert wait_for(lambda: len(ob) == 0, 30), "acknowledged rows not deleted"
         assert m.stats()["mqtt"]["broker"] in (f"{b.host}:{b.port}", f"{c.host}:{c.port}")
         assert m.counters["disconnects"] >= 1
     finally:
