@@ -38,6 +38,7 @@ Thread-safety: one connection guarded by a lock; ``append`` (pipeline thread), `
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -47,7 +48,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from edge_agent.outbox.seqmark import SeqMark
 
@@ -224,17 +225,11 @@ class Outbox:
                     # The common case: one statement is its own (autocommit) transaction.
                     db.execute(_INSERT, row)
                 else:
-                    db.execute("BEGIN IMMEDIATE")
-                    try:
+                    with self._deleting(seq):
                         db.execute(_INSERT, row)
                         if isinstance(snap, str) and snap:  # published after the event's row
                             db.execute(_INSERT_SNAPSHOT, (seq, event_id, snap))
                         rows, nbytes, dropped = self._evict(rows, nbytes)
-                        self._save_last_seq(seq)
-                        db.execute("COMMIT")
-                    except BaseException:
-                        db.execute("ROLLBACK")
-                        raise
             except (sqlite3.Error, OSError) as exc:  # disk full, I/O error: the caller goes on
                 _restore(event, old_seq)
                 raise OutboxError(f"{self.path}: cannot store event {event_id}: {exc}") from None
@@ -282,11 +277,33 @@ class Outbox:
             )
         return rows, nbytes, dropped
 
-    def _save_last_seq(self, seq: int) -> None:
-        """Inside a transaction that deletes rows: the deleted rows may include the newest one,
-        which is what remembers the last seq, so persist it explicitly (append itself need not,
+    @contextlib.contextmanager
+    def _deleting(self, last_seq: int) -> Iterator[None]:
+        """One transaction that may delete rows (under ``_lock``): committed with ``last_seq``
+        persisted, rolled back on any error. The deleted rows may include the newest one, which
+        is what remembers the last seq, so it is kept in ``meta`` (a plain append need not,
         which saves a page write per event)."""
-        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)", (seq,))
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_seq', ?)",
+                       (last_seq,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _delete_rows(self, where: str, params: Iterable[Any]) -> Tuple[int, int]:
+        """Delete the events (and their snapshot references) matching ``where``; returns how
+        many rows and payload bytes went. Inside :meth:`_deleting`."""
+        params = tuple(params)
+        n, size = self._db.execute(
+            f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM events WHERE {where}",
+            params).fetchone()
+        self._db.execute(f"DELETE FROM events WHERE {where}", params)
+        self._db.execute(f"DELETE FROM snapshots WHERE {where}", params)
+        return int(n), int(size)
 
     # --- fsync batching ---------------------------------------------------------------------
 
@@ -377,25 +394,14 @@ class Outbox:
         with self._lock:
             if self._closed:
                 return 0
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                n, size = db.execute(
-                    "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM events "
-                    "WHERE seq <= ?", (seq,)).fetchone()
-                db.execute("DELETE FROM events WHERE seq <= ?", (seq,))
-                db.execute("DELETE FROM snapshots WHERE seq <= ?", (seq,))
-                db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('acked', ?)",
-                           (seq,))
-                self._save_last_seq(self._last_seq)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            with self._deleting(self._last_seq):
+                n, size = self._delete_rows("seq <= ?", (seq,))
+                self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('acked', ?)",
+                                 (seq,))
             self._acked = max(self._acked, seq)
-            self._rows -= int(n)
-            self._bytes -= int(size)
-            return int(n)
+            self._rows -= n
+            self._bytes -= size
+            return n
 
     @property
     def acked_seq(self) -> int:
@@ -420,28 +426,13 @@ class Outbox:
         with self._lock:
             if self._closed:
                 return 0
-            db = self._db
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                removed = 0
-                freed = 0
-                for i in range(0, len(seqs), 500):
+            removed = freed = 0
+            with self._deleting(self._last_seq):
+                for i in range(0, len(seqs), 500):  # SQLite's limit on bound parameters
                     chunk = seqs[i:i + 500]
-                    marks = ",".join("?" * len(chunk))
-                    n, size = db.execute(
-                        f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload)), 0) FROM events "
-                        f"WHERE seq IN ({marks})",
-                        chunk,
-                    ).fetchone()
-                    db.execute(f"DELETE FROM events WHERE seq IN ({marks})", chunk)
-                    db.execute(f"DELETE FROM snapshots WHERE seq IN ({marks})", chunk)
-                    removed += int(n)
-                    freed += int(size)
-                self._save_last_seq(self._last_seq)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+                    n, size = self._delete_rows(f"seq IN ({','.join('?' * len(chunk))})", chunk)
+                    removed += n
+                    freed += size
             self._rows -= removed
             self._bytes -= freed
             return removed
