@@ -1,4 +1,5 @@
-"""The sha256 of a file, read in blocks (models, clips, downloads).
+"""Files: the sha256 of one, read in blocks (models, clips, downloads), and an fsync of a
+directory (so a rename in it survives a power cut).
 
 Standard library only: the `clips` command imports this at argument-parse time and the daemon's
 start-up before any heavy package."""
@@ -18,3 +19,12 @@ def sha256_file(path: os.PathLike) -> str:
         for block in iter(lambda: f.read(BLOCK), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def fsync_dir(path: os.PathLike) -> None:
+    """fsync a directory, so a rename inside it survives a power cut."""
+    fd = os.open(str(path), os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from edge_agent.common.hashing import sha256_file
+from edge_agent.common.files import sha256_file
 from edge_agent.config import shipped
 from edge_agent.inference.errors import ModelError
 

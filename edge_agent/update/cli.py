@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import List
 
 from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_OK
-from edge_agent.common.hashing import sha256_file
+from edge_agent.common.files import sha256_file
 from edge_agent.update import signing
 from edge_agent.update.errors import UpdateError
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from edge_agent.common.files import fsync_dir
 from edge_agent.update import versions
 from edge_agent.update.errors import UpdateError
 
@@ -42,15 +43,6 @@ MODEL_FILE, MANIFEST_FILE, SIGNATURE_FILE, INFO_FILE = (
 FLOOR_FILE = "floor.json"
 _STAMP = "%Y%m%dT%H%M%SZ"
 _SHA_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory, so a rename inside it survives a power cut."""
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from edge_agent.common.hashing import sha256_file
+from edge_agent.common.files import sha256_file
 from edge_agent.inference import manifest as mf
 from edge_agent.inference.errors import BackendUnavailableError, ModelError
 from edge_agent.update import signing, versions
