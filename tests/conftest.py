@@ -244,3 +244,13 @@ def broker_factory(tmp_path):
     yield make
     for b in made:
         b.kill()
+
+
+@pytest.fixture
+def outbox(tmp_path):
+    """A durable outbox in ``tmp_path`` that commits every 10 ms (tests wait less), closed after."""
+    from edge_agent.outbox.eventlog import Outbox
+
+    ob = Outbox(tmp_path / "outbox.sqlite", commit_interval_ms=10)
+    yield ob
+    ob.close()

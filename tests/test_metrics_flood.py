@@ -20,6 +20,7 @@ from typing import Dict, List
 
 import pytest
 import yaml
+from agent_procs import stop_agent
 from conftest import free_port, wait_for
 from test_exporter import get, sample
 
@@ -122,13 +123,7 @@ def test_idle_connections_under_ulimit_1024_never_starve_the_cameras(tmp_path, v
         assert "Too many open files" not in text and "corrupt" not in text, text[-3000:]
         assert proc.poll() is None
     finally:
-        proc.terminate()
-        try:
-            rc = proc.wait(30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        rc = stop_agent(proc)
     assert rc == 0
 
 

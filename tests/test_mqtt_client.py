@@ -19,13 +19,6 @@ from edge_agent.outbox.eventlog import Outbox
 BASE = "edge-agent/dev1"
 
 
-@pytest.fixture
-def outbox(tmp_path):
-    ob = Outbox(tmp_path / "outbox.sqlite", commit_interval_ms=10)
-    yield ob
-    ob.close()
-
-
 def _agent(broker, outbox, **kw):
     fns = {k: kw.pop(k) for k in ("config_fn", "cameras") if k in kw}
     fns["metrics"] = metrics_of(outbox, state=kw.pop("state_fn", None),

@@ -7,21 +7,12 @@ from __future__ import annotations
 import json
 from typing import Dict
 
-import pytest
 from mqtt_helpers import Subscriber, make_cfg, metrics_of
 
 from edge_agent.mqtt.client import AgentMqtt
 from edge_agent.mqtt.status import state_key
-from edge_agent.outbox.eventlog import Outbox
 
 BASE = "edge-agent/dev1"
-
-
-@pytest.fixture
-def outbox(tmp_path):
-    ob = Outbox(tmp_path / "outbox.sqlite", commit_interval_ms=10)
-    yield ob
-    ob.close()
 
 
 class _Device:

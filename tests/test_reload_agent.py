@@ -16,6 +16,7 @@ from typing import Any, Dict, List
 
 import pytest
 import yaml
+from agent_procs import stop_agent
 from conftest import wait_for
 from mqtt_helpers import Subscriber
 
@@ -154,12 +155,5 @@ def test_reload_claims_match_what_the_agent_does(tmp_path, video_dir, yolox_nano
         assert proc.poll() is None
     finally:
         sub.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        rc = stop_agent(proc)
     assert rc == 0, log.read_text()[-2000:]

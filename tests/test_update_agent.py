@@ -15,10 +15,9 @@ import pytest
 import yaml
 from conftest import wait_for
 from mqtt_helpers import Subscriber
-from update_helpers import ModelServer, make_model, request, signed, write_clip
+from update_helpers import ModelServer, make_model, request, signed, signed_update_kit
 
 from edge_agent import cli
-from edge_agent.update import signing
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -98,15 +97,9 @@ def final(sub: Subscriber, device: str, rid: str, timeout: float = 60) -> Dict[s
 
 @pytest.fixture(scope="module")
 def kit(tmp_path_factory):
-    d = tmp_path_factory.mktemp("agents")
-    priv, pub, _ = signing.keygen(d / "ops")
-    base = d / "base.onnx"
-    man = make_model(base)
-    base.with_suffix(".json").write_text(json.dumps(dict(man, version="1")))
-    server = ModelServer()
-    yield {"dir": d, "key": priv, "pub": pub.read_text().strip(), "base": base, "manifest": man,
-           "clip": write_clip(d / "clip.mp4", frames=60), "server": server}
-    server.close()
+    kit = signed_update_kit(tmp_path_factory.mktemp("agents"), frames=60)
+    yield kit
+    kit["server"].close()
 
 
 @pytest.fixture

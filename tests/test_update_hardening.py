@@ -15,9 +15,14 @@ import threading
 import time
 
 import pytest
-from update_helpers import LocalAgent, ModelServer, make_model, request, signed, write_clip
+from update_helpers import (
+    LocalAgent,
+    ModelServer,
+    request,
+    signed,
+    signed_update_kit,
+)
 
-from edge_agent.update import signing
 from edge_agent.update.download import Downloader, check_redirect
 from edge_agent.update.errors import UpdateError
 from edge_agent.update.store import ModelStore
@@ -27,15 +32,9 @@ DATA = os.urandom(2000)
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    d = tmp_path_factory.mktemp("hardening")
-    priv, pub, _ = signing.keygen(d / "ops")
-    base = d / "base.onnx"
-    man = make_model(base)
-    base.with_suffix(".json").write_text(json.dumps(dict(man, version="1")))
-    server = ModelServer()
-    yield {"dir": d, "key": priv, "pub": pub.read_text().strip(), "base": base, "manifest": man,
-           "clip": write_clip(d / "clip.mp4"), "server": server, "data": base.read_bytes()}
-    server.close()
+    env = signed_update_kit(tmp_path_factory.mktemp("hardening"))
+    yield env
+    env["server"].close()
 
 
 @pytest.fixture

@@ -410,3 +410,16 @@ def _pipeline(cfg, engine, hook):
     from edge_agent.pipeline import Pipeline
 
     return Pipeline(cfg, engine, EventDelivery(MemoryLog(), []), on_frame=hook)
+
+
+def signed_update_kit(d: Path, frames: int = 40) -> Dict[str, Any]:
+    """What the update tests start from, in folder ``d``: a signing key pair (``key``, ``pub``),
+    a version-1 model (``base``, ``manifest``, its bytes as ``data``), a clip (``clip``) and a
+    running :class:`ModelServer` (``server``: the caller closes it)."""
+    priv, pub, _ = signing.keygen(d / "ops")
+    base = d / "base.onnx"
+    man = make_model(base)
+    base.with_suffix(".json").write_text(json.dumps(dict(man, version="1")))
+    return {"dir": d, "key": priv, "pub": pub.read_text().strip(), "base": base, "manifest": man,
+            "clip": write_clip(d / "clip.mp4", frames=frames), "server": ModelServer(),
+            "data": base.read_bytes()}
