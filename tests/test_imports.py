@@ -225,3 +225,30 @@ def test_old_module_paths_are_the_moved_modules():
         mod = importlib.import_module(old)
         assert mod is importlib.import_module(new)
         assert mod.__spec__.name == new  # still reads as what it is
+
+
+def package_of(module: str) -> str:
+    """The folder a module sits in (``edge_agent.mqtt.client`` -> ``edge_agent.mqtt``); a
+    module at the root of edge_agent is a folder of its own."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
+
+
+def package_graph() -> Dict[str, Set[str]]:
+    """Which folders import which. An import of a leaf module (one that imports nothing of
+    ours, e.g. ``mqtt/topics.py``) draws no arrow: nothing can come back through it."""
+    graph = import_graph()
+    leaves = {m for m, deps in graph.items() if not deps}
+    out: Dict[str, Set[str]] = {package_of(m): set() for m in graph}
+    for mod, deps in graph.items():
+        for dep in deps - leaves:
+            a, b = package_of(mod), package_of(dep)
+            if a != b and b != "edge_agent":  # the package itself: __version__, old paths
+                out[a].add(b)
+    return out
+
+
+def test_packages_import_each_other_one_way():
+    found = cycles(package_graph())
+    assert not found, "folders that import each other: " + "; ".join(
+        " <-> ".join(c) for c in found)
