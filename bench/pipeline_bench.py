@@ -34,7 +34,6 @@ import onnxruntime as ort
 from edge_agent import config as cfgmod
 from edge_agent.inference import open_engine
 from edge_agent.inference.preprocess import Preprocessor
-from edge_agent.metrics import pipeline_stats
 from edge_agent.outbox.delivery import EventDelivery
 from edge_agent.outbox.eventlog import MemoryLog
 from edge_agent.pipeline import Pipeline
@@ -139,7 +138,7 @@ def cameras_fps(clip: Path, model: Path, n: int, max_batch: int, threads: int,
     pipe.run()
     dt = time.perf_counter() - t0
     engine.close()
-    return total[0] / dt, pipeline_stats(pipe)["inference"]["mean_batch"]
+    return total[0] / dt, pipe.stats()["inference"]["mean_batch"]
 
 
 def main(argv=None) -> int:

@@ -4,16 +4,17 @@ them in reverse.
 ``Agent.start()`` runs :attr:`Agent.steps` in order; each step builds one part and returns how
 to undo it. A step that meets bad input raises :class:`StartError` (one line: what and why), and
 :meth:`Agent.stop` undoes what was started, newest first: the same teardown after a full run, a
-failed start or a crash of the pipeline. The steps::
-
-    state_dir (locked) -> event_log -> engine -> cameras -> delivery -> pipeline -> update
-    -> reload -> mqtt -> update_recovery -> exporter -> open_events -> notifier
+failed start or a crash of the pipeline. :attr:`Agent.steps` is the one place the order is
+written; each step gets what it needs from the steps before it as values (attributes they set),
+never as a lambda to one that does not exist yet.
 
 The state directory is locked first (``statelock``: one agent per directory); ``open_events``
 ends what a crash of the previous run left open (``openevents``) before the first new event.
-The engine is the model store's current version (``update/startup.py``); ``update`` starts the
-remote-update worker, whose ``cmd/engine.*`` commands the mqtt step registers, and
-``update_recovery`` resumes or reports an update a crash interrupted (docs/update.md).
+The engine is the model store's current version (``update/startup.py``). ``mqtt`` builds the
+MQTT client without connecting; ``update`` starts the remote-update worker, which publishes
+through that client and registers its ``cmd/engine.*`` commands on it; ``mqtt_connect`` then
+connects, and ``update_recovery`` resumes or reports an update a crash interrupted
+(docs/update.md).
 
 ``Agent.run()`` is start, then the inference loop on the calling thread until SIGTERM/SIGINT
 (or every camera ended), then stop. Exit status: 0 after a stop, 2 for bad input, 1 when the
@@ -37,7 +38,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 from edge_agent import __version__
 from edge_agent import config as cfgmod
@@ -46,13 +47,14 @@ from edge_agent.clips import ClipInfo, ClipStore
 from edge_agent.clips.http import ClipRoute, http_token, is_loopback
 from edge_agent.common import resources
 from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from edge_agent.common.interfaces import Engine, Sink
 from edge_agent.config.secrets import config_secrets, masked_config
 from edge_agent.daemon import logsetup, preflight, reload
 from edge_agent.daemon.sdnotify import Notifier
 from edge_agent.daemon.statelock import StateDirLocked, StateLock
 from edge_agent.daemon.supervise import Supervisor, status_line
 from edge_agent.events import ConsoleSink, Emission, JsonlSink, SnapshotStore, encode_jpeg
-from edge_agent.metrics import Metrics, pipeline_state, pipeline_stats
+from edge_agent.metrics import Metrics
 from edge_agent.outbox.delivery import EventDelivery
 from edge_agent.outbox.eventlog import Outbox
 from edge_agent.outbox.openevents import REASON as OPEN_REASON
@@ -63,8 +65,13 @@ from edge_agent.update import startup as update_startup
 from edge_agent.update import worker as update_worker
 from edge_agent.update.host import PipelineHost
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:  # imported by their steps, only when enabled (paho, prometheus_client)
+    from edge_agent.daemon.exporter import Exporter, Observations
+    from edge_agent.mqtt.client import AgentMqtt
+    from edge_agent.update.store import ModelStore
+    from edge_agent.update.updater import Updater
 
+log = logging.getLogger(__name__)
 
 Undo = Optional[Callable[[], None]]
 
@@ -88,14 +95,15 @@ class Agent:
         self.state_dir = Path(cfg.state_dir)
         self.metrics = Metrics(cfg.device_id)
         self.event_log: Optional[Outbox] = None
-        self.engine: Any = None
+        self.engine: Optional[Engine] = None  # the engine opened at start (a swap may follow)
         self.delivery: Optional[EventDelivery] = None
+        self.observations: Optional[Observations] = None  # metrics.enabled
         self.pipeline: Optional[Pipeline] = None
-        self.mqtt: Any = None
-        self.store: Any = None  # the model store (update.enabled)
-        self.updater: Any = None
-        self.reloader: Any = None
-        self.exporter: Any = None
+        self.mqtt: Optional[AgentMqtt] = None
+        self.store: Optional[ModelStore] = None  # the model store (update.enabled)
+        self.updater: Optional[Updater] = None
+        self.reloader: Optional[reload.Reloader] = None
+        self.exporter: Optional[Exporter] = None
         self.supervisor = Supervisor(Notifier(), status_interval_s=5.0)
         # descriptors and memory: short of either, everything fails at once (docs/service.md)
         self.metrics.add("resources", stats=lambda: {"resources": resources.usage().doc()},
@@ -108,9 +116,10 @@ class Agent:
             ("cameras", self._check_cameras),
             ("delivery", self._start_delivery),
             ("pipeline", self._start_pipeline),
-            ("update", self._start_update),
             ("reload", self._start_reload),
             ("mqtt", self._start_mqtt),
+            ("update", self._start_update),
+            ("mqtt_connect", self._connect_mqtt),
             ("update_recovery", self._recover_update),
             ("exporter", self._start_exporter),
             ("open_events", self._start_open_events),
@@ -176,7 +185,7 @@ class Agent:
 
     def _serve(self) -> int:
         """The inference loop on this thread; its failure is logged (systemd restarts us)."""
-        assert self.pipeline is not None
+        assert self.pipeline is not None and self.engine is not None
         info = self.pipeline.engine_info
         log.info("edge-agent %s: %d camera(s), engine %s %s on %s", __version__,
                  len(self.cfg.cameras), info.name, info.version, self.engine.backend_name)
@@ -193,11 +202,11 @@ class Agent:
     def _exit_status(self, rc: int) -> int:
         pipe = self.pipeline
         assert pipe is not None
-        st = pipeline_stats(pipe)
+        st = pipe.stats()
         log.info("stopped: %s",
                  {n: (c["processed"], c["dropped"]) for n, c in st["cameras"].items()})
-        failed = [n for n, r in pipe.capture.readers.items() if r.state == "failed"]
-        if rc == EXIT_OK and failed and len(failed) == len(pipe.cams):
+        failed = pipe.failed_cameras()
+        if rc == EXIT_OK and failed and len(failed) == len(pipe.cameras()):
             log.error("every camera failed: %s", ", ".join(failed))
             return EXIT_FAILED
         return rc
@@ -238,6 +247,7 @@ class Agent:
 
     def _close_engines(self) -> None:
         """The engine in use (a remote update may have swapped it) and the first one."""
+        assert self.engine is not None
         current = self.pipeline.engine if self.pipeline is not None else self.engine
         current.close()
         if self.engine is not current:
@@ -252,7 +262,7 @@ class Agent:
 
     def _start_delivery(self) -> Undo:
         ecfg, sc = self.cfg.events, self.cfg.events.snapshots
-        sinks: List[Any] = []
+        sinks: List[Sink] = []
         try:
             if ecfg.sinks.jsonl:
                 sinks.append(JsonlSink(resolve_in(self.state_dir, ecfg.sinks.jsonl)))
@@ -273,19 +283,23 @@ class Agent:
         return self.delivery.close
 
     def _start_pipeline(self) -> Undo:
-        assert self.delivery is not None
+        assert self.delivery is not None and self.engine is not None
         clip_store, recovered = self._clip_store()
+        if self.cfg.metrics.enabled:  # /metrics histograms, fed from the first frame on
+            from edge_agent.daemon.exporter import observations
+
+            self.observations = observations()
         try:
             self.pipeline = Pipeline(self.cfg, self.engine, self.delivery,
-                                     notifier=self.supervisor, clip_store=clip_store)
+                                     notifier=self.supervisor, clip_store=clip_store,
+                                     observer=self.observations)
         except (TypeError, ValueError) as exc:  # e.g. an unknown or out-of-range tracker param
             raise StartError(f"{self.source}: {exc}") from None
         pipe = self.pipeline
         if pipe.clips is not None and recovered:
             log.warning("%d clip(s) interrupted by the previous run finished", len(recovered))
             pipe.clips.announce(recovered)
-        self.metrics.add("pipeline", stats=lambda: pipeline_stats(pipe),
-                         state=lambda: pipeline_state(pipe))
+        self.metrics.add("pipeline", stats=pipe.stats, state=pipe.state)
         return pipe.stop
 
     def _clip_store(self) -> Tuple[Optional[ClipStore], List[ClipInfo]]:
@@ -305,23 +319,27 @@ class Agent:
         from edge_agent.mqtt.client import AgentMqtt
 
         assert self.pipeline is not None and self.event_log is not None and self.delivery
+        assert self.reloader is not None
         pipe = self.pipeline
-        cams = {n: [z.name for z in st.events.zones] for n, st in pipe.cams.items()}
         snaps = self.delivery.snapshots
         try:
-            self.mqtt = AgentMqtt(self.cfg.mqtt, self.cfg.device_id, self.event_log,
-                                  metrics=self.metrics, cameras=cams,
-                                  config_fn=lambda: masked_config(pipe.cfg),
-                                  snapshot_dir=snaps.dir if snaps is not None else None)
+            mqtt = AgentMqtt(self.cfg.mqtt, self.cfg.device_id, self.event_log,
+                             metrics=self.metrics, cameras=pipe.camera_zones(),
+                             config_fn=lambda: masked_config(pipe.cfg),
+                             snapshot_dir=snaps.dir if snaps is not None else None)
         except ValueError as exc:  # e.g. a TLS file that does not exist
             raise StartError(f"mqtt: {exc}") from None
-        self.mqtt.register_command("snapshot", self.snapshot_command)
-        self.mqtt.register_command("config.reload",
-                                   reload.command(self.reloader, reload.mqtt_later(self.mqtt)))
-        if self.updater is not None:
-            handlers = update_remote.command_handlers(self.updater, self.mqtt.reply_route)
-            for name, fn in handlers.items():
-                self.mqtt.register_command(name, fn)
+        mqtt.register_command("snapshot", self.snapshot_command)
+        mqtt.register_command("config.reload",
+                              reload.command(self.reloader, reload.mqtt_later(mqtt)))
+        self.mqtt = mqtt
+        return None  # not connected yet: mqtt_connect's undo stops it
+
+    def _connect_mqtt(self) -> Undo:
+        """Connect once every command is registered (the update's come with its step)."""
+        if self.mqtt is None:
+            return None
+        assert self.delivery is not None
         if self.mqtt.ha_sink is not None:
             self.delivery.add_sink(self.mqtt.ha_sink)
         self.mqtt.start()
@@ -335,10 +353,12 @@ class Agent:
         try:
             up = update_worker.make_updater(
                 self.cfg, self.store, PipelineHost(self.pipeline),
-                update_remote.mqtt_publisher(lambda: self.mqtt),
-                self.supervisor.notifier.extend_timeout)
+                update_remote.mqtt_publisher(self.mqtt), self.supervisor.notifier.extend_timeout)
         except ValueError as exc:  # e.g. a trusted key that is not a key
             raise StartError(f"update: {exc}") from None
+        if self.mqtt is not None:
+            for name, fn in update_remote.command_handlers(up, self.mqtt.reply_route).items():
+                self.mqtt.register_command(name, fn)
         self.updater = up
         self.metrics.add("update", state=lambda: {"update": up.state_getter()})
         up.start()
@@ -372,8 +392,8 @@ class Agent:
 
         pipe, ob, mqtt = self.pipeline, self.event_log, self.mqtt
         assert pipe is not None and ob is not None and self.delivery is not None
-        src = Sources(cameras=list(pipe.cams), stats=self.metrics.stats,  # what MQTT publishes
-                      engine=lambda: pipeline_state(pipe)["engine"],
+        src = Sources(cameras=pipe.cameras(), stats=self.metrics.stats,  # what MQTT publishes
+                      engine=lambda: pipe.state()["engine"],
                       outbox_rows=lambda: len(ob), outbox_path=ob.path,
                       mqtt_connected=(lambda: mqtt.connected) if mqtt is not None else None,
                       clips=pipe.clips.stats if pipe.clips is not None else None,
@@ -382,7 +402,7 @@ class Agent:
         route = ClipRoute(pipe.clips.store if pipe.clips is not None else None,
                           http_token(given), is_loopback(mc.host))
         ex = Exporter(src, mc.max_frame_age_s, mc.max_connections, mc.request_timeout_s,
-                      route)
+                      route, self.observations)
         try:
             ex.start(mc.host, mc.port)
         except OSError as exc:
@@ -390,7 +410,6 @@ class Agent:
                       "/healthz", mc.host, mc.port, exc.strerror or exc)
             return None
         self.exporter = ex
-        pipe.observer = ex.obs
         self.delivery.add_sink(ex.sink())
         return ex.stop
 
@@ -411,7 +430,7 @@ class Agent:
         """READY=1 once every camera settled, then STATUS= lines (from the inference loop)."""
         pipe, sup = self.pipeline, self.supervisor
         assert pipe is not None
-        sup.watch(lambda: cameras_settled(pipe), self._status)
+        sup.watch(pipe.settled, self._status)
         return sup.stopping
 
     def _status(self) -> str:
@@ -421,7 +440,7 @@ class Agent:
         engine = f"{e.name} {e.version} ({getattr(pipe.engine, 'backend_name', '?')})"
         m = self.mqtt
         state = "off" if m is None else ("connected" if m.connected else "disconnected")
-        line = status_line(pipeline_stats(pipe), engine, state)
+        line = status_line(pipe.stats(), engine, state)
         short = resources.usage().problems()
         return line + "".join(f"; {p}" for p in short)
 
@@ -430,13 +449,13 @@ class Agent:
     def snapshot_command(self, request: Dict[str, Any]) -> Dict[str, Any]:
         """MQTT ``cmd/snapshot``: publish the newest processed frame of ``camera`` as a JPEG."""
         assert self.pipeline is not None
-        cams = self.pipeline.cams
+        cams = self.pipeline.cameras()
         name = request.get("camera")
         if name is None and len(cams) == 1:
-            name = next(iter(cams))
+            name = cams[0]
         if not isinstance(name, str) or name not in cams:
             raise ValueError(f"unknown camera {name!r}; known: {', '.join(cams)}")
-        f = cams[name].last_frame
+        f = self.pipeline.last_frame(name)
         if f is None:
             raise ValueError(f"camera {name} has no frame yet")
         sc = self.cfg.events.snapshots
@@ -445,13 +464,6 @@ class Agent:
         published = self.mqtt.publish_snapshot(snap_id, jpeg) if self.mqtt is not None else False
         return {"camera": name, "frame": f.index, "snapshot_id": snap_id, "bytes": len(jpeg),
                 "published": bool(published)}
-
-
-def cameras_settled(pipe: Pipeline) -> bool:
-    """Every camera delivered a processed frame or reported an error (READY=1 may go)."""
-    readers = pipe.capture.readers
-    return all(st.processed > 0 or readers[n].last_error is not None
-               or readers[n].state in ("failed", "ended") for n, st in pipe.cams.items())
 
 
 def cmd_run(args: argparse.Namespace) -> int:

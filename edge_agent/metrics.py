@@ -54,39 +54,6 @@ class Latency:
                 "p95_ms": round(float(np.percentile(a, 95)), 2), "max_ms": round(float(a.max()), 2)}
 
 
-def pipeline_stats(pipe: Any) -> Dict[str, Any]:
-    """Cameras, inference latency and counters of a running (or finished) ``Pipeline``."""
-    cams = {}
-    cap = pipe.capture.stats()
-    for name, st in pipe.cams.items():
-        c = cap[name]
-        cams[name] = {
-            "state": c["state"], "frames_in": c["frames_in"], "processed": st.processed,
-            "detected": st.detected, "dropped": c["dropped"], "reconnects": c["reconnects"],
-            "fps": round(st.fps, 2), "e2e_latency": st.e2e.summary(),
-            "zone_counts": st.events.zone_counts(), "last_error": c["last_error"],
-        }
-    sizes = list(pipe.batch_sizes)
-    return {
-        "cameras": cams,
-        "inference": dict(pipe.infer_ms.summary(),
-                          mean_batch=round(sum(sizes) / len(sizes), 2) if sizes else None),
-        "counters": {**pipe.counters, **pipe.delivery.counters},
-    }
-
-
-def pipeline_state(pipe: Any) -> Dict[str, Any]:
-    """Engine and cameras of a ``Pipeline`` for the retained state document."""
-    info = pipe.engine_info
-    return {
-        "agent_version": __version__,
-        "engine": {"name": info.name, "version": info.version, "sha256": info.sha256,
-                   "backend": getattr(pipe.engine, "backend_name", "?")},
-        "cameras": {n: {"state": pipe.capture.readers[n].state, "fps": round(st.fps, 2)}
-                    for n, st in pipe.cams.items()},
-    }
-
-
 def stats_line(stats: Dict[str, Any]) -> str:
     """One journal line of the pipeline's part of ``stats`` (the heartbeat)."""
     cams = ", ".join(

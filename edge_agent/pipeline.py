@@ -7,7 +7,9 @@ and rules, and hands every event to the :class:`~edge_agent.delivery.EventDelive
 other threads (an engine swap, a health check) run between two batches through
 :meth:`Pipeline.run_in_loop`.
 
-Metrics are read from here by ``edge_agent.metrics``; nothing here publishes anything.
+Others read it through methods (:meth:`Pipeline.stats`, :meth:`~Pipeline.state`,
+:meth:`~Pipeline.settled`, :meth:`~Pipeline.failed_cameras`, :meth:`~Pipeline.last_frame`), not
+through its parts; nothing here publishes anything.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Callable, Deque, Dict, List, Optional
 
 import numpy as np
 
+from edge_agent import __version__
 from edge_agent import config as cfgmod
 from edge_agent.capture import CaptureGroup, Frame
 from edge_agent.clips import ClipStore
@@ -37,9 +40,9 @@ from edge_agent.events import (
     FrameContext,
     HeadTracks,
 )
-from edge_agent.events.ocr import load_reader
-from edge_agent.interfaces import Engine, Notifier
-from edge_agent.metrics import Latency, pipeline_stats, stats_line
+from edge_agent.events.ocr import Reader, load_reader
+from edge_agent.interfaces import Engine, Notifier, Observer
+from edge_agent.metrics import Latency, stats_line
 from edge_agent.tracking import CAMERA_PARAMS, PARAMS, Tracker
 from edge_agent.tracking.columns import DET_COLS
 
@@ -99,13 +102,14 @@ class Pipeline:
 
     ``on_frame(frame, tracks, camera_state)`` runs after each processed frame (the ``track``
     command draws its video there). ``notifier.watchdog()`` is called every pass.
-    ``observer`` (the exporter's Observations) gets ``inference(s)``, ``tracker(s)`` and
-    ``frame(camera, e2e_s, now)`` as they happen.
+    ``observer`` (:class:`~edge_agent.common.interfaces.Observer`, the exporter's) gets
+    ``inference(s)``, ``tracker(s)`` and ``frame(camera, e2e_s, now)`` as they happen.
     """
 
     def __init__(self, cfg: cfgmod.Config, engine: Engine, delivery: EventDelivery,
                  on_frame: Optional[FrameHook] = None, notifier: Optional[Notifier] = None,
-                 capture_kw: Optional[Dict[str, Any]] = None, observer: Any = None,
+                 capture_kw: Optional[Dict[str, Any]] = None,
+                 observer: Optional[Observer] = None,
                  clip_store: Optional[ClipStore] = None):
         if not cfg.cameras:
             raise ValueError("no cameras configured (add at least one under `cameras:`)")
@@ -126,7 +130,7 @@ class Pipeline:
             self.clips = ClipService(cfg.events.clips, clip_store, self.factory, delivery.deliver,
                                      records=records,
                                      rescale=[c.name for c in cfg.cameras if c.record])
-        self._ocr: Optional[Any] = None
+        self._ocr: Optional[Reader] = None
         self._ocr_status = "ocr_disabled"
         self._calls: queue.Queue[tuple] = queue.Queue()
         self._calls_lock = threading.Lock()  # a call is either queued before `finished` or fails
@@ -159,6 +163,62 @@ class Pipeline:
             if old is not None:
                 st.carry_over(old)
             self.cams[cam.name] = st
+
+    # --- what others read (any thread) -----------------------------------------------------
+
+    def cameras(self) -> List[str]:
+        """The camera names, in config order."""
+        return list(self.cams)
+
+    def camera_zones(self) -> Dict[str, List[str]]:
+        """Each camera's zone names (its own and the default crowd zone)."""
+        return {n: [z.name for z in st.events.zones] for n, st in self.cams.items()}
+
+    def last_frame(self, camera: str) -> Optional[Frame]:
+        """The newest processed frame of ``camera`` (None before its first); KeyError when there
+        is no such camera."""
+        return self.cams[camera].last_frame
+
+    def stats(self) -> Dict[str, Any]:
+        """Cameras, inference latency and counters: the pipeline's part of ``stats``."""
+        cams = {}
+        cap = self.capture.stats()
+        for name, st in self.cams.items():
+            c = cap[name]
+            cams[name] = {
+                "state": c["state"], "frames_in": c["frames_in"], "processed": st.processed,
+                "detected": st.detected, "dropped": c["dropped"], "reconnects": c["reconnects"],
+                "fps": round(st.fps, 2), "e2e_latency": st.e2e.summary(),
+                "zone_counts": st.events.zone_counts(), "last_error": c["last_error"],
+            }
+        sizes = list(self.batch_sizes)
+        return {
+            "cameras": cams,
+            "inference": dict(self.infer_ms.summary(),
+                              mean_batch=round(sum(sizes) / len(sizes), 2) if sizes else None),
+            "counters": {**self.counters, **self.delivery.counters},
+        }
+
+    def state(self) -> Dict[str, Any]:
+        """Engine and cameras for the retained ``state`` document."""
+        info = self.engine_info
+        return {
+            "agent_version": __version__,
+            "engine": {"name": info.name, "version": info.version, "sha256": info.sha256,
+                       "backend": getattr(self.engine, "backend_name", "?")},
+            "cameras": {n: {"state": self.capture.readers[n].state, "fps": round(st.fps, 2)}
+                        for n, st in self.cams.items()},
+        }
+
+    def settled(self) -> bool:
+        """Every camera delivered a processed frame or reported an error (READY=1 may go)."""
+        readers = self.capture.readers
+        return all(st.processed > 0 or readers[n].last_error is not None
+                   or readers[n].state in ("failed", "ended") for n, st in self.cams.items())
+
+    def failed_cameras(self) -> List[str]:
+        """The cameras whose reader gave up (state ``failed``)."""
+        return [n for n, r in self.capture.readers.items() if r.state == "failed"]
 
     # --- between batches -------------------------------------------------------------------
 
@@ -257,7 +317,7 @@ class Pipeline:
                     self.notifier.watchdog()
                 if time.monotonic() >= next_log:  # a heartbeat in the journal, MQTT or not
                     next_log = time.monotonic() + self.stats_log_interval_s
-                    log.info("stats: %s", stats_line(pipeline_stats(self)))
+                    log.info("stats: %s", stats_line(self.stats()))
         finally:
             self._shutdown()
 
@@ -338,7 +398,7 @@ class Pipeline:
         dets = self._infer(frames)
         for f, d in zip(frames, dets):
             try:
-                self._track(f, d)
+                self._process_frame(f, d)
             except Exception:  # one camera's bad frame must not stop the others
                 self.counters["frame_errors"] += 1
                 log.exception("camera %s: frame %d failed", f.camera, f.index)
@@ -385,9 +445,24 @@ class Pipeline:
             if (tr.params["frame_width"], tr.params["frame_height"]) != (width, height):
                 tr.set_frame_size(width, height)
 
-    def _track(self, f: Frame, dets: Optional[Dict[str, np.ndarray]]) -> None:
-        """Trackers and rules of one frame's camera; its events go to the delivery."""
+    def _process_frame(self, f: Frame, dets: Optional[Dict[str, np.ndarray]]) -> None:
+        """One frame after inference: its camera's trackers, then rules, counters, the events
+        to the delivery, and the frame hook."""
         st = self.cams[f.camera]
+        tracks = self._update_trackers(st, f, dets)
+        h, w = f.image.shape[:2]
+        ctx = FrameContext(f.camera, f.index, f.media_s, f.wall, w, h, f.image)
+        emissions = st.events.update(ctx, tracks)
+        now = st.count_frame(f, ctx, dets is not None)
+        if self.observer is not None:
+            self.observer.frame(f.camera, now - f.t_read, now)
+        self._emit(ctx, tracks, emissions)
+        if self.on_frame is not None:
+            self.on_frame(f, tracks, st)
+
+    def _update_trackers(self, st: CameraState, f: Frame,
+                         dets: Optional[Dict[str, np.ndarray]]) -> Dict[str, HeadTracks]:
+        """Each head's tracker of the camera, with the frame's detections (None: predict)."""
         h, w = f.image.shape[:2]
         if st.processed == 0 or any((tr.params["frame_width"], tr.params["frame_height"])
                                     != (w, h) for tr in st.trackers.values()):
@@ -402,14 +477,7 @@ class Pipeline:
             tracks[head] = HeadTracks(tr.update(d, f.image), tr.lost(), self.heads[head])
         if self.observer is not None:
             self.observer.tracker(time.monotonic() - t0)
-        ctx = FrameContext(f.camera, f.index, f.media_s, f.wall, w, h, f.image)
-        emissions = st.events.update(ctx, tracks)
-        now = st.count_frame(f, ctx, dets is not None)
-        if self.observer is not None:
-            self.observer.frame(f.camera, now - f.t_read, now)
-        self._emit(ctx, tracks, emissions)
-        if self.on_frame is not None:
-            self.on_frame(f, tracks, st)
+        return tracks
 
     def _close_ended_cameras(self) -> None:
         for name, st in self.cams.items():

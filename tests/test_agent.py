@@ -27,8 +27,8 @@ from edge_agent.inference import open_engine
 from edge_agent.outbox.eventlog import MemoryLog, Outbox
 
 REPO = Path(__file__).resolve().parent.parent
-STEPS = ["state_dir", "event_log", "engine", "cameras", "delivery", "pipeline", "update", "reload",
-         "mqtt", "update_recovery", "exporter", "open_events", "notifier"]
+STEPS = ["state_dir", "event_log", "engine", "cameras", "delivery", "pipeline", "reload", "mqtt",
+         "update", "mqtt_connect", "update_recovery", "exporter", "open_events", "notifier"]
 
 
 def _config(tmp_path: Path, model: Path, source: Path, **extra: Any) -> cfgmod.Config:
@@ -92,8 +92,9 @@ def test_steps_run_in_order_and_a_full_run_stops_them_in_reverse(tmp_path, short
     started = [n for what, n in seen if what == "start"]
     stopped = [n for what, n in seen if what == "stop"]
     assert started == STEPS
-    # mqtt (disabled), update_recovery, reload, cameras and open_events (a sink) have nothing
-    # to undo; the state_dir step releases the directory's lock
+    # mqtt (built, not connected; here disabled), mqtt_connect (disabled), update_recovery,
+    # reload, cameras and open_events (a sink) have nothing to undo; the state_dir step
+    # releases the directory's lock
     assert stopped == ["notifier", "exporter", "update", "pipeline", "delivery", "engine",
                        "event_log", "state_dir"]
     assert agent.event_log._closed and agent.delivery._closed
@@ -108,8 +109,8 @@ def test_a_failed_step_undoes_only_what_started_newest_first(tmp_path, video_dir
     seen = _instrument(agent)
     assert agent.run() == EXIT_BAD_INPUT
     assert [n for what, n in seen if what == "start"] == STEPS[:STEPS.index("mqtt") + 1]
-    assert [n for what, n in seen if what == "stop"] == ["update", "pipeline", "delivery",
-                                                         "engine", "event_log", "state_dir"]
+    assert [n for what, n in seen if what == "stop"] == ["pipeline", "delivery", "engine",
+                                                         "event_log", "state_dir"]
     assert agent.event_log._closed and agent.delivery._closed
     assert not agent.pipeline.finished.is_set()  # it never ran
     with pytest.raises(RuntimeError, match="closed"):

@@ -11,7 +11,6 @@ import numpy as np
 
 from edge_agent import config as cfgmod
 from edge_agent.inference import open_engine
-from edge_agent.metrics import pipeline_stats
 from edge_agent.outbox.delivery import EventDelivery
 from edge_agent.outbox.eventlog import MemoryLog
 from edge_agent.pipeline import Pipeline
@@ -39,7 +38,7 @@ def test_cameras_share_passes_fairly_and_detections_fit_the_batch(video_dir):
     pipe.run()
     engine.close()
     assert pipe.batch_sizes and max(pipe.batch_sizes) == 1  # never two detections in one call
-    stats = pipeline_stats(pipe)["cameras"]
+    stats = pipe.stats()["cameras"]
     for name, st in stats.items():
         # every frame read was processed (in order) or counted as dropped: none vanished
         assert st["processed"] + st["dropped"] == st["frames_in"], (name, st)

@@ -28,7 +28,6 @@ import pytest
 
 from edge_agent import config as cfgmod
 from edge_agent.inference import open_engine
-from edge_agent.metrics import pipeline_stats
 from edge_agent.outbox.delivery import EventDelivery
 from edge_agent.outbox.eventlog import MemoryLog
 from edge_agent.pipeline import Pipeline
@@ -82,7 +81,7 @@ def run_clip(path: Path, model: Path, camera: Dict[str, Any]) -> Dict[str, Any]:
     pipe.run()
     engine.close()
     return {"events": sink.events, "frames_of": dict(frames_of), "per_frame": per_frame,
-            "stats": pipeline_stats(pipe), "sink": sink}
+            "stats": pipe.stats(), "sink": sink}
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +179,7 @@ def test_batched_cameras_each_get_their_own_results(video_dir, yolox_nano):
     a = {"name": "a", "source": str(video_dir / ONE_BY_ONE)}
     b = {"name": "b", "source": str(video_dir / RETAIL), "detect_every": 2}
     both, pipe = _first_tracks([a, b], yolox_nano, 25, max_batch=4)
-    assert pipeline_stats(pipe)["inference"]["mean_batch"] > 1.2  # really batched
+    assert pipe.stats()["inference"]["mean_batch"] > 1.2  # really batched
     assert not pipe.counters.get("inference_errors")
     alone_a, _ = _first_tracks([a], yolox_nano, 25, max_batch=1)
     alone_b, _ = _first_tracks([b], yolox_nano, 25, max_batch=1)
@@ -194,7 +193,7 @@ def test_batched_cameras_each_get_their_own_results(video_dir, yolox_nano):
 def test_stop_drains_frames_in_chunks_of_max_batch(video_dir, yolox_nano):
     cams = [{"name": f"c{i}", "source": str(video_dir / CAR_CLIP)} for i in range(3)]
     got, pipe = _first_tracks(cams, yolox_nano, 3, max_batch=1)
-    st = pipeline_stats(pipe)
+    st = pipe.stats()
     assert not pipe.counters.get("inference_errors"), st
     assert all(st["cameras"][c["name"]]["processed"] >= 3 for c in cams)
     assert all(not t.is_alive() for t in threading.enumerate()
@@ -220,13 +219,13 @@ def test_fps_limit_drops_newest_only_and_detect_every_predicts_between(video_dir
     pipe.run()
     elapsed = time.monotonic() - t0
     engine.close()
-    st = pipeline_stats(pipe)["cameras"]["lot"]
+    st = pipe.stats()["cameras"]["lot"]
     assert 3.0 * elapsed <= st["processed"] <= 5.0 * elapsed + 2, st
     assert st["frames_in"] >= 10.0 * elapsed - 5  # the reader kept reading at 12.5 fps ...
     assert st["dropped"] >= st["frames_in"] - st["processed"] - 1  # ... the rest was dropped
     assert st["detected"] == (st["processed"] + 1) // 2  # frames 0, 2, 4, ... detected
     assert st["e2e_latency"]["p50_ms"] is not None
-    assert pipeline_stats(pipe)["inference"]["p50_ms"] > 0
+    assert pipe.stats()["inference"]["p50_ms"] > 0
     # the trackers were told the camera's processed rate and its image size (coasting stays inside)
     info = pipe.capture.readers["lot"].info
     for tr in pipe.cams["lot"].trackers.values():

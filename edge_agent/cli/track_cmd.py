@@ -239,11 +239,11 @@ def _report(args: argparse.Namespace, run: _Run, pipe: Pipeline, elapsed: float)
     if run.error is not None:
         print(f"error: -o {args.output}: {run.error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    reader = next(iter(pipe.capture.readers.values()))
-    if reader.state == "failed":
-        print(f"error: {reader.last_error}", file=sys.stderr)
+    cam = next(iter(pipe.stats()["cameras"].values()))  # track reads one file
+    if pipe.failed_cameras():
+        print(f"error: {cam['last_error']}", file=sys.stderr)
         return EXIT_FAILED
-    n = next(iter(pipe.cams.values())).processed
+    n = cam["processed"]
     print(f"{n} frames in {elapsed:.1f} s ({n / max(elapsed, 1e-6):.1f} fps), "
           f"{pipe.delivery.events_total()} events"
           + (f", video -> {args.output}" if run.out is not None else ""), file=sys.stderr)

@@ -11,6 +11,7 @@ EventLog      ``eventlog.Outbox`` (durable, the daemon), ``eventlog.MemoryLog`` 
 Sink          ``events.sinks.JsonlSink``, ``events.sinks.ConsoleSink``, the MQTT HA bridge
 Notifier      ``supervise.Supervisor`` (the daemon), ``sdnotify.Notifier`` (systemd)
 Publisher     ``mqtt.client.AgentMqtt`` (snapshots, state changes, update progress)
+Observer      ``daemon.exporter.Observations`` (latency histograms, last frame per camera)
 ============  ==========================================================================
 """
 
@@ -88,4 +89,18 @@ class Publisher(Protocol):
         """Re-publish the retained state document after a change (engine swap)."""
 
 
-__all__: List[str] = ["Engine", "EventLog", "Notifier", "Publisher", "Sink"]
+@runtime_checkable
+class Observer(Protocol):
+    """Sees the inference loop's timings as they happen (the ``/metrics`` histograms)."""
+
+    def inference(self, seconds: float) -> None:
+        """One ``infer`` call (a batch) took ``seconds``."""
+
+    def tracker(self, seconds: float) -> None:
+        """The trackers of one frame took ``seconds`` (all heads)."""
+
+    def frame(self, camera: str, e2e_s: float, now: float) -> None:
+        """``camera``'s frame was processed ``e2e_s`` after it was read; ``now`` is monotonic."""
+
+
+__all__: List[str] = ["Engine", "EventLog", "Notifier", "Observer", "Publisher", "Sink"]

@@ -75,6 +75,7 @@ class Observations:
     """
 
     def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
         self.inference_s = Histogram(
             "edge_agent_inference_seconds", "Detector latency per batch",
             registry=registry, buckets=INFERENCE_BUCKETS)
@@ -311,15 +312,23 @@ class Health:
         return ok, doc
 
 
+def observations() -> Observations:
+    """Observations on a registry of their own (the pipeline gets them before the exporter
+    exists, which then serves their registry)."""
+    return Observations(CollectorRegistry(auto_describe=False))
+
+
 class Exporter:
     """The registry, the observations and the HTTP server of one agent."""
 
     def __init__(self, src: Sources, max_frame_age_s: float = 10.0, max_connections: int = 16,
                  request_timeout_s: float = 5.0,
-                 clips: Optional[ClipRoute] = None):
+                 clips: Optional[ClipRoute] = None, obs: Optional[Observations] = None):
+        """``obs``: the observations the pipeline was built with (:func:`observations`); by
+        default new ones."""
         self.clips = clips  # GET /clips/<event_id>.mp4 when set
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.obs = Observations(self.registry)
+        self.obs = obs if obs is not None else observations()
+        self.registry = self.obs.registry
         self.registry.register(_Snapshot(src))
         self.health = Health(src, self.obs, max_frame_age_s)
         self.max_connections = max_connections

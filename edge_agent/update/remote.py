@@ -62,11 +62,12 @@ def reply_doc(doc: Dict[str, Any]) -> Dict[str, Any]:
     return reply
 
 
-def mqtt_publisher(get_mqtt: Callable[[], Optional[UpdateChannel]]) -> Publish:
-    """``publish`` for the updater: retained ``engine/update`` and a reply per transition."""
+def mqtt_publisher(mqtt: Optional[UpdateChannel]) -> Publish:
+    """``publish`` for the updater: retained ``engine/update`` and a reply per transition
+    (nothing without MQTT). Before the client connects, the latest progress is kept and
+    published on connect."""
 
     def publish(doc: Dict[str, Any], route: Any = None) -> None:
-        mqtt = get_mqtt()
         if mqtt is None:
             return
         mqtt.publish_engine_update(doc)
