@@ -290,7 +290,7 @@ class Connection:
         hint = ""
         if oldest is not None:
             hint = (f"; event seq {oldest} was unacknowledged - check that the broker's ACL lets "
-                    f"this client publish on {self.topics.base}/events/#")
+                    f"this client publish on {self.topics.events_tree}")
         self.last_error = f"the broker closed the connection {lived:.1f} s after accepting it"
         log.warning("mqtt: %s (%s; %d in a row)%s; next reconnect in >= %.1f s",
                     self.last_error, reason_code, self.flaps, hint, delay)

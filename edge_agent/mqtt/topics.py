@@ -125,6 +125,11 @@ class Topics:
         """Where a requester sends ``cmd/<name>`` to this device."""
         return f"{self.base}/cmd/{check_segment(name, 'command')}"
 
+    @property
+    def events_tree(self) -> str:
+        """Every event topic of this device, as an ACL or a subscription names them."""
+        return f"{self.base}/events/#"
+
     def event(self, event_type: str) -> str:
         return f"{self.base}/events/{check_segment(event_type, 'event type')}"
 
