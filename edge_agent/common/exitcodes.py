@@ -11,8 +11,17 @@
 ====  ==================  ===============================================================
 """
 
+import sys
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
 EXIT_MISSING_EXTRA = 3
 EXIT_INTERRUPTED = 130
+
+
+def fail(command: str, message: object, status: int = EXIT_BAD_INPUT) -> int:
+    """Say ``edge-agent COMMAND: MESSAGE`` on stderr; returns ``status`` (a handler's
+    ``return fail(...)``)."""
+    print(f"edge-agent {command}: {message}", file=sys.stderr)
+    return status

@@ -13,7 +13,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, fail
 from edge_agent.inference import manifest as mf
 from edge_agent.inference.errors import BackendUnavailableError, ModelError
 
@@ -92,10 +92,9 @@ def cmd_build(args: argparse.Namespace) -> int:
         raise ModelError(f"--max-batch must be >= 1, got {args.max_batch}")
     why = tensorrt_usable()
     if why:
-        print(f"edge-agent engine build: cannot build here: {why}. A TensorRT plan is built on "
-              "the device that runs it (Jetson: JetPack's TensorRT and pycuda); elsewhere the "
-              "model runs on ONNX Runtime.", file=sys.stderr)
-        return EXIT_FAILED
+        return fail("engine build", f"cannot build here: {why}. A TensorRT plan is built on "
+                    "the device that runs it (Jetson: JetPack's TensorRT and pycuda); elsewhere "
+                    "the model runs on ONNX Runtime.", EXIT_FAILED)
     from edge_agent.inference.provision import ensure_plan
     from edge_agent.inference.trtenv import plan_batch
 
@@ -188,11 +187,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[args.engine_cmd](args)
     except BackendUnavailableError as exc:
-        print(f"edge-agent engine {args.engine_cmd}: cannot run here: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return fail(f"engine {args.engine_cmd}", f"cannot run here: {exc}", EXIT_FAILED)
     except ModelError as exc:
-        print(f"edge-agent engine {args.engine_cmd}: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail(f"engine {args.engine_cmd}", exc, EXIT_BAD_INPUT)
     except ValueError as exc:
-        print(f"edge-agent engine {args.engine_cmd}: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail(f"engine {args.engine_cmd}", exc, EXIT_BAD_INPUT)

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_MISSING_EXTRA, EXIT_OK
+from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_MISSING_EXTRA, EXIT_OK, fail
 from edge_agent.model import checks
 from edge_agent.model.trainconfig import TrainConfigError
 
@@ -213,20 +213,17 @@ def main(args: argparse.Namespace) -> int:
     try:
         import torch  # noqa: F401
     except ImportError:
-        print("edge-agent export: PyTorch is not installed (pip install 'edge-agent[train]')",
-              file=sys.stderr)
-        return EXIT_MISSING_EXTRA
+        return fail("export", "PyTorch is not installed (pip install 'edge-agent[train]')",
+                    EXIT_MISSING_EXTRA)
     ckpt = Path(args.checkpoint)
     if not ckpt.is_file():
-        print(f"edge-agent export: {ckpt}: no such checkpoint", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail("export", f"{ckpt}: no such checkpoint", EXIT_BAD_INPUT)
     cfg = Path(args.config) if args.config else None
     try:
         export(ckpt, Path(args.output), check=not args.no_check,
                val_limit=args.val_limit or None, config=cfg)
     except TrainConfigError as exc:
-        print(f"edge-agent export: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail("export", exc, EXIT_BAD_INPUT)
     return EXIT_OK
 
 

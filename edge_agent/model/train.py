@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_MISSING_EXTRA, EXIT_OK
+from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_MISSING_EXTRA, EXIT_OK, fail
 from edge_agent.model.trainconfig import (
     DistillConfig,
     HeadDesign,
@@ -399,30 +399,25 @@ def _smoke_name(path: str) -> str:
 def main(args: argparse.Namespace) -> int:
     """CLI handler of ``edge-agent train``."""
     if not args.config:
-        print("edge-agent train: --config FILE is required", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail("train", "--config FILE is required", EXIT_BAD_INPUT)
     try:
         import torch  # noqa: F401
     except ImportError:
-        print("edge-agent train: PyTorch is not installed (pip install 'edge-agent[train]')",
-              file=sys.stderr)
-        return EXIT_MISSING_EXTRA
+        return fail("train", "PyTorch is not installed (pip install 'edge-agent[train]')",
+                    EXIT_MISSING_EXTRA)
     from edge_agent.model.data import DataError
 
     try:
         cfg = TrainConfig.load(Path(args.config))
     except TrainConfigError as exc:
-        print(f"edge-agent train: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail("train", exc, EXIT_BAD_INPUT)
     if getattr(args, "smoke", False):
         cfg = smoke(cfg)
     try:
         run(cfg, resume=bool(getattr(args, "resume", False)),
             progress=not getattr(args, "no_progress", False))
     except DataError as exc:
-        print(f"edge-agent train: bad dataset: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail("train", f"bad dataset: {exc}", EXIT_BAD_INPUT)
     except TrainConfigError as exc:
-        print(f"edge-agent train: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail("train", exc, EXIT_BAD_INPUT)
     return EXIT_OK

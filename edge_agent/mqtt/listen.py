@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Set, TextIO
 
-from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK
+from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, fail
 from edge_agent.config.secrets import mqtt_password
 from edge_agent.mqtt.consumer import AckConsumer, EventStore
 from edge_agent.mqtt.paho_client import ClientTls, new_client
@@ -182,17 +182,14 @@ class Printer:
 def _ack_main(args: argparse.Namespace, prefix: str) -> int:
     """``listen --ack --store FILE``: store, then acknowledge (module docstring)."""
     if not args.store:
-        print("edge-agent listen: --ack needs --store FILE (events are acknowledged only once "
-              "stored there)", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail("listen", "--ack needs --store FILE (events are acknowledged only once "
+                    "stored there)", EXIT_BAD_INPUT)
     if args.ca_file and not os.path.isfile(args.ca_file):
-        print(f"edge-agent listen: --ca-file: no such file: {args.ca_file}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail("listen", f"--ca-file: no such file: {args.ca_file}", EXIT_BAD_INPUT)
     try:
         store = EventStore(args.store)
     except OSError as exc:
-        print(f"edge-agent listen: --store: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail("listen", f"--store: {exc}", EXIT_BAD_INPUT)
     printer = Printer(sys.stdout, args.json, flush_each=False)
     printer.quiet = args.quiet
 
@@ -243,21 +240,17 @@ def main(args: argparse.Namespace) -> int:
         events_topic = event_filter(prefix, args.device)
         status_topic = status_filter(prefix, args.device)
     except ValueError as exc:
-        print(f"edge-agent listen: --device: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail("listen", f"--device: {exc}", EXIT_BAD_INPUT)
     password = args.password if args.password is not None else mqtt_password()
 
     q: queue.Queue = queue.Queue()
     if args.ca_file and not os.path.isfile(args.ca_file):
-        print(f"edge-agent listen: --ca-file: no such file: {args.ca_file}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail("listen", f"--ca-file: no such file: {args.ca_file}", EXIT_BAD_INPUT)
     try:
         client = new_client(username=args.username, password=password,
                             tls=ClientTls(args.ca_file) if args.ca_file else None)
     except (ssl.SSLError, OSError) as exc:
-        print(f"edge-agent listen: --ca-file: cannot load {args.ca_file}: {exc}",
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail("listen", f"--ca-file: cannot load {args.ca_file}: {exc}", EXIT_BAD_INPUT)
 
     def on_connect(c, userdata, flags, reason_code, properties):
         q.put(("connect", reason_code))
@@ -270,9 +263,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         client.connect(args.host, args.port, keepalive=30)
     except (OSError, ssl.SSLError) as exc:
-        print(f"edge-agent listen: cannot connect to {args.host}:{args.port}: {exc}",
-              file=sys.stderr)
-        return EXIT_FAILED
+        return fail("listen", f"cannot connect to {args.host}:{args.port}: {exc}", EXIT_FAILED)
     client.loop_start()
     printer = Printer(out, args.json)
     deadline = time.monotonic() + args.timeout if args.timeout > 0 else None

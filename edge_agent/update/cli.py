@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import List
 
-from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_OK
+from edge_agent.common.exitcodes import EXIT_BAD_INPUT, EXIT_OK, fail
 from edge_agent.common.files import sha256_file
 from edge_agent.update import signing
 from edge_agent.update.errors import UpdateError
@@ -199,12 +199,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         return COMMANDS[name](args)
     except UpdateError as exc:
-        print(f"edge-agent engine {name}: refused ({exc.code}): {exc.message}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail(f"engine {name}", f"refused ({exc.code}): {exc.message}", EXIT_BAD_INPUT)
     except ConfigError as exc:
         for line in exc.problems:
             print(f"error: {line}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (ModelError, ValueError) as exc:
-        print(f"edge-agent engine {name}: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return fail(f"engine {name}", exc, EXIT_BAD_INPUT)
