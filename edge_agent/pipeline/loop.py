@@ -31,7 +31,7 @@ from edge_agent.capture import CaptureGroup, Frame
 from edge_agent.clips import ClipStore
 from edge_agent.clips.scale import to_record
 from edge_agent.clips.service import ClipService
-from edge_agent.delivery import EventDelivery
+from edge_agent.common.interfaces import Engine, Notifier, Observer
 from edge_agent.events import (
     CameraEvents,
     Emission,
@@ -41,8 +41,8 @@ from edge_agent.events import (
     HeadTracks,
 )
 from edge_agent.events.ocr import Reader, load_reader
-from edge_agent.interfaces import Engine, Notifier, Observer
 from edge_agent.metrics import Latency, stats_line
+from edge_agent.outbox.delivery import EventDelivery
 from edge_agent.tracking import CAMERA_PARAMS, PARAMS, Tracker
 from edge_agent.tracking.columns import DET_COLS
 
