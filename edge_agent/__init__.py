@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 
 # old module path -> where it lives now
 MOVED: Dict[str, str] = {
+    "edge_agent.agent": "edge_agent.daemon.agent",
     "edge_agent.config_cmd": "edge_agent.cli.config_cmd",
     "edge_agent.bench_cmd": "edge_agent.cli.bench_cmd",
     "edge_agent.install_cmd": "edge_agent.cli.service_cmd",

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from edge_agent import config as cfgmod
-from edge_agent.agent import EXIT_BAD_INPUT, EXIT_OK, Agent
 from edge_agent.common import interfaces
+from edge_agent.daemon.agent import EXIT_BAD_INPUT, EXIT_OK, Agent
 from edge_agent.daemon.sdnotify import Notifier
 from edge_agent.daemon.supervise import Supervisor
 from edge_agent.events import ConsoleSink, JsonlSink

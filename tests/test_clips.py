@@ -26,12 +26,12 @@ from test_model_events import MODEL, gun_images
 
 from edge_agent import cli
 from edge_agent import config as cfgmod
-from edge_agent.agent import EXIT_OK, Agent
 from edge_agent.clips.http import ClipRoute
 from edge_agent.clips.mp4 import Mp4Writer, encoder_name
 from edge_agent.clips.ring import FrameRing
 from edge_agent.clips.scale import scale_bbox
 from edge_agent.clips.store import ClipStore, decodable_frames
+from edge_agent.daemon.agent import EXIT_OK, Agent
 from edge_agent.daemon.exporter import Exporter, Sources
 
 ID = "0123456789abcdef0123456789abcdef"

@@ -19,7 +19,7 @@ from edge_agent.common.exitcodes import EXIT_INTERRUPTED
 # subcommand -> "module:function" of its handler, imported only when the subcommand runs
 HANDLERS: Dict[str, str] = {
     "config": "edge_agent.cli.config_cmd:main",
-    "run": "edge_agent.agent:cmd_run",
+    "run": "edge_agent.daemon.agent:cmd_run",
     "track": "edge_agent.cli.track_cmd:cmd_track",
     "engine": "edge_agent.inference.cli:main",
     "train": "edge_agent.model.train:main",
