@@ -31,7 +31,6 @@ from typing import Callable, Deque, Dict, Optional, Tuple
 import cv2
 import numpy as np
 
-from edge_agent import resources
 from edge_agent.capture.sources import (
     CaptureError,
     SourceInfo,
@@ -39,6 +38,7 @@ from edge_agent.capture.sources import (
     redact,
     resolve_kind,
 )
+from edge_agent.common import resources
 from edge_agent.config import CameraConfig
 
 log = logging.getLogger(__name__)

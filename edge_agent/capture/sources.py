@@ -21,7 +21,7 @@ from typing import List, Tuple
 
 import cv2
 
-from edge_agent import resources
+from edge_agent.common import resources
 from edge_agent.config import CameraConfig
 
 

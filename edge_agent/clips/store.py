@@ -9,7 +9,6 @@ crash interrupted: a ``.part`` that decodes becomes ``ready`` (``truncated``), e
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Iterable, List, Optional, Set, Tuple
+
+from edge_agent.common.files import fsync_dir, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,6 @@ def check_id(clip_id: str) -> str:
     return clip_id
 
 
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def decodable_frames(path: Path) -> int:
     """How many frames OpenCV decodes from ``path`` (0 for a file that is not video)."""
     import cv2  # here: the CLI imports this module, and an --extra none install has no OpenCV
@@ -79,14 +71,6 @@ def decodable_frames(path: Path) -> int:
     finally:
         cap.release()
     return n
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(str(path), os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ClipStore:
@@ -155,10 +139,10 @@ class ClipStore:
         part, final = self.part_path(clip_id), self.final_path(clip_id)
         with open(part, "rb") as f:
             os.fsync(f.fileno())
-        digest = sha256_of(part)
+        digest = sha256_file(part)
         size = part.stat().st_size
         os.replace(part, final)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         return self._update(clip_id, status="ready", duration_s=duration_s, bytes=size,
                             sha256=digest, reason=reason, media_start_s=span[0],
                             media_end_s=span[1])
