@@ -252,3 +252,12 @@ def test_packages_import_each_other_one_way():
     found = cycles(package_graph())
     assert not found, "folders that import each other: " + "; ".join(
         " <-> ".join(c) for c in found)
+
+
+def test_the_root_of_the_package_holds_only_what_docs_architecture_justifies():
+    """Every other module sits in a folder that says what it is part of (docs/architecture.md
+    names the one module left at the root and why)."""
+    root = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert root == ["__init__.py", "metrics.py"], root
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    assert "`metrics.py`" in doc
