@@ -3,8 +3,8 @@
 One thread (``Pipeline.run``) owns the engine. Each pass it takes the oldest queued frame of every
 due camera (round-robin, at most ``max_batch`` of them due for detection), runs one ``infer`` (only
 for frames whose camera is on a ``detect_every`` frame), updates each camera's per-head trackers
-and rules, and hands every event to the :class:`~edge_agent.delivery.EventDelivery`. Calls from
-other threads (an engine swap, a health check) run between two batches through
+and rules, and hands every event to the :class:`~edge_agent.outbox.delivery.EventDelivery`.
+Calls from other threads (an engine swap, a health check) run between two batches through
 :meth:`Pipeline.run_in_loop`.
 
 Others read it through methods (:meth:`Pipeline.stats`, :meth:`~Pipeline.state`,
