@@ -7,8 +7,11 @@ clip. The steps are only instrumented (their order is recorded), never replaced.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
+import threading
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -204,3 +207,34 @@ def test_sigterm_during_start_up_stops_cleanly_before_the_next_step(tmp_path, sh
     assert agent.pipeline.cams["lot"].processed == 0  # the loop never ran
     assert agent.event_log._closed and agent.delivery._closed
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+
+def test_stop_from_another_thread_waits_for_the_pipeline_before_undoing(tmp_path, short_clip,
+                                                                         yolox_nano, caplog):
+    """An embedding program (or a test) calls stop() off the main thread while frames flow: the
+    engine and the outbox must not be undone under the inference loop."""
+    cfg = _config(tmp_path, yolox_nano, short_clip)
+    cfg.cameras[0].loop = True  # frames keep coming until stopped
+    agent = Agent(cfg)
+    seen = _instrument(agent)
+
+    def stop_while_processing() -> None:
+        deadline = time.monotonic() + 60
+        while agent.pipeline is None or agent.pipeline.cams["lot"].processed < 3:
+            if time.monotonic() > deadline:
+                break  # the assertions below say what went wrong
+            time.sleep(0.02)
+        agent.stop()
+
+    stopper = threading.Thread(target=stop_while_processing)
+    stopper.start()
+    with caplog.at_level(logging.ERROR):
+        assert agent.run() == EXIT_OK
+    stopper.join(30)
+    assert not stopper.is_alive()
+    stopped = [n for what, n in seen if what == "stop"]
+    assert stopped == ["notifier", "exporter", "update", "pipeline", "delivery", "engine",
+                       "event_log", "state_dir"]  # each once, newest first
+    assert agent.pipeline.cams["lot"].processed >= 3
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]

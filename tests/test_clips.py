@@ -323,6 +323,9 @@ def test_clips_command_lists_and_copies(recorded, tmp_path, capsys):
     assert hashlib.sha256(out.read_bytes()).hexdigest() == ready["clip"]["sha256"]
     assert cli.main(["clips", "--config", str(conf), "get", "a" * 32]) == 2
     assert "never recorded" in capsys.readouterr().err
+    nowhere = tmp_path / "no-such-folder" / "copy.mp4"  # a failed copy says why, no traceback
+    assert cli.main(["clips", "--config", str(conf), "get", clip_id, "-o", str(nowhere)]) == 1
+    assert f"cannot copy clip {clip_id}" in capsys.readouterr().err
 
 
 def test_sigkill_during_a_clip_then_restart_never_leaves_it_recording(tmp_path, weights_dir):

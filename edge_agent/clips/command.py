@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
 from edge_agent import config as cfgmod
 from edge_agent.clips.store import ClipStore
+from edge_agent.common.exitcodes import EXIT_FAILED, EXIT_OK, fail
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,27 +37,25 @@ def main(args: argparse.Namespace) -> int:
     try:
         store = _store(cfgmod.load(args.config))
     except cfgmod.ConfigError as exc:
-        for line in exc.problems:
-            print(f"error: {line}", file=sys.stderr)
-        return 2
+        return fail("clips", "\n".join(exc.problems))
     except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail("clips", exc)
     if args.clips_cmd == "list":
         print(f"{'event_id':32}  {'camera':12} {'status':9} {'seconds':>8} {'bytes':>10}  reason")
         for c in store.list():
             print(f"{c.id:32}  {c.camera:12} {c.status:9} {c.duration_s:8.1f} {c.bytes:10d}  "
                   f"{c.reason or ''}")
-        return 0
+        return EXIT_OK
     try:
         path, _, reason = store.lookup(args.event_id)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail("clips", exc)
     if path is None:
-        print(f"error: clip {args.event_id}: {reason}", file=sys.stderr)
-        return 2
+        return fail("clips", f"clip {args.event_id}: {reason}")
     dest = Path(args.output or f"{args.event_id}.mp4")
-    shutil.copyfile(path, dest)
+    try:
+        shutil.copyfile(path, dest)
+    except OSError as exc:  # a full disk, a folder that is not there: say so, no traceback
+        return fail("clips", f"cannot copy clip {args.event_id} to {dest}: {exc}", EXIT_FAILED)
     print(f"{dest} ({path.stat().st_size} bytes)")
-    return 0
+    return EXIT_OK

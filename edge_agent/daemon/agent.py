@@ -36,6 +36,7 @@ import argparse
 import logging
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
@@ -109,6 +110,9 @@ class Agent:
         self.metrics.add("resources", stats=lambda: {"resources": resources.usage().doc()},
                          state=lambda: {"resources": resources.usage().doc()})
         self._stopping = False  # set by SIGTERM / SIGINT, also during start-up
+        self._undo_lock = threading.Lock()
+        self._serving: Optional[int] = None  # the thread running the pipeline, while it runs
+        self._served = threading.Event()
         self.steps: List[Tuple[str, Callable[[], Undo]]] = [
             ("state_dir", self._start_state_dir),
             ("event_log", self._start_event_log),
@@ -141,7 +145,21 @@ class Agent:
                 self._undo.append((name, undo))
 
     def stop(self) -> None:
-        """Undo the started steps, newest first; safe after a partial start, idempotent."""
+        """Undo the started steps, newest first; safe after a partial start, idempotent.
+
+        Called from another thread while the pipeline runs, it stops the pipeline and waits for
+        it to finish first: undoing the engine or the outbox under frames still being processed
+        would fail them."""
+        serving = self._serving
+        if serving is not None and serving != threading.get_ident():
+            self._stopping = True
+            if self.pipeline is not None:
+                self.pipeline.stop()
+            self._served.wait()
+        with self._undo_lock:
+            self._undo_all()
+
+    def _undo_all(self) -> None:
         while self._undo:
             name, undo = self._undo.pop()
             try:
@@ -189,14 +207,20 @@ class Agent:
         info = self.pipeline.engine_info
         log.info("edge-agent %s: %d camera(s), engine %s %s on %s", __version__,
                  len(self.cfg.cameras), info.name, info.version, self.engine.backend_name)
+        self._served.clear()
+        self._serving = threading.get_ident()
         try:
-            self.pipeline.run()
+            if not self._stopping:  # stop() from another thread may have come first
+                self.pipeline.run()
         except CaptureError as exc:
             log.error("%s", exc)
             return EXIT_BAD_INPUT
         except Exception as exc:  # e.g. the engine failing at run time
             log.error("pipeline failed: %s", exc, exc_info=log.isEnabledFor(logging.DEBUG))
             return EXIT_FAILED
+        finally:
+            self._serving = None
+            self._served.set()
         return EXIT_OK
 
     def _exit_status(self, rc: int) -> int:
