@@ -401,6 +401,18 @@ def _decoded(path: Path) -> List[bytes]:
         return [fr.to_ndarray(format="gray").tobytes() for fr in f.decode(video=0)]
 
 
+def _run_until_a_clip(agent: Agent, state: Path) -> None:
+    """Run the agent on this (main) thread, which owns the signals, until a clip is written."""
+    def stop_when_ready():
+        # a finished clip: its event is delivered before the agent's sinks close
+        wait_for(lambda: any((state / "clips").glob("*.mp4")), 120)
+        agent.pipeline.stop()  # as SIGTERM does: run() then stops the rest in order
+    watcher = threading.Thread(target=stop_when_ready, daemon=True)
+    watcher.start()
+    agent.run()
+    watcher.join(5)
+
+
 def test_rtsp_camera_clip_is_its_own_packets(tmp_path, weights_dir):
     require_rtsp_server()
     weapons = weights_dir.parent / "data" / "weapons" / "rf-gun-detection-v1" / "valid"
@@ -410,17 +422,8 @@ def test_rtsp_camera_clip_is_its_own_packets(tmp_path, weights_dir):
     try:
         cfg = _config(tmp_path, Path("unused"), pre_s=3.0, post_s=2.0)
         cfg.cameras[0].source = server.url
-        agent = Agent(cfg, source="clip-test")
+        _run_until_a_clip(Agent(cfg, source="clip-test"), tmp_path / "state")
         jsonl = tmp_path / "state" / "events.jsonl"
-
-        def stop_when_ready():  # the agent runs on this (main) thread: it owns the signals
-            # a finished clip: its event is delivered before the agent's sinks close
-            wait_for(lambda: any((tmp_path / "state" / "clips").glob("*.mp4")), 120)
-            agent.pipeline.stop()  # as SIGTERM does: run() then stops the rest in order
-        watcher = threading.Thread(target=stop_when_ready, daemon=True)
-        watcher.start()
-        agent.run()
-        watcher.join(5)
     finally:
         server.stop()
     events = [json.loads(x) for x in jsonl.read_text().split("\n") if x]
@@ -516,17 +519,8 @@ def test_boxes_of_a_detect_stream_are_scaled_to_its_record_stream(tmp_path, weig
     try:
         cfg = _config(tmp_path, Path("unused"), pre_s=3.0, post_s=2.0)
         cfg.cameras[0].source, cfg.cameras[0].record = detect.url, record.url
-        agent = Agent(cfg, source="clip-test")
+        _run_until_a_clip(Agent(cfg, source="clip-test"), tmp_path / "state")
         jsonl = tmp_path / "state" / "events.jsonl"
-
-        def stop_when_ready():  # the agent runs on this (main) thread: it owns the signals
-            # a finished clip: its event is delivered before the agent's sinks close
-            wait_for(lambda: any((tmp_path / "state" / "clips").glob("*.mp4")), 120)
-            agent.pipeline.stop()  # as SIGTERM does: run() then stops the rest in order
-        watcher = threading.Thread(target=stop_when_ready, daemon=True)
-        watcher.start()
-        agent.run()
-        watcher.join(5)
     finally:
         detect.stop()
         record.stop()
