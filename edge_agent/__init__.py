@@ -1,7 +1,7 @@
 """edge-agent: detection, tracking and durable MQTT events on edge cameras.
 
 docs/architecture.md draws the packages. Modules that moved into them keep their old import
-paths (``edge_agent.outbox.eventlog`` is ``edge_agent.outbox.eventlog``), so scripts written against
+paths (``edge_agent.eventlog`` is ``edge_agent.outbox.eventlog``), so scripts written against
 the old layout keep working; new code imports the new paths. The old paths import nothing until
 used.
 """

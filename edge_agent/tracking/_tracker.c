@@ -1064,7 +1064,7 @@ static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
          * Without frames between, the candidate ends unmatched (above). */
         int cand = img && ascore < p->new_track_thresh;
         if (self->dmatch[j] >= 0 || ascore < p->high_thresh ||
-            (ascore < p->new_track_thresh && !cand))
+            (!img && ascore < p->new_track_thresh))
             continue;
         if (!(det[2] > det[0] && det[3] > det[1])) continue;
         assert(self->ntracks < (Py_ssize_t)self->cap_tracks);
