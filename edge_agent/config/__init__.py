@@ -188,9 +188,23 @@ class ModelConfig(_Model):
     precision: Literal["fp16", "fp32"] = "fp16"
     max_batch: int = Field(4, ge=1, le=64, description="cameras batched per inference")
     intra_op_threads: int = Field(0, ge=0, le=1024, description="ONNX Runtime threads; 0 = default")
+    input_size: Optional[Tuple[int, int]] = Field(
+        None, description="[width, height] the detector runs at, each a multiple of 32 "
+        "(ONNX Runtime only; the graph is rewritten in memory at load, which needs the `onnx` "
+        "package); null = the model's own (416 x 416 for the shipped model). [416, 256] fits a "
+        "16:9 stream at the same scale as 416 x 416 with 38 % fewer pixels (docs/inference.md)")
     score_threshold: float = Field(0.3, ge=0, le=1)
     nms_iou: float = Field(0.45, gt=0, le=1)
     engine_dir: str = Field("engines", description="engine store: built plans and timing cache")
+
+    @field_validator("input_size")
+    @classmethod
+    def _whole_cells(cls, v):
+        # 32: the largest YOLOX stride; every level of the grid needs whole cells
+        for side, n in zip(("width", "height"), v or ()):
+            if not 32 <= n <= 4096 or n % 32:
+                raise ValueError(f"{side} {n} must be a multiple of 32 in 32..4096")
+        return v
 
     @field_validator("path")
     @classmethod

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from edge_agent.inference import manifest as mf
+from edge_agent.inference import resize
 from edge_agent.inference.engine import Engine
 from edge_agent.inference.errors import BackendUnavailableError, ModelError
 
@@ -64,15 +65,20 @@ def tensor_infos(args) -> List[mf.TensorInfo]:
     return [mf.TensorInfo(a.name, tuple(a.shape), _ORT_TYPES.get(a.type, a.type)) for a in args]
 
 
-def load_session(model_path: Path, providers, threads: int = 0):
-    """An InferenceSession, with load failures turned into :class:`ModelError`."""
+def load_session(model_path: Path, providers, threads: int = 0,
+                 model_bytes: Optional[bytes] = None):
+    """An InferenceSession, with load failures turned into :class:`ModelError`.
+
+    ``model_bytes``: the model rewritten in memory (:mod:`~edge_agent.inference.resize`), loaded
+    instead of the file; ``model_path`` still names it in messages."""
     ort = _import_ort()
     so = ort.SessionOptions()
     so.log_severity_level = 3  # ORT's own warnings go to stderr unformatted; we log ours
     if threads > 0:
         so.intra_op_num_threads = threads
     try:
-        return ort.InferenceSession(str(model_path), sess_options=so, providers=providers)
+        src = str(model_path) if model_bytes is None else model_bytes
+        return ort.InferenceSession(src, sess_options=so, providers=providers)
     except Exception as exc:  # ORT raises its own pybind classes (InvalidProtobuf, Fail, ...)
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = ""
@@ -82,13 +88,23 @@ def load_session(model_path: Path, providers, threads: int = 0):
 
 
 class OnnxRuntimeEngine(Engine):
-    """An :class:`Engine` running on an ``onnxruntime.InferenceSession``."""
+    """An :class:`Engine` running on an ``onnxruntime.InferenceSession``.
+
+    ``input_size`` (width, height): run the model at this input instead of the manifest's,
+    rewritten in memory (:func:`~edge_agent.inference.resize.resized`); ``manifest.input`` then
+    says the new size.
+    """
 
     def __init__(self, manifest: mf.Manifest, model_path: Path, *, providers: Sequence[str],
                  precision: str = "fp16", max_batch: int = 1, intra_op_threads: int = 0,
                  score_threshold: float = 0.3, nms_iou: float = 0.45,
-                 engine_dir: os.PathLike = "engines"):
+                 engine_dir: os.PathLike = "engines",
+                 input_size: Optional[Tuple[int, int]] = None):
         ort = _import_ort()
+        model_bytes = None
+        if input_size is not None and tuple(input_size) != (manifest.input.width,
+                                                            manifest.input.height):
+            model_bytes, manifest = resize.resized(model_path, manifest, *input_size)
         candidates = provider_list(providers, precision, engine_dir, ort.get_available_providers())
         if not candidates:
             raise BackendUnavailableError(
@@ -99,7 +115,7 @@ class OnnxRuntimeEngine(Engine):
         while candidates:
             first = candidates[0][0]
             try:
-                sess = load_session(model_path, candidates, intra_op_threads)
+                sess = load_session(model_path, candidates, intra_op_threads, model_bytes)
             except ModelError as exc:
                 if len(candidates) == 1:  # the last provider cannot load it: the model is bad
                     raise
@@ -157,4 +173,4 @@ def create(model_cfg, manifest: mf.Manifest, model_path: Path) -> OnnxRuntimeEng
         manifest, model_path, providers=model_cfg.providers, precision=model_cfg.precision,
         max_batch=model_cfg.max_batch, intra_op_threads=model_cfg.intra_op_threads,
         score_threshold=model_cfg.score_threshold, nms_iou=model_cfg.nms_iou,
-        engine_dir=model_cfg.engine_dir)
+        engine_dir=model_cfg.engine_dir, input_size=model_cfg.input_size)

@@ -172,6 +172,12 @@ class TensorRTEngine(Engine):
 
 def create(model_cfg, manifest: mf.Manifest, model_path: Path) -> TensorRTEngine:
     """Backend factory: load this device's plan for the model, building it first if missing."""
+    size = getattr(model_cfg, "input_size", None)
+    if size is not None and tuple(size) != (manifest.input.width, manifest.input.height):
+        # a plan is built from the file and keyed by its sha256: a rewritten graph needs both
+        raise ModelError(f"model.input_size {size[0]}x{size[1]} is supported on ONNX Runtime "
+                         f"only; the TensorRT backend runs the model's own "
+                         f"{manifest.input.width}x{manifest.input.height}")
     batch = plan_batch(manifest, model_cfg.max_batch)
     path = ensure_plan(manifest, model_path, engine_dir=model_cfg.engine_dir,
                        precision=model_cfg.precision, max_batch=batch)
