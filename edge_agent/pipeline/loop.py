@@ -43,6 +43,7 @@ from edge_agent.events import (
 from edge_agent.events.ocr import Reader, load_reader
 from edge_agent.metrics import Latency, stats_line
 from edge_agent.outbox.delivery import EventDelivery
+from edge_agent.pipeline.detector import DetectorThread
 from edge_agent.tracking import CAMERA_PARAMS, PARAMS, Tracker
 from edge_agent.tracking.columns import DET_COLS
 
@@ -138,6 +139,7 @@ class Pipeline:
         self._build_cameras()
         self._order = list(self.cams)
         self._rr = 0
+        self.detector = DetectorThread(self.capture.new_frame)
         self.infer_ms = Latency()
         self.batch_sizes: Deque[int] = collections.deque(maxlen=300)
         self.counters: Dict[str, int] = collections.defaultdict(int)
@@ -238,6 +240,8 @@ class Pipeline:
         return fut
 
     def _run_calls(self, fail: bool = False) -> None:
+        if not self._calls.empty() and self.detector.busy():
+            self._finish_batch()  # a call may use or swap the engine: it must be idle
         while True:
             try:
                 fn, fut = self._calls.get_nowait()
@@ -325,6 +329,8 @@ class Pipeline:
         try:
             self.capture.stop()
             try:
+                if self.detector.busy():
+                    self._finish_batch()
                 self._drain()
             except Exception:  # e.g. the engine broke (why run() ends): still end and flush
                 log.exception("processing the frames left at stop failed")
@@ -334,6 +340,7 @@ class Pipeline:
                 self.clips.close()
             self.delivery.close()  # pending plate reads deliver their end events first
         finally:
+            self.detector.close()
             with self._calls_lock:
                 self.finished.set()
             self._run_calls(fail=True)  # no caller waits forever on a Future
@@ -351,33 +358,70 @@ class Pipeline:
     # --- the loop --------------------------------------------------------------------------
 
     def _step(self) -> bool:
-        """Take and process one batch; False when there was nothing to do (it waited)."""
+        """Take and process one pass; False when there was nothing to do (it waited).
+
+        Frames due for detection go to the detector thread as one batch; the pass's other
+        frames are tracked meanwhile. A camera with a frame in the detector is not taken from
+        until that frame is processed, so each camera's frames are processed in order.
+        """
         self.capture.new_frame.clear()
-        frames = self._collect()
+        finished = self.detector.ready()
+        if finished:
+            self._finish_batch()
+        frames = self._collect(can_detect=not self.detector.busy())
         if not frames:
-            self.capture.new_frame.wait(0.05)
-            return False
-        self._process(frames)
+            if finished:
+                return True
+            busy = self.detector.busy()
+            self.capture.new_frame.wait(0.05)  # set by a new frame or the detector
+            return busy
+        det = [f for f in frames if self._detects(self.cams[f.camera])]
+        if det:
+            self.detector.submit(self.engine, det)
+        for f in frames:
+            if f.camera not in self.detector.waiting():
+                self._process_one(f, None)
         return True
 
-    def _collect(self) -> List[Frame]:
+    def _finish_batch(self) -> None:
+        """Take the detector's batch (waiting for it) and process its frames in order."""
+        frames, fut = self.detector.take()
+        try:
+            res, dt = fut.result()
+        except ValueError as exc:  # bad frames or detector output: predict only, keep running
+            self.counters["inference_errors"] += 1
+            log.error("inference failed on %d frame(s): %s", len(frames), exc)
+            dets: List[Optional[Dict[str, np.ndarray]]] = [None] * len(frames)
+        else:
+            self._count_inference(dt, len(frames))
+            dets = list(res.detections)
+        for f, d in zip(frames, dets):
+            self._process_one(f, d)
+
+    def _collect(self, can_detect: bool = True) -> List[Frame]:
         """One frame (the oldest queued) of each camera that is due (fps limit), round-robin;
-        at most ``max_batch`` of them due for the detector. Frames between detections only
-        track, which is cheap, so every camera's queue moves on every pass; a camera whose
-        detection did not fit in the batch waits for the next pass, which starts with it."""
+        at most ``max_batch`` of them due for the detector, none while ``can_detect`` is False
+        (the detector is busy), and none of a camera with a frame in the detector. Frames
+        between detections only track, which is cheap, so every camera's queue moves on every
+        pass; a camera whose detection did not fit waits for the next pass, which starts with
+        it."""
         now = time.monotonic()
         out: List[Frame] = []
         n = len(self._order)
         detect, first_left = 0, None
+        room = self.engine.max_batch if can_detect else 0
+        waiting = self.detector.waiting()
         for k in range(n):
             name = self._order[(self._rr + k) % n]
+            if name in waiting:
+                continue
             st = self.cams[name]
             limit = st.cfg.fps_limit
             if limit > 0 and now - st.last_processed_t < 1.0 / limit:
                 continue  # not due: a live reader's queue fills and drops its oldest meanwhile
             due = self._detects(st)
             reader = self.capture.readers[name]
-            if due and detect >= self.engine.max_batch:
+            if due and detect >= room:
                 if first_left is None and reader.queued():
                     first_left = (self._rr + k) % n
                 continue
@@ -395,13 +439,23 @@ class Pipeline:
         return st.processed % st.cfg.detect_every == 0
 
     def _process(self, frames: List[Frame]) -> None:
+        """Detect and process ``frames`` on this thread (the drain at stop)."""
         dets = self._infer(frames)
         for f, d in zip(frames, dets):
-            try:
-                self._process_frame(f, d)
-            except Exception:  # one camera's bad frame must not stop the others
-                self.counters["frame_errors"] += 1
-                log.exception("camera %s: frame %d failed", f.camera, f.index)
+            self._process_one(f, d)
+
+    def _process_one(self, f: Frame, dets: Optional[Dict[str, np.ndarray]]) -> None:
+        try:
+            self._process_frame(f, dets)
+        except Exception:  # one camera's bad frame must not stop the others
+            self.counters["frame_errors"] += 1
+            log.exception("camera %s: frame %d failed", f.camera, f.index)
+
+    def _count_inference(self, dt: float, frames: int) -> None:
+        self.infer_ms.add(dt * 1000.0)
+        if self.observer is not None:
+            self.observer.inference(dt)
+        self.batch_sizes.append(frames)
 
     def _infer(self, frames: List[Frame]) -> List[Optional[Dict[str, np.ndarray]]]:
         """Detections per frame; None for frames not due for detection (predict only)."""
@@ -414,11 +468,7 @@ class Pipeline:
             res = self.engine.infer([frames[i].image for i in det_idx])
             for j, i in enumerate(det_idx):
                 dets[i] = res.detections[j]
-            dt = time.monotonic() - t0
-            self.infer_ms.add(dt * 1000.0)
-            if self.observer is not None:
-                self.observer.inference(dt)
-            self.batch_sizes.append(len(det_idx))
+            self._count_inference(time.monotonic() - t0, len(det_idx))
         except ValueError as exc:  # bad detector output: predict only, keep running
             self.counters["inference_errors"] += 1
             log.error("inference failed on %d frame(s): %s", len(det_idx), exc)
@@ -480,8 +530,9 @@ class Pipeline:
         return tracks
 
     def _close_ended_cameras(self) -> None:
+        waiting = self.detector.waiting()  # their last frame is still to be processed
         for name, st in self.cams.items():
-            if not st.closed and self.capture.readers[name].exhausted():
+            if not st.closed and name not in waiting and self.capture.readers[name].exhausted():
                 self._close_camera(st, "camera_ended")
 
     def _close_camera(self, st: CameraState, reason: str, keep_open: bool = False) -> None:

@@ -1,0 +1,67 @@
+"""The detector on its own thread: other cameras' frames are tracked while a batch is in it,
+each camera's frames are still processed in order, and calls on the engine wait for it."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from typing import Dict, List
+
+from edge_agent import config as cfgmod
+from edge_agent.inference import open_engine
+from edge_agent.outbox.delivery import EventDelivery
+from edge_agent.outbox.eventlog import MemoryLog
+from edge_agent.pipeline import Pipeline
+
+RETAIL = "nvidia_Retail02_short.mp4"
+CAR = "intel_car-detection.mp4"
+
+
+def test_tracking_goes_on_while_the_detector_runs_and_order_holds(video_dir, yolox_nano):
+    # a: a detection every frame; b: only its first frame, then tracking alone
+    cams = [{"name": "a", "source": str(video_dir / RETAIL)},
+            {"name": "b", "source": str(video_dir / CAR), "detect_every": 10000}]
+    cfg = cfgmod.Config.model_validate({"model": {"path": str(yolox_nano), "max_batch": 2},
+                                        "cameras": cams, "mqtt": {"enabled": False}})
+    engine = open_engine(cfg.model)
+    seen: Dict[str, List[int]] = collections.defaultdict(list)
+    overlapped = collections.Counter()
+    loop_threads = set()
+    pipe = None
+    infer_threads = set()
+    inside, together = [0], []
+    infer = engine.infer
+
+    def recording_infer(frames):
+        infer_threads.add(threading.current_thread().name)
+        inside[0] += 1
+        together.append(inside[0])
+        try:
+            return infer(frames)
+        finally:
+            inside[0] -= 1
+
+    engine.infer = recording_infer
+
+    def hook(f, tracks, st):
+        seen[f.camera].append(f.index)
+        loop_threads.add(threading.current_thread().name)
+        # b's frame is processed while a's detection is still in the detector
+        overlapped[f.camera] += f.camera in pipe.detector.waiting() or pipe.detector.busy()
+        if len(seen["a"]) >= 40 and len(seen["b"]) >= 40:
+            pipe.stop()
+
+    pipe = Pipeline(cfg, engine, EventDelivery(MemoryLog(), []), on_frame=hook)
+    calls = []
+    pipe.run_in_loop(lambda p: calls.append(p.detector.busy()))  # runs between batches
+    pipe.run()
+    engine.close()
+    for cam in ("a", "b"):  # in order, none skipped (files are read at the loop's pace)
+        assert seen[cam] == list(range(len(seen[cam]))), cam
+    assert overlapped["b"] >= 10, overlapped
+    assert calls == [False]  # a call on the engine never runs beside a batch in flight
+    # detections run on the detector thread (the drain at stop: on the loop's, once it is idle)
+    assert any(t.startswith("detector") for t in infer_threads), infer_threads
+    assert max(together) == 1  # never two calls on the engine at once
+    assert not any(t.startswith("detector") for t in loop_threads)
+    assert not pipe.counters.get("frame_errors") and not pipe.counters.get("inference_errors")
