@@ -65,3 +65,29 @@ def test_tracking_goes_on_while_the_detector_runs_and_order_holds(video_dir, yol
     assert max(together) == 1  # never two calls on the engine at once
     assert not any(t.startswith("detector") for t in loop_threads)
     assert not pipe.counters.get("frame_errors") and not pipe.counters.get("inference_errors")
+
+
+def test_cameras_detect_out_of_step(video_dir, yolox_nano):
+    # three cameras, detect_every 6: each detects its first frame, then on its own phase
+    cams = [{"name": f"c{i}", "source": str(video_dir / CAR), "detect_every": 6}
+            for i in range(3)]
+    cfg = cfgmod.Config.model_validate({"model": {"path": str(yolox_nano)}, "cameras": cams,
+                                        "mqtt": {"enabled": False}})
+    engine = open_engine(cfg.model)
+    detected: Dict[str, List[int]] = collections.defaultdict(list)
+    last: Dict[str, int] = collections.defaultdict(int)
+    pipe = None
+
+    def hook(f, tracks, st):
+        if st.detected > last[f.camera]:  # this frame went to the detector
+            detected[f.camera].append(st.processed - 1)
+        last[f.camera] = st.detected
+        if all(st.processed >= 20 for st in pipe.cams.values()):
+            pipe.stop()
+
+    pipe = Pipeline(cfg, engine, EventDelivery(MemoryLog(), []), on_frame=hook)
+    pipe.run()
+    engine.close()
+    assert detected["c0"][:4] == [0, 6, 12, 18]
+    assert detected["c1"][:4] == [0, 4, 10, 16]  # 6 // 3 = 2 frames out of step
+    assert detected["c2"][:4] == [0, 2, 8, 14]  # 2 * 6 // 3 = 4

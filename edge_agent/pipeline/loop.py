@@ -64,6 +64,7 @@ class CameraState:
     last_ctx: Optional[FrameContext] = None
     e2e: Latency = field(default_factory=Latency)
     fps: float = 0.0  # EMA of processed frames/s
+    phase: int = 0  # place in config order: spreads the cameras' detections (Pipeline._detects)
 
     def carry_over(self, old: CameraState) -> None:
         """Keep the counters and the last frame of ``old`` (an engine swap rebuilt us)."""
@@ -154,13 +155,13 @@ class Pipeline:
         if cfg.events.plate.enabled and cfg.events.plate.ocr and "plate" in self.heads \
                 and self._ocr is None:
             self._ocr, self._ocr_status = load_reader()
-        for cam in cfg.cameras:
+        for i, cam in enumerate(cfg.cameras):
             # The source's own fps is known once it is open: _track re-times then.
             trackers = {h: Tracker(frame_rate=self._frame_rate(cam), **cfg.tracker.params_for(h))
                         for h in self.heads}
             ev = CameraEvents(cam, cfg.events, self.factory, self.heads, self._ocr,
                               self._ocr_status)
-            st = CameraState(cam, trackers, ev)
+            st = CameraState(cam, trackers, ev, phase=i)
             old = self.cams.get(cam.name)
             if old is not None:
                 st.carry_over(old)
@@ -435,8 +436,16 @@ class Pipeline:
         return out
 
     def _detects(self, st: CameraState) -> bool:
-        """The camera's next frame goes to the detector (``detect_every``)."""
-        return st.processed % st.cfg.detect_every == 0
+        """The camera's next frame goes to the detector (``detect_every``).
+
+        Every camera's first frame is detected. After it, camera i of n (config order) detects
+        ``i * detect_every // n`` frames out of step with the first camera, so that n cameras
+        that started together do not all wait for the detector on the same pass (with one
+        camera: every Nth frame from its first).
+        """
+        every = st.cfg.detect_every
+        return st.processed == 0 or \
+            (st.processed + st.phase * every // len(self.cams)) % every == 0
 
     def _process(self, frames: List[Frame]) -> None:
         """Detect and process ``frames`` on this thread (the drain at stop)."""
