@@ -112,7 +112,8 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run(n: int, sub: Path, main: Path, seconds: float, work: Path) -> Row:
+def run(n: int, sub: Path, main: Path, seconds: float, work: Path,
+        model: Dict[str, object]) -> Row:
     """What the agent with ``n`` cameras did over ``seconds``."""
     servers: List[subprocess.Popen] = []
     cams = []
@@ -127,6 +128,7 @@ def run(n: int, sub: Path, main: Path, seconds: float, work: Path) -> Row:
         conf = work / f"agent-{n}.yaml"
         conf.write_text(json.dumps({
             "device_id": "bench", "state_dir": str(work / f"state-{n}"), "cameras": cams,
+            "model": model,
             "mqtt": {"enabled": False}, "update": {"enabled": False},
             "metrics": {"port": port}, "log": {"level": "warning"}}))
         log = open(work / f"agent-{n}.log", "wb")
@@ -174,10 +176,18 @@ def main() -> int:
     ap.add_argument("--counts", default="1,4,8,10,12",
                     help="camera counts to try, ascending; 1 first gives the per-camera RSS")
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--input-size", default="416x256",
+                    help="model.input_size WxH (the 640x360 stream's own scale at 416 wide); "
+                         "'model' for the model's own 416x416")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="model.intra_op_threads (0: ONNX Runtime's default, a thread per core)")
     args = ap.parse_args()
     retail = args.shared / "data" / "video" / "nvidia_Retail02_short.mp4"
     if not retail.exists():
         sys.exit(f"needs {retail}")
+    model: Dict[str, object] = {"intra_op_threads": args.threads}
+    if args.input_size != "model":
+        model["input_size"] = [int(v) for v in args.input_size.split("x")]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         length = WARMUP_S + args.seconds + 20
@@ -185,12 +195,12 @@ def main() -> int:
         encode(retail, sub, (640, 360), length)
         encode(retail, main_, (1920, 1080), length)
         # 2 cores: a load above 2 means other work takes CPU the agent would use
-        print(f"load average before: {os.getloadavg()[0]:.2f}")
+        print(f"load average before: {os.getloadavg()[0]:.2f}; model: {model or 'defaults'}")
         print(f"{'cameras':>7} {'dropped %':>9} {'RSS MB':>7} {'MB/camera beyond the first':>27} "
               f"{'agent CPU %':>11} {'infer ms/batch':>14} {'load':>5}")
         best, first_rss = 0, None
         for n in (int(x) for x in args.counts.split(",")):
-            row = run(n, sub, main_, args.seconds, work)
+            row = run(n, sub, main_, args.seconds, work, model)
             rss = row.rss_mb
             if n == 1:
                 first_rss = rss
