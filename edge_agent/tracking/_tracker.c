@@ -771,6 +771,29 @@ static int sample_at(CoreObject *self, const DcfImage *img, const double *b, dou
                       DCF_WINDOW * (b[3] - b[1]), self->work);
 }
 
+/* Does the box where track t's filter found it (t->vis) look more like another track whose
+ * box it overlaps than like t itself (colour histograms, Bhattacharyya coefficient)? Then the
+ * filter has slid onto a neighbour: in a group of walkers the grey patches of two people are
+ * alike, their clothes less so. */
+static int looks_like_another(CoreObject *self, const DcfImage *img, const Track *t)
+{
+    const double *b = t->box;
+    double hw = 0.5 * (b[2] - b[0]), hh = 0.5 * (b[3] - b[1]);
+    double fb[4] = {t->vis[0] - hw, t->vis[1] - hh, t->vis[0] + hw, t->vis[1] + hh};
+    float h[DCF_COL_BINS];
+    if (dcf_colour(img, fb, h) < 0) return 0;
+    double own = dcf_bhattacharyya(self->flt[t->flt].col, h);
+    for (Py_ssize_t o = 0; o < self->ntracks; o++) {
+        const Track *u = &self->tracks[o];
+        if (u == t || u->flt < 0 || u->state == ST_DEAD || u->state == ST_TENTATIVE ||
+            u->cls != t->cls ||
+            !(box_iou(u->box, fb) > 0))
+            continue;
+        if (dcf_bhattacharyya(self->flt[u->flt].col, h) > own) return 1;
+    }
+    return 0;
+}
+
 /* Each track with a filter looks for its patch around its predicted box; where the peak stands
  * out of its sidelobes (PSR), the track is `seen` there (t->vis). Lost tracks look only on
  * frames without detections (`lost_too`): where there are detections, theirs is the word on
@@ -791,6 +814,9 @@ static void visual_look(CoreObject *self, const DcfImage *img, int lost_too)
         t->vis[0] = cx + dx * cw;
         t->vis[1] = cy + dy * ch;
         t->seen = 1;
+        /* Between detections the filter alone moves the track: not onto someone else. */
+        if (lost_too && t->state != ST_TENTATIVE && looks_like_another(self, img, t))
+            t->seen = 0;
     }
 }
 
@@ -804,6 +830,16 @@ static void visual_move(CoreObject *self, const unsigned char *tmatched)
         kf_update_centre(&t->kf, t->vis[0], t->vis[1], &self->p.kfp);
         track_refresh_box(t);
     }
+}
+
+/* A track's colour learns from its matched detection's box only (at MOSSE's rate): where the
+ * filter found it, the box is the Kalman size at the filter's centre, a looser fit. */
+static void learn_colour(CoreObject *self, const DcfImage *img, Track *t)
+{
+    float h[DCF_COL_BINS];
+    if (dcf_colour(img, t->obs, h) < 0) return;
+    float *m = self->flt[t->flt].col;
+    for (int k = 0; k < DCF_COL_BINS; k++) m[k] = (1.0f - DCF_RATE) * m[k] + DCF_RATE * h[k];
 }
 
 /* Each confirmed track's filter learns its patch: where a detection matched it this frame (a
@@ -827,6 +863,7 @@ static void visual_learn(CoreObject *self, const DcfImage *img)
         if (t->flt >= 0) {
             if (sample_at(self, img, b, cx, cy) == 0)
                 dcf_train(self->plan, &self->flt[t->flt], self->work, DCF_RATE);
+            if (t->fsu == 0) learn_colour(self, img, t);
             continue;
         }
         if ((t->flt = take_slot(self)) < 0) continue;
@@ -844,7 +881,7 @@ static void visual_learn(CoreObject *self, const DcfImage *img)
                 if (sample_at(self, img, box, cx, cy) < 0) continue;
                 dcf_train(self->plan, &self->flt[t->flt], self->work, 1.0f / (float)++k);
             }
-        if (k == 0) {
+        if (k == 0 || dcf_colour(img, b, self->flt[t->flt].col) < 0) {
             self->flt_used[t->flt] = 0;
             t->flt = -1;
         }

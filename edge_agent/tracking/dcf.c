@@ -237,3 +237,35 @@ double dcf_locate(const DcfPlan *p, const DcfFilter *f, DcfWork *w, double *dx, 
     *peak = c;
     return var > 1e-20 ? (c - mean) / sqrt(var) : 0.0;
 }
+
+int dcf_colour(const DcfImage *img, const double *box, float *h)
+{
+    double bw = box[2] - box[0], bh = box[3] - box[1];
+    if (!(bw > 0 && bh > 0 && isfinite(box[0]) && isfinite(box[1]))) return -1;
+    ptrdiff_t xo[DCF_N], yo[DCF_N];
+    for (int s = 0; s < DCF_N; s++) {
+        double vx = floor(box[0] + (s + 0.5) * bw / DCF_N), vy = floor(box[1] + (s + 0.5) * bh / DCF_N);
+        int ix = vx < 0 ? 0 : (vx > img->w - 1 ? img->w - 1 : (int)vx);
+        int iy = vy < 0 ? 0 : (vy > img->h - 1 ? img->h - 1 : (int)vy);
+        xo[s] = (ptrdiff_t)ix * img->sx;
+        yo[s] = (ptrdiff_t)iy * img->sy;
+    }
+    memset(h, 0, sizeof(float) * DCF_COL_BINS);
+    const int shift = 8 - 3; /* 256 levels -> DCF_COL_LEVELS */
+    for (int i = 0; i < DCF_N; i++)
+        for (int j = 0; j < DCF_N; j++) {
+            const unsigned char *px = img->data + yo[i] + xo[j];
+            int k = ((px[0] >> shift) * DCF_COL_LEVELS + (px[img->sc] >> shift)) * DCF_COL_LEVELS +
+                    (px[2 * img->sc] >> shift);
+            h[k] += 1.0f / DCF_CELLS;
+        }
+    return 0;
+}
+
+double dcf_bhattacharyya(const float *a, const float *b)
+{
+    double s = 0.0;
+    for (int k = 0; k < DCF_COL_BINS; k++)
+        if (a[k] > 0 && b[k] > 0) s += sqrt((double)a[k] * b[k]);
+    return s;
+}

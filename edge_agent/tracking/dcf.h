@@ -30,9 +30,16 @@ typedef struct {
     int w, h;
 } DcfImage;
 
-/* One track's filter in the Fourier domain: H* = A / B (MOSSE's numerator and denominator). */
+/* Colour histogram of a box: 8 x 8 x 8 bins over B, G, R (Nummiaro, Koller-Meier and Van Gool,
+ * "An adaptive color-based particle filter", 2003), from DCF_N x DCF_N samples of the box. */
+#define DCF_COL_LEVELS 8
+#define DCF_COL_BINS (DCF_COL_LEVELS * DCF_COL_LEVELS * DCF_COL_LEVELS)
+
+/* One track's filter in the Fourier domain: H* = A / B (MOSSE's numerator and denominator),
+ * and its colour histogram. */
 typedef struct {
     float a_re[DCF_CELLS], a_im[DCF_CELLS], b[DCF_CELLS];
+    float col[DCF_COL_BINS];
 } DcfFilter;
 
 /* Tables computed once per tracker: FFT twiddles, the Hann window, the target's spectrum. */
@@ -67,5 +74,11 @@ void dcf_train(const DcfPlan *p, DcfFilter *f, const DcfWork *w, float rate);
  * ratio. Overwrites w. */
 double dcf_locate(const DcfPlan *p, const DcfFilter *f, DcfWork *w, double *dx, double *dy,
                   double *peak);
+
+/* The colour histogram (sums to 1) of the box x1, y1, x2, y2 into h; -1 when degenerate. */
+int dcf_colour(const DcfImage *img, const double *box, float *h);
+
+/* Bhattacharyya coefficient of two histograms (1: the same, 0: disjoint). */
+double dcf_bhattacharyya(const float *a, const float *b);
 
 #endif
