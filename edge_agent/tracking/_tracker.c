@@ -69,6 +69,7 @@ typedef struct {
     int flt;        /* its correlation filter's slot, -1 if none */
     int looked;     /* its filter looked for it in this frame's picture */
     int seen;       /* and found it (PSR >= DCF_PSR_MIN) */
+    int mixed;      /* found a patch that looks more like an overlapping track: not seen */
     int cand;       /* tentative from a detection under new_track_thresh (a candidate) */
     int followed;   /* seen by its filter on a frame without detections since its birth */
     double vis[2];  /* where (centre), when seen */
@@ -666,7 +667,7 @@ static void predict_all(CoreObject *self)
         kf_predict(&t->kf, &self->p.kfp);
         if (t->kf.m[2] <= 0) t->kf.m[2] = 1e-3;
         t->fsu++;
-        t->seen = t->looked = 0;
+        t->seen = t->looked = t->mixed = 0;
         track_refresh_box(t);
     }
 }
@@ -814,9 +815,12 @@ static void visual_look(CoreObject *self, const DcfImage *img, int lost_too)
         t->vis[0] = cx + dx * cw;
         t->vis[1] = cy + dy * ch;
         t->seen = 1;
-        /* Between detections the filter alone moves the track: not onto someone else. */
-        if (lost_too && t->state != ST_TENTATIVE && looks_like_another(self, img, t))
+        /* Between detections the filter alone moves the track: not onto someone else. A
+         * tentative track's colour is one detection's box, not yet a model of its object. */
+        if (lost_too && t->state != ST_TENTATIVE && looks_like_another(self, img, t)) {
             t->seen = 0;
+            t->mixed = 1;
+        }
     }
 }
 
@@ -890,8 +894,9 @@ static void visual_learn(CoreObject *self, const DcfImage *img)
 
 /* Is track t reported this frame although lost? Only until the detector missed it on
  * coast_frames x s^3 frames with detections (s = miss_scale: a detector that misses people in
- * view; frames without detections are no attempt), not once its filter looked and did not find
- * it in the picture, and only while its predicted box lies
+ * view; frames without detections are no attempt), not once its filter looked and found
+ * nothing in the picture (finding a patch that looks like an overlapping track is not nothing),
+ * and only while its predicted box lies
  * wholly inside the image (when the image size is known: a track leaving the picture is gone,
  * not missed) and overlaps no active track's box by coast_overlap x s^3 IoU or more (there the
  * detection most likely went to that track: the person is occluded or the lost track was a
@@ -903,9 +908,9 @@ static int track_coasts(const CoreObject *self, const Track *t)
     double s = miss_scale(self, t), s3 = s * s * s;
     double overlap = dmin(p->coast_overlap * s3, 1.0);
     /* for coast_frames x s^3 missed detection attempts, and while the picture, when there is
-     * one, still shows it */
+     * one, still shows it (or shows an overlapping track where it was: likely in front of it) */
     if ((double)t->misses > (double)p->coast_frames * s3) return 0;
-    if (t->looked && !t->seen) return 0;
+    if (t->looked && !t->seen && !t->mixed) return 0;
     const double *b = t->box;
     double fw = p->frame_width > 0 ? p->frame_width : self->img_w;
     double fh = p->frame_height > 0 ? p->frame_height : self->img_h;
