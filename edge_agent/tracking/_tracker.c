@@ -48,7 +48,7 @@
 #define MAX_DETS 100000
 /* Coordinates beyond this are an upstream bug, and would overflow the Kalman variances. */
 #define MAX_COORD 1e7
-/* Tracks with a visual model at most (12 KiB each); tracks beyond it follow their prediction. */
+/* Tracks with a visual model at most (14 KiB each); tracks beyond it follow their prediction. */
 #define MAX_VISUAL 512
 
 /* ------------------------------------------------------------------------------------------ */
@@ -772,10 +772,10 @@ static int sample_at(CoreObject *self, const DcfImage *img, const double *b, dou
                       DCF_WINDOW * (b[3] - b[1]), self->work);
 }
 
-/* Does the box where track t's filter found it (t->vis) look more like another track whose
- * box it overlaps than like t itself (colour histograms, Bhattacharyya coefficient)? Then the
- * filter has slid onto a neighbour: in a group of walkers the grey patches of two people are
- * alike, their clothes less so. */
+/* Does the box where track t's filter found it (t->vis) look more like another confirmed track
+ * whose box it overlaps than like t itself (colour histograms, Bhattacharyya coefficient)? Then
+ * the filter has slid onto a neighbour: in a group of walkers the grey patches of two people
+ * are alike, their clothes less so. */
 static int looks_like_another(CoreObject *self, const DcfImage *img, const Track *t)
 {
     const double *b = t->box;
@@ -787,8 +787,7 @@ static int looks_like_another(CoreObject *self, const DcfImage *img, const Track
     for (Py_ssize_t o = 0; o < self->ntracks; o++) {
         const Track *u = &self->tracks[o];
         if (u == t || u->flt < 0 || u->state == ST_DEAD || u->state == ST_TENTATIVE ||
-            u->cls != t->cls ||
-            !(box_iou(u->box, fb) > 0))
+            u->cls != t->cls || !(box_iou(u->box, fb) > 0))
             continue;
         if (dcf_bhattacharyya(self->flt[u->flt].col, h) > own) return 1;
     }

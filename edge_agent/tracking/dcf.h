@@ -1,8 +1,8 @@
 /*
  * A discriminative correlation filter per track (MOSSE: Bolme et al., "Visual Object Tracking
  * using Adaptive Correlation Filters", CVPR 2010), on a DCF_N x DCF_N grey patch sampled from a
- * window twice the track's box (DSST's sample size). No Python here; every function works on
- * caller-owned memory and there is no global state.
+ * window twice the track's box (DSST's sample size), and a colour histogram of the box. No
+ * Python here; every function works on caller-owned memory and there is no global state.
  *
  * The constants are the literature's, not fitted here: learning rate 0.125 and the PSR threshold
  * 7 (below it "the object is occluded or tracking has failed") from MOSSE, a Gaussian target
