@@ -45,6 +45,10 @@ class Sample:
     size: Tuple[int, int]  # width, height
     boxes: Dict[str, np.ndarray] = field(default_factory=dict)
     ignore: Dict[str, np.ndarray] = field(default_factory=dict)
+    # training: the image enlarged by a factor drawn from this range on top of the augment's
+    # scale, as a tile of a far camera's frame is (``inference.tiles``)
+    zoom: Tuple[float, float] = (1.0, 1.0)
+    tiles: int = 1  # validation: run on ``tiles`` x ``tiles`` tiles, as the daemon would
 
     @property
     def heads(self) -> FrozenSet[str]:
@@ -316,10 +320,11 @@ def letterbox_matrix(size: Tuple[int, int], out_hw: Tuple[int, int]) -> np.ndarr
     return np.array([[r, 0, 0], [0, r, 0]], np.float64)
 
 
-def _random_matrix(size, out_hw, aug: Augment, rng: random.Random) -> Tuple[np.ndarray, bool]:
+def _random_matrix(size, out_hw, aug: Augment, rng: random.Random,
+                   zoom: Tuple[float, float] = (1.0, 1.0)) -> Tuple[np.ndarray, bool]:
     w, h = size
     H, W = out_hw
-    r = min(H / h, W / w) * rng.uniform(*aug.scale)
+    r = min(H / h, W / w) * rng.uniform(*aug.scale) * rng.uniform(*zoom)
     flip = rng.random() < aug.flip
     nw, nh = w * r, h * r
     # place the scaled image anywhere that keeps it overlapping the canvas by translate slack
@@ -394,7 +399,7 @@ class CombinedDataset:
         H, W = self.input_hw
         size = (img.shape[1], img.shape[0])
         if self.augment is not None:
-            m, _ = _random_matrix(size, self.input_hw, self.augment, self.rng)
+            m, _ = _random_matrix(size, self.input_hw, self.augment, self.rng, s.zoom)
         else:
             m = letterbox_matrix(size, self.input_hw)
         out = cv2.warpAffine(img, m, (W, H), flags=cv2.INTER_LINEAR,

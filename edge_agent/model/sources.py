@@ -4,7 +4,9 @@ A source names its format (``yolo``, ``voc``, ``coco``, ``video`` or ``paste``: 
 pasted into clip frames, :mod:`edge_agent.model.synth`), its folders, which head its
 boxes belong to (``head``, with a class-name ``map`` into that head's classes), which heads it is
 a verified negative for (``negatives``), optional file-name filters (``include`` / ``exclude``
-prefixes) and which part of a split file it takes (``split: {file, part}``).
+prefixes), which part of a split file it takes (``split: {file, part}``), and how its images
+are seen: ``zoom`` (training: enlarged by a factor in [low, high], as a tile of a far camera's
+frame) and ``tiles`` (validation: run on tiles x tiles overlapping tiles, as the daemon does).
 
 ``python -m edge_agent.model.sources split IMAGES OUT.csv`` writes a split file: near-duplicate
 images (dHash) and frames of one CCTV video segment always land on the same side.
@@ -18,7 +20,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -144,6 +146,16 @@ def _paste(src: Mapping[str, Any], classes: Sequence[str], where: str, base: Pat
     return synth.build(objects, frames, recipe, cache / str(_get(src, "name", where)))
 
 
+def _zoom(src: Mapping[str, Any], where: str) -> Tuple[float, float]:
+    """``zoom``: a number or [low, high], each > 0 (how much larger than a letterboxed frame)."""
+    z = _get(src, "zoom", where, 1.0)
+    lo, hi = (z, z) if isinstance(z, (int, float)) else tuple(z)
+    if not 0 < float(lo) <= float(hi):
+        raise D.DataError(f"{where}: zoom: expected a number or [low, high] with 0 < low <= high, "
+                          f"got {z!r}")
+    return float(lo), float(hi)
+
+
 def build(sources: Sequence[Mapping[str, Any]], heads: Mapping[str, Sequence[str]],
           base: Path = Path("."), cache: Path = Path("out/model/frames")) -> List[D.Sample]:
     """Every configured source's samples; raises :class:`DataError` naming the bad source/file."""
@@ -163,8 +175,11 @@ def build(sources: Sequence[Mapping[str, Any]], heads: Mapping[str, Sequence[str
         items = _split(_filters(items, src, where), src, where, base)
         if not items:
             raise D.DataError(f"{where}: no images left after filters and split")
+        zoom, tiles = _zoom(src, where), int(_get(src, "tiles", where, 1))
+        if tiles < 1:
+            raise D.DataError(f"{where}: tiles: expected an integer >= 1, got {tiles}")
         for path, size, boxes in items:
-            s = D.Sample(Path(path), name, size)
+            s = D.Sample(Path(path), name, size, zoom=zoom, tiles=tiles)
             if head:
                 s.boxes[head] = boxes
             for h in negs:

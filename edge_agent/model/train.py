@@ -129,6 +129,9 @@ def validate(model, samples, cfg: TrainConfig, half: bool = False) -> Dict[str, 
                             half))
         for j in range(len(imgs)):
             gts.append({h: boxes[h][j] for h in cfg.heads})
+    for i, smp in enumerate(samples):
+        if smp.tiles > 1:
+            dets[i] = predict_tiled(model, ds.load(i), smp.tiles, cfg, half)
     if half:
         model.float()
     out: Dict[str, Any] = {}
@@ -150,6 +153,41 @@ def validate(model, samples, cfg: TrainConfig, half: bool = False) -> Dict[str, 
         res["per_source"] = per
         out[h] = res
     return out
+
+
+def predict_tiled(model, img: np.ndarray, grid: int, cfg: TrainConfig, half: bool = False
+                  ) -> Dict[str, np.ndarray]:
+    """Per head, detections on ``grid`` x ``grid`` tiles of ``img`` (as the daemon's
+    ``cameras[].tiles``), merged and expressed in the whole frame's letterboxed input pixels."""
+    import cv2
+
+    from edge_agent.inference import tiles as T
+    from edge_agent.model.data import letterbox_matrix
+
+    H, W = cfg.hw
+    parts, ms = [], []
+    for t in T.tile_grid(img.shape[1], img.shape[0], grid):
+        m = letterbox_matrix((t.w, t.h), cfg.hw)
+        out = cv2.warpAffine(np.ascontiguousarray(T.crop(img, t)), m, (W, H),
+                             borderMode=cv2.BORDER_CONSTANT, borderValue=(114,) * 3)
+        parts.append(out.transpose(2, 0, 1))
+        ms.append(m[0, 0])
+    net = model.half() if half else model
+    res = predict(net, np.stack(parts).astype(np.float32), cfg.eval.score_threshold,
+                  cfg.eval.nms_iou, half)
+    whole = letterbox_matrix((img.shape[1], img.shape[0]), cfg.hw)[0, 0]
+    tiles = T.tile_grid(img.shape[1], img.shape[0], grid)
+    merged = {}
+    for h in res[0]:
+        per = []
+        for r, k in zip(res, ms):
+            d = r[h].copy()
+            d[:, :4] /= k
+            per.append(d)
+        d = T.merge(per, tiles, cfg.eval.nms_iou)
+        d[:, :4] *= whole
+        merged[h] = d
+    return merged
 
 
 def score_of(metrics: Dict[str, Any], cfg: TrainConfig) -> float:
@@ -287,9 +325,11 @@ def run(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> Dict[s
     ds = CombinedDataset(tr, list(cfg.heads), cfg.hw, cfg.augment, seed=cfg.seed)
     weights = balanced_weights(tr, cfg.source_weights)
     plan = _stages(cfg)
-    # per-epoch validation on at most eval.epoch_limit images per source (export uses them all)
+    # per-epoch validation on at most eval.epoch_limit images per source (export uses them all);
+    # a source with `epoch: false` is read at export only
     lim = cfg.eval.epoch_limit
-    va_epoch = _limit(va, [{**s, "limit": lim} for s in cfg.val]) if lim else va
+    specs = [s for s in cfg.val if s.get("epoch", True)]
+    va_epoch = _limit(va, [{**s, "limit": lim or s.get("limit")} for s in specs])
     history: List[Dict[str, Any]] = []
     start, best = 0, -1.0
     opt, opt_stage = None, None

@@ -1,0 +1,69 @@
+"""Overlapping tiles of a frame, for cameras that look from far (``cameras[].tiles``).
+
+A frame cut into ``grid`` x ``grid`` overlapping tiles, each letterboxed into the model's input
+like a whole frame, shows every object about ``grid`` times larger: a 10-px gun of a ceiling
+camera becomes a 20-px one, the scale the weapon head was trained for (MODEL_CARD.md,
+"Surveillance"). The boxes of all tiles are mapped back to frame pixels and merged by NMS, per
+class. Pure numpy, so training and the daemon share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Sequence
+
+import numpy as np
+
+from edge_agent.inference.postprocess import nms
+
+# Each tile reaches this fraction of its own size into its neighbours, so an object cut by one
+# tile's edge lies whole in the next one when it is smaller than the overlap.
+DEFAULT_OVERLAP = 0.15
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A crop of the frame: top-left corner and size in frame pixels."""
+
+    x: int
+    y: int
+    w: int
+    h: int
+
+
+def tile_grid(width: int, height: int, grid: int, overlap: float = DEFAULT_OVERLAP) -> List[Tile]:
+    """``grid`` x ``grid`` tiles covering a ``width`` x ``height`` frame, each overlapping its
+    neighbours by ``overlap`` of its size; ``grid`` 1 is the whole frame."""
+    if grid < 1:
+        raise ValueError(f"tiles: grid must be >= 1, got {grid}")
+    if not 0.0 <= overlap < 0.5:
+        raise ValueError(f"tiles: overlap must be in [0, 0.5), got {overlap}")
+    if grid == 1:
+        return [Tile(0, 0, width, height)]
+    tw = int(np.ceil(width / (grid - (grid - 1) * overlap)))
+    th = int(np.ceil(height / (grid - (grid - 1) * overlap)))
+    xs = np.linspace(0, width - tw, grid).round().astype(int)
+    ys = np.linspace(0, height - th, grid).round().astype(int)
+    return [Tile(int(x), int(y), tw, th) for y in ys for x in xs]
+
+
+def crop(frame: np.ndarray, tile: Tile) -> np.ndarray:
+    """The tile's pixels (a view, no copy)."""
+    return frame[tile.y:tile.y + tile.h, tile.x:tile.x + tile.w]
+
+
+def merge(per_tile: Sequence[np.ndarray], tiles: Sequence[Tile], nms_iou: float) -> np.ndarray:
+    """Detections (K, 6: x1, y1, x2, y2, score, class) in each tile's pixels -> one set in frame
+    pixels, NMS per class across tiles."""
+    parts = []
+    for d, t in zip(per_tile, tiles):
+        if len(d):
+            d = np.array(d, np.float32, copy=True)
+            d[:, [0, 2]] += t.x
+            d[:, [1, 3]] += t.y
+            parts.append(d)
+    if not parts:
+        return np.zeros((0, 6), np.float32)
+    allb = np.concatenate(parts)
+    keep = nms(allb[:, :4].astype(np.float64), allb[:, 4], allb[:, 5].astype(np.int64), nms_iou)
+    return allb[keep]
