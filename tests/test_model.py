@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 from pathlib import Path
 
@@ -526,3 +527,54 @@ def test_distillation_counts_only_on_the_named_sources():
     assert distill_mask(DistillConfig("weapon"), samples) is None
     got = distill_mask(DistillConfig("weapon", sources=["ugr", "plates"]), samples)
     assert got.tolist() == [True, False, True, False]
+
+
+def test_fine_path_starts_as_identity_exports_and_loads_back(tmp_path, yolox_nano):
+    from edge_agent.model import export as E
+
+    net = N.MultiHeadNet(HEADS, {"weapon": N.HeadSpec(32, 1, 0, 16)})
+    W.load_coco(net, yolox_nano, {"crowd": [0]})
+    plain = N.MultiHeadNet(HEADS, {"weapon": N.HeadSpec(32, 1)})
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if ".fine." not in k})
+    x = torch.rand(1, 3, 64, 96) * 255
+    with torch.no_grad():  # an untrained path adds zero: the head is the plain one
+        for a, b in zip(net(x)["weapon"], plain(x)["weapon"]):
+            assert torch.equal(a, b)
+        net.heads.weapon.fine.out.weight.normal_(0, 0.05)  # "trained": the stride-8 map moves
+        moved = [not torch.equal(a, b) for a, b in zip(net(x)["weapon"], plain(x)["weapon"])]
+    assert moved == [True, False, False]  # only the stride-8 level sees the fine path
+    path = tmp_path / "f.onnx"
+    E.to_onnx(net.eval(), 64, 96, path)
+    back = W.exported_net(path)
+    assert back.heads["weapon"].spec == N.HeadSpec(32, 1, 0, 16)
+    assert back.heads["crowd"].fine is None
+    with torch.no_grad():
+        for a, b in zip(net(x)["weapon"], back(x)["weapon"]):
+            assert torch.allclose(a, b, atol=1e-4)
+    with pytest.raises(ValueError, match="fine"):
+        N.HeadSpec(32, 1, 0, 200)
+
+
+def test_zoom_enlarges_a_source_and_bad_zoom_or_tiles_are_named(tmp_path):
+    from edge_agent.model import sources
+    from edge_agent.model.trainconfig import Augment
+
+    items = _items(tmp_path)
+    D.write_yolo(items, tmp_path / "images", tmp_path / "labels")
+    src = {"name": "s", "format": "yolo", "images": str(tmp_path / "images"),
+           "labels": str(tmp_path / "labels"), "classes": ["gun", "knife"], "head": "weapon",
+           "map": {"knife": "gun"}}
+    heads = {"weapon": ["gun"]}
+    plain = sources.build([src], heads)
+    zoomed = sources.build([{**src, "zoom": [2.0, 2.0], "tiles": 2}], heads)
+    assert plain[0].zoom == (1.0, 1.0) and plain[0].tiles == 1
+    assert zoomed[0].zoom == (2.0, 2.0) and zoomed[0].tiles == 2
+    still = Augment(scale=(1.0, 1.0), translate=0.0, flip=0.0, hsv=(0.0, 0.0, 0.0))
+    rng = random.Random(0)
+    scales = [D._random_matrix(smp[0].size, (128, 128), still, rng, smp[0].zoom)[0][0, 0]
+              for smp in (plain, zoomed)]
+    assert scales[1] == pytest.approx(2 * scales[0])
+    for bad, key in (({"zoom": [0, 2]}, "zoom"), ({"zoom": [3, 2]}, "zoom"),
+                     ({"tiles": 0}, "tiles")):
+        with pytest.raises(D.DataError, match=key):
+            sources.build([{**src, **bad}], heads)

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 STRIDES = (8, 16, 32)
 NECK_CHANNELS = (64, 128, 256)  # channels of the stride 8 / 16 / 32 features
+STRIDE4_CHANNELS = 32  # channels of the body's stride-4 map (dark2)
 HEAD_WIDTH = 64
 
 
@@ -40,6 +41,7 @@ class HeadSpec:
     width: int = HEAD_WIDTH
     convs: int = 2
     adapter: int = 0  # channels of a trainable branch on the stride-8 features (0: none)
+    fine: int = 0  # channels of a trainable path from the stride-4 features (0: none)
 
     def __post_init__(self):
         if not (isinstance(self.width, int) and 8 <= self.width <= HEAD_WIDTH):
@@ -49,6 +51,8 @@ class HeadSpec:
             raise ValueError(f"head convs must be 0, 1 or 2, got {self.convs!r}")
         if not (isinstance(self.adapter, int) and 0 <= self.adapter <= 128):
             raise ValueError(f"head adapter must be an integer in 0..128, got {self.adapter!r}")
+        if not (isinstance(self.fine, int) and 0 <= self.fine <= 128):
+            raise ValueError(f"head fine must be an integer in 0..128, got {self.fine!r}")
 
 
 COCO_HEAD = HeadSpec(HEAD_WIDTH, 2)
@@ -152,9 +156,10 @@ class Body(nn.Module):
         self.C3_n4 = CSPLayer(256, 256, 1, False)
         self.up = nn.Upsample(scale_factor=2, mode="nearest")
 
-    def forward(self, x) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self.dark2(self.stem(x))
-        c3 = self.dark3(x)
+    def forward(self, x) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(stride-4 features, then the neck's stride 8, 16, 32 maps)."""
+        c2 = self.dark2(self.stem(x))
+        c3 = self.dark3(c2)
         c4 = self.dark4(c3)
         c5 = self.dark5(c4)
         fpn0 = self.lateral_conv0(c5)
@@ -163,7 +168,7 @@ class Body(nn.Module):
         p3 = self.C3_p3(torch.cat([self.up(fpn1), c3], 1))
         p4 = self.C3_n3(torch.cat([self.bu_conv2(p3), fpn1], 1))
         p5 = self.C3_n4(torch.cat([self.bu_conv1(p4), fpn0], 1))
-        return p3, p4, p5
+        return c2, p3, p4, p5
 
 
 class Adapter(nn.Module):
@@ -184,6 +189,27 @@ class Adapter(nn.Module):
 
     def forward(self, x):
         return x + self.out(self.mid(self.inp(x)))
+
+
+class FinePath(nn.Module):
+    """A head's own trainable path from the body's stride-4 features to its stride-8 level.
+
+    The shared stride-8 map is frozen COCO features, in which a gun of a few pixels hardly shows;
+    the stride-4 map still has its edges. Two depthwise-separable convs (the first one stride 2)
+    and a 1 x 1 out that starts at zero, added to the stride-8 map: untrained, the head is
+    exactly as it was.
+    """
+
+    def __init__(self, cin: int, width: int, cout: int):
+        super().__init__()
+        self.down = DWConv(cin, width, 3, 2)
+        self.mid = DWConv(width, width, 3)
+        self.out = nn.Conv2d(width, cout, 1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, c2):
+        return self.out(self.mid(self.down(c2)))
 
 
 class Head(nn.Module):
@@ -207,10 +233,16 @@ class Head(nn.Module):
         self.reg_preds = nn.ModuleList([nn.Conv2d(width, 4, 1) for _ in STRIDES])
         self.obj_preds = nn.ModuleList([nn.Conv2d(width, 1, 1) for _ in STRIDES])
         self.adapter = Adapter(NECK_CHANNELS[0], spec.adapter) if spec.adapter else None
+        self.fine = FinePath(STRIDE4_CHANNELS, spec.fine, NECK_CHANNELS[0]) if spec.fine else None
 
     def forward(self, feats: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        """``feats``: the body's (stride-4, stride-8, 16, 32) maps."""
+        c2, levels = feats[0], feats[1:]
+        fine = self.fine(c2) if self.fine is not None else None
         out = []
-        for k, x in enumerate(feats):
+        for k, x in enumerate(levels):
+            if k == 0 and fine is not None:
+                x = x + fine
             if k == 0 and self.adapter is not None:
                 x = self.adapter(x)
             x = self.stems[k](x)

@@ -164,16 +164,17 @@ def exported_net(path: Path) -> MultiHeadNet:
         raise ValueError(f"{path}: cannot read the ONNX file: {exc}") from None
     n_body = sum(isinstance(m, nn.Conv2d) for m in Body().modules())
     specs, classes, i = {}, {}, n_body
-    adapters = _adapter_widths(model)
+    adapters, fines = _branch_widths(model, "adapter"), _branch_widths(model, "fine")
     try:
         for h in heads:
-            a = adapters.get(h, 0)
-            i += 4 if a else 0  # the adapter's convs run before the stride-8 stem
+            a, f = adapters.get(h, 0), fines.get(h, 0)
+            i += 5 if f else 0  # the fine path's convs run first,
+            i += 4 if a else 0  # then the adapter's, before the stride-8 stem
             width, n = convs[i][1].shape[0], 0
             while convs[i + 1 + 2 * n][1].shape[1] == 1:  # depthwise, then pointwise: one conv
                 n += 1
             classes[h] = [f"class{k}" for k in range(convs[i + 1 + 2 * n][1].shape[0])]
-            specs[h] = HeadSpec(int(width), n, a)
+            specs[h] = HeadSpec(int(width), n, a, f)
             i += len(STRIDES) * (1 + 4 * n + 3)  # stem, cls and reg convs, three predictors
         net = MultiHeadNet(classes, specs)
     except (IndexError, AttributeError, ValueError) as exc:
@@ -183,15 +184,18 @@ def exported_net(path: Path) -> MultiHeadNet:
     return net
 
 
-def _adapter_widths(model) -> Dict[str, int]:
-    """Per head, the width of its :class:`Adapter` in an exported graph (from the node names,
-    which the exporter takes from the module path: ``/net/<head>/adapter/inp/conv/Conv``)."""
+def _branch_widths(model, branch: str) -> Dict[str, int]:
+    """Per head, the width of its ``branch`` (``adapter``: :class:`Adapter`, ``fine``:
+    :class:`FinePath`) in an exported graph, from the node names, which the exporter takes from
+    the module path (``/net/<head>/adapter/inp/conv/Conv``, ``/net/<head>/fine/down/pconv/...``)."""
     from onnx import numpy_helper
 
+    first = {"adapter": "inp/", "fine": "down/pconv/"}[branch]
     inits = {t.name: t for t in model.graph.initializer}
     out = {}
     for node in model.graph.node:
-        m = re.search(r"/([^/]+)/adapter/inp/", node.name) if node.op_type == "Conv" else None
+        m = (re.search(rf"/([^/]+)/{branch}/{first}", node.name) if node.op_type == "Conv"
+             else None)
         if m and node.input[1] in inits:
             out[m.group(1)] = int(numpy_helper.to_array(inits[node.input[1]]).shape[0])
     return out
@@ -201,7 +205,8 @@ def load_heads(net: MultiHeadNet, path: Path, heads: Sequence[str]) -> List[str]
     """Copy the named heads' tensors from our exported ``path`` into ``net``; returns the keys.
 
     Each head must have the same design (shapes) in both; a mismatch names the tensor. A head
-    that has an :class:`Adapter` here but none there keeps its adapter's (identity) start.
+    that has an :class:`Adapter` or :class:`FinePath` here but none there keeps its (identity)
+    start.
     """
     src = exported_net(Path(path)).state_dict()
     state = net.state_dict()
@@ -211,7 +216,7 @@ def load_heads(net: MultiHeadNet, path: Path, heads: Sequence[str]) -> List[str]
             raise ValueError(f"heads_from: {h!r} is not a head of this model ({list(net.heads)})")
         keys = [k for k in state if k.startswith(f"heads.{h}.")]
         for k in keys:
-            if k not in src and f"heads.{h}.adapter." in k:
+            if k not in src and (f"heads.{h}.adapter." in k or f"heads.{h}.fine." in k):
                 continue
             if k not in src or tuple(src[k].shape) != tuple(state[k].shape):
                 got = list(src[k].shape) if k in src else "no such tensor"

@@ -127,6 +127,7 @@ class HeadDesign:
     width: Optional[int] = None  # 8..64 channels of its stems and branches
     convs: Optional[int] = None  # 0..2 depthwise 3x3 convs per branch
     adapter: int = 0  # 0..128: a weapon-head adapter on the stride-8 features
+    fine: int = 0  # 0..128: a trainable path from the stride-4 features (net.FinePath)
 
 
 @dataclass
@@ -186,6 +187,8 @@ class TrainConfig:
                 return f"{key}.convs", f"must be 0, 1 or 2, got {d.convs!r}"
             if not 0 <= d.adapter <= 128:
                 return f"{key}.adapter", f"must be an integer in 0..128, got {d.adapter!r}"
+            if not 0 <= d.fine <= 128:
+                return f"{key}.fine", f"must be an integer in 0..128, got {d.fine!r}"
         return None
 
     def head_specs(self) -> Dict[str, Any]:
@@ -205,7 +208,8 @@ class TrainConfig:
                     else DEFAULT_HEAD)
             d = self.head_design.get(name, HeadDesign())
             out[name] = HeadSpec(base["width"] if d.width is None else d.width,
-                                 base["convs"] if d.convs is None else d.convs, d.adapter)
+                                 base["convs"] if d.convs is None else d.convs, d.adapter,
+                                 d.fine)
         return out
 
     @property
