@@ -1,9 +1,16 @@
 """Overlapping tiles of a frame (inference/tiles.py) and the training side's zoom and tiles."""
 
+from pathlib import Path
+
+import cv2
 import numpy as np
 import pytest
 
 from edge_agent.inference import tiles as T
+from edge_agent.inference.postprocess import iou_matrix
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE = REPO / "samples" / "retail02_12s.mp4"
 
 
 @pytest.mark.parametrize("w,h,grid", [(416, 234, 2), (1920, 1080, 3), (640, 360, 1), (101, 77, 2)])
@@ -46,3 +53,46 @@ def test_crop_is_the_tiles_pixels():
     frame = np.arange(60 * 80 * 3, dtype=np.uint8).reshape(60, 80, 3)
     t = T.tile_grid(80, 60, 2)[3]
     np.testing.assert_array_equal(T.crop(frame, t), frame[t.y:, t.x:])
+
+
+def _engine(max_batch: int):
+    from edge_agent.model.checks import engine_for
+
+    return engine_for(str(REPO / "engines" / "models" / "edge_multihead.onnx"), 0.3, max_batch)
+
+
+def _first_frame() -> np.ndarray:
+    cap = cv2.VideoCapture(str(SAMPLE))
+    ok, frame = cap.read()
+    cap.release()
+    assert ok, SAMPLE
+    return frame
+
+
+@pytest.mark.parametrize("max_batch", [1, 4])
+def test_tiles_find_people_where_they_are_and_other_heads_keep_the_whole_frame(max_batch):
+    """The shipped model on a sample frame put in the bottom-right quarter of a grey frame
+    twice its size: the boxes of the tile that holds it, mapped back, are where the people of
+    the frame alone are (an offset or scale slip would miss them)."""
+    from edge_agent.capture import Frame
+    from edge_agent.pipeline.detector import Tiling, detect
+
+    img = _first_frame()
+    h, w = img.shape[:2]
+    big = np.full((2 * h, 2 * w, 3), 114, np.uint8)
+    big[h:, w:] = img
+    with _engine(max_batch) as eng:
+        alone = eng.infer([img]).detections[0]["crowd"]
+        whole = eng.infer([big]).detections[0]
+        frame = Frame("cam", 0, big, 0.0, 0.0, 0.0)
+        tiled = detect(eng, [frame], Tiling({"cam": 2}, {"cam": ["crowd"]}, 0.45)).detections[0]
+        plain = detect(eng, [frame], Tiling({}, {}, 0.45)).detections[0]
+    assert len(alone) >= 3
+    shifted = alone[:, :4] + [w, h, w, h]
+    both = iou_matrix(np.concatenate([shifted, tiled["crowd"][:, :4]]).astype(np.float64))
+    cross = both[:len(shifted), len(shifted):]
+    assert (cross.max(1) > 0.7).mean() >= 0.8, cross.max(1)
+    for head in ("weapon", "plate"):  # not tile heads: the whole frame's boxes, unchanged
+        np.testing.assert_array_equal(tiled[head], whole[head])
+    for head in whole:
+        np.testing.assert_array_equal(plain[head], whole[head])

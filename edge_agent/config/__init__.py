@@ -138,6 +138,13 @@ class CameraConfig(_Model):
         4, ge=1, le=60, description="live sources: decoded frames kept for the inference loop "
         "(each W x H x 3 bytes: 690 kB at 640x360, 6.2 MB at 1080p); when full the oldest is "
         "dropped; 1 = newest frame only")
+    tiles: int = Field(
+        1, ge=1, le=4, description="detect also on tiles x tiles overlapping tiles of the frame "
+        "(a camera that looks from far: each tile shows objects tiles times larger); costs "
+        "1 + tiles^2 detector runs per detected frame; 1 = off")
+    tile_heads: List[str] = Field(
+        default_factory=lambda: ["weapon"], description="heads that take the tiles' boxes "
+        "(merged with the whole frame's by NMS); the others keep the whole frame's only")
     # Bounded: OpenCV rejects open/read timeouts of 2^31 ms and more; below 1 ms they read as 0.
     stall_timeout_s: float = Field(
         5.0, ge=0.01, le=DAY_S, description="reopen when no frame for this long"

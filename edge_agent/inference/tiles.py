@@ -10,10 +10,12 @@ class. Pure numpy, so training and the daemon share it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from edge_agent.common.interfaces import Engine
+from edge_agent.inference.engine import InferResult
 from edge_agent.inference.postprocess import nms
 
 # Each tile reaches this fraction of its own size into its neighbours, so an object cut by one
@@ -67,3 +69,37 @@ def merge(per_tile: Sequence[np.ndarray], tiles: Sequence[Tile], nms_iou: float)
     allb = np.concatenate(parts)
     keep = nms(allb[:, :4].astype(np.float64), allb[:, 4], allb[:, 5].astype(np.int64), nms_iou)
     return allb[keep]
+
+
+def infer_tiled(engine: Engine, frames: Sequence[np.ndarray], grids: Sequence[int],
+                tile_heads: Sequence[Sequence[str]], nms_iou: float) -> InferResult:
+    """Detections of ``frames`` where frame i with ``grids[i]`` > 1 is also run as that many
+    tiles per side: its heads ``tile_heads[i]`` get the whole frame's boxes and the tiles'
+    merged, its other heads the whole frame's only (a person cut by a tile's edge would count
+    twice).
+
+    Calls the engine in chunks of ``engine.max_batch``; the result's timing is summed.
+    """
+    jobs: List[Tuple[int, Tile, np.ndarray]] = []
+    for i, (frame, grid) in enumerate(zip(frames, grids)):
+        h, w = frame.shape[:2]
+        jobs.append((i, Tile(0, 0, w, h), frame))
+        if grid > 1:
+            jobs += [(i, t, np.ascontiguousarray(crop(frame, t))) for t in tile_grid(w, h, grid)]
+    found: List[Dict[str, np.ndarray]] = []
+    timing: Dict[str, float] = {}
+    for s in range(0, len(jobs), engine.max_batch):
+        res = engine.infer([img for _, _, img in jobs[s:s + engine.max_batch]])
+        found += res.detections
+        for k, v in res.timing.items():
+            timing[k] = timing.get(k, 0.0) + v
+    out: List[Dict[str, np.ndarray]] = []
+    for i in range(len(frames)):
+        mine = [(t, d) for (j, t, _), d in zip(jobs, found) if j == i]
+        dets = dict(mine[0][1])
+        if len(mine) > 1:
+            for head in tile_heads[i]:
+                if head in dets:
+                    dets[head] = merge([d[head] for _, d in mine], [t for t, _ in mine], nms_iou)
+        out.append(dets)
+    return InferResult(out, timing)

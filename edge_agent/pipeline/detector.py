@@ -12,10 +12,12 @@ import concurrent.futures
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, FrozenSet, List, Optional, Tuple
+from typing import Any, Dict, FrozenSet, List, Optional, Tuple
 
 from edge_agent.capture import Frame
 from edge_agent.common.interfaces import Engine
+from edge_agent.inference.engine import InferResult
+from edge_agent.inference.tiles import infer_tiled
 
 
 @dataclass
@@ -27,10 +29,30 @@ class Batch:
     future: concurrent.futures.Future
 
 
-def _infer(engine: Engine, frames: List[Frame]) -> Tuple[Any, float]:
+@dataclass(frozen=True)
+class Tiling:
+    """Per camera the tiles per side (``cameras[].tiles``, cameras at 1 left out) and heads
+    that take them."""
+
+    grids: Dict[str, int]
+    heads: Dict[str, List[str]]
+    nms_iou: float
+
+
+def _infer(engine: Engine, frames: List[Frame], tiling: Optional[Tiling]
+           ) -> Tuple[Any, float]:
     t0 = time.monotonic()
-    res = engine.infer([f.image for f in frames])
+    res = detect(engine, frames, tiling)
     return res, time.monotonic() - t0
+
+
+def detect(engine: Engine, frames: List[Frame], tiling: Optional[Tiling]) -> InferResult:
+    """``engine.infer`` of the frames, each camera with tiles also on its tiles."""
+    if tiling is None or not any(f.camera in tiling.grids for f in frames):
+        return engine.infer([f.image for f in frames])
+    return infer_tiled(engine, [f.image for f in frames],
+                       [tiling.grids.get(f.camera, 1) for f in frames],
+                       [tiling.heads.get(f.camera, []) for f in frames], tiling.nms_iou)
 
 
 class DetectorThread:
@@ -53,11 +75,12 @@ class DetectorThread:
         """Cameras with a frame in the detector: their next frames wait for its result."""
         return self.batch.cameras if self.batch is not None else frozenset()
 
-    def submit(self, engine: Engine, frames: List[Frame]) -> None:
+    def submit(self, engine: Engine, frames: List[Frame], tiling: Optional[Tiling] = None
+               ) -> None:
         """Start detecting in ``frames`` (at most ``engine.max_batch``); one batch at a time."""
         if self.batch is not None:
             raise RuntimeError("a batch is already in the detector")
-        fut = self._pool.submit(_infer, engine, frames)
+        fut = self._pool.submit(_infer, engine, frames, tiling)
         fut.add_done_callback(lambda _: self._wake.set())
         self.batch = Batch(frames, frozenset(f.camera for f in frames), fut)
 

@@ -43,7 +43,7 @@ from edge_agent.events import (
 from edge_agent.events.ocr import Reader, load_reader
 from edge_agent.metrics import Latency, stats_line
 from edge_agent.outbox.delivery import EventDelivery
-from edge_agent.pipeline.detector import DetectorThread
+from edge_agent.pipeline.detector import DetectorThread, Tiling, detect
 from edge_agent.tracking import CAMERA_PARAMS, PARAMS, Tracker
 from edge_agent.tracking.columns import DET_COLS
 
@@ -166,6 +166,9 @@ class Pipeline:
             if old is not None:
                 st.carry_over(old)
             self.cams[cam.name] = st
+        self.tiling = Tiling({c.name: c.tiles for c in cfg.cameras if c.tiles > 1},
+                             {c.name: list(c.tile_heads) for c in cfg.cameras},
+                             cfg.model.nms_iou)
 
     # --- what others read (any thread) -----------------------------------------------------
 
@@ -378,7 +381,7 @@ class Pipeline:
             return busy
         det = [f for f in frames if self._detects(self.cams[f.camera])]
         if det:
-            self.detector.submit(self.engine, det)
+            self.detector.submit(self.engine, det, self.tiling)
         for f in frames:
             if f.camera not in self.detector.waiting():
                 self._process_one(f, None)
@@ -474,7 +477,7 @@ class Pipeline:
             return dets
         t0 = time.monotonic()
         try:
-            res = self.engine.infer([frames[i].image for i in det_idx])
+            res = detect(self.engine, [frames[i] for i in det_idx], self.tiling)
             for j, i in enumerate(det_idx):
                 dets[i] = res.detections[j]
             self._count_inference(time.monotonic() - t0, len(det_idx))
