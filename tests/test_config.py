@@ -138,3 +138,12 @@ def test_missing_file_exit_2_without_traceback(tmp_path):
     assert proc.returncode == 2
     assert f"{missing}: no such config file" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("extra,line,fragment", [
+    ("    tiles: 9\n", 5, "cameras[0].tiles"),
+    ("    tiles: 2\n    tile_heads: [weapn]\n", 6, "cameras[0].tile_heads[0]"),
+])
+def test_bad_tiles_are_named(tmp_path, capsys, extra, line, fragment):
+    text = "cameras:\n  - name: door\n    source: x.mp4\n    detect_every: 3\n" + extra
+    assert_validate_refuses(tmp_path / "t.yaml", text, line, fragment, capsys)

@@ -142,7 +142,7 @@ class CameraConfig(_Model):
         1, ge=1, le=4, description="detect also on tiles x tiles overlapping tiles of the frame "
         "(a camera that looks from far: each tile shows objects tiles times larger); costs "
         "1 + tiles^2 detector runs per detected frame; 1 = off")
-    tile_heads: List[str] = Field(
+    tile_heads: List[Literal["weapon", "crowd", "plate"]] = Field(
         default_factory=lambda: ["weapon"], description="heads that take the tiles' boxes "
         "(merged with the whole frame's by NMS); the others keep the whole frame's only")
     # Bounded: OpenCV rejects open/read timeouts of 2^31 ms and more; below 1 ms they read as 0.
