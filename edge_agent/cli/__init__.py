@@ -56,7 +56,8 @@ def _add_track(sub) -> None:
     p.add_argument("--manifest", help="model manifest JSON (default: beside the model)")
     p.add_argument("-o", "--output", help="annotated output video (.mp4)")
     p.add_argument("--events", help="JSON-lines file for events (default: stdout)")
-    p.add_argument("--config", "-C", help="YAML config for zones, rules and tracker parameters")
+    p.add_argument("--config", "-C", help="YAML config for rules and tracker parameters; its "
+                   "first camera's zones, detect_every, tiles and tile_heads apply to the video")
     p.add_argument("--max-frames", type=int, default=0, help="stop after N frames (0 = all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

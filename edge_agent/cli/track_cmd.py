@@ -48,7 +48,7 @@ def track_config(args: argparse.Namespace) -> cfgmod.Config:
     data["model"]["score_threshold"] = args.confidence
     base = data["cameras"][0] if data["cameras"] else {}
     cam = {"name": base.get("name", "input"), "source": args.input, "type": "file",
-           "zones": base.get("zones", []), "detect_every": base.get("detect_every", 1)}
+           **{k: base[k] for k in ("zones", "detect_every", "tiles", "tile_heads") if k in base}}
     data["cameras"] = [cam]
     data["mqtt"]["enabled"] = False
     data["events"]["sinks"] = {"console": False, "jsonl": None}
