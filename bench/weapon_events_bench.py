@@ -2,13 +2,14 @@
 slideshow of CCTV validation frames with a gun in a hand, with and without the carrier rule.
 
     .venv/bin/python bench/weapon_events_bench.py [--model engines/models/edge_multihead.onnx]
-        [--shared ../shared] [--slides 48] [--out out/weapon_events] [--json RESULT.json]
+        [--shared ../shared] [--slides 48] [--tiles 2] [--out out/weapon_events] [--json R.json]
 
 Per clip: weapon ``start`` events (goal: 0) with ``events.weapon.require_carrier`` on (the
 default) and off (the rule before it existed). The slideshow (``edge_agent/model/eventcheck.py``):
 each frame held 1 s at 10 fps, then 1 s of black; a slide counts when it raises a weapon start
 with a track ID and a carrier person track ID. The delay is, per slide that both runs raise,
-frames from the start without the rule to the start with it.
+frames from the start without the rule to the start with it. ``--tiles N`` runs every video as
+a camera with ``tiles: N`` (the weapon head also on N x N tiles, docs/inference.md "Tiles").
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from pathlib import Path
 from edge_agent.model import eventcheck as ec
 
 
-def clip_counts(model: Path, shared: Path, out: Path, clips) -> dict:
+def clip_counts(model: Path, shared: Path, out: Path, clips, tiles: int = 1) -> dict:
     res = {}
     for clip in clips:
         row = {}
         for carrier in (True, False):
             t0 = time.monotonic()
-            evs = ec.track_events(shared / "data" / "video" / clip, model, out, carrier)
+            evs = ec.track_events(shared / "data" / "video" / clip, model, out, carrier,
+                                  tiles=tiles)
             starts = ec.weapon_starts(evs)
             row["carrier" if carrier else "no_carrier"] = {
                 "weapon_starts": len(starts),
@@ -43,10 +45,11 @@ def clip_counts(model: Path, shared: Path, out: Path, clips) -> dict:
     return res
 
 
-def slideshow(model: Path, shared: Path, out: Path, n: int, source: str = "cctv") -> dict:
+def slideshow(model: Path, shared: Path, out: Path, n: int, source: str = "cctv",
+              tiles: int = 1) -> dict:
     show = ec.write_slideshow(ec.gun_frames(shared, n, source), out / f"{source}_guns.mp4")
-    on = ec.slide_hits(show, ec.track_events(show.path, model, out, True))
-    off = ec.slide_hits(show, ec.track_events(show.path, model, out, False))
+    on = ec.slide_hits(show, ec.track_events(show.path, model, out, True, tiles=tiles))
+    off = ec.slide_hits(show, ec.track_events(show.path, model, out, False, tiles=tiles))
     delays = sorted(ec.carrier_delays(on, off))
     raised_off = sum(f is not None for f in off.start_frame)
     res = {"slides": show.slides, "fps": show.fps, "hold_frames": show.hold,
@@ -72,14 +75,16 @@ def main(argv=None) -> int:
                     help="a second slideshow of UGR validation images (close-ups: where today's "
                          "model raises events, so the carrier rule's delay shows)")
     ap.add_argument("--clips", nargs="*", default=list(ec.NO_GUN_CLIPS))
+    ap.add_argument("--tiles", type=int, default=1, help="cameras[].tiles of every run")
     ap.add_argument("--json", help="write the results here")
     a = ap.parse_args(argv)
     model, shared = Path(a.model), Path(a.shared)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(a.out) if a.out else Path(tmp)
-        res = {"model": str(model), "slideshow": slideshow(model, shared, out, a.slides),
-               "slideshow_ugr": slideshow(model, shared, out, a.ugr_slides, "ugr"),
-               "clips": clip_counts(model, shared, out, a.clips)}
+        res = {"model": str(model), "tiles": a.tiles,
+               "slideshow": slideshow(model, shared, out, a.slides, tiles=a.tiles),
+               "slideshow_ugr": slideshow(model, shared, out, a.ugr_slides, "ugr", a.tiles),
+               "clips": clip_counts(model, shared, out, a.clips, a.tiles)}
     if a.json:
         Path(a.json).write_text(json.dumps(res, indent=1))
     return 0

@@ -107,12 +107,14 @@ def edge_agent_cmd() -> List[str]:
 
 
 def track_events(video: Path, model: Path, out_dir: Path, require_carrier: bool = True,
-                 confidence: float = 0.3, timeout_s: float = 1800) -> List[dict]:
-    """Events of `edge-agent track -i VIDEO --model MODEL` (a subprocess), with the rule set."""
+                 confidence: float = 0.3, timeout_s: float = 1800, tiles: int = 1) -> List[dict]:
+    """Events of `edge-agent track -i VIDEO --model MODEL` (a subprocess), with the rule set
+    and ``tiles`` (``cameras[].tiles``: the weapon head also on tiles x tiles tiles)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag = f"{Path(video).stem}-{'carrier' if require_carrier else 'nocarrier'}"
+    tag = f"{Path(video).stem}-{'carrier' if require_carrier else 'nocarrier'}-t{tiles}"
     cfg = out_dir / f"{tag}.yaml"
-    cfg.write_text(f"events:\n  weapon:\n    require_carrier: {str(require_carrier).lower()}\n")
+    cfg.write_text(f"cameras:\n  - {{name: input, source: {Path(video).name}, tiles: {tiles}}}\n"
+                   f"events:\n  weapon:\n    require_carrier: {str(require_carrier).lower()}\n")
     events = out_dir / f"{tag}.jsonl"
     cmd = edge_agent_cmd() + ["track", "-i", str(video), "--model", str(model), "--config",
                               str(cfg), "--events", str(events), "-c", str(confidence),
