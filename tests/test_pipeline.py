@@ -153,7 +153,8 @@ def test_one_by_one_one_track_per_walk_through(video_dir, yolox_nano):
     assert [e for e in res["events"] if e["type"] == "crowd"] == []
 
 
-def _first_tracks(cams: List[Dict[str, Any]], model: Path, n: int, max_batch: int):
+def _first_tracks(cams: List[Dict[str, Any]], model: Path, n: int, max_batch: int,
+                  depth: int = 2):
     cfg = cfgmod.Config.model_validate({
         "model": {"path": str(model), "max_batch": max_batch},
         "cameras": cams, "mqtt": {"enabled": False},
@@ -169,6 +170,7 @@ def _first_tracks(cams: List[Dict[str, Any]], model: Path, n: int, max_batch: in
             pipe.stop()
 
     pipe = Pipeline(cfg, engine, EventDelivery(MemoryLog(), []), on_frame=hook)
+    pipe.detector.depth = depth
     pipe.run()
     engine.close()
     return got, pipe
@@ -180,7 +182,8 @@ def test_batched_cameras_each_get_their_own_results(video_dir, yolox_nano):
     b = {"name": "b", "source": str(video_dir / RETAIL), "detect_every": 2}
     # b first: its detections stay on its own frames 0, 2, 4, ... (a detects every frame, so
     # its place in the detect phases changes nothing)
-    both, pipe = _first_tracks([b, a], yolox_nano, 25, max_batch=4)
+    # depth 1: frames due meanwhile wait for the running batch and go in the next together
+    both, pipe = _first_tracks([b, a], yolox_nano, 25, max_batch=4, depth=1)
     assert pipe.stats()["inference"]["mean_batch"] > 1.2  # really batched
     assert not pipe.counters.get("inference_errors")
     alone_a, _ = _first_tracks([a], yolox_nano, 25, max_batch=1)

@@ -7,6 +7,8 @@ import collections
 import threading
 from typing import Dict, List
 
+import pytest
+
 from edge_agent import config as cfgmod
 from edge_agent.inference import open_engine
 from edge_agent.outbox.delivery import EventDelivery
@@ -91,3 +93,33 @@ def test_cameras_detect_out_of_step(video_dir, yolox_nano):
     assert detected["c0"][:4] == [0, 6, 12, 18]
     assert detected["c1"][:4] == [0, 4, 10, 16]  # 6 // 3 = 2 frames out of step
     assert detected["c2"][:4] == [0, 2, 8, 14]  # 2 * 6 // 3 = 4
+
+
+def test_up_to_depth_batches_queue_in_the_detector_and_finish_in_order(video_dir, yolox_nano):
+    cfg = cfgmod.Config.model_validate({
+        "model": {"path": str(yolox_nano), "max_batch": 1},
+        "cameras": [{"name": f"c{i}", "source": str(video_dir / CAR)} for i in range(3)],
+        "mqtt": {"enabled": False}})
+    engine = open_engine(cfg.model)
+    pipe = Pipeline(cfg, engine, EventDelivery(MemoryLog(), []))
+    det = pipe.detector
+    assert det.depth == 2
+    pipe.capture.start()
+    try:
+        frames = []
+        for name in ("c0", "c1", "c2"):
+            while (f := pipe.capture.readers[name].take()) is None:
+                pipe.capture.new_frame.wait(0.1)
+            frames.append(f)
+        det.submit(engine, frames[:1])
+        assert not det.full()
+        det.submit(engine, frames[1:2])
+        assert det.full() and det.waiting() == {"c0", "c1"}
+        with pytest.raises(RuntimeError, match="2 batches"):
+            det.submit(engine, frames[2:])
+        got = [det.take()[0][0].camera for _ in range(2)]
+        assert got == ["c0", "c1"] and not det.busy()
+    finally:
+        pipe.capture.stop()
+        det.close()
+        engine.close()

@@ -1,18 +1,19 @@
-"""The detector on its own thread, one batch at a time, beside the inference loop.
+"""The detector on its own thread, beside the inference loop.
 
 ONNX Runtime and TensorRT release the GIL while they run, so the loop tracks and applies the
 rules to other cameras' frames (between detections) while a batch is in the detector, instead of
-one after the other. Only one batch is in flight, and only this thread calls the engine while it
-is (the loop waits for the batch before an engine swap or any other call on the engine).
+one after the other. Batches run one at a time, and only this thread calls the engine while any
+is queued (the loop takes every batch before an engine swap or any other call on the engine).
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Deque, Dict, FrozenSet, List, Optional, Tuple
 
 from edge_agent.capture import Frame
 from edge_agent.common.interfaces import Engine
@@ -56,43 +57,54 @@ def detect(engine: Engine, frames: List[Frame], tiling: Optional[Tiling]) -> Inf
 
 
 class DetectorThread:
-    """Runs ``engine.infer`` on a thread of its own; ``wake`` is set when a batch finishes."""
+    """Runs ``engine.infer`` on a thread of its own; ``wake`` is set when a batch finishes.
 
-    def __init__(self, wake: threading.Event):
+    Up to ``depth`` batches may be queued (default 2): the next batch waits in the queue while
+    one runs, so the detector does not idle while the loop is busy with a pass of other frames
+    and takes the finished batch late. Batches finish in the order they were submitted.
+    """
+
+    def __init__(self, wake: threading.Event, depth: int = 2):
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="detector")
         self._wake = wake
-        self.batch: Optional[Batch] = None
+        self.depth = depth
+        self._batches: Deque[Batch] = collections.deque()
 
     def busy(self) -> bool:
-        """A batch is in flight (finished or not, it was not taken yet)."""
-        return self.batch is not None
+        """A batch was submitted and not taken yet (finished or not)."""
+        return bool(self._batches)
+
+    def full(self) -> bool:
+        """``depth`` batches are in the detector: the next must wait."""
+        return len(self._batches) >= self.depth
 
     def ready(self) -> bool:
-        """The batch in flight has finished."""
-        return self.batch is not None and self.batch.future.done()
+        """The oldest batch has finished."""
+        return bool(self._batches) and self._batches[0].future.done()
 
     def waiting(self) -> FrozenSet[str]:
         """Cameras with a frame in the detector: their next frames wait for its result."""
-        return self.batch.cameras if self.batch is not None else frozenset()
+        return frozenset().union(*(b.cameras for b in self._batches))
 
     def submit(self, engine: Engine, frames: List[Frame], tiling: Optional[Tiling] = None
                ) -> None:
-        """Start detecting in ``frames`` (at most ``engine.max_batch``); one batch at a time."""
-        if self.batch is not None:
-            raise RuntimeError("a batch is already in the detector")
+        """Queue ``frames`` (at most ``engine.max_batch``) for detection."""
+        if self.full():
+            raise RuntimeError(f"{self.depth} batches are already in the detector")
         fut = self._pool.submit(_infer, engine, frames, tiling)
         fut.add_done_callback(lambda _: self._wake.set())
-        self.batch = Batch(frames, frozenset(f.camera for f in frames), fut)
+        self._batches.append(Batch(frames, frozenset(f.camera for f in frames), fut))
 
     def take(self) -> Tuple[List[Frame], concurrent.futures.Future]:
-        """The batch in flight, once finished (waits for it); the detector is free after."""
-        batch = self.batch
-        if batch is None:
+        """The oldest batch, once finished (waits for it)."""
+        if not self._batches:
             raise RuntimeError("no batch in the detector")
-        concurrent.futures.wait([batch.future])
-        self.batch = None
+        concurrent.futures.wait([self._batches[0].future])
+        batch = self._batches.popleft()
         return batch.frames, batch.future
 
     def close(self) -> None:
-        """Wait for the batch in flight (if any) and end the thread."""
+        """Wait for the batches in flight (if any) and end the thread."""
         self._pool.shutdown(wait=True)

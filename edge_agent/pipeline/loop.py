@@ -244,7 +244,7 @@ class Pipeline:
         return fut
 
     def _run_calls(self, fail: bool = False) -> None:
-        if not self._calls.empty() and self.detector.busy():
+        while not self._calls.empty() and self.detector.busy():
             self._finish_batch()  # a call may use or swap the engine: it must be idle
         while True:
             try:
@@ -333,7 +333,7 @@ class Pipeline:
         try:
             self.capture.stop()
             try:
-                if self.detector.busy():
+                while self.detector.busy():
                     self._finish_batch()
                 self._drain()
             except Exception:  # e.g. the engine broke (why run() ends): still end and flush
@@ -370,9 +370,9 @@ class Pipeline:
         """
         self.capture.new_frame.clear()
         finished = self.detector.ready()
-        if finished:
+        while self.detector.ready():
             self._finish_batch()
-        frames = self._collect(can_detect=not self.detector.busy())
+        frames = self._collect(can_detect=not self.detector.full())
         if not frames:
             if finished:
                 return True
@@ -405,7 +405,7 @@ class Pipeline:
     def _collect(self, can_detect: bool = True) -> List[Frame]:
         """One frame (the oldest queued) of each camera that is due (fps limit), round-robin;
         at most ``max_batch`` of them due for the detector, none while ``can_detect`` is False
-        (the detector is busy), and none of a camera with a frame in the detector. Frames
+        (the detector is full), and none of a camera with a frame in the detector. Frames
         between detections only track, which is cheap, so every camera's queue moves on every
         pass; a camera whose detection did not fit waits for the next pass, which starts with
         it."""
