@@ -1,11 +1,13 @@
 """How many cameras one box holds: detect on a 640x360 substream, record a 1080p main stream.
 
     .venv/bin/python bench/cameras_bench.py [--shared ../shared] [--counts 2,4,6,8,10,12]
-                                            [--seconds 60]
+                                            [--seconds 60] [--input-size 416x256|model]
+                                            [--threads 0]
 
 For each N, the test RTSP server (tests/rtsp_server.py, GStreamer, run by the system python3)
 serves N cameras, each as two streams cut from Retail02: a 640x360 H.264 substream the agent
-decodes and detects on (``detect_every: 6``, the shipped model on ONNX Runtime CPU) and a
+decodes and detects on (``detect_every: 6``, the shipped model on ONNX Runtime CPU at
+``model.input_size`` 416x256, the stream's own scale, unless ``--input-size model``) and a
 1920x1080 H.264 main stream it only keeps as packets for clips (``record:``). ``edge-agent run``
 runs for ``--seconds`` after a warm-up; from its /metrics the bench reads frames read and
 dropped per camera over that window and the detector's time per batch, and from /proc the
@@ -179,7 +181,7 @@ def main() -> int:
     ap.add_argument("--input-size", default="416x256",
                     help="model.input_size WxH (the 640x360 stream's own scale at 416 wide); "
                          "'model' for the model's own 416x416")
-    ap.add_argument("--threads", type=int, default=1,
+    ap.add_argument("--threads", type=int, default=0,
                     help="model.intra_op_threads (0: ONNX Runtime's default, a thread per core)")
     args = ap.parse_args()
     retail = args.shared / "data" / "video" / "nvidia_Retail02_short.mp4"
