@@ -334,7 +334,10 @@ class Pipeline:
             self.capture.stop()
             try:
                 while self.detector.busy():
-                    self._finish_batch()
+                    if self.drain:
+                        self._finish_batch()
+                    else:  # wait for it, but its frames go unprocessed like the queued ones
+                        self.detector.take()
                 self._drain()
             except Exception:  # e.g. the engine broke (why run() ends): still end and flush
                 log.exception("processing the frames left at stop failed")
