@@ -115,7 +115,7 @@ def rss_mb(pid: int) -> float:
 
 
 def run(n: int, sub: Path, main: Path, seconds: float, work: Path,
-        model: Dict[str, object]) -> Row:
+        model: Dict[str, object], frame_queue: int = 4) -> Row:
     """What the agent with ``n`` cameras did over ``seconds``."""
     servers: List[subprocess.Popen] = []
     cams = []
@@ -125,7 +125,7 @@ def run(n: int, sub: Path, main: Path, seconds: float, work: Path,
             p2, record = serve(main)
             servers += [p1, p2]
             cams.append({"name": f"cam{i}", "source": detect, "record": record,
-                         "detect_every": 6})
+                         "detect_every": 6, "frame_queue": frame_queue})
         port = free_port()
         conf = work / f"agent-{n}.yaml"
         conf.write_text(json.dumps({
@@ -178,6 +178,9 @@ def main() -> int:
     ap.add_argument("--counts", default="1,4,8,10,12",
                     help="camera counts to try, ascending; 1 first gives the per-camera RSS")
     ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--frame-queue", type=int, default=4,
+                    help="cameras[].frame_queue: decoded frames a camera queues while it waits "
+                         "for its detection (690 kB each at 640x360)")
     ap.add_argument("--input-size", default="416x256",
                     help="model.input_size WxH (the 640x360 stream's own scale at 416 wide); "
                          "'model' for the model's own 416x416")
@@ -202,7 +205,7 @@ def main() -> int:
               f"{'agent CPU %':>11} {'infer ms/batch':>14} {'load':>5}")
         best, first_rss = 0, None
         for n in (int(x) for x in args.counts.split(",")):
-            row = run(n, sub, main_, args.seconds, work, model)
+            row = run(n, sub, main_, args.seconds, work, model, args.frame_queue)
             rss = row.rss_mb
             if n == 1:
                 first_rss = rss
