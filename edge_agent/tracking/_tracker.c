@@ -1010,7 +1010,10 @@ static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
     const Params *p = &self->p;
     if (arg == Py_None) {
         /* No detection: predict (and, with a frame, follow what the filters see); no lifecycle
-         * transitions except a track the filter lost, and shadow expiry. */
+         * transitions except a track the filter lost. A shadow whose time is up is dropped by
+         * the next detection attempt that misses it (below), as at detect_every 1: no
+         * detection could re-match it here, and dropping it here would end it up to N - 1
+         * frames before the attempt that decides it. */
         if (img && reserve_visual(self, 0) < 0) return NULL;
         self->frame_count++;
         predict_all(self);
@@ -1032,7 +1035,6 @@ static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
                 t->followed = 1;
                 if (!t->cand && t->hits >= p->probation_age) track_confirm(self, t);
             }
-            if (t->state == ST_LOST && shadow_expired(self, t)) t->state = ST_DEAD;
         }
         if (img) visual_learn(self, img);
         compact(self);
