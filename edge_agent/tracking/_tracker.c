@@ -797,12 +797,15 @@ static int looks_like_another(CoreObject *self, const DcfImage *img, const Track
 /* Each track with a filter looks for its patch around its predicted box; where the peak stands
  * out of its sidelobes (PSR), the track is `seen` there (t->vis). Lost tracks look only on
  * frames without detections (`lost_too`): where there are detections, theirs is the word on
- * whether a track is still there. */
+ * whether a track is still there; a shadow whose time is up does not look (it waits for the
+ * detector's next attempt, which drops it unless it re-matches it). */
 static void visual_look(CoreObject *self, const DcfImage *img, int lost_too)
 {
     for (Py_ssize_t i = 0; i < self->ntracks; i++) {
         Track *t = &self->tracks[i];
-        if (t->flt < 0 || t->state == ST_DEAD || (t->state == ST_LOST && !lost_too)) continue;
+        if (t->flt < 0 || t->state == ST_DEAD ||
+            (t->state == ST_LOST && (!lost_too || shadow_expired(self, t))))
+            continue;
         t->looked = 1;
         const double *b = t->box;
         double cx = 0.5 * (b[0] + b[2]), cy = 0.5 * (b[1] + b[3]);
@@ -903,7 +906,7 @@ static void visual_learn(CoreObject *self, const DcfImage *img)
 static int track_coasts(const CoreObject *self, const Track *t)
 {
     const Params *p = &self->p;
-    if (t->state != ST_LOST) return 0;
+    if (t->state != ST_LOST || shadow_expired(self, t)) return 0;
     double s = miss_scale(self, t), s3 = s * s * s;
     double overlap = dmin(p->coast_overlap * s3, 1.0);
     /* for coast_frames x s^3 missed detection attempts, and while the picture, when there is
@@ -1013,7 +1016,8 @@ static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
          * transitions except a track the filter lost. A shadow whose time is up is dropped by
          * the next detection attempt that misses it (below), as at detect_every 1: no
          * detection could re-match it here, and dropping it here would end it up to N - 1
-         * frames before the attempt that decides it. */
+         * frames before the attempt that decides it. Until then it waits where it is (it
+         * neither looks nor coasts). */
         if (img && reserve_visual(self, 0) < 0) return NULL;
         self->frame_count++;
         predict_all(self);
