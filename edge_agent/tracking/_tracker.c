@@ -72,6 +72,7 @@ typedef struct {
     int mixed;      /* found a patch that looks more like an overlapping track: not seen */
     int cand;       /* tentative from a detection under new_track_thresh (a candidate) */
     int followed;   /* seen by its filter on a frame without detections since its birth */
+    int expired;    /* a shadow whose time ran out on a frame without detections */
     double vis[2];  /* where (centre), when seen */
 } Track;
 
@@ -787,7 +788,8 @@ static int looks_like_another(CoreObject *self, const DcfImage *img, const Track
     for (Py_ssize_t o = 0; o < self->ntracks; o++) {
         const Track *u = &self->tracks[o];
         if (u == t || u->flt < 0 || u->state == ST_DEAD || u->state == ST_TENTATIVE ||
-            u->cls != t->cls || !(box_iou(u->box, fb) > 0))
+            (u->state == ST_LOST && shadow_expired(self, u)) || u->cls != t->cls ||
+            !(box_iou(u->box, fb) > 0))
             continue;
         if (dcf_bhattacharyya(self->flt[u->flt].col, h) > own) return 1;
     }
@@ -1013,11 +1015,12 @@ static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
     const Params *p = &self->p;
     if (arg == Py_None) {
         /* No detection: predict (and, with a frame, follow what the filters see); no lifecycle
-         * transitions except a track the filter lost. A shadow whose time is up is dropped by
-         * the next detection attempt that misses it (below), as at detect_every 1: no
-         * detection could re-match it here, and dropping it here would end it up to N - 1
-         * frames before the attempt that decides it. Until then it waits where it is (it
-         * neither looks nor coasts). */
+         * transitions except a track the filter lost. A shadow whose time runs out here is
+         * dropped on the next frame with detections, before the association (so it is
+         * re-matched exactly as if dropped here): lifecycle ends fall on the detector's
+         * frames, and a shadow is not taken out of the lost list N - 1 frames before the
+         * frame that would have decided it at detect_every 1. Until then it waits where it is
+         * (it neither looks, nor coasts, nor counts as a neighbour in the colour check). */
         if (img && reserve_visual(self, 0) < 0) return NULL;
         self->frame_count++;
         predict_all(self);
@@ -1039,6 +1042,7 @@ static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
                 t->followed = 1;
                 if (!t->cand && t->hits >= p->probation_age) track_confirm(self, t);
             }
+            if (t->state == ST_LOST && shadow_expired(self, t)) t->expired = 1;
         }
         if (img) visual_learn(self, img);
         compact(self);
@@ -1060,10 +1064,11 @@ static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
         visual_look(self, img, 0);
     }
     /* A candidate that no frame without detections followed (detect_every 1) ends here, before
-     * it could take a detection: with a detection on every frame, births are the threshold's. */
+     * it could take a detection: with a detection on every frame, births are the threshold's.
+     * So does a shadow whose time ran out on a frame without detections (above). */
     for (Py_ssize_t i = 0; i < self->ntracks; i++) {
         Track *t = &self->tracks[i];
-        if (t->cand && !t->followed) t->state = ST_DEAD;
+        if ((t->cand && !t->followed) || t->expired) t->state = ST_DEAD;
     }
     score_dets(self, n);
     sort_frame_dets(self, n);
