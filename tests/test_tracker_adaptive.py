@@ -132,6 +132,36 @@ def test_shadow_keeps_at_least_shadow_min_frames(rate):
     assert _lost_frames(rate, max_shadow_s=1.0, shadow_min_frames=20) == max(round(rate), 20)
 
 
+def _shadow_between_detections(frames_without: int):
+    """(rows, lost IDs) per update(None) frame, then the IDs reported at the next detection
+    frame, of a person (10 frames/s, kept lost 1 s) missed once and then not looked for by the
+    detector (detect_every > 1) for ``frames_without`` frames, then detected where it stood."""
+    t = Tracker(probation_age=1, frame_rate=10.0, max_shadow_s=1.0, shadow_min_frames=0,
+                coast_s=0.0)
+    box = np.array([[10.0, 10, 50, 110, 0.9, 0]])
+    for _ in range(5):
+        t.update(box)
+    t.update(NONE)  # missed: lost, 1 frame since its last match
+    between = []
+    for _ in range(frames_without):
+        rows = t.update(None)
+        between.append((len(rows), [int(r[4]) for r in t.lost()]))
+    return between, [int(r[4]) for r in t.update(box)]
+
+
+def test_a_shadow_timed_out_between_detections_is_listed_until_the_next_detection_frame():
+    # kept 10 frames: on 11 frames since its last match its time is up, on a frame without
+    # detections; it stays in lost() (a crowd counts it) until the detector's next frame, which
+    # drops it before the association, as if dropped when its time ran out: a new ID
+    between, after = _shadow_between_detections(13)
+    assert between == [(0, [1])] * 13
+    assert after == [2]
+    # the control: a detection within the 10 frames re-matches it
+    between, after = _shadow_between_detections(8)
+    assert between == [(0, [1])] * 8
+    assert after == [1]
+
+
 STEADY = "x" * 300
 FLICKER = "xx." * 100 + "x"  # misses a third of the frames it could see the person in
 
