@@ -578,3 +578,42 @@ def test_zoom_enlarges_a_source_and_bad_zoom_or_tiles_are_named(tmp_path):
                      ({"tiles": 0}, "tiles")):
         with pytest.raises(D.DataError, match=key):
             sources.build([{**src, **bad}], heads)
+
+
+def test_validation_on_tiles_maps_boxes_back_like_the_daemon(yolox_nano):
+    """predict_tiled (validation with ``tiles: 2``) on a sample frame in the bottom-right quarter
+    of a grey frame twice its size: the tile head's boxes, in the big frame's letterboxed input
+    pixels, are where the people of the frame alone are; the other heads keep the whole frame's."""
+    from edge_agent.inference.postprocess import iou_matrix
+    from edge_agent.model import train as T
+    from edge_agent.model.data import letterbox_matrix
+    from edge_agent.model.trainconfig import TrainConfig
+
+    cfg = TrainConfig.load(REPO / "configs" / "train-full.yaml")
+    net = N.MultiHeadNet(HEADS)
+    W.load_coco(net, yolox_nano, {"crowd": [0]})
+    net.eval()
+    cap = cv2.VideoCapture(str(REPO / "samples" / "retail02_12s.mp4"))
+    ok, img = cap.read()
+    cap.release()
+    assert ok
+    h, w = img.shape[:2]
+    big = np.full((2 * h, 2 * w, 3), 114, np.uint8)
+    big[h:, w:] = img
+
+    def letterboxed(frame):
+        m = letterbox_matrix((frame.shape[1], frame.shape[0]), cfg.hw)
+        out = cv2.warpAffine(frame, m, cfg.hw[::-1], borderValue=(114,) * 3)
+        return out.transpose(2, 0, 1)[None].astype(np.float32), m[0, 0]
+
+    x, r_alone = letterboxed(img)
+    alone = T.predict(net, x, 0.3, 0.6)[0]["crowd"][:, :4] / r_alone + [w, h, w, h]
+    xb, r_big = letterboxed(big)
+    whole = T.predict(net, xb, 0.3, 0.6)[0]
+    cfg.eval.score_threshold = 0.3
+    tiled = T.predict_tiled(net, big, 2, cfg, whole, tile_heads=("crowd",))
+    assert len(alone) >= 3 and len(tiled["crowd"]) > len(whole["crowd"])
+    got = tiled["crowd"][:, :4] / r_big
+    both = iou_matrix(np.concatenate([alone, got]).astype(np.float64))
+    assert (both[:len(alone), len(alone):].max(1) > 0.7).mean() >= 0.8
+    np.testing.assert_array_equal(tiled["plate"], whole["plate"])

@@ -131,7 +131,7 @@ def validate(model, samples, cfg: TrainConfig, half: bool = False) -> Dict[str, 
             gts.append({h: boxes[h][j] for h in cfg.heads})
     for i, smp in enumerate(samples):
         if smp.tiles > 1:
-            dets[i] = predict_tiled(model, ds.load(i), smp.tiles, cfg, half)
+            dets[i] = predict_tiled(model, ds.load(i), smp.tiles, cfg, dets[i], half)
     if half:
         model.float()
     out: Dict[str, Any] = {}
@@ -155,10 +155,12 @@ def validate(model, samples, cfg: TrainConfig, half: bool = False) -> Dict[str, 
     return out
 
 
-def predict_tiled(model, img: np.ndarray, grid: int, cfg: TrainConfig, half: bool = False
-                  ) -> Dict[str, np.ndarray]:
-    """Per head, detections on ``grid`` x ``grid`` tiles of ``img`` (as the daemon's
-    ``cameras[].tiles``), merged and expressed in the whole frame's letterboxed input pixels."""
+def predict_tiled(model, img: np.ndarray, grid: int, cfg: TrainConfig,
+                  whole_dets: Dict[str, np.ndarray], half: bool = False,
+                  tile_heads: Sequence[str] = ("weapon",)) -> Dict[str, np.ndarray]:
+    """As the daemon's ``cameras[].tiles`` (default ``tile_heads``): the heads ``tile_heads``
+    get ``whole_dets`` (the whole frame's, in its letterboxed input pixels) merged with the
+    boxes of ``grid`` x ``grid`` tiles of ``img``, the other heads ``whole_dets`` as they are."""
     import cv2
 
     from edge_agent.inference import tiles as T
@@ -166,7 +168,8 @@ def predict_tiled(model, img: np.ndarray, grid: int, cfg: TrainConfig, half: boo
 
     H, W = cfg.hw
     parts, ms = [], []
-    for t in T.tile_grid(img.shape[1], img.shape[0], grid):
+    tiles = T.tile_grid(img.shape[1], img.shape[0], grid)
+    for t in tiles:
         m = letterbox_matrix((t.w, t.h), cfg.hw)
         out = cv2.warpAffine(np.ascontiguousarray(T.crop(img, t)), m, (W, H),
                              borderMode=cv2.BORDER_CONSTANT, borderValue=(114,) * 3)
@@ -176,15 +179,14 @@ def predict_tiled(model, img: np.ndarray, grid: int, cfg: TrainConfig, half: boo
     res = predict(net, np.stack(parts).astype(np.float32), cfg.eval.score_threshold,
                   cfg.eval.nms_iou, half)
     whole = letterbox_matrix((img.shape[1], img.shape[0]), cfg.hw)[0, 0]
-    tiles = T.tile_grid(img.shape[1], img.shape[0], grid)
-    merged = {}
-    for h in res[0]:
-        per = []
+    merged = dict(whole_dets)
+    for h in tile_heads:
+        per = [whole_dets[h] / np.array([whole] * 4 + [1, 1], np.float32)]  # frame pixels
         for r, k in zip(res, ms):
             d = r[h].copy()
             d[:, :4] /= k
             per.append(d)
-        d = T.merge(per, tiles, cfg.eval.nms_iou)
+        d = T.merge(per, [T.Tile(0, 0, img.shape[1], img.shape[0])] + tiles, cfg.eval.nms_iou)
         d[:, :4] *= whole
         merged[h] = d
     return merged
