@@ -111,7 +111,8 @@ def track_events(video: Path, model: Path, out_dir: Path, require_carrier: bool 
     """Events of `edge-agent track -i VIDEO --model MODEL` (a subprocess), with the rule set
     and ``tiles`` (``cameras[].tiles``: the weapon head also on tiles x tiles tiles)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    tag = f"{Path(video).stem}-{'carrier' if require_carrier else 'nocarrier'}-t{tiles}"
+    tag = f"{Path(video).stem}-{'carrier' if require_carrier else 'nocarrier'}"
+    tag += f"-tiles{tiles}" if tiles > 1 else ""
     cfg = out_dir / f"{tag}.yaml"
     cfg.write_text(f"cameras:\n  - {{name: input, source: {Path(video).name}, tiles: {tiles}}}\n"
                    f"events:\n  weapon:\n    require_carrier: {str(require_carrier).lower()}\n")
