@@ -13,7 +13,7 @@ import concurrent.futures
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Deque, Dict, FrozenSet, List, Optional, Tuple
+from typing import Deque, Dict, FrozenSet, List, Optional, Tuple
 
 from edge_agent.capture import Frame
 from edge_agent.common.interfaces import Engine
@@ -41,7 +41,7 @@ class Tiling:
 
 
 def _infer(engine: Engine, frames: List[Frame], tiling: Optional[Tiling]
-           ) -> Tuple[Any, float]:
+           ) -> Tuple[InferResult, float]:
     t0 = time.monotonic()
     res = detect(engine, frames, tiling)
     return res, time.monotonic() - t0
