@@ -86,6 +86,7 @@ class Row(NamedTuple):
     cpu_pct: float  # the agent's CPU time over the window, % of one core
     infer_ms: float  # detector time per batch (mean over the window)
     load: float  # the box's 1-minute load average at the end of the window
+    servers_cpu_pct: float  # the RTSP servers' CPU time over the window, % of one core
 
 
 def scrape(port: int) -> Dict[str, Dict[str, float]]:
@@ -150,8 +151,10 @@ def run(n: int, sub: Path, main: Path, seconds: float, work: Path,
                     time.sleep(1)
             time.sleep(WARMUP_S)
             before, cpu0, t0 = scrape(port), cpu_s(agent.pid), time.monotonic()
+            srv0 = sum(cpu_s(p.pid) for p in servers)
             time.sleep(seconds)
             after, cpu1, t1 = scrape(port), cpu_s(agent.pid), time.monotonic()
+            srv1 = sum(cpu_s(p.pid) for p in servers)
             rss = rss_mb(agent.pid)
             load = os.getloadavg()[0]
         finally:
@@ -169,7 +172,8 @@ def run(n: int, sub: Path, main: Path, seconds: float, work: Path,
     batches = infer.get("count", 0.0) - infer0.get("count", 0.0)
     spent = infer.get("sum", 0.0) - infer0.get("sum", 0.0)
     return Row(100.0 * dropped / got if got else 100.0, rss, 100.0 * (cpu1 - cpu0) / (t1 - t0),
-               1000.0 * spent / batches if batches else 0.0, load)
+               1000.0 * spent / batches if batches else 0.0, load,
+               100.0 * (srv1 - srv0) / (t1 - t0))
 
 
 def main() -> int:
@@ -186,11 +190,14 @@ def main() -> int:
                          "'model' for the model's own 416x416")
     ap.add_argument("--threads", type=int, default=0,
                     help="model.intra_op_threads (0: ONNX Runtime's default, a thread per core)")
+    ap.add_argument("--parallel", type=int, default=1,
+                    help="model.parallel_batches: batches detected at once")
     args = ap.parse_args()
     retail = args.shared / "data" / "video" / "nvidia_Retail02_short.mp4"
     if not retail.exists():
         sys.exit(f"needs {retail}")
-    model: Dict[str, object] = {"intra_op_threads": args.threads}
+    model: Dict[str, object] = {"intra_op_threads": args.threads,
+                                "parallel_batches": args.parallel}
     if args.input_size != "model":
         model["input_size"] = [int(v) for v in args.input_size.split("x")]
     with tempfile.TemporaryDirectory() as tmp:
@@ -202,7 +209,7 @@ def main() -> int:
         # 2 cores: a load above 2 means other work takes CPU the agent would use
         print(f"load average before: {os.getloadavg()[0]:.2f}; model: {model or 'defaults'}")
         print(f"{'cameras':>7} {'dropped %':>9} {'RSS MB':>7} {'MB/camera beyond the first':>27} "
-              f"{'agent CPU %':>11} {'infer ms/batch':>14} {'load':>5}")
+              f"{'agent CPU %':>11} {'infer ms/batch':>14} {'load':>5} {'servers CPU %':>13}")
         best, first_rss = 0, None
         for n in (int(x) for x in args.counts.split(",")):
             row = run(n, sub, main_, args.seconds, work, model, args.frame_queue)
@@ -211,7 +218,7 @@ def main() -> int:
                 first_rss = rss
             per = (rss - first_rss) / (n - 1) if first_rss is not None and n > 1 else rss / n
             print(f"{n:7d} {row.dropped_pct:9.2f} {rss:7.0f} {per:27.1f} {row.cpu_pct:11.0f} "
-                  f"{row.infer_ms:14.1f} {row.load:5.2f}", flush=True)
+                  f"{row.infer_ms:14.1f} {row.load:5.2f} {row.servers_cpu_pct:13.0f}", flush=True)
             if row.dropped_pct < 1.0:
                 best = n
         print(f"largest N under 1 % dropped: {best}")

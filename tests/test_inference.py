@@ -413,6 +413,24 @@ def test_preprocess_rgb_normalised_centered_fp16():
     np.testing.assert_allclose(det[0, :4], [0, 0, 16 / geo.scale[0], 0], atol=1e-4)
 
 
+def test_preprocess_buffers_are_per_thread():
+    # model.parallel_batches: a batch preprocessed on one thread stays intact while another
+    # thread preprocesses the next (a shared buffer would be overwritten under it)
+    import threading
+
+    m = mf.parse(json.loads(SHIPPED.read_text()), "shipped")
+    pre = Preprocessor(m.input)
+    rng = np.random.default_rng(2)
+    a, b = (rng.integers(0, 256, (240, 320, 3), dtype=np.uint8) for _ in range(2))
+    ref_a = Preprocessor(m.input)([a])[0].copy()
+    xa, _ = pre([a])
+    other = threading.Thread(target=pre, args=([b],))
+    other.start()
+    other.join()
+    np.testing.assert_array_equal(xa, ref_a)
+    assert pre([b])[0] is xa  # the same thread still reuses its own buffer
+
+
 def test_providers_fall_back_in_config_order(yolox_nano):
     with open_engine(cfg(yolox_nano, providers=["tensorrt", "cuda", "cpu"])) as eng:
         assert eng.backend_name == "onnxruntime:CPUExecutionProvider"

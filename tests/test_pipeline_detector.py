@@ -7,6 +7,7 @@ import collections
 import threading
 from typing import Dict, List
 
+import numpy as np
 import pytest
 
 from edge_agent import config as cfgmod
@@ -123,3 +124,57 @@ def test_up_to_depth_batches_queue_in_the_detector_and_finish_in_order(video_dir
         pipe.capture.stop()
         det.close()
         engine.close()
+
+
+def test_parallel_batches_run_at_once_and_each_camera_stays_in_order(video_dir, yolox_nano):
+    # model.parallel_batches 2: a second batch enters the engine while the first is in it; the
+    # boxes are those of the frame alone (per-thread input buffers) and frames stay in order
+    cams = [{"name": f"c{i}", "source": str(video_dir / RETAIL)} for i in range(3)]
+    cfg = cfgmod.Config.model_validate({
+        "model": {"path": str(yolox_nano), "max_batch": 1, "parallel_batches": 2,
+                  "intra_op_threads": 1},
+        "cameras": cams, "mqtt": {"enabled": False}})
+    engine = open_engine(cfg.model)
+    assert engine.parallel_calls == 2
+    infer = engine.infer
+    second_in = threading.Event()
+    inside, together, checked = [0], [], []
+    lock = threading.Lock()
+
+    def recording_infer(frames):
+        with lock:
+            inside[0] += 1
+            together.append(inside[0])
+            if inside[0] >= 2:
+                second_in.set()
+        try:
+            if len(together) == 1:  # the first call waits until another batch enters
+                assert second_in.wait(20), "no second batch entered the engine"
+            res = infer(frames)
+        finally:
+            with lock:
+                inside[0] -= 1
+        checked.append((frames[0].copy(), res.detections[0]))
+        return res
+
+    engine.infer = recording_infer
+    seen: Dict[str, List[int]] = collections.defaultdict(list)
+    pipe = None
+
+    def hook(f, tracks, st):
+        seen[f.camera].append(f.index)
+        if all(len(seen[c["name"]]) >= 8 for c in cams):
+            pipe.stop()
+
+    pipe = Pipeline(cfg, engine, EventDelivery(MemoryLog(), []), on_frame=hook)
+    assert pipe.detector.workers == 2 and pipe.detector.depth == 3
+    pipe.run()
+    for cam in seen:
+        assert seen[cam] == list(range(len(seen[cam]))), cam
+    assert max(together) == 2
+    for frame, dets in checked[:6]:  # the same boxes as the frame run alone
+        alone = infer([frame]).detections[0]
+        for head, boxes in alone.items():
+            np.testing.assert_allclose(dets[head], boxes, atol=1e-4)
+    engine.close()
+    assert not pipe.counters.get("inference_errors")

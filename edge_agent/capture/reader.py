@@ -362,6 +362,8 @@ class CameraReader:
             if self.backpressure:
                 while len(self._queue) >= self.capacity and not self._stop.is_set():
                     self._cond.wait(0.5)
+                if len(self._queue) >= self.capacity:  # stopping: the queued frame is next
+                    return
             while len(self._queue) >= self.capacity:
                 self._queue.popleft()  # full: the oldest goes, the newest is what matters
                 self.dropped += 1

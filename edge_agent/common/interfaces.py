@@ -29,6 +29,7 @@ class Engine(Protocol):
     manifest: Any  # inference.manifest.Manifest: name, version, sha256, heads, input
     max_batch: int
     backend_name: str
+    parallel_calls: int  # infer calls that may run at once on different threads
 
     def infer(self, frames: Sequence[np.ndarray]) -> Any:
         """An ``InferResult``: ``detections[i][head]`` is a (K, 6) float32 array."""

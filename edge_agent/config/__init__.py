@@ -195,6 +195,11 @@ class ModelConfig(_Model):
     precision: Literal["fp16", "fp32"] = "fp16"
     max_batch: int = Field(4, ge=1, le=64, description="cameras batched per inference")
     intra_op_threads: int = Field(0, ge=0, le=1024, description="ONNX Runtime threads; 0 = default")
+    parallel_batches: int = Field(
+        1, ge=1, le=16, description="batches the detector runs at once, each on "
+        "intra_op_threads threads (ONNX Runtime only; TensorRT runs one). On a CPU box with many "
+        "cameras, one thread each on as many batches as cores keeps every core busy: ONNX "
+        "Runtime's own threads wait for each other on every layer of a small model")
     input_size: Optional[Tuple[int, int]] = Field(
         None, description="[width, height] the detector runs at, each a multiple of 32 "
         "(ONNX Runtime only; the graph is rewritten in memory at load, which needs the `onnx` "

@@ -44,6 +44,8 @@ class Engine:
     """
 
     backend_name = "?"
+    #: how many ``infer`` calls may run at once on different threads
+    parallel_calls = 1
 
     def __init__(self, manifest: mf.Manifest, model_path: Path, max_batch: int,
                  score_threshold: float, nms_iou: float, input_dtype=np.float32,

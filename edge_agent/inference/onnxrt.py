@@ -92,14 +92,18 @@ class OnnxRuntimeEngine(Engine):
 
     ``input_size`` (width, height): run the model at this input instead of the manifest's,
     rewritten in memory (:func:`~edge_agent.inference.resize.resized`); ``manifest.input`` then
-    says the new size.
+    says the new size. ``parallel_batches``: calls that may run at once (a session's ``run`` is
+    safe to call from several threads).
     """
 
     def __init__(self, manifest: mf.Manifest, model_path: Path, *, providers: Sequence[str],
                  precision: str = "fp16", max_batch: int = 1, intra_op_threads: int = 0,
                  score_threshold: float = 0.3, nms_iou: float = 0.45,
                  engine_dir: os.PathLike = "engines",
-                 input_size: Optional[Tuple[int, int]] = None):
+                 input_size: Optional[Tuple[int, int]] = None, parallel_batches: int = 1):
+        if parallel_batches < 1:
+            raise ValueError(f"parallel_batches must be >= 1, got {parallel_batches}")
+        self.parallel_calls = int(parallel_batches)
         ort = _import_ort()
         model_bytes = None
         if input_size is not None and tuple(input_size) != (manifest.input.width,
@@ -173,4 +177,5 @@ def create(model_cfg, manifest: mf.Manifest, model_path: Path) -> OnnxRuntimeEng
         manifest, model_path, providers=model_cfg.providers, precision=model_cfg.precision,
         max_batch=model_cfg.max_batch, intra_op_threads=model_cfg.intra_op_threads,
         score_threshold=model_cfg.score_threshold, nms_iou=model_cfg.nms_iou,
-        engine_dir=model_cfg.engine_dir, input_size=model_cfg.input_size)
+        engine_dir=model_cfg.engine_dir, input_size=model_cfg.input_size,
+        parallel_batches=model_cfg.parallel_batches)

@@ -1,11 +1,13 @@
 """Frames -> model input: letterbox, colour order, scaling, NCHW, FP16 when the engine wants it.
 
-Shared by every backend. Buffers are allocated once per batch size and reused, so the returned
-array is only valid until the next call (the engine consumes it at once).
+Shared by every backend. Buffers are allocated once per batch size and thread and reused, so the
+returned array is only valid until the same thread's next call (the engine consumes it at once);
+batches preprocessed on two threads at once (``model.parallel_batches``) do not share one.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Dict, Sequence, Tuple
 
@@ -52,15 +54,16 @@ class Preprocessor:
         self._identity = bool(np.all(self._a == 1) and np.all(b == 0))
         self._b = b.astype(self.dtype)  # cast once here, not per batch
         self._pad = int(round(min(max(spec.pad_value, 0), 255)))
-        self._canvas: Dict[int, np.ndarray] = {}
-        self._out: Dict[int, np.ndarray] = {}
+        self._local = threading.local()  # per thread: batch size -> (canvas, output)
 
     def _buffers(self, n: int) -> Tuple[np.ndarray, np.ndarray]:
-        if n not in self._canvas:
+        bufs: Dict[int, Tuple[np.ndarray, np.ndarray]] = self._local.__dict__.setdefault(
+            "bufs", {})
+        if n not in bufs:
             h, w = self.spec.height, self.spec.width
-            self._canvas[n] = np.full((n, h, w, 3), self._pad, np.uint8)
-            self._out[n] = np.empty((n, 3, h, w), self.dtype)
-        return self._canvas[n], self._out[n]
+            bufs[n] = (np.full((n, h, w, 3), self._pad, np.uint8),
+                       np.empty((n, 3, h, w), self.dtype))
+        return bufs[n]
 
     def __call__(self, frames: Sequence[np.ndarray]) -> Tuple[np.ndarray, Letterbox]:
         """Return the model input (a reused buffer) and the letterbox geometry."""

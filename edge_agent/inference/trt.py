@@ -178,6 +178,9 @@ def create(model_cfg, manifest: mf.Manifest, model_path: Path) -> TensorRTEngine
         raise ModelError(f"model.input_size {size[0]}x{size[1]} is supported on ONNX Runtime "
                          f"only; the TensorRT backend runs the model's own "
                          f"{manifest.input.width}x{manifest.input.height}")
+    if getattr(model_cfg, "parallel_batches", 1) > 1:  # one execution context, one stream
+        log.info("model.parallel_batches %d: TensorRT runs one batch at a time",
+                 model_cfg.parallel_batches)
     batch = plan_batch(manifest, model_cfg.max_batch)
     path = ensure_plan(manifest, model_path, engine_dir=model_cfg.engine_dir,
                        precision=model_cfg.precision, max_batch=batch)

@@ -1,9 +1,10 @@
-"""The detector on its own thread, beside the inference loop.
+"""The detector on threads of its own, beside the inference loop.
 
 ONNX Runtime and TensorRT release the GIL while they run, so the loop tracks and applies the
 rules to other cameras' frames (between detections) while a batch is in the detector, instead of
-one after the other. Batches run one at a time, and only this thread calls the engine while any
-is queued (the loop takes every batch before an engine swap or any other call on the engine).
+one after the other. Batches run one at a time, or as many at once as the engine allows
+(``model.parallel_batches``), and only these threads call the engine while any is queued (the
+loop takes every batch before an engine swap or any other call on the engine).
 """
 
 from __future__ import annotations
@@ -57,18 +58,24 @@ def detect(engine: Engine, frames: List[Frame], tiling: Optional[Tiling]) -> Inf
 
 
 class DetectorThread:
-    """Runs ``engine.infer`` on a thread of its own; ``wake`` is set when a batch finishes.
+    """Runs ``engine.infer`` on threads of its own; ``wake`` is set when a batch finishes.
 
-    Up to ``depth`` batches may be queued (default 2): the next batch waits in the queue while
-    one runs, so the detector does not idle while the loop is busy with a pass of other frames
-    and takes the finished batch late. Batches finish in the order they were submitted.
+    ``workers`` batches run at once (the engine's ``parallel_calls``); up to ``depth`` may be
+    queued (default one more than ``workers``): the next batch waits in the queue while the
+    others run, so the detector does not idle while the loop is busy with a pass of other frames
+    and takes a finished batch late. Batches are taken in the order they were submitted.
     """
 
-    def __init__(self, wake: threading.Event, depth: int = 2):
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
-        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="detector")
+    def __init__(self, wake: threading.Event, workers: int = 1, depth: Optional[int] = None):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        depth = workers + 1 if depth is None else depth
+        if depth < workers:
+            raise ValueError(f"depth must be >= workers ({workers}), got {depth}")
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers,
+                                                           thread_name_prefix="detector")
         self._wake = wake
+        self.workers = workers
         self.depth = depth
         self._batches: Deque[Batch] = collections.deque()
 

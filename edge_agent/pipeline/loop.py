@@ -140,7 +140,7 @@ class Pipeline:
         self._build_cameras()
         self._order = list(self.cams)
         self._rr = 0
-        self.detector = DetectorThread(self.capture.new_frame)
+        self.detector = DetectorThread(self.capture.new_frame, workers=engine.parallel_calls)
         self.infer_ms = Latency()
         self.batch_sizes: Deque[int] = collections.deque(maxlen=300)
         self.counters: Dict[str, int] = collections.defaultdict(int)
@@ -276,6 +276,9 @@ class Pipeline:
             self.heads = heads
             self._build_cameras()  # the rules read factory.engine per event, not now
         self.engine = engine
+        if engine.parallel_calls != self.detector.workers:  # idle: calls run between batches
+            self.detector.close()
+            self.detector = DetectorThread(self.capture.new_frame, workers=engine.parallel_calls)
         self.engine_info = self.factory.engine = engine_info(engine)
         m, om = engine.manifest, old.manifest
         log.info("engine swapped: %s %s -> %s %s", om.name, om.version, m.name, m.version)

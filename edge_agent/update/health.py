@@ -67,6 +67,7 @@ class HealthProbe:
         self.max_batch = min(new.max_batch, old.max_batch)
         self.native_batch = getattr(new, "native_batch", None)
         self.backend_name = getattr(new, "backend_name", "?")
+        self.parallel_calls = 1  # both engines in turn, one batch at a time
         self.report = HealthReport()
         self.done = threading.Event()
         self._lock = threading.Lock()
