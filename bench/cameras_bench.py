@@ -2,12 +2,13 @@
 
     .venv/bin/python bench/cameras_bench.py [--shared ../shared] [--counts 2,4,6,8,10,12]
                                             [--seconds 60] [--input-size 416x256|model]
-                                            [--threads 0]
+                                            [--threads 0] [--parallel 1]
 
 For each N, the test RTSP server (tests/rtsp_server.py, GStreamer, run by the system python3)
 serves N cameras, each as two streams cut from Retail02: a 640x360 H.264 substream the agent
 decodes and detects on (``detect_every: 6``, the shipped model on ONNX Runtime CPU at
-``model.input_size`` 416x256, the stream's own scale, unless ``--input-size model``) and a
+``model.input_size`` 416x256, the stream's own scale, unless ``--input-size model``; ``--threads``
+and ``--parallel`` set ``model.intra_op_threads`` and ``model.parallel_batches``) and a
 1920x1080 H.264 main stream it only keeps as packets for clips (``record:``). ``edge-agent run``
 runs for ``--seconds`` after a warm-up; from its /metrics the bench reads frames read and
 dropped per camera over that window and the detector's time per batch, and from /proc the
