@@ -73,6 +73,8 @@ typedef struct {
     int cand;       /* tentative from a detection under new_track_thresh (a candidate) */
     int followed;   /* seen by its filter on a frame without detections since its birth */
     int expired;    /* a shadow whose time ran out on a frame without detections */
+    int last_call;  /* a shadow whose last re-matchable frame had no detections: it waits for
+                     * the detector's next attempt */
     double vis[2];  /* where (centre), when seen */
 } Track;
 
@@ -635,10 +637,15 @@ static double miss_scale(const CoreObject *self, const Track *t)
 /* Has lost track t been lost too long to be re-matched? It is kept max_shadow_age frames (the
  * seconds the object may take to come back) and at least shadow_min_frames x s (the detector
  * attempts a re-detection may take). */
-static int shadow_expired(const CoreObject *self, const Track *t)
+static double shadow_frames(const CoreObject *self, const Track *t)
 {
     double attempts = (double)self->p.shadow_min_frames * miss_scale(self, t);
-    return (double)t->fsu > dmax((double)self->p.max_shadow_age, attempts);
+    return dmax((double)self->p.max_shadow_age, attempts);
+}
+
+static int shadow_expired(const CoreObject *self, const Track *t)
+{
+    return (double)t->fsu > shadow_frames(self, t);
 }
 
 static void track_observe(CoreObject *self, Track *t, const double *det)
@@ -650,6 +657,7 @@ static void track_observe(CoreObject *self, Track *t, const double *det)
     if (t->id != 0) count_match(self, t);
     t->fsu = 0;
     t->misses = 0;
+    t->last_call = 0;
     t->hits++;
 }
 
@@ -1042,7 +1050,13 @@ static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
                 t->followed = 1;
                 if (!t->cand && t->hits >= p->probation_age) track_confirm(self, t);
             }
-            if (t->state == ST_LOST && shadow_expired(self, t)) t->expired = 1;
+            /* A shadow whose last re-matchable frame is this one, without detections, is
+             * kept for the detector's next attempt (at detect_every 1 that frame would have
+             * been one): its time is counted to a detection attempt. */
+            if (t->state == ST_LOST && !shadow_expired(self, t) &&
+                (double)(t->fsu + 1) > shadow_frames(self, t))
+                t->last_call = 1;
+            if (t->state == ST_LOST && shadow_expired(self, t) && !t->last_call) t->expired = 1;
         }
         if (img) visual_learn(self, img);
         compact(self);
