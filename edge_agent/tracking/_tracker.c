@@ -1050,10 +1050,10 @@ static PyObject *step(CoreObject *self, PyObject *arg, const DcfImage *img)
                 t->followed = 1;
                 if (!t->cand && t->hits >= p->probation_age) track_confirm(self, t);
             }
-            /* A shadow whose last re-matchable frame is this one, without detections, is
-             * kept for the detector's next attempt (at detect_every 1 that frame would have
-             * been one): its time is counted to a detection attempt. */
-            if (t->state == ST_LOST && !shadow_expired(self, t) &&
+            /* With the picture, a shadow whose last re-matchable frame is this one, without
+             * detections, is kept for the detector's next attempt (at detect_every 1 this frame
+             * would have been one): its time is counted to a detection attempt. */
+            if (img && t->state == ST_LOST && !shadow_expired(self, t) &&
                 (double)(t->fsu + 1) > shadow_frames(self, t))
                 t->last_call = 1;
             if (t->state == ST_LOST && shadow_expired(self, t) && !t->last_call) t->expired = 1;
