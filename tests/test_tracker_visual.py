@@ -314,3 +314,30 @@ def test_a_detection_under_the_birth_threshold_needs_the_next_attempt_to_find_it
         if d is not None:
             d[:, 4] = 0.4
         assert len(t.update(d)) == 0
+
+
+def _id_when_back(every: int, back: int, frame: bool = True) -> List[int]:
+    """IDs reported on frame ``back`` for an object (10 frames/s, a shadow kept 10 frames)
+    detected on the keyframes (every ``every``-th frame) up to frame ``every``, then out of the
+    picture and missed by the detector until frame ``back``, where it is detected again."""
+    t = Tracker(frame_rate=10.0, probation_age=1, max_shadow_s=1.0, shadow_min_frames=0,
+                coast_s=0.0)
+    x, y = 100.0, 150.0
+    for k in range(back + 1):
+        there = k <= every or k == back
+        d = None
+        if k % every == 0:
+            d = det(x, y) if there else np.zeros((0, 6))
+        rows = t.update(d, (scene(x, y) if there else BACKGROUND.copy()) if frame else None)
+    return [int(i) for i in rows[:, 4]]
+
+
+def test_a_shadow_whose_last_frame_had_no_detections_gets_the_next_attempt():
+    """Kept 10 frames after its last match (frame 6), the shadow's last re-matchable frame
+    (16) has no detections at detect_every 6: the detector's next attempt (frame 18) is its
+    last call, as frame 16 would have been at detect_every 1, and it keeps its ID. At
+    detect_every 5 its last frame (15) was an attempt that missed it: frame 20 starts a new
+    track. Without the picture the boxes-only rule holds (dropped when its time ran out)."""
+    assert _id_when_back(every=6, back=18) == [1]
+    assert _id_when_back(every=5, back=20) == [2]
+    assert _id_when_back(every=6, back=18, frame=False) == [2]
