@@ -140,8 +140,8 @@ def run_tracker(make: Callable[[Sequence], Runner], seq: Sequence, dets: List[np
 
 def trackeval_scores(gt_dir: Path, trk_dir: Path, names: List[str],
                      seqs: List[Sequence]) -> Dict[str, Dict[str, float]]:
-    """HOTA (and its DetA, AssA, LocA) / MOTA / IDF1 / IDSW per sequence and combined, per
-    tracker (percent)."""
+    """HOTA (and its DetA, AssA, LocA, DetRe, DetPr, AssRe, AssPr) / MOTA / IDF1 / IDSW per
+    sequence and combined, per tracker (percent)."""
     import trackeval
 
     eval_cfg = trackeval.Evaluator.get_default_eval_config()
@@ -168,6 +168,10 @@ def trackeval_scores(gt_dir: Path, trk_dir: Path, names: List[str],
                 "DetA": 100 * float(np.mean(r["HOTA"]["DetA"])),
                 "AssA": 100 * float(np.mean(r["HOTA"]["AssA"])),
                 "LocA": 100 * float(np.mean(r["HOTA"]["LocA"])),
+                "DetRe": 100 * float(np.mean(r["HOTA"]["DetRe"])),
+                "DetPr": 100 * float(np.mean(r["HOTA"]["DetPr"])),
+                "AssRe": 100 * float(np.mean(r["HOTA"]["AssRe"])),
+                "AssPr": 100 * float(np.mean(r["HOTA"]["AssPr"])),
                 "MOTA": 100 * float(r["CLEAR"]["MOTA"]),
                 "IDF1": 100 * float(r["Identity"]["IDF1"]),
                 "IDSW": int(r["CLEAR"]["IDSW"]),

@@ -17,7 +17,7 @@ Trackers, each scored on every frame:
   ``correlation_tracker`` started on each of its output boxes, followed between keyframes.
 
     .venv-bench/bin/python bench/mot_video_eval.py [--every 1,3,6] [--only ours,ours_boxes,...]
-        [--per-seq] [--phases all]
+        [--per-seq] [--parts] [--phases all]
 """
 
 from __future__ import annotations
@@ -227,12 +227,33 @@ def evaluate(mot_dir: Path, names: List[str], everies: List[int],
     return out
 
 
+PARTS = ("HOTA", "DetA", "DetRe", "DetPr", "AssA", "AssRe", "AssPr", "LocA")
+
+
+def print_parts(res: Dict[int, Dict[str, Dict]], names: List[str], everies: List[int],
+                seqs: List[VideoSeq]) -> None:
+    """HOTA's parts per tracker, N and sequence (the mean over its shifts), and combined: where
+    a tracker loses between N = 1 and N = 6, in finding people or in keeping their IDs."""
+    print("\n| tracker | sequence | N | " + " | ".join(PARTS) + " |")
+    print("|---|---|---:|" + "---:|" * len(PARTS))
+    for n in names:
+        for name in [vs.seq.name for vs in seqs] + ["COMBINED_SEQ"]:
+            for every in everies:
+                rows = [v for k, v in res[every][n].items()
+                        if k == name or k.startswith(name + "-shift")]
+                cells = " | ".join(f"{np.mean([r[p] for r in rows]):.1f}" for p in PARTS)
+                print(f"| {n} | {name} | {every} | {cells} |")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mot-dir", default=str(REPO.parent / "shared" / "data" / "mot"))
     ap.add_argument("--every", default="1,3,6")
     ap.add_argument("--only", default=",".join(RUNS))
     ap.add_argument("--per-seq", action="store_true")
+    ap.add_argument("--parts", action="store_true",
+                    help="also HOTA's parts per sequence (detection and association recall, "
+                         "precision; the mean over the shifts)")
     ap.add_argument("--phases", choices=("first", "all"), default="first",
                     help="all: also every shift of the keyframes (1 .. N - 1 frames)")
     ap.add_argument("--dets", default="det.txt",
@@ -266,6 +287,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                     cells.append(f"{np.mean([r['HOTA'] for r in rows]):.1f}/"
                                  f"{np.mean([r['IDF1'] for r in rows]):.1f}")
                 print(f"| {vs.seq.name} | {every} | " + " | ".join(cells) + " |")
+    if args.parts:
+        print_parts(res, names, everies, video_sequences(Path(args.mot_dir), args.dets))
     if "ours" in names:
         print()
         for every in everies:
