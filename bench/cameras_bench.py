@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/cameras_bench.py [--shared ../shared] [--counts 2,4,6,8,10,12]
                                             [--seconds 60] [--input-size 416x256|model]
-                                            [--threads 0] [--parallel 1]
+                                            [--threads 1] [--parallel CORES]
 
 For each N, the test RTSP server (tests/rtsp_server.py, GStreamer, run by the system python3)
 serves N cameras, each as two streams cut from Retail02: a 640x360 H.264 substream the agent
@@ -189,10 +189,11 @@ def main() -> int:
     ap.add_argument("--input-size", default="416x256",
                     help="model.input_size WxH (the 640x360 stream's own scale at 416 wide); "
                          "'model' for the model's own 416x416")
-    ap.add_argument("--threads", type=int, default=0,
+    ap.add_argument("--threads", type=int, default=1,
                     help="model.intra_op_threads (0: ONNX Runtime's default, a thread per core)")
-    ap.add_argument("--parallel", type=int, default=1,
-                    help="model.parallel_batches: batches detected at once")
+    ap.add_argument("--parallel", type=int, default=os.cpu_count() or 1,
+                    help="model.parallel_batches: batches detected at once (default: one per "
+                         "core, each on one thread: docs/inference.md, 'Batches at once')")
     args = ap.parse_args()
     retail = args.shared / "data" / "video" / "nvidia_Retail02_short.mp4"
     if not retail.exists():
