@@ -519,6 +519,43 @@ def test_paste_composites_small_guns_into_frames_and_caches_them(tmp_path):
         synth.build([(obj, (300, 200), np.zeros((0, 5), np.float32))], [bg], recipe, tmp_path)
 
 
+def test_paste_in_hand_puts_each_gun_at_a_persons_side_scaled_to_its_height(tmp_path):
+    """``place: hand``: the gun's box centre is at a side of a person's box at hand height, its
+    longer side the person's height x gun_of_person; frames without a tall person are unused."""
+    from edge_agent.model import synth
+
+    obj = tmp_path / "gun.jpg"
+    img = np.full((200, 300, 3), 200, np.uint8)
+    img[80:120, 100:180] = 20
+    cv2.imwrite(str(obj), img)
+    objects = [(obj, (300, 200), np.array([[100, 80, 180, 120, 0]], np.float32))]
+    bg, empty = tmp_path / "bg.jpg", tmp_path / "empty.jpg"
+    for f in (bg, empty):
+        cv2.imwrite(str(f), np.full((432, 768, 3), 90, np.uint8))
+    # one person 200 px tall in the 768-wide frame: 108 px at the 416 input (scale 416 / 768)
+    person = np.array([[300, 100, 380, 300]], np.float32)
+    persons = {str(bg): person, str(empty): np.array([[10, 10, 20, 40]], np.float32)}
+    recipe = synth.PasteRecipe(count=6, per_image=(1, 1), decoys=(0, 0), blur=(0.0, 0.0),
+                               grey=0.0, context=0.3, place="hand", gun_of_person=(0.1, 0.1))
+    items = synth.build(objects, [bg, empty], recipe, tmp_path / "out", persons)
+    r = 416 / 768
+    px1, py1, px2, py2 = person[0] * r
+    for _, _, boxes in items:
+        assert len(boxes) == 1
+        x1, y1, x2, y2 = boxes[0, :4]
+        assert max(x2 - x1, y2 - y1) == pytest.approx(0.1 * (py2 - py1), abs=1.0)
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        assert py1 + 0.35 * (py2 - py1) <= cy <= py1 + 0.7 * (py2 - py1)
+        near = min(abs(cx - px1), abs(cx - px2))
+        assert near <= 0.2 * (px2 - px1) + (x2 - x1)
+    with pytest.raises(D.DataError, match="carrier"):
+        synth.build(objects, [empty], recipe, tmp_path / "out2", persons)
+    with pytest.raises(D.DataError, match="person boxes"):
+        synth.build(objects, [bg], recipe, tmp_path / "out3")
+    with pytest.raises(TypeError, match="place"):
+        synth.PasteRecipe(place="wall")
+
+
 def test_distillation_counts_only_on_the_named_sources():
     from edge_agent.model.train import DistillConfig, distill_mask
 
@@ -578,6 +615,46 @@ def test_zoom_enlarges_a_source_and_bad_zoom_or_tiles_are_named(tmp_path):
                      ({"tiles": 0}, "tiles")):
         with pytest.raises(D.DataError, match=key):
             sources.build([{**src, **bad}], heads)
+
+
+def test_boxed_keeps_the_images_with_or_without_a_box(tmp_path):
+    from edge_agent.model import sources
+
+    items = _items(tmp_path)
+    D.write_yolo(items, tmp_path / "images", tmp_path / "labels")
+    src = {"name": "s", "format": "yolo", "images": str(tmp_path / "images"),
+           "labels": str(tmp_path / "labels"), "classes": ["gun", "knife"], "head": "weapon",
+           "map": {"knife": "gun"}}
+    heads = {"weapon": ["gun"]}
+    names = {flag: sorted(s.image.stem for s in sources.build([{**src, "boxed": flag}], heads))
+             for flag in (True, False)}
+    assert names == {True: ["a", "b"], False: ["c"]}
+    with pytest.raises(D.DataError, match="boxed"):
+        sources.build([{**src, "boxed": "yes"}], heads)
+
+
+def test_nc_cctv_recipe_keeps_its_dev_and_val_frames_out_of_training():
+    """configs/train-nc-cctv.yaml: the CCTV frames it trains on (with and without a gun) are
+    neither its cctv-dev frames (the choices) nor the split's cctv-val frames (the report)."""
+    import csv
+
+    from edge_agent.model.trainconfig import TrainConfig
+
+    cfg = TrainConfig.load(REPO / "configs" / "train-nc-cctv.yaml")
+    train = [s for s in cfg.train if s["name"] in ("cctv", "cctv-negatives")]
+    assert [s["boxed"] for s in train] == [True, False]
+    parts = {}
+    for spec in train + [s for s in cfg.val if s["name"].startswith("cctv")]:
+        f = REPO / spec["split"]["file"]
+        with open(f, newline="", encoding="utf-8") as fh:
+            rows = {r["image"] for r in csv.DictReader(fh)
+                    if r["split"].strip() == spec["split"]["part"]}
+        parts[spec["name"]] = rows
+    trained = parts["cctv"] | parts["cctv-negatives"]
+    assert trained and parts["cctv-dev"] and parts["cctv-val"]
+    assert not trained & (parts["cctv-dev"] | parts["cctv-val"])
+    assert parts["cctv-dev"] == parts["cctv-dev-tiles"]
+    assert parts["cctv-val"] == parts["cctv-val-tiles"]
 
 
 def test_validation_on_tiles_maps_boxes_back_like_the_daemon(yolox_nano):

@@ -4,7 +4,8 @@ A source names its format (``yolo``, ``voc``, ``coco``, ``video`` or ``paste``: 
 pasted into clip frames, :mod:`edge_agent.model.synth`), its folders, which head its
 boxes belong to (``head``, with a class-name ``map`` into that head's classes), which heads it is
 a verified negative for (``negatives``), optional file-name filters (``include`` / ``exclude``
-prefixes), which part of a split file it takes (``split: {file, part}``), and how its images
+prefixes; ``boxed: true`` keeps only images with a box, ``false`` only those without), which
+part of a split file it takes (``split: {file, part}``), and how its images
 are seen: ``zoom`` (training: enlarged by a factor in [low, high], as a tile of a far camera's
 frame) and ``tiles`` (validation: run on tiles x tiles overlapping tiles, as the daemon does).
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import re
 import sys
@@ -41,12 +43,18 @@ def _get(src: Mapping[str, Any], key: str, where: str, default: Any = ...) -> An
 def _filters(items, src, where):
     inc = list(_get(src, "include", where, []) or [])
     exc = list(_get(src, "exclude", where, []) or [])
+    boxed = _get(src, "boxed", where, None)
+    if boxed not in (None, True, False):
+        raise D.DataError(f"{where}: boxed: expected true or false, got {boxed!r}")
     out = []
     for it in items:
         name = Path(it[0]).name
         if inc and not any(name.startswith(p) for p in inc):
             continue
         if any(name.startswith(p) for p in exc):
+            continue
+        # a source's frames with a gun and those without drawn at their own rates
+        if boxed is not None and (len(it[2]) > 0) != boxed:
             continue
         out.append(it)
     return out
@@ -143,7 +151,45 @@ def _paste(src: Mapping[str, Any], classes: Sequence[str], where: str, base: Pat
                                       for k, v in dict(src.get("recipe") or {}).items()})
     except TypeError as exc:
         raise D.DataError(f"{where}: recipe: {exc}") from None
-    return synth.build(objects, frames, recipe, cache / str(_get(src, "name", where)))
+    persons = None
+    if recipe.place == "hand":
+        persons = _persons(frames, dict(_get(src, "persons", where)), where, base,
+                           cache / f"{_get(src, 'name', where)}-persons.json")
+    return synth.build(objects, frames, recipe, cache / str(_get(src, "name", where)), persons)
+
+
+def _persons(frames: Sequence[Path], spec: Mapping[str, Any], where: str, base: Path,
+             store: Path) -> Dict[str, np.ndarray]:
+    """``persons: {model, score}``: per frame, the person boxes (x1, y1, x2, y2) of that COCO
+    model with at least that score; cached in ``store`` (a JSON file) by frame path."""
+    from edge_agent.model import teacher
+    from edge_agent.model.trainconfig import TeacherConfig
+
+    model = base / str(_get(spec, "model", f"{where}.persons"))
+    score = float(_get(spec, "score", f"{where}.persons", 0.5))
+    known: Dict[str, List[List[float]]] = {}
+    if store.is_file():
+        known = json.loads(store.read_text(encoding="utf-8"))
+    todo = [str(f) for f in frames if str(f) not in known]
+    if todo:
+        engine = teacher.open_teacher(TeacherConfig(model=str(model), ignore=0.2), threads=1)
+        try:
+            for f in todo:
+                img = cv2.imread(f, cv2.IMREAD_COLOR)
+                if img is None:
+                    raise D.DataError(f"{f}: background does not decode")
+                known[f] = teacher.teacher_boxes(engine, img, "crowd").round(2).tolist()
+        finally:
+            engine.close()
+        store.parent.mkdir(parents=True, exist_ok=True)
+        tmp = store.with_name(f"{store.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known), encoding="utf-8")
+        tmp.replace(store)
+    out = {}
+    for f in frames:
+        det = np.array(known[str(f)], np.float32).reshape(-1, 5)
+        out[str(f)] = det[det[:, 4] >= score, :4]
+    return out
 
 
 def _zoom(src: Mapping[str, Any], where: str) -> Tuple[float, float]:

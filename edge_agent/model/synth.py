@@ -8,8 +8,15 @@ by ``context`` (the hand and arm around it), blended in through a feathered elli
 blurred as a far camera blurs it; the composed frame is scaled to the model's input and saved as
 a JPEG of random quality (the camera's compression). The labels are the pasted guns' boxes.
 
-What is synthetic is exactly that: the placement, scale, blur and compression; the guns, hands
-and backgrounds are real photos and real clip frames. The images are written once into the
+With ``place: hand`` a gun goes into a person's hand instead of anywhere: the person boxes of
+the background frame (the COCO teacher's, score >= 0.5, given to :func:`build`), the gun's longer
+side ``gun_of_person`` x the person's height, its centre at the left or right edge of the box at
+40-65 % of the height from the top (where a held or raised pistol is), the cut-out grown by
+``context`` only (the hand around the gun). Frames with no person of ``min_person_px`` are not
+used.
+
+What is synthetic is exactly that: the placement, scale, blur and compression; the guns, hands,
+persons and backgrounds are real photos and real clip frames. The images are written once into the
 training cache (``out/model/frames/<name>``) and rebuilt only when the recipe changes.
 """
 
@@ -22,7 +29,7 @@ import os
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -46,6 +53,13 @@ class PasteRecipe:
     grey: float = 0.2  # probability of a desaturated frame (night / cheap cameras)
     input_size: int = 416
     seed: int = 0
+    place: str = "anywhere"  # or "hand": at a person's hand (module docstring)
+    gun_of_person: Tuple[float, float] = (0.08, 0.16)  # gun's longer side / person height
+    min_person_px: float = 40.0  # a person shorter than this at the input gets no gun
+
+    def __post_init__(self) -> None:
+        if self.place not in ("anywhere", "hand"):
+            raise TypeError(f"place must be 'anywhere' or 'hand', got {self.place!r}")
 
 
 @dataclass
@@ -103,13 +117,31 @@ def _scaled(img: np.ndarray, region, scale: float, sigma: float) -> np.ndarray:
     return out
 
 
+def carriers(persons: np.ndarray, recipe: PasteRecipe, scale: float) -> np.ndarray:
+    """The person boxes (x1, y1, x2, y2 in background pixels) tall enough at the model input."""
+    p = np.asarray(persons, np.float32).reshape(-1, 4)
+    return p[(p[:, 3] - p[:, 1]) * scale >= recipe.min_person_px]
+
+
+def _hand_spot(person: np.ndarray, gun_long: float, rng: random.Random) -> Tuple[float, float]:
+    """Centre of a gun held by ``person`` (input pixels): a side of the box, at hand height."""
+    x1, y1, x2, y2 = person[:4]
+    w, h = x2 - x1, y2 - y1
+    side = x1 if rng.random() < 0.5 else x2
+    cx = side + rng.uniform(-0.15, 0.15) * w + (gun_long / 3 if side == x2 else -gun_long / 3)
+    return cx, y1 + rng.uniform(0.40, 0.65) * h
+
+
 def compose(bg: np.ndarray, objects: Sequence[Item], recipe: PasteRecipe,
-            rng: random.Random) -> Tuple[np.ndarray, np.ndarray]:
-    """One composite at the model's input scale (longer side ``input_size``) and its gun boxes."""
+            rng: random.Random, persons: Optional[np.ndarray] = None
+            ) -> Tuple[np.ndarray, np.ndarray]:
+    """One composite at the model's input scale (longer side ``input_size``) and its gun boxes;
+    ``persons`` (background pixels) are where ``place: hand`` puts the guns."""
     r = recipe.input_size / max(bg.shape[:2])
     canvas = cv2.resize(bg, (round(bg.shape[1] * r), round(bg.shape[0] * r)),
                         interpolation=cv2.INTER_AREA)
     H, W = canvas.shape[:2]
+    hands = carriers(persons if persons is not None else np.zeros((0, 4)), recipe, r) * r
     boxes = []
     for _ in range(rng.randint(*recipe.per_image)):
         path, _, gts = objects[rng.randrange(len(objects))]
@@ -120,12 +152,25 @@ def compose(bg: np.ndarray, objects: Sequence[Item], recipe: PasteRecipe,
         region = _cutout(img, gun, recipe.context, rng)
         lo, hi = recipe.gun_px
         target = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+        person = None
+        if recipe.place == "hand":
+            if not len(hands):
+                break
+            person = hands[rng.randrange(len(hands))]
+            target = (person[3] - person[1]) * rng.uniform(*recipe.gun_of_person)
         scale = target / max(gun[2] - gun[0], gun[3] - gun[1])
         patch = _scaled(img, region, scale, rng.uniform(*recipe.blur))
         ph, pw = patch.shape[:2]
         if ph >= H or pw >= W:
             continue
-        x, y = rng.randint(0, W - pw), rng.randint(0, H - ph)
+        if person is None:
+            x, y = rng.randint(0, W - pw), rng.randint(0, H - ph)
+        else:  # the gun's own centre (not the cut-out's) at the hand
+            cx, cy = _hand_spot(person, target, rng)
+            gcx = ((gun[0] + gun[2]) / 2 - region[0]) * scale
+            gcy = ((gun[1] + gun[3]) / 2 - region[1]) * scale
+            x = int(min(max(round(cx - gcx), 0), W - pw))
+            y = int(min(max(round(cy - gcy), 0), H - ph))
         _paste(canvas, patch, x, y)
         # every gun of the photo that lies (mostly) inside the cut-out is labelled
         for g in gts:
@@ -166,14 +211,28 @@ def _key(recipe: PasteRecipe, objects: Sequence[Item], backgrounds: Sequence[Pat
     return h.hexdigest()[:16]
 
 
+def _input_scale(path: Path, recipe: PasteRecipe) -> float:
+    w, h = D.image_size(Path(path))
+    return recipe.input_size / max(w, h)
+
+
 def build(objects: Sequence[Item], backgrounds: Sequence[Path], recipe: PasteRecipe,
-          out_dir: Path) -> List[Item]:
-    """Write ``recipe.count`` composites into ``out_dir`` (reused when the recipe is the same)."""
+          out_dir: Path, persons: Optional[Dict[str, np.ndarray]] = None) -> List[Item]:
+    """Write ``recipe.count`` composites into ``out_dir`` (reused when the recipe is the same).
+
+    ``persons`` (background path -> person boxes in its pixels) is required by ``place: hand``,
+    which uses only the frames with a person tall enough to carry a gun.
+    """
     guns = [it for it in objects if len(it[2])]
     if not guns:
         raise D.DataError("paste: no object image has a gun box")
+    if recipe.place == "hand":
+        if persons is None:
+            raise D.DataError("paste: place: hand needs the person boxes of the backgrounds")
+        backgrounds = [b for b in backgrounds if len(carriers(
+            persons.get(str(b), np.zeros((0, 4))), recipe, _input_scale(b, recipe)))]
     if not backgrounds:
-        raise D.DataError("paste: no background frames")
+        raise D.DataError("paste: no background frames (with a carrier, for place: hand)")
     key = _key(recipe, guns, backgrounds)
     out_dir.mkdir(parents=True, exist_ok=True)
     index = out_dir / "index.json"
@@ -189,7 +248,8 @@ def build(objects: Sequence[Item], backgrounds: Sequence[Path], recipe: PasteRec
         bg = cv2.imread(str(bg_path))
         if bg is None:
             raise D.DataError(f"{bg_path}: background does not decode")
-        img, boxes = compose(bg, guns, recipe, rng)
+        img, boxes = compose(bg, guns, recipe, rng,
+                             None if persons is None else persons.get(str(bg_path)))
         f = out_dir / f"paste_{i:05d}.jpg"
         tmp = f.with_name(f"{f.stem}.{os.getpid()}.tmp.jpg")
         cv2.imwrite(str(tmp), img, [cv2.IMWRITE_JPEG_QUALITY, rng.randint(*recipe.jpeg)])
