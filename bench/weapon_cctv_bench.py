@@ -7,8 +7,9 @@ a gun, whole frame and 2 x 2 tiles, per validation source of the checkpoint's co
 A source with ``tiles: 2`` in the config runs as the daemon's ``cameras[].tiles`` does (the
 weapon head on the whole frame and the tiles, merged by NMS). Per source: AP@0.5, recall at IoU
 0.5 among boxes of score >= 0.01 and >= 0.5, and of the frames without a gun how many show a
-weapon box of score >= 0.1, 0.3, 0.5 (the event threshold is 0.5). Name cctv-val only to report
-a finished run: choices are made on cctv-dev.
+weapon box of score >= 0.1, 0.3, 0.5 (the event threshold is 0.5); a CCTV source of several
+cameras also per camera. Name cctv-val only to report a finished run: choices are made on
+cctv-dev.
 """
 
 from __future__ import annotations
@@ -87,11 +88,24 @@ def bench(ckpt: Path, config: Path, names: Sequence[str]) -> Dict[str, Any]:
     model, cfg, ck = load_checkpoint(ckpt, config)
     model.eval()
     out: Dict[str, Any] = {"checkpoint": str(ckpt), "epoch": int(ck["epoch"]) + 1}
+    kept = {}
     for name in names:
         t0 = time.monotonic()
         samples = source_samples(cfg, [name])
-        out[name] = source_report(weapon_dets(model, cfg, samples), gt_boxes(cfg, samples))
+        kept[name] = (weapon_dets(model, cfg, samples), gt_boxes(cfg, samples))
+        out[name] = source_report(*kept[name])
         out[name]["seconds"] = round(time.monotonic() - t0, 1)
+        cams = [s.image.name.split("-")[0] for s in samples]
+        if len(set(cams)) > 1 and all(c.startswith("Cam") for c in cams):  # per CCTV camera
+            for cam in sorted(set(cams)):
+                idx = [i for i, c in enumerate(cams) if c == cam]
+                out[f"{name}/{cam}"] = source_report([kept[name][0][i] for i in idx],
+                                                     [kept[name][1][i] for i in idx])
+    # the config's groups (e.g. ugr+openimages-val) whose members were all named
+    for gname, members in cfg.eval.groups.get("weapon", {}).items():
+        if all(m in kept for m in members):
+            out[gname] = source_report([d for m in members for d in kept[m][0]],
+                                       [g for m in members for g in kept[m][1]])
     return out
 
 
@@ -114,7 +128,7 @@ def main(argv=None) -> int:
         r = bench(ck, a.config, a.sources)
         rows.append(r)
         print(f"{ck} (epoch {r['epoch']})")
-        for name in a.sources:
+        for name in [k for k in r if isinstance(r[k], dict)]:
             print(line(name, r[name]))
         sys.stdout.flush()
     if a.json:
