@@ -27,14 +27,16 @@ SCORES = (0.1, 0.3, 0.5)
 
 
 def source_samples(cfg, names: Sequence[str]):
-    """The config's validation samples of the named sources, in the config's order."""
+    """The config's validation samples of the named sources (each source's ``limit`` applied,
+    as in training), in the config's order."""
     from edge_agent.model import sources
+    from edge_agent.model.train import _limit
 
     specs = [s for s in cfg.val if s["name"] in names]
     missing = set(names) - {s["name"] for s in specs}
     if missing:
         raise SystemExit(f"not a validation source of the config: {sorted(missing)}")
-    return sources.build(specs, cfg.heads)
+    return _limit(sources.build(specs, cfg.heads), specs)
 
 
 def weapon_dets(model, cfg, samples) -> List[np.ndarray]:
