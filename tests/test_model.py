@@ -592,16 +592,20 @@ def test_fine_path_starts_as_identity_exports_and_loads_back(tmp_path, yolox_nan
         N.HeadSpec(32, 1, 0, 200)
 
 
+def _yolo_source(tmp_path):
+    """A YOLO source of ``_items`` (guns and knives mapped to the weapon head) and its heads."""
+    D.write_yolo(_items(tmp_path), tmp_path / "images", tmp_path / "labels")
+    src = {"name": "s", "format": "yolo", "images": str(tmp_path / "images"),
+           "labels": str(tmp_path / "labels"), "classes": ["gun", "knife"], "head": "weapon",
+           "map": {"knife": "gun"}}
+    return src, {"weapon": ["gun"]}
+
+
 def test_zoom_enlarges_a_source_and_bad_zoom_or_tiles_are_named(tmp_path):
     from edge_agent.model import sources
     from edge_agent.model.trainconfig import Augment
 
-    items = _items(tmp_path)
-    D.write_yolo(items, tmp_path / "images", tmp_path / "labels")
-    src = {"name": "s", "format": "yolo", "images": str(tmp_path / "images"),
-           "labels": str(tmp_path / "labels"), "classes": ["gun", "knife"], "head": "weapon",
-           "map": {"knife": "gun"}}
-    heads = {"weapon": ["gun"]}
+    src, heads = _yolo_source(tmp_path)
     plain = sources.build([src], heads)
     zoomed = sources.build([{**src, "zoom": [2.0, 2.0], "tiles": 2}], heads)
     assert plain[0].zoom == (1.0, 1.0) and plain[0].tiles == 1
@@ -620,12 +624,7 @@ def test_zoom_enlarges_a_source_and_bad_zoom_or_tiles_are_named(tmp_path):
 def test_boxed_keeps_the_images_with_or_without_a_box(tmp_path):
     from edge_agent.model import sources
 
-    items = _items(tmp_path)
-    D.write_yolo(items, tmp_path / "images", tmp_path / "labels")
-    src = {"name": "s", "format": "yolo", "images": str(tmp_path / "images"),
-           "labels": str(tmp_path / "labels"), "classes": ["gun", "knife"], "head": "weapon",
-           "map": {"knife": "gun"}}
-    heads = {"weapon": ["gun"]}
+    src, heads = _yolo_source(tmp_path)
     names = {flag: sorted(s.image.stem for s in sources.build([{**src, "boxed": flag}], heads))
              for flag in (True, False)}
     assert names == {True: ["a", "b"], False: ["c"]}

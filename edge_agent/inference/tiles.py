@@ -71,6 +71,19 @@ def merge(per_tile: Sequence[np.ndarray], tiles: Sequence[Tile], nms_iou: float)
     return allb[keep]
 
 
+def merge_heads(per_tile: Sequence[Dict[str, np.ndarray]], tiles: Sequence[Tile],
+                heads: Sequence[str], nms_iou: float) -> Dict[str, np.ndarray]:
+    """One frame's detections per head from its whole frame's (``per_tile[0]``, ``tiles[0]`` at
+    the origin) and its tiles': the heads ``heads`` merged across all of them, the others the
+    whole frame's only (a person cut by a tile's edge would count twice)."""
+    dets = dict(per_tile[0])
+    if len(per_tile) > 1:
+        for head in heads:
+            if head in dets:
+                dets[head] = merge([d[head] for d in per_tile], tiles, nms_iou)
+    return dets
+
+
 def infer_tiled(engine: Engine, frames: Sequence[np.ndarray], grids: Sequence[int],
                 tile_heads: Sequence[Sequence[str]], nms_iou: float) -> InferResult:
     """Detections of ``frames`` where frame i with ``grids[i]`` > 1 is also run as that many
@@ -96,10 +109,6 @@ def infer_tiled(engine: Engine, frames: Sequence[np.ndarray], grids: Sequence[in
     out: List[Dict[str, np.ndarray]] = []
     for i in range(len(frames)):
         mine = [(t, d) for (j, t, _), d in zip(jobs, found) if j == i]
-        dets = dict(mine[0][1])
-        if len(mine) > 1:
-            for head in tile_heads[i]:
-                if head in dets:
-                    dets[head] = merge([d[head] for _, d in mine], [t for t, _ in mine], nms_iou)
-        out.append(dets)
+        out.append(merge_heads([d for _, d in mine], [t for t, _ in mine], tile_heads[i],
+                               nms_iou))
     return InferResult(out, timing)

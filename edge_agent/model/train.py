@@ -179,17 +179,20 @@ def predict_tiled(model, img: np.ndarray, grid: int, cfg: TrainConfig,
     res = predict(net, np.stack(parts).astype(np.float32), cfg.eval.score_threshold,
                   cfg.eval.nms_iou, half)
     whole = letterbox_matrix((img.shape[1], img.shape[0]), cfg.hw)[0, 0]
-    merged = dict(whole_dets)
-    for h in tile_heads:
-        per = [whole_dets[h] / np.array([whole] * 4 + [1, 1], np.float32)]  # frame pixels
-        for r, k in zip(res, ms):
-            d = r[h].copy()
-            d[:, :4] /= k
-            per.append(d)
-        d = T.merge(per, [T.Tile(0, 0, img.shape[1], img.shape[0])] + tiles, cfg.eval.nms_iou)
-        d[:, :4] *= whole
-        merged[h] = d
-    return merged
+    per = [_scaled(whole_dets, 1 / whole)] + [_scaled(r, 1 / k) for r, k in zip(res, ms)]
+    merged = _scaled(T.merge_heads(per, [T.Tile(0, 0, img.shape[1], img.shape[0])] + tiles,
+                                   tile_heads, cfg.eval.nms_iou), whole)  # frame -> input px
+    return {h: merged[h] if h in tile_heads else whole_dets[h] for h in whole_dets}
+
+
+def _scaled(dets: Dict[str, np.ndarray], k: float) -> Dict[str, np.ndarray]:
+    """Per head detections with their boxes times ``k``."""
+    out = {}
+    for h, d in dets.items():
+        d = np.array(d, np.float32, copy=True)
+        d[:, :4] *= k
+        out[h] = d
+    return out
 
 
 def score_of(metrics: Dict[str, Any], cfg: TrainConfig) -> float:
