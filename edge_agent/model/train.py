@@ -75,6 +75,12 @@ def build_net(cfg: TrainConfig, load_weights: bool = True):
     if load_weights and hf:  # heads of an earlier export, e.g. kept frozen while another trains
         keys = W.load_heads(model, Path(hf.model), hf.heads)
         print(f"heads {hf.heads}: {len(keys)} tensors from {hf.model}", file=sys.stderr)
+    if load_weights and cfg.init.checkpoint:  # an earlier run's weights, trained further here
+        import torch
+
+        state = torch.load(cfg.init.checkpoint, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model"])
+        print(f"weights from {cfg.init.checkpoint} (epoch {state['epoch'] + 1})", file=sys.stderr)
     return model
 
 

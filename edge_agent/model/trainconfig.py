@@ -62,11 +62,13 @@ class HeadsFrom:
 @dataclass
 class InitConfig:
     """Where the weights start: the COCO ONNX (``weights``), COCO class ids a head's classifier
-    starts from (``classes``, e.g. ``{crowd: [0]}``), heads of an earlier export."""
+    starts from (``classes``, e.g. ``{crowd: [0]}``), heads of an earlier export, and a training
+    checkpoint of ours (``checkpoint``, a ``.pt``) whose weights replace all of these."""
 
     weights: Optional[str] = None
     classes: Dict[str, List[int]] = field(default_factory=dict)
     heads_from: Optional[HeadsFrom] = None
+    checkpoint: Optional[str] = None
 
 
 @dataclass(frozen=True)
