@@ -327,6 +327,27 @@ def test_head_design_config_defaults_and_errors(tmp_path):
             TrainConfig.load(f)
 
 
+def test_init_checkpoint_starts_from_an_earlier_run_and_bad_ones_are_named(tmp_path):
+    from edge_agent.model.train import TrainConfig, build_net
+
+    cfg = TrainConfig.load(REPO / "configs" / "train.yaml")
+    cfg.init.weights, cfg.init.heads_from = None, None
+    earlier = build_net(cfg, load_weights=False)
+    torch.save({"model": earlier.state_dict(), "epoch": 2}, tmp_path / "last.pt")
+    cfg.init.checkpoint = str(tmp_path / "last.pt")
+    net = build_net(cfg)
+    for (k, a), b in zip(earlier.state_dict().items(), net.state_dict().values()):
+        assert torch.equal(a, b), k
+    torch.save({"epoch": 0}, tmp_path / "other.pt")
+    other = N.MultiHeadNet({"weapon": ["gun"]})
+    torch.save({"model": other.state_dict(), "epoch": 0}, tmp_path / "design.pt")
+    for name, msg in (("missing.pt", "no such file"), ("other.pt", "not a training checkpoint"),
+                      ("design.pt", "another head design")):
+        cfg.init.checkpoint = str(tmp_path / name)
+        with pytest.raises(ValueError, match=msg):
+            build_net(cfg)
+
+
 def test_train_config_builds_the_shipped_architecture():
     """`make model` trains what is shipped: configs/train.yaml's heads and head designs give the
     conv weights of engines/models/edge_multihead.onnx, shape for shape."""

@@ -76,12 +76,26 @@ def build_net(cfg: TrainConfig, load_weights: bool = True):
         keys = W.load_heads(model, Path(hf.model), hf.heads)
         print(f"heads {hf.heads}: {len(keys)} tensors from {hf.model}", file=sys.stderr)
     if load_weights and cfg.init.checkpoint:  # an earlier run's weights, trained further here
-        import torch
-
-        state = torch.load(cfg.init.checkpoint, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        print(f"weights from {cfg.init.checkpoint} (epoch {state['epoch'] + 1})", file=sys.stderr)
+        _load_checkpoint(model, Path(cfg.init.checkpoint))
     return model
+
+
+def _load_checkpoint(model, path: Path) -> None:
+    """The weights of our training checkpoint ``path`` into ``model`` (same design)."""
+    import torch
+
+    if not path.is_file():
+        raise ValueError(f"init.checkpoint {path}: no such file")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or "model" not in state:
+        raise ValueError(f"init.checkpoint {path}: not a training checkpoint of ours "
+                         f"(no 'model' weights)")
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:  # torch names the tensors that do not fit
+        raise ValueError(f"init.checkpoint {path}: another head design: "
+                         f"{str(exc).splitlines()[0]}") from exc
+    print(f"weights from {path} (epoch {state.get('epoch', -1) + 1})", file=sys.stderr)
 
 
 # --- prediction and evaluation ------------------------------------------------------------------
