@@ -906,9 +906,11 @@ static void visual_learn(CoreObject *self, const DcfImage *img)
 
 /* Is track t reported this frame although lost? Only until the detector missed it on
  * coast_frames x s^3 frames with detections (s = miss_scale: a detector that misses people in
- * view; frames without detections are no attempt), not once its filter looked and found
- * nothing in the picture (finding a patch that looks like an overlapping track is not nothing),
- * and only while its predicted box lies
+ * view; frames without detections are no attempt), not once the detector missed it and its
+ * filter looked and found nothing in the picture (finding a patch that looks like an
+ * overlapping track is not nothing; a track that its filter lost between detections is reported
+ * at its prediction until the detector's next attempt decides), and only while its predicted
+ * box lies
  * wholly inside the image (when the image size is known: a track leaving the picture is gone,
  * not missed) and overlaps no active track's box by coast_overlap x s^3 IoU or more (there the
  * detection most likely went to that track: the person is occluded or the lost track was a
@@ -919,10 +921,10 @@ static int track_coasts(const CoreObject *self, const Track *t)
     if (t->state != ST_LOST || shadow_expired(self, t)) return 0;
     double s = miss_scale(self, t), s3 = s * s * s;
     double overlap = dmin(p->coast_overlap * s3, 1.0);
-    /* for coast_frames x s^3 missed detection attempts, and while the picture, when there is
-     * one, still shows it (or shows an overlapping track where it was: likely in front of it) */
+    /* for coast_frames x s^3 missed detection attempts, and, once the detector missed it,
+     * while the picture still shows it (or an overlapping track where it was: likely in front) */
     if ((double)t->misses > (double)p->coast_frames * s3) return 0;
-    if (t->looked && !t->seen && !t->mixed) return 0;
+    if (t->misses > 0 && t->looked && !t->seen && !t->mixed) return 0;
     const double *b = t->box;
     double fw = p->frame_width > 0 ? p->frame_width : self->img_w;
     double fh = p->frame_height > 0 ? p->frame_height : self->img_h;
