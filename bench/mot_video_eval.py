@@ -1,12 +1,15 @@
 """Tracking at detect_every 1, 3 and 6 on the MOT sequences that have video, scored by TrackEval.
 
-The sequences (see ../shared/data/mot/SOURCES.md): TUD-Campus (its own 640x480 video) and
-PETS09-S2L1 (OpenCV's vtest.avi, the same view shrunk to 480x360: ground truth and SORT's
-detections are multiplied by 0.625). Detections are SORT's Faster R-CNN ``det/det.txt``; with
-``detect_every N`` only frames 1, 1 + N, 1 + 2N, ... have detections (keyframes); with
-``--phases all`` each sequence is also run with its keyframes shifted by 1 .. N - 1 frames
-(frame 1 stays a keyframe: the detector runs on a stream's first frame), each shift scored as a
-sequence of its own, so that a result does not hang on which frames happened to be keyframes.
+The sequences: every one under ``--mot-dir`` with a video in ``<sequence>/video/`` (frame k of
+the video is MOT frame k; the boxes are scaled by the video's width over seqinfo's ``imWidth``),
+here TUD-Campus (its own 640x480 video), and PETS09-S2L1 from OpenCV's vtest.avi (the same view
+shrunk to 480x360: ground truth and detections x 0.625; ../shared/data/mot/SOURCES.md). A
+sequence added with a ``video/`` folder is scored with the others. Detections are SORT's
+Faster R-CNN ``det/det.txt``; with ``detect_every N`` only frames 1, 1 + N, 1 + 2N, ... have
+detections (keyframes); with ``--phases all`` each sequence is also run with its keyframes
+shifted by 1 .. N - 1 frames (frame 1 stays a keyframe: the detector runs on a stream's first
+frame), each shift scored as a sequence of its own, so that a result does not hang on which
+frames happened to be keyframes.
 
 Trackers, each scored on every frame:
 * ours with the frame: ``update(dets, frame)`` on keyframes, ``update(None, frame)`` between;
@@ -53,21 +56,60 @@ class VideoSeq(NamedTuple):
         return k == 0 or (k - self.phase) % every == 0
 
 
+VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov")
+# Sequences whose video is not in their own folder (relative to the MOT folder).
+ELSEWHERE = {
+    "PETS09-S2L1": Path("..") / "video" / "license-unclear" / "vtest_480x360_reencoded.avi",
+}
+
+
+def find_video(mot_dir: Path, name: str) -> Optional[Path]:
+    """The sequence's video: the first file in ``<name>/video/`` (TUD-Campus's layout, and any
+    sequence added the same way), else a known place elsewhere, else None."""
+    own = mot_dir / name / "video"
+    found = sorted(p for p in own.glob("*") if p.suffix.lower() in VIDEO_SUFFIXES) \
+        if own.is_dir() else []
+    if found:
+        return found[0]
+    other = ELSEWHERE.get(name)
+    return mot_dir / other if other is not None and (mot_dir / other).is_file() else None
+
+
+def video_scale(video: Path, seq: Sequence) -> float:
+    """Video pixels per MOT pixel (the same both ways), from the video's frame size."""
+    import cv2
+
+    cap = cv2.VideoCapture(str(video))
+    try:
+        w, h = cap.get(cv2.CAP_PROP_FRAME_WIDTH), cap.get(cv2.CAP_PROP_FRAME_HEIGHT)
+    finally:
+        cap.release()
+    if not (w > 0 and h > 0 and seq.width > 0 and seq.height > 0):
+        raise ValueError(f"{video}: frame size {w:g}x{h:g} unreadable, or {seq.path}/seqinfo.ini "
+                         f"has no imWidth/imHeight")
+    sx, sy = w / seq.width, h / seq.height
+    if abs(sx - sy) > 0.01 * sx:
+        raise ValueError(f"{video}: {w:g}x{h:g} is not {seq.width}x{seq.height} scaled evenly "
+                         f"(x {sx:.3f}, y {sy:.3f})")
+    return sx
+
+
 def video_sequences(mot_dir: Path, det_file: str = "det.txt") -> List[VideoSeq]:
-    """The sequences whose video is in ../shared, with boxes in video pixels; ``det_file``:
-    det.txt (SORT's Faster R-CNN) or det_acf.txt (MOT15's ACF: more misses and false boxes)."""
+    """Every sequence under ``mot_dir`` with ground truth, ``det/<det_file>`` and a video
+    (``find_video``), boxes in video pixels; ``det_file``: det.txt (SORT's Faster R-CNN) or
+    det_acf.txt (MOT15's ACF: more misses and false boxes)."""
     found = []
-    for name, video, scale in (
-        ("TUD-Campus", mot_dir / "TUD-Campus" / "video" / "TUD-Campus.avi", 1.0),
-        ("PETS09-S2L1", mot_dir.parent / "video" / "license-unclear" /
-         "vtest_480x360_reencoded.avi", 0.625),
-    ):
-        if not (video.exists() and (mot_dir / name / "seqinfo.ini").exists()):
+    for d in sorted(p for p in mot_dir.iterdir() if p.is_dir()):
+        if not all((d / f).is_file() for f in ("seqinfo.ini", "gt/gt.txt", f"det/{det_file}")):
             continue
-        s = read_seqinfo(mot_dir / name)
+        video = find_video(mot_dir, d.name)
+        if video is None:
+            continue
+        s = read_seqinfo(d)
+        scale = video_scale(video, s)
         # ACF scores below 0 clipped to 0, as in the MOT15 tables (tracker_cv.load_set)
-        dets = [np.c_[d[:, :4] * scale, np.clip(d[:, 4], 0, None), d[:, 5]]
-                for d in load_dets(s, det_file)]
+        dets = [np.c_[f[:, :4] * scale, np.clip(f[:, 4], 0, None), f[:, 5]]
+                for f in load_dets(s, det_file)]
         seq = s._replace(width=round(s.width * scale), height=round(s.height * scale))
         found.append(VideoSeq(seq, video, scale, dets))
     return found
@@ -245,6 +287,19 @@ def print_parts(res: Dict[int, Dict[str, Dict]], names: List[str], everies: List
                 print(f"| {n} | {name} | {every} | {cells} |")
 
 
+def _mean_hota(scores: Dict[str, Dict], name: str) -> float:
+    """A sequence's HOTA, the mean over its keyframe shifts."""
+    return float(np.mean([v["HOTA"] for k, v in scores.items()
+                          if k == name or k.startswith(name + "-shift")]))
+
+
+def kept_per_seq(res: Dict[int, Dict[str, Dict]], every: int,
+                 seqs: List[VideoSeq]) -> List[tuple]:
+    """(sequence, ours' HOTA at N = every over its HOTA at N = 1) per sequence."""
+    return [(vs.seq.name, _mean_hota(res[every]["ours"], vs.seq.name) /
+             _mean_hota(res[1]["ours"], vs.seq.name)) for vs in seqs]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--mot-dir", default=str(REPO.parent / "shared" / "data" / "mot"))
@@ -264,7 +319,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     res = evaluate(Path(args.mot_dir), names, everies,
                    log=lambda m: print(m, file=sys.stderr, flush=True),
                    all_phases=args.phases == "all", det_file=args.dets)
-    print("TrackEval 1.3.0 (BENCHMARK=MOT15), TUD-Campus + PETS09-S2L1 (video, x0.625) "
+    seqs = video_sequences(Path(args.mot_dir), args.dets)
+    listed = " + ".join(f"{vs.seq.name} (video x{vs.scale:g})" for vs in seqs)
+    print(f"TrackEval 1.3.0 (BENCHMARK=MOT15), {listed} "
           f"combined; {args.dets} detections on every N-th frame"
           + (", every keyframe shift" if args.phases == "all" else "") + ".\n")
     print("| tracker | N | HOTA | MOTA | IDF1 | ID sw |")
@@ -278,17 +335,17 @@ def main(argv: Optional[List[str]] = None) -> int:
         # per sequence; with every shift, the mean over its shifts
         print("\n| sequence | N | " + " | ".join(f"{n} HOTA/IDF1" for n in names) + " |")
         print("|---|---:|" + "---:|" * len(names))
-        for vs in video_sequences(Path(args.mot_dir), args.dets):
+        for vs in seqs:
             for every in everies:
                 cells = []
                 for n in names:
                     rows = [v for k, v in res[every][n].items()
                             if k == vs.seq.name or k.startswith(vs.seq.name + "-shift")]
-                    cells.append(f"{np.mean([r['HOTA'] for r in rows]):.1f}/"
+                    cells.append(f"{_mean_hota(res[every][n], vs.seq.name):.1f}/"
                                  f"{np.mean([r['IDF1'] for r in rows]):.1f}")
                 print(f"| {vs.seq.name} | {every} | " + " | ".join(cells) + " |")
     if args.parts:
-        print_parts(res, names, everies, video_sequences(Path(args.mot_dir), args.dets))
+        print_parts(res, names, everies, seqs)
     if "ours" in names:
         print()
         for every in everies:
@@ -304,6 +361,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                          f"{c['HOTA'] - res[every]['ours_boxes']['COMBINED_SEQ']['HOTA']:+.1f}")
             if 1 in res and every != 1:
                 line += f"; kept {c['HOTA'] / res[1]['ours']['COMBINED_SEQ']['HOTA']:.3f} of N=1"
+                line += " (" + ", ".join(
+                    f"{name} {kept:.3f}" for name, kept in kept_per_seq(res, every, seqs)) + ")"
             print(line)
     return 0
 
