@@ -140,13 +140,12 @@ def _crossed(shift_red: float) -> List[Tuple[int, Optional[float]]]:
 
 def test_a_filter_does_not_slide_onto_a_look_alike_of_another_colour():
     """Between detections a track's filter (grey) finds the walker's patch where the still
-    object was; the walker's colours say it is the walker: the still track is not seen there,
-    not dragged along, and is found again, with its ID, once the walker has passed."""
+    object was; the walker's colours say it is the walker: the still track is not seen there
+    and not dragged along. Until the next detection attempt it is reported where it stands
+    (behind the walker), and it keeps its ID once the walker has passed."""
     crossed = _crossed(shift_red=60.0)
-    assert max(abs(dx) for _, dx in crossed if dx is not None) < 2.0
-    covered = [k for k, dx in crossed if dx is None]
-    assert covered and min(covered) > 40 and max(covered) < 60
-    assert all(dx is not None for k, dx in crossed if k >= 60)
+    assert all(dx is not None for _, dx in crossed)
+    assert max(abs(dx) for _, dx in crossed) < 2.0
     # the control: the walker in the same colours is the same look, and the filter follows it
     same = _crossed(shift_red=0.0)
     assert max(abs(dx) for _, dx in same if dx is not None) > 20.0

@@ -912,9 +912,9 @@ static void visual_learn(CoreObject *self, const DcfImage *img)
  * at its prediction until the detector's next attempt decides), and only while its predicted
  * box lies
  * wholly inside the image (when the image size is known: a track leaving the picture is gone,
- * not missed) and overlaps no active track's box by coast_overlap x s^3 IoU or more (there the
- * detection most likely went to that track: the person is occluded or the lost track was a
- * duplicate). */
+ * not missed) and, once an attempt missed it, overlaps no active track's box by
+ * coast_overlap x s^3 IoU or more (there the detection most likely went to that track: the
+ * person is occluded or the lost track was a duplicate). */
 static int track_coasts(const CoreObject *self, const Track *t)
 {
     const Params *p = &self->p;
@@ -929,7 +929,9 @@ static int track_coasts(const CoreObject *self, const Track *t)
     double fw = p->frame_width > 0 ? p->frame_width : self->img_w;
     double fh = p->frame_height > 0 ? p->frame_height : self->img_h;
     if (fw > 0 && fh > 0 && !(b[0] >= 0 && b[1] >= 0 && b[2] <= fw && b[3] <= fh)) return 0;
-    if (overlap < 1.0) {
+    /* The overlap says a detection went to the neighbour; until an attempt missed t (its
+     * filter lost it between detections) none went anywhere: likely behind that neighbour. */
+    if (overlap < 1.0 && t->misses > 0) {
         for (Py_ssize_t i = 0; i < self->ntracks; i++) {
             const Track *a = &self->tracks[i];
             if (a->state == ST_ACTIVE && a->cls == t->cls && box_iou(a->box, b) >= overlap)
