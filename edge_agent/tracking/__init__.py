@@ -102,11 +102,12 @@ PARAMS: Dict[str, _Param] = {
                       "seconds a lost track's predicted box stays reported (frames_since_update "
                       "> 0), counted in frames with detections that missed it (detect_every > "
                       "1: one missed detection frame is one frame), while it lies inside the "
-                      "image, overlaps no active track by coast_overlap and, with a picture, once "
-                      "a detection frame missed it, its filter still finds it; 0 = off"),
+                      "image and, once a detection frame missed it, overlaps no active track by "
+                      "coast_overlap and, with a picture, its filter still finds it; 0 = off"),
     "coast_overlap": _Param(float, 0.1, 0.0, 1.0,
-                            "a coasted box is not reported while its IoU with an active track's "
-                            "box of the same class is at least this (1 = never suppressed)"),
+                            "a coasted box that a detection frame missed is not reported while its "
+                            "IoU with an active track's box of the same class is at least this "
+                            "(1 = never suppressed)"),
     "frame_width": _Param(float, 0.0, 0.0, 1e6,
                           "image width in pixels (the camera's), for coasting's inside-the-image "
                           "check; 0 = unknown, no check"),
