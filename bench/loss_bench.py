@@ -138,10 +138,17 @@ def run_scenario(broker_kind: str, workdir: Path, delivery: str = "end_to_end",
     agent: Optional[AgentProc] = None
     store = EventStore(workdir / "store.jsonl")
     t0 = time.monotonic()
+    # The run's timeline (kills, restarts, the consumer's notes): what to read when one loses.
+    timeline = open(workdir / "timeline.log", "a", buffering=1)
+
+    def note(text: str) -> None:
+        timeline.write(f"{time.monotonic() - t0:8.3f} {text}\n")
+
     try:
         broker.start()
         consumer = AckConsumer(broker.host, broker.port, store, client_id="loss-consumer",
-                               protocol=broker.protocol, delay_s=consumer_delay_s).start()
+                               protocol=broker.protocol, delay_s=consumer_delay_s,
+                               on_note=lambda text: note(f"consumer: {text}")).start()
         if not consumer.subscribed.wait(20):
             raise RuntimeError("the consumer did not subscribe")
         if broker_kind == "mosquitto":  # its session must be saved before the first kill
@@ -162,10 +169,12 @@ def run_scenario(broker_kind: str, workdir: Path, delivery: str = "end_to_end",
         agent = new_agent(0)
         for at, what in _kill_plan(broker_kills, agent_kills, events):
             agent.wait_index(at, 120)
+            note(f"{what} SIGKILL at event {at}; the consumer holds {len(store.ids)}")
             if what == "broker":
                 broker.kill()
                 time.sleep(0.4)  # events keep arriving in the outbox meanwhile
                 broker.start()
+                note("broker started again")
             else:
                 agent.sigkill()
                 start = agent.next_index()
@@ -189,6 +198,7 @@ def run_scenario(broker_kind: str, workdir: Path, delivery: str = "end_to_end",
                 return want <= store.ids or time.monotonic() - last[1] > 3 * REDELIVER_S
             wait_for(quiet, settle_s)
         lost = len(want - store.ids)
+        note(f"end: {lost} lost, {len(store.ids)} stored, agent outbox {agent.left}")
         return Result(broker_kind, delivery, events, lost, store.stored_total,
                       store.duplicates, time.monotonic() - t0, agent.left)
     finally:
@@ -202,6 +212,7 @@ def run_scenario(broker_kind: str, workdir: Path, delivery: str = "end_to_end",
         else:
             store.close()
         broker.kill()
+        timeline.close()
 
 
 def main(argv: Optional[List[str]] = None) -> int:

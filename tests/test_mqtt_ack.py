@@ -112,6 +112,26 @@ def test_event_store_dedups_and_reads_back_its_file(tmp_path):
     st.close()
 
 
+def test_the_consumer_retries_a_refusal_that_can_pass_and_stops_on_one_that_cannot(tmp_path):
+    """A NATS node whose JetStream is still starting after a restart answers "Server
+    unavailable": the consumer goes on (paho reconnects) and stores what comes next. A wrong
+    password does not pass by retrying: run() ends with 1. (The queue is what paho's callbacks
+    fill; no broker is needed to check the decision.)"""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    store = EventStore(tmp_path / "store.jsonl")
+    consumer = AckConsumer("127.0.0.1", 1, store, client_id="c-refused")
+    payload = json.dumps({"event_id": "e-1", "seq": 1, "prev_seq": 0}).encode()
+    consumer.q.put(("connect", ReasonCode(PacketTypes.CONNACK, identifier=136)))
+    consumer.q.put(("message", ("edge-agent/dev1/events/weapon", payload)))
+    assert consumer.run(until=lambda: "e-1" in store.ids) == 0
+    assert store.chain("dev1").mark == 1
+    consumer.q.put(("connect", ReasonCode(PacketTypes.CONNACK, identifier=134)))
+    assert consumer.run() == 1
+    store.close()
+
+
 def test_outbox_ack_through_persists_the_acked_seq(tmp_path):
     with Outbox(tmp_path / "o.sqlite", commit_interval_ms=0) as ob:
         for i in range(10):

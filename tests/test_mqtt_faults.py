@@ -35,7 +35,8 @@ def test_2000_events_end_to_end_lose_nothing_through_broker_and_agent_sigkills(k
     r = run_scenario(kind, tmp_path, "end_to_end", events=2000, broker_kills=2, agent_kills=1,
                      busy=3, consumer_delay_s=0.002)
     print(r)
-    assert r.lost == 0, r
+    timeline = (tmp_path / "timeline.log").read_text()
+    assert r.lost == 0, f"{r}\n{timeline}"
     assert r.stored == 2000
 
 

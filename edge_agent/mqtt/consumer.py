@@ -35,6 +35,19 @@ from edge_agent.mqtt.topics import ack_topic, event_filter, split_device_topic
 
 log = logging.getLogger(__name__)
 
+# CONNACK refusals that another attempt cannot cure (MQTT 5 reason codes; paho maps 3.1.1's
+# return codes onto them): the listener stops and says so. Others, such as "Server
+# unavailable" from a NATS node whose JetStream is still starting after a restart, are
+# retried by paho like a lost connection.
+FATAL_REFUSALS = {
+    132,  # unsupported protocol version
+    133,  # client identifier not valid
+    134,  # bad user name or password
+    135,  # not authorized
+    138,  # banned
+    140,  # bad authentication method
+}
+
 
 class Chain:
     """One device's stored seqs: ``mark`` is the highest seq with no hole below it."""
@@ -262,11 +275,15 @@ class AckConsumer:
             if kind == "message":
                 batch.append(data)
             elif kind == "connect":
-                if data.is_failure:
+                if data.is_failure and data.value in FATAL_REFUSALS:
                     self.on_note(f"{self.host}:{self.port} refused the connection: {data}")
                     return None
-                self.on_note(f"connected to {self.host}:{self.port}, storing {self.topic} "
-                             f"in {self.store.path}")
+                if data.is_failure:
+                    self.on_note(f"{self.host}:{self.port} refused the connection for now "
+                                 f"({data}); retrying")
+                else:
+                    self.on_note(f"connected to {self.host}:{self.port}, storing "
+                                 f"{self.topic} in {self.store.path}")
             elif kind == "refused":
                 self.on_note(f"the broker refused the subscription ({data}); trying again")
                 self._resubscribe_at = time.monotonic() + 2.0
