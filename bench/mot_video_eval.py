@@ -30,7 +30,7 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, NamedTuple, Optional
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -294,7 +294,7 @@ def _mean_hota(scores: Dict[str, Dict], name: str) -> float:
 
 
 def kept_per_seq(res: Dict[int, Dict[str, Dict]], every: int,
-                 seqs: List[VideoSeq]) -> List[tuple]:
+                 seqs: List[VideoSeq]) -> List[Tuple[str, float]]:
     """(sequence, ours' HOTA at N = every over its HOTA at N = 1) per sequence."""
     return [(vs.seq.name, _mean_hota(res[every]["ours"], vs.seq.name) /
              _mean_hota(res[1]["ours"], vs.seq.name)) for vs in seqs]
