@@ -113,8 +113,8 @@ def test_event_store_dedups_and_reads_back_its_file(tmp_path):
 
 
 def test_the_consumer_retries_a_refusal_that_can_pass_and_stops_on_one_that_cannot(tmp_path):
-    """A NATS node whose JetStream is still starting after a restart answers "Server
-    unavailable": the consumer goes on (paho reconnects) and stores what comes next. A wrong
+    """A broker that is still starting may answer "Server unavailable": the consumer goes on
+    (paho reconnects) and stores what comes next. A wrong
     password does not pass by retrying: run() ends with 1. (The queue is what paho's callbacks
     fill; no broker is needed to check the decision.)"""
     from paho.mqtt.packettypes import PacketTypes

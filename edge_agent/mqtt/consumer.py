@@ -37,8 +37,8 @@ log = logging.getLogger(__name__)
 
 # CONNACK refusals that another attempt cannot cure (MQTT 5 reason codes; paho maps 3.1.1's
 # return codes onto them): the listener stops and says so. Others, such as "Server
-# unavailable" from a NATS node whose JetStream is still starting after a restart, are
-# retried by paho like a lost connection.
+# unavailable" from a broker that is still starting, are retried by paho like a lost
+# connection.
 FATAL_REFUSALS = {
     132,  # unsupported protocol version
     133,  # client identifier not valid
