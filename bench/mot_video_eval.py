@@ -281,23 +281,21 @@ def print_parts(res: Dict[int, Dict[str, Dict]], names: List[str], everies: List
     for n in names:
         for name in [vs.seq.name for vs in seqs] + ["COMBINED_SEQ"]:
             for every in everies:
-                rows = [v for k, v in res[every][n].items()
-                        if k == name or k.startswith(name + "-shift")]
-                cells = " | ".join(f"{np.mean([r[p] for r in rows]):.1f}" for p in PARTS)
+                cells = " | ".join(f"{seq_mean(res[every][n], name, p):.1f}" for p in PARTS)
                 print(f"| {n} | {name} | {every} | {cells} |")
 
 
-def _mean_hota(scores: Dict[str, Dict], name: str) -> float:
-    """A sequence's HOTA, the mean over its keyframe shifts."""
-    return float(np.mean([v["HOTA"] for k, v in scores.items()
+def seq_mean(scores: Dict[str, Dict], name: str, metric: str = "HOTA") -> float:
+    """A sequence's ``metric``, the mean over its keyframe shifts (each scored on its own)."""
+    return float(np.mean([v[metric] for k, v in scores.items()
                           if k == name or k.startswith(name + "-shift")]))
 
 
 def kept_per_seq(res: Dict[int, Dict[str, Dict]], every: int,
                  seqs: List[VideoSeq]) -> List[Tuple[str, float]]:
     """(sequence, ours' HOTA at N = every over its HOTA at N = 1) per sequence."""
-    return [(vs.seq.name, _mean_hota(res[every]["ours"], vs.seq.name) /
-             _mean_hota(res[1]["ours"], vs.seq.name)) for vs in seqs]
+    return [(vs.seq.name, seq_mean(res[every]["ours"], vs.seq.name) /
+             seq_mean(res[1]["ours"], vs.seq.name)) for vs in seqs]
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -337,12 +335,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print("|---|---:|" + "---:|" * len(names))
         for vs in seqs:
             for every in everies:
-                cells = []
-                for n in names:
-                    rows = [v for k, v in res[every][n].items()
-                            if k == vs.seq.name or k.startswith(vs.seq.name + "-shift")]
-                    cells.append(f"{_mean_hota(res[every][n], vs.seq.name):.1f}/"
-                                 f"{np.mean([r['IDF1'] for r in rows]):.1f}")
+                cells = [f"{seq_mean(res[every][n], vs.seq.name):.1f}/"
+                         f"{seq_mean(res[every][n], vs.seq.name, 'IDF1'):.1f}" for n in names]
                 print(f"| {vs.seq.name} | {every} | " + " | ".join(cells) + " |")
     if args.parts:
         print_parts(res, names, everies, seqs)
