@@ -921,17 +921,18 @@ static int track_coasts(const CoreObject *self, const Track *t)
     if (t->state != ST_LOST || shadow_expired(self, t)) return 0;
     double s = miss_scale(self, t), s3 = s * s * s;
     double overlap = dmin(p->coast_overlap * s3, 1.0);
-    /* for coast_frames x s^3 missed detection attempts, and, once the detector missed it,
-     * while the picture still shows it (or an overlapping track where it was: likely in front) */
     if ((double)t->misses > (double)p->coast_frames * s3) return 0;
-    if (t->misses > 0 && t->looked && !t->seen && !t->mixed) return 0;
     const double *b = t->box;
     double fw = p->frame_width > 0 ? p->frame_width : self->img_w;
     double fh = p->frame_height > 0 ? p->frame_height : self->img_h;
     if (fw > 0 && fh > 0 && !(b[0] >= 0 && b[1] >= 0 && b[2] <= fw && b[3] <= fh)) return 0;
-    /* The overlap says a detection went to the neighbour; until an attempt missed t (its
-     * filter lost it between detections) none went anywhere: likely behind that neighbour. */
-    if (overlap < 1.0 && t->misses > 0) {
+    /* Lost by its filter between detections: no attempt has missed it yet, so no detection
+     * went to a neighbour either; the detector's next attempt decides. */
+    if (t->misses == 0) return 1;
+    /* the picture, when there is one, still shows it (or an overlapping track where it was:
+     * likely in front of it) */
+    if (t->looked && !t->seen && !t->mixed) return 0;
+    if (overlap < 1.0) {
         for (Py_ssize_t i = 0; i < self->ntracks; i++) {
             const Track *a = &self->tracks[i];
             if (a->state == ST_ACTIVE && a->cls == t->cls && box_iou(a->box, b) >= overlap)
